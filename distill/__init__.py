@@ -1,0 +1,27 @@
+"""scaledown's distillation package: `DistillationTrainer`, `DistillationConfig`, `distillation_loss`."""
+
+from typing import TYPE_CHECKING
+
+__all__ = ["DistillationConfig", "DistillationTrainer", "distillation_loss", "DistillationLossOutput"]
+
+if TYPE_CHECKING:
+    from .config import DistillationConfig
+    from .losses import DistillationLossOutput, distillation_loss
+    from .trainer import DistillationTrainer
+
+
+def __getattr__(name):
+    # Lazy, so that `distill --help` does not import torch and transformers.
+    if name == "DistillationConfig":
+        from .config import DistillationConfig
+
+        return DistillationConfig
+    if name == "DistillationTrainer":
+        from .trainer import DistillationTrainer
+
+        return DistillationTrainer
+    if name in ("distillation_loss", "DistillationLossOutput"):
+        from . import losses
+
+        return getattr(losses, name)
+    raise AttributeError(f"module 'distill' has no attribute {name!r}")

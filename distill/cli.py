@@ -1,0 +1,58 @@
+"""`distill`: the command line. Heavy imports happen inside the commands, so `--help` is instant."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """usage: distill <command> [options]
+
+Knowledge distillation with transformers' Trainer:
+  loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE(student, labels)
+
+commands:
+  train     Train a student from a YAML recipe; any field can be overridden on the command line.
+              distill train --config recipes/tiny/causal_lm_teacher.yaml
+              distill train --config recipe.yaml --alpha 0.7 --max_steps 100
+              accelerate launch --config_file accelerate_configs/ddp.yaml -m distill train --config ...
+            `distill train --help` lists every field (model, data, DistillationConfig/TrainingArguments).
+
+Recipes live in recipes/ and start with the command that runs them. Outputs follow transformers'
+conventions: trainer_state.json, all_results.json, model.safetensors, README.md (model card).
+"""
+
+
+def _finish_distributed() -> None:
+    """End a multi-process run cleanly: gloo runs can otherwise abort after training finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from .train import main as train_main
+
+        try:
+            train_main(rest)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        _finish_distributed()
+        return 0
+    print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""`DistillationConfig`: `TrainingArguments` plus the knobs of knowledge distillation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import TrainingArguments
+
+from .losses import KD_KINDS
+
+TASKS = ("causal-lm", "seq-cls", "image-cls")
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _no_accelerator() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None:
+        return not accelerator.is_available()
+    return not torch.cuda.is_available()
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    r"""Training arguments for [`DistillationTrainer`].
+
+    The loss is ``alpha * T^2 * D(teacher || student) + (1 - alpha) * CE(student, labels)``, where
+    ``D`` is chosen by `kd_kind`. Every other field is a regular
+    [`~transformers.TrainingArguments`] field and behaves exactly as in `transformers.Trainer`.
+
+    Args:
+        alpha (`float`, defaults to 0.5):
+            Weight of the distillation term, in [0, 1]. 0 trains on labels alone (no teacher needed);
+            1 trains on the teacher alone.
+        temperature (`float`, defaults to 2.0):
+            Softmax temperature of the distillation term, > 0. The term is multiplied by T^2 so that
+            its gradient scale does not depend on T. The cross-entropy term always uses T = 1.
+        kd_kind (`str`, defaults to `"forward_kl"`):
+            `forward_kl` (KL(teacher || student), mode-covering), `reverse_kl` (KL(student || teacher),
+            mode-seeking) or `jsd` (generalised Jensen-Shannon with mixture weight `jsd_beta`).
+        jsd_beta (`float`, defaults to 0.5):
+            Teacher weight of the JSD mixture, strictly between 0 and 1.
+        teacher_model_name_or_path (`str`, *optional*):
+            Hub id or local directory of the teacher. Loaded from safetensors only.
+        teacher_dtype (`str`, defaults to `"auto"`):
+            dtype in which the teacher's weights are loaded (`auto`, `float32`, `bfloat16`, `float16`).
+            Softmax and divergences are computed in float32 whatever this is.
+        task (`str`, *optional*):
+            `causal-lm`, `seq-cls` or `image-cls`; inferred from the student's class when omitted.
+        kd_chunk_size (`int`, *optional*):
+            Number of positions per chunk in the causal-LM loss, bounding its extra memory.
+        trust_remote_code (`bool`, defaults to `False`):
+            Allow custom modelling code from the Hub for teacher and student. Off by default.
+    """
+
+    alpha: float = field(
+        default=0.5,
+        metadata={"help": "Weight of the distillation term, in [0, 1]; 0 = labels only, 1 = teacher only."},
+    )
+    temperature: float = field(
+        default=2.0,
+        metadata={"help": "Softmax temperature of the distillation term (> 0); the term is scaled by T^2."},
+    )
+    kd_kind: str = field(
+        default="forward_kl",
+        metadata={"help": "Divergence: forward_kl, reverse_kl or jsd.", "choices": list(KD_KINDS)},
+    )
+    jsd_beta: float = field(
+        default=0.5, metadata={"help": "Teacher weight of the JSD mixture, strictly between 0 and 1."}
+    )
+    teacher_model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub id or local directory of the teacher (safetensors weights)."},
+    )
+    teacher_dtype: str = field(
+        default="auto",
+        metadata={"help": "dtype of the teacher's weights.", "choices": list(TEACHER_DTYPES)},
+    )
+    task: Optional[str] = field(
+        default=None,
+        metadata={"help": "causal-lm, seq-cls or image-cls; inferred from the student when omitted."},
+    )
+    kd_chunk_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Positions per chunk in the causal-LM loss (bounds the loss's extra memory)."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom modelling code from the Hub. Off by default for safety."},
+    )
+
+    def __post_init__(self):
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha={self.alpha} is out of range: set alpha to a value in [0, 1].")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature} must be greater than 0, e.g. 1.0 or 2.0.")
+        if self.kd_kind not in KD_KINDS:
+            raise ValueError(f"kd_kind={self.kd_kind!r} is unknown: use one of {', '.join(KD_KINDS)}.")
+        if not 0.0 < self.jsd_beta < 1.0:
+            raise ValueError(f"jsd_beta={self.jsd_beta} must be strictly between 0 and 1.")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(
+                f"teacher_dtype={self.teacher_dtype!r} is unknown: use one of {', '.join(TEACHER_DTYPES)}."
+            )
+        if self.task is not None and self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is unknown: use one of {', '.join(TASKS)}.")
+        if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
+            raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be a positive integer.")
+        # Without an accelerator, torch.distributed launches (accelerate launch --multi_gpu, torchrun)
+        # only synchronise gradients when use_cpu is set; otherwise each rank silently trains alone.
+        if not self.use_cpu and _no_accelerator():
+            self.use_cpu = True
+        super().__post_init__()

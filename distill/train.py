@@ -1,0 +1,297 @@
+"""`distill train`: YAML recipe + command line -> dataclasses -> `main()` -> Trainer -> output directory.
+
+`main()` runs in a fixed order, like transformers' `examples/pytorch` scripts, and always ends with
+`all_results.json`, `trainer_state.json`, the student's safetensors and a model card on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+logger = logging.getLogger("distill")
+
+
+@dataclass
+class ModelArguments:
+    """Which student to train, and with which tokenizer or image processor."""
+
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Hub id or local directory of a pretrained student."}
+    )
+    model_config: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Build the student from scratch: a mapping (YAML) or JSON string with model_type and "
+            "config fields, e.g. '{\"model_type\": \"llama\", \"hidden_size\": 64}', or a config.json path. "
+            "vocab_size, num_labels and token ids are filled in from the data."
+        },
+    )
+    tokenizer_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer to use. Default: the student's, else the teacher's, else a byte-level BPE "
+            "trained on the training split (tokenizer_vocab_size) and saved with the model."
+        },
+    )
+    image_processor_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Image processor for image-cls. Default: the student's, else the teacher's."}
+    )
+
+    def __post_init__(self):
+        if self.model_name_or_path and self.model_config:
+            raise ValueError(
+                "Give either model_name_or_path (a pretrained student) or model_config (a student built "
+                "from scratch), not both."
+            )
+        if not self.model_name_or_path and not self.model_config:
+            raise ValueError("No student: set model_name_or_path or model_config.")
+
+
+def parse_model_config(value: Any) -> dict:
+    """A student config given as a mapping, a JSON string, or a path to config.json / a model dir."""
+    if isinstance(value, dict):
+        config = dict(value)
+    elif isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            config = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"model_config is not valid JSON: {e}") from None
+    else:
+        path = os.path.join(value, "config.json") if os.path.isdir(str(value)) else str(value)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model_config={value!r}: no such config file or model directory.")
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    if "model_type" not in config:
+        raise ValueError("model_config needs a model_type, e.g. llama, gpt2, bert or vit.")
+    return config
+
+
+def build_parser():
+    from transformers import HfArgumentParser
+
+    from .config import DistillationConfig
+    from .data import DataArguments
+
+    return HfArgumentParser((ModelArguments, DataArguments, DistillationConfig))
+
+
+def parse_args(argv: list[str]):
+    """``--config recipe.yaml`` gives defaults; ``--field value`` overrides; unknown keys are errors."""
+    import difflib
+
+    import yaml
+
+    config_path = None
+    rest = list(argv)
+    for i, arg in enumerate(rest):
+        if arg == "--config" or arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1] if "=" in arg else (rest[i + 1] if i + 1 < len(rest) else None)
+            del rest[i : i + (1 if "=" in arg else 2)]
+            if config_path is None:
+                raise SystemExit("error: --config needs a YAML file")
+            break
+    parser = build_parser()
+    if config_path is not None:
+        if not os.path.isfile(config_path):
+            raise SystemExit(f"error: --config {config_path}: no such file")
+        with open(config_path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f) or {}
+        if not isinstance(recipe, dict):
+            raise SystemExit(f"error: {config_path} must hold a mapping of field: value")
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(recipe) - known)
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise SystemExit(f"error: {config_path}: unknown field(s) {', '.join(hints)}")
+        parser.set_defaults(**recipe)
+    return parser.parse_args_into_dataclasses(args=rest)
+
+
+def _non_embedding(model) -> tuple[int, int]:
+    import torch
+
+    total = sum(p.numel() for p in model.parameters())
+    embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    return total, total - embedding
+
+
+def _load_processing_class(model_args, data_args, args, task):
+    from .teacher import load_tokenizer_if_present
+
+    candidates = [model_args.model_name_or_path, args.teacher_model_name_or_path]
+    if task.name == "image-cls":
+        from transformers import AutoImageProcessor
+
+        for name in [model_args.image_processor_name_or_path] + candidates:
+            if name and (not os.path.isdir(name) or os.path.isfile(os.path.join(name, "preprocessor_config.json"))):
+                return AutoImageProcessor.from_pretrained(name, trust_remote_code=args.trust_remote_code)
+        return None
+    if model_args.tokenizer_name_or_path:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path, trust_remote_code=args.trust_remote_code)
+    for name in candidates:
+        if name:
+            tokenizer = load_tokenizer_if_present(name, trust_remote_code=args.trust_remote_code)
+            if tokenizer is not None:
+                return tokenizer
+    from .corpus import train_bpe_tokenizer
+    from .data import texts_for_tokenizer
+
+    logger.info("No tokenizer given: training a %d-token BPE on the training split.", data_args.tokenizer_vocab_size)
+    return train_bpe_tokenizer(
+        texts_for_tokenizer(data_args), vocab_size=data_args.tokenizer_vocab_size,
+        model_max_length=max(1024, data_args.block_size),
+    )
+
+
+def _build_student(model_args, data_args, args, task, tokenizer, bundle):
+    from transformers import AutoConfig
+
+    extra: dict[str, Any] = {}
+    if bundle.num_labels is not None:
+        extra = {"num_labels": bundle.num_labels}
+        if bundle.id2label:
+            extra["id2label"] = {int(k): v for k, v in bundle.id2label.items()}
+            extra["label2id"] = {v: int(k) for k, v in bundle.id2label.items()}
+    model_class = task.model_class()
+    if model_args.model_name_or_path:
+        return model_class.from_pretrained(
+            model_args.model_name_or_path, use_safetensors=True, trust_remote_code=args.trust_remote_code, **extra
+        )
+    config = parse_model_config(model_args.model_config)
+    if tokenizer is not None and hasattr(tokenizer, "get_vocab"):
+        config["vocab_size"] = len(tokenizer)
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(tokenizer, name, None)
+            if value is not None:
+                config[name] = value
+    if task.name == "causal-lm":
+        config.setdefault("max_position_embeddings", max(512, data_args.block_size))
+    config.update(extra)
+    model_type = config.pop("model_type")
+    return model_class.from_config(AutoConfig.for_model(model_type, **config))
+
+
+def _check_before_compute(model_args, data_args, args) -> None:
+    """Errors a user can fix, raised before any tokenizer training, data loading or training."""
+    from .teacher import _looks_local
+
+    if args.task is None:
+        raise ValueError("task is not set: add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
+    teacher = args.teacher_model_name_or_path
+    if args.alpha > 0 and not teacher:
+        raise ValueError(
+            f"alpha={args.alpha} needs a teacher: set teacher_model_name_or_path, or alpha: 0 to train "
+            "on labels alone."
+        )
+    if teacher and _looks_local(teacher) and not os.path.isfile(os.path.join(os.path.expanduser(teacher), "config.json")):
+        raise FileNotFoundError(
+            f"teacher_model_name_or_path={teacher!r} is not a model directory (no config.json there). "
+            "Train or download the teacher first, or point at a Hub id."
+        )
+    if model_args.model_config is not None:
+        parse_model_config(model_args.model_config)
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, float]:
+    """Run one distillation (or, with alpha=0, plain training) and return the final metrics."""
+    import datasets
+    import transformers
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .data import build_datasets
+    from .tasks import accuracy_metric, get_task, make_collator
+    from .trainer import DistillationTrainer
+
+    model_args, data_args, args = parse_args(sys.argv[2:] if argv is None else argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+    transformers.utils.logging.set_verbosity(args.get_process_log_level())
+    datasets.utils.logging.set_verbosity(args.get_process_log_level())
+    _check_before_compute(model_args, data_args, args)
+    task = get_task(args.task)
+    transformers.set_seed(args.seed)
+
+    processing_class = _load_processing_class(model_args, data_args, args, task)
+    bundle = build_datasets(data_args, task.name, processing_class, seed=args.seed)
+    if bundle.train is None:
+        raise ValueError(f"train_split={data_args.train_split!r} gave no training data.")
+    if isinstance(bundle.train, datasets.IterableDataset) and args.max_steps <= 0:
+        raise ValueError("A streamed training set has no length: set max_steps to a positive number of steps.")
+    if task.name != "image-cls" and args.include_num_input_tokens_seen in ("no", False):
+        args.include_num_input_tokens_seen = "non_padding"
+    if task.name == "image-cls":
+        args.remove_unused_columns = False
+    student = _build_student(model_args, data_args, args, task, processing_class, bundle)
+
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None,
+        args=args,
+        train_dataset=bundle.train,
+        eval_dataset=bundle.eval,
+        processing_class=processing_class,
+        data_collator=make_collator(task, processing_class),
+        compute_metrics=None if task.token_level else accuracy_metric(),
+    )
+    resume = args.resume_from_checkpoint
+    if resume is None and os.path.isdir(args.output_dir):
+        resume = get_last_checkpoint(args.output_dir)
+        if resume:
+            logger.info("Resuming from %s (pass --resume_from_checkpoint to choose another).", resume)
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+
+    total, non_embedding = _non_embedding(trainer.model)
+    metrics = dict(train_result.metrics)
+    metrics.update(
+        student_params=total,
+        student_non_embedding_params=non_embedding,
+        train_tokens=int(trainer.state.num_input_tokens_seen or 0),
+        global_batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+    )
+    if task.token_level:
+        metrics["block_size"] = data_args.block_size
+    if trainer.teacher is not None:
+        teacher = getattr(trainer.teacher, "module", trainer.teacher)
+        metrics["teacher_params"] = sum(getattr(p, "ds_numel", p.numel()) for p in teacher.parameters())
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    results = dict(metrics)
+    for split, dataset in (("eval", bundle.eval), ("test", bundle.test)):
+        if dataset is not None:
+            split_metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=split)
+            trainer.log_metrics(split, split_metrics)
+            trainer.save_metrics(split, split_metrics)
+            results.update(split_metrics)
+    trainer.save_state()
+    trainer.create_model_card(dataset=data_args.dataset_name)
+    if args.push_to_hub:
+        trainer.push_to_hub(dataset=data_args.dataset_name)
+    if trainer.is_world_process_zero():
+        _print_summary(results)
+    return results
+
+
+def _print_summary(results: dict) -> None:
+    def fmt(key: str) -> str:
+        value = results.get(key)
+        return "-" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
+
+    rows = [("student", "student_params", "eval_loss", "test_loss")]
+    if "teacher_params" in results:
+        rows.append(("teacher", "teacher_params", "eval_teacher_loss", "test_teacher_loss"))
+    print("\n== distill: results ==")
+    print(f"{'model':<8} {'params':>12} {'eval_loss':>10} {'test_loss':>10}")
+    for name, params, eval_key, test_key in rows:
+        print(f"{name:<8} {fmt(params):>12} {fmt(eval_key):>10} {fmt(test_key):>10}")
+    sys.stdout.flush()

@@ -1,0 +1,302 @@
+"""`DistillationTrainer`: a `transformers.Trainer` whose loss mixes a teacher's soft targets with labels."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_utils import rotate_checkpoints
+
+from .config import DistillationConfig
+from .losses import distillation_loss, student_cross_entropy
+from .tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, infer_task
+from .teacher import check_same_tokenizer, load_teacher, place_teacher
+
+_STAGING = ".staging"
+
+
+class DistillationTrainer(Trainer):
+    r"""[`~transformers.Trainer`] for knowledge distillation.
+
+    The training loss is ``alpha * T^2 * D(teacher || student) + (1 - alpha) * CE(student, labels)``
+    (see [`distill.losses.distillation_loss`]). Both terms are sums over valid positions divided by
+    the Trainer's `num_items_in_batch`, so any split into micro-batches, accumulation steps and
+    processes gives the same update as one large batch.
+
+    Args:
+        model: the student (a `PreTrainedModel` for causal LM, sequence or image classification).
+        teacher_model: the teacher, as a model or a Hub id / local directory. Optional when
+            ``args.alpha == 0`` (plain supervised training, e.g. a baseline).
+        args: a [`DistillationConfig`].
+        teacher_processing_class: the teacher's tokenizer, when it is not loaded from
+            `teacher_model`'s directory; used to refuse a tokenizer that differs from the student's.
+        **kwargs: everything else [`~transformers.Trainer`] accepts (datasets, collator,
+            `processing_class`, `compute_metrics`, callbacks, ...).
+
+    The teacher is frozen (`eval()`, `requires_grad_(False)`, run under `torch.no_grad()`), is not
+    in the optimizer or in checkpoints, and is placed for the distributed setup: a replica under
+    DDP, its own DeepSpeed engine (sharded under ZeRO-3) under DeepSpeed, wrapped like the student
+    under FSDP. Logs carry `kd_loss` and `ce_loss` beside `loss`; evaluation reports `eval_loss`
+    as the student's plain cross-entropy (so scaling fits stay comparable) plus `eval_kd_loss` and
+    `eval_teacher_loss`.
+    """
+
+    # compute_loss divides by num_items_in_batch (or by the accumulation steps itself).
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: Union[nn.Module, None] = None,
+        teacher_model: Union[nn.Module, str, None] = None,
+        args: Optional[DistillationConfig] = None,
+        teacher_processing_class: Any = None,
+        **kwargs,
+    ):
+        if args is None:
+            raise ValueError("DistillationTrainer needs args=DistillationConfig(...).")
+        if not isinstance(args, DistillationConfig):
+            raise TypeError(f"args must be a DistillationConfig, not {type(args).__name__}.")
+        if model is None:
+            raise ValueError("DistillationTrainer needs the student as model=...")
+        task = get_task(args.task) if args.task else infer_task(model)
+        if teacher_model is None and args.alpha > 0:
+            raise ValueError(
+                f"alpha={args.alpha} needs a teacher: pass teacher_model= or set "
+                "teacher_model_name_or_path (or set alpha=0 to train on labels alone)."
+            )
+        if isinstance(teacher_model, (str, os.PathLike)):
+            teacher_model, loaded_tok = load_teacher(str(teacher_model), task, args)
+            teacher_processing_class = teacher_processing_class or loaded_tok
+        self.task: TaskSpec = task
+        processing_class = kwargs.get("processing_class")
+        self.kd_vocab_size = None
+        if teacher_model is not None and task.token_level:
+            self.kd_vocab_size = check_same_tokenizer(
+                processing_class, teacher_processing_class, model, teacher_model
+            )
+        self._check_train_dataset(kwargs.get("train_dataset"), args)
+        super().__init__(model=model, args=args, **kwargs)
+        # Count valid positions ourselves for every task (shift-aware for causal LMs only).
+        self.model_accepts_loss_kwargs = True
+        self.teacher = place_teacher(teacher_model, self) if teacher_model is not None else None
+        self._train_sums = self._zero_sums()
+        self._eval_sums = None
+
+    # ---- input checks ------------------------------------------------------------------------
+
+    def _check_train_dataset(self, dataset, args: DistillationConfig) -> None:
+        """Refuse a dataset without labels before any compute, when the loss needs them."""
+        names = getattr(dataset, "column_names", None)
+        if names is None or "labels" in names or self.task.token_level:
+            return  # causal-LM collators derive labels from input_ids
+        if "label" in names:
+            return  # transformers' collators rename label -> labels
+        if args.alpha < 1.0:
+            raise ValueError(
+                f"The training dataset has no 'labels' column (columns: {names}), but alpha={args.alpha} "
+                "< 1 needs labels for the cross-entropy term: add a labels column or set alpha=1."
+            )
+
+    # ---- loss --------------------------------------------------------------------------------
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """Valid positions over all micro-batches of one optimizer step (and all processes)."""
+        if not batch_samples or "labels" not in batch_samples[0]:
+            return None
+        count = sum(count_valid(self.task, b["labels"]) for b in batch_samples)
+        count = torch.as_tensor(count, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def _teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+        with torch.no_grad():
+            return self.teacher(**inputs).logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        # Always through the wrapper (DDP/FSDP/DeepSpeed hooks), never `.module`.
+        outputs = model(**model_inputs)
+        student_logits, shifted_labels = align_logits_and_labels(self.task, outputs.logits, labels)
+        global_denominator = num_items_in_batch is not None
+        if num_items_in_batch is None:
+            # No count from the Trainer (evaluation, or no labels): a local mean, scaled for GA below.
+            num_items_in_batch = (
+                count_valid(self.task, labels) if labels is not None else student_logits[..., 0].numel()
+            )
+        if self.teacher is not None:
+            teacher_logits, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs), None)
+            out = distillation_loss(
+                student_logits,
+                teacher_logits,
+                shifted_labels,
+                alpha=self.args.alpha,
+                temperature=self.args.temperature,
+                kind=self.args.kd_kind,
+                jsd_beta=self.args.jsd_beta,
+                num_items_in_batch=num_items_in_batch,
+                vocab_size=self.kd_vocab_size,
+            )
+            loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
+        else:
+            ce_sum, n_local = student_cross_entropy(student_logits, shifted_labels)
+            loss = ce_sum / num_items_in_batch
+            kd, ce = None, loss.detach()
+        if model.training:
+            self._accumulate(kd, ce, num_items_in_batch, n_local)
+            if global_denominator and self.args.average_tokens_across_devices:
+                # num_items_in_batch is summed over processes and DDP averages gradients: undo the mean.
+                loss = loss * self.accelerator.num_processes
+            elif not global_denominator:
+                loss = loss / self.current_gradient_accumulation_steps
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- logging -----------------------------------------------------------------------------
+
+    def _zero_sums(self) -> torch.Tensor:
+        # [kd raw sum, ce raw sum, valid positions], kept on device to avoid a sync per micro-batch.
+        return torch.zeros(3, dtype=torch.float64, device=self.args.device)
+
+    def _accumulate(self, kd: Optional[torch.Tensor], ce: torch.Tensor, denom, n_local) -> None:
+        """Keep token-weighted raw sums, so logged means are exact across GA steps and processes."""
+        denom = torch.as_tensor(denom, dtype=torch.float64, device=self._train_sums.device)
+        if kd is not None:
+            self._train_sums[0] += kd.double() * denom
+        self._train_sums[1] += ce.double() * denom
+        self._train_sums[2] += torch.as_tensor(n_local, dtype=torch.float64, device=denom.device)
+
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        if "loss" in logs:  # a training log: every process gets here, so the reduce is safe
+            totals = self._train_sums
+            if self.args.world_size > 1:
+                totals = self.accelerator.reduce(totals, reduction="sum")
+            kd, ce, n = totals.tolist()
+            if n > 0:
+                if self.teacher is not None:
+                    logs["kd_loss"] = round(kd / n, 6)
+                logs["ce_loss"] = round(ce / n, 6)
+            self._train_sums = self._zero_sums()
+        super().log(logs, start_time)
+
+    # ---- evaluation --------------------------------------------------------------------------
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Student cross-entropy (token-weighted), KD and teacher CE, accumulated for `evaluation_loop`."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        if labels is None:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = model(**model_inputs).logits
+            s_logits, s_labels = align_logits_and_labels(self.task, logits, labels)
+            ce_sum, n = student_cross_entropy(s_logits, s_labels)
+            sums = self._eval_sums
+            if sums is not None:
+                sums["ce"] += float(ce_sum)
+                sums["n"] += float(n)
+            if self.teacher is not None:
+                t_logits, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs), None)
+                out = distillation_loss(
+                    s_logits, t_logits, s_labels, alpha=1.0, temperature=self.args.temperature,
+                    kind=self.args.kd_kind, jsd_beta=self.args.jsd_beta, num_items_in_batch=1,
+                    vocab_size=self.kd_vocab_size,
+                )
+                t_ce, _ = student_cross_entropy(t_logits, s_labels)
+                if sums is not None:
+                    sums["kd"] += float(out.kd_loss)
+                    sums["teacher_ce"] = sums.get("teacher_ce", 0.0) + float(t_ce)
+        loss = (ce_sum / n.clamp(min=1)).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, logits.detach(), labels
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        self._eval_sums = {"kd": 0.0, "ce": 0.0, "n": 0.0, "teacher_ce": 0.0}
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+            sums = self._eval_sums
+            values = torch.tensor(
+                [sums["ce"], sums["kd"], sums["teacher_ce"], sums["n"]], dtype=torch.float64, device=self.args.device
+            )
+            if self.args.world_size > 1:
+                values = self.accelerator.reduce(values, reduction="sum")
+            ce, kd, t_ce, n = values.tolist()
+        finally:
+            self._eval_sums = None
+        if n > 0:
+            p = metric_key_prefix
+            output.metrics[f"{p}_loss"] = ce / n
+            if self.task.token_level:
+                output.metrics[f"{p}_perplexity"] = float(torch.tensor(ce / n).exp())
+            if self.teacher is not None:
+                output.metrics[f"{p}_kd_loss"] = kd / n
+                output.metrics[f"{p}_teacher_loss"] = t_ce / n
+        return output
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def _get_output_dir(self, trial) -> str:
+        staging = getattr(self, "_staging_dir", None)
+        return staging if staging else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write each checkpoint into a staging folder, then rename it into place.
+
+        A run killed mid-save leaves no half-written ``checkpoint-N`` behind, so resuming from the
+        last checkpoint always finds a complete one.
+        """
+        run_dir = super()._get_output_dir(trial)
+        name = f"checkpoint-{self.state.global_step}"
+        self._staging_dir = os.path.join(run_dir, _STAGING)
+        staged, final = os.path.join(self._staging_dir, name), os.path.join(run_dir, name)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(staged, final)
+            shutil.rmtree(os.path.join(run_dir, _STAGING), ignore_errors=True)
+            best = self.state.best_model_checkpoint
+            if best and best.startswith(os.path.join(run_dir, _STAGING)):
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """Save the student only (safetensors); the arguments as JSON instead of a pickle."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            pickled = os.path.join(output_dir, "training_args.bin")
+            if os.path.exists(pickled):
+                os.remove(pickled)
+            with open(os.path.join(output_dir, "training_args.json"), "w", encoding="utf-8") as f:
+                f.write(self.args.to_json_string())
+
+    # ---- model card --------------------------------------------------------------------------
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Write ``README.md`` describing the distillation (teacher, loss, hyper-parameters, results)."""
+        from .model_card import write_model_card
+
+        if self.is_world_process_zero():
+            write_model_card(self, self.args.output_dir, **kwargs)
+
+
+__all__ = ["DistillationTrainer"]

@@ -1,0 +1,42 @@
+"""Tiny models and data shared by the distillation tests (no Hub, no files)."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from datasets import Dataset
+
+VOCAB = 64
+
+
+def tiny_llama(hidden=32, layers=2, seed=0, vocab=VOCAB):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def lm_dataset(n=32, seed=0, min_len=5, max_len=20, vocab=VOCAB):
+    """Variable-length sequences whose first tokens are a masked prompt (label -100)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        length = rng.randint(min_len, max_len)
+        ids = [rng.randrange(3, vocab) for _ in range(length)]
+        prompt = rng.randint(0, length // 2)
+        rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return Dataset.from_list(rows)
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a)
