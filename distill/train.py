@@ -149,7 +149,7 @@ def _load_processing_class(model_args, data_args, args, task):
 
     logger.info("No tokenizer given: training a %d-token BPE on the training split.", data_args.tokenizer_vocab_size)
     return train_bpe_tokenizer(
-        texts_for_tokenizer(data_args), vocab_size=data_args.tokenizer_vocab_size,
+        texts_for_tokenizer(data_args, task=task.name), vocab_size=data_args.tokenizer_vocab_size,
         model_max_length=max(1024, data_args.block_size),
     )
 

@@ -1,0 +1,118 @@
+"""`distill train` end to end on every tiny recipe (2 steps), and clear errors before any compute."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from distill.cli import main as cli_main
+from distill.train import main as train_main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "recipes", "tiny")
+QUICK = ["--max_steps", "2", "--max_eval_samples", "16", "--max_test_samples", "16", "--logging_steps", "1",
+         "--save_strategy", "no", "--disable_tqdm", "true"]
+
+
+def recipe(name):
+    return os.path.join(TINY, name)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """Each tiny teacher recipe, trained for 2 steps."""
+    root = tmp_path_factory.mktemp("teachers")
+    out = {}
+    for task in ("causal_lm", "seq_cls", "image_cls"):
+        path = str(root / task)
+        extra = ["--tokenizer_vocab_size", "512"] if task != "image_cls" else []
+        train_main(["--config", recipe(f"{task}_teacher.yaml"), "--output_dir", path, *QUICK, *extra])
+        out[task] = path
+    return out
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "seq_cls", "image_cls"])
+def test_tiny_recipe_trains(task, teachers, tmp_path):
+    from transformers import AutoConfig
+
+    out = str(tmp_path / "student")
+    results = train_main(["--config", recipe(f"{task}.yaml"), "--teacher_model_name_or_path", teachers[task],
+                          "--output_dir", out, *QUICK])
+    with open(os.path.join(out, "all_results.json")) as f:
+        saved = json.load(f)
+    for key in ("eval_loss", "eval_kd_loss", "eval_teacher_loss", "test_loss", "student_params", "teacher_params"):
+        assert key in saved, key
+    assert saved["teacher_params"] > saved["student_params"]
+    assert results["eval_loss"] == pytest.approx(saved["eval_loss"])
+    with open(os.path.join(out, "trainer_state.json")) as f:
+        logs = [h for h in json.load(f)["log_history"] if "loss" in h]
+    assert len(logs) == 2 and all("kd_loss" in h and "ce_loss" in h for h in logs)
+    assert os.path.isfile(os.path.join(out, "model.safetensors"))
+    assert not os.path.exists(os.path.join(out, "training_args.bin"))
+    card = open(os.path.join(out, "README.md")).read()
+    assert "distill" in card.lower() and "temperature" in card
+    config = AutoConfig.from_pretrained(out)
+    assert config.hidden_size < AutoConfig.from_pretrained(teachers[task]).hidden_size
+
+
+def test_teacher_dir_reloads_with_tokenizer(teachers):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(teachers["causal_lm"])
+    model = AutoModelForCausalLM.from_pretrained(teachers["causal_lm"], use_safetensors=True)
+    assert model.config.vocab_size == len(tok)
+
+
+BAD = [
+    (["--alpha", "1.5"], "alpha"),
+    (["--temperature", "0"], "temperature"),
+    (["--kd_kind", "kl_sideways"], "kd_kind"),
+    (["--teacher_model_name_or_path", "/nonexistent/teacher"], "teacher_model_name_or_path"),
+    (["--label_column", "no_such_label"], "label_column"),
+]
+
+
+@pytest.mark.parametrize("extra,field", BAD, ids=[b[1] for b in BAD])
+def test_bad_input_fails_fast_with_named_field(extra, field, teachers, tmp_path, capsys):
+    name = "seq_cls.yaml"
+    args = ["train", "--config", recipe(name), "--teacher_model_name_or_path", teachers["seq_cls"],
+            "--output_dir", str(tmp_path / "out"), *QUICK]
+    start = time.time()
+    try:
+        code = cli_main(args + extra)
+    except SystemExit as e:  # argparse `choices` errors exit 2 themselves
+        code = e.code
+    assert code == 2
+    assert field in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out" / "trainer_state.json")
+    assert time.time() - start < 60
+
+
+def test_different_tokenizer_is_refused(teachers, tmp_path, capsys):
+    # A student whose tokenizer is trained afresh (different merges) must be refused.
+    code = cli_main(["train", "--config", recipe("causal_lm.yaml"), "--teacher_model_name_or_path",
+                     teachers["causal_lm"], "--tokenizer_name_or_path", teachers["seq_cls"],
+                     "--output_dir", str(tmp_path / "o"), *QUICK])
+    assert code == 2
+    assert "different tokenizers" in capsys.readouterr().err
+
+
+def test_alpha_below_one_without_labels_is_refused():
+    import torch
+
+    from distill.losses import distillation_loss
+
+    with pytest.raises(ValueError, match="alpha"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), None, alpha=0.5, temperature=1.0)
+
+
+def test_help_is_fast():
+    start = time.time()
+    out = subprocess.run([sys.executable, "-m", "distill", "--help"], capture_output=True, text=True, check=True)
+    assert "train" in out.stdout
+    assert time.time() - start < 2.0
