@@ -65,6 +65,18 @@ def align_vocab(
     return student_logits[..., :vocab_size], teacher_logits[..., :vocab_size]
 
 
+def _kl_sum(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``sum_v p (log p - log q)`` over the last dimension, with ``0 * log 0 = 0``.
+
+    ``F.kl_div(..., log_target=True)`` computes ``exp(log_p) * (log_p - log_q)``, which is
+    ``0 * -inf = NaN`` where a logit is ``-inf`` (a masked token). The difference is zeroed where
+    ``p == 0`` *before* the product, so that neither the value nor any gradient becomes NaN.
+    """
+    p = log_p.exp()
+    diff = torch.where(p > 0, log_p - log_q, torch.zeros((), dtype=p.dtype, device=p.device))
+    return (p * diff).sum(-1)
+
+
 def divergence(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -84,11 +96,10 @@ def divergence(
     log_ps = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
     log_pt = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
     if kind == "forward_kl":
-        # KL(p_t || p_s) = sum p_t (log p_t - log p_s); xlogy-style masking is implicit since
-        # exp(log_pt) is exactly 0 only where log_pt is -inf, and kl_div handles that.
-        return F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)
+        # KL(p_t || p_s) = sum p_t (log p_t - log p_s).
+        return _kl_sum(log_pt, log_ps)
     if kind == "reverse_kl":
-        return F.kl_div(log_pt, log_ps, reduction="none", log_target=True).sum(-1)
+        return _kl_sum(log_ps, log_pt)
     if kind == "jsd":
         if not 0.0 < jsd_beta < 1.0:
             # beta in {0, 1} makes the mixture equal one side and the divergence identically 0.
@@ -97,8 +108,8 @@ def divergence(
         log_m = torch.logsumexp(
             torch.stack([log_pt + torch.log(beta), log_ps + torch.log1p(-beta)]), dim=0
         )
-        kl_t = F.kl_div(log_m, log_pt, reduction="none", log_target=True).sum(-1)
-        kl_s = F.kl_div(log_m, log_ps, reduction="none", log_target=True).sum(-1)
+        kl_t = _kl_sum(log_pt, log_m)
+        kl_s = _kl_sum(log_ps, log_m)
         return beta * kl_t + (1 - beta) * kl_s
     check_kd_kind(kind)
     raise AssertionError("unreachable")
@@ -170,7 +181,8 @@ def distillation_loss(
         flat_labels = labels.reshape(-1)
         valid = flat_labels != ignore_index
     num_valid = valid.sum()
-    denom = num_valid if num_items_in_batch is None else num_items_in_batch
+    # An all-ignored batch has zero sums; dividing by max(count, 1) keeps it 0 instead of 0/0 = NaN.
+    denom = num_valid.clamp(min=1) if num_items_in_batch is None else num_items_in_batch
     if isinstance(denom, torch.Tensor):
         denom = denom.to(device=flat_s.device)
     # Select valid rows first: ignored positions cost no softmax and cannot leak NaNs.
