@@ -1,0 +1,8 @@
+"""`python -m scaling ...`, same as the `scaling` console script."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

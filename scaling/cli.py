@@ -1,0 +1,246 @@
+"""`scaling` command line: fit, predict, optimal, isoflop, envelope, plot, runs.
+
+Examples:
+
+    scaling fit runs/sweep/ --law chinchilla --out fit.json --plot fit.png --bootstrap 1000
+    scaling fit data.csv --columns params="Model Size",flops="Training FLOP" --out fit.json
+    scaling predict --fit fit.json --params 1e9 --tokens 2e10
+    scaling optimal --fit fit.json --flops 1e21
+
+Data errors print `error: ...` and exit with status 2. Heavy libraries are imported inside
+the sub-commands so that `scaling --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+LAW_CHOICES = ("chinchilla", "power", "kaplan")
+
+
+def _add_inputs(p):
+    p.add_argument("inputs", nargs="+", help="run directories (or folders of them), CSV or JSON")
+    p.add_argument("--columns", help='column mapping, e.g. params="Model Size",flops="Training '
+                   'FLOP" (names: params, tokens, loss, flops, run, step)')
+    p.add_argument("--points", choices=("final", "all"), default="final",
+                   help="one point per run, or every evaluation point (default: final)")
+    p.add_argument("--param-count", choices=("total", "non_embedding"),
+                   help="N to fit: total (default; non_embedding for --law kaplan)")
+    p.add_argument("--seq-len", type=int, help="sequence length when all_results.json lacks it")
+    p.add_argument("--global-batch", type=int, help="global batch size when not recorded")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    p.add_argument("--out", help="write the result as JSON to this file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scaling", description="Fit scaling laws to training "
+                                     "runs and derive compute-optimal model sizes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fit a law to runs (writes fit.json)")
+    _add_inputs(p)
+    p.add_argument("--law", choices=LAW_CHOICES, default="chinchilla")
+    p.add_argument("--method", choices=("vp", "grid"), default="vp",
+                   help="vp: variable projection + L-BFGS (fast); grid: Chinchilla start grid")
+    p.add_argument("--loss", choices=("huber", "squared", "cauchy"), default="huber")
+    p.add_argument("--delta", type=float, default=1e-3, help="robust-loss scale (default 1e-3)")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap refits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, help="bootstrap worker processes (default: all cores)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--holdout-above", type=float, metavar="FLOPS",
+                   help="fit on runs with compute <= FLOPS, report errors on the rest")
+    p.add_argument("--budgets", type=float, nargs="+", metavar="C",
+                   help="budgets for the derived optimum (default: max data compute x1, 10, 100)")
+    p.add_argument("--drop-highest", type=int, default=0, metavar="K",
+                   help="drop the K highest-loss points (Epoch's replication drops 5)")
+    p.add_argument("--plot", help="figure path, e.g. fit.png (PNG and SVG, plus _residuals and "
+                   "_frontier)")
+    p.add_argument("--quiet", action="store_true", help="no summary or progress on stderr")
+
+    p = sub.add_parser("predict", help="predicted loss from a fit")
+    p.add_argument("--fit", required=True)
+    p.add_argument("--params", type=float, required=True, help="parameter count N")
+    p.add_argument("--tokens", type=float, help="training tokens D (L(N, D) laws)")
+    p.add_argument("--level", type=float, default=0.95)
+
+    p = sub.add_parser("optimal", help="compute-optimal N*, D*, L* for a budget")
+    p.add_argument("--fit", required=True)
+    p.add_argument("--flops", type=float, required=True, help="compute budget C in FLOPs")
+    p.add_argument("--cost", help="cost expression in N, D, NT (default: C = 6*N*D), e.g. "
+                   "'6*N*D + 2*NT*D' for distillation")
+    p.add_argument("--teacher-params", type=float, default=0.0, help="NT in --cost")
+    p.add_argument("--level", type=float, default=0.95)
+
+    p = sub.add_parser("isoflop", help="Approach 2: IsoFLOP parabolas")
+    _add_inputs(p)
+    p.add_argument("--tolerance", type=float, default=0.05, help="budget grouping (dex)")
+    p.add_argument("--min-sizes", type=int, default=3, help="min distinct N per budget")
+    p.add_argument("--plot", help="figure path (PNG and SVG)")
+
+    p = sub.add_parser("envelope", help="Approach 1: minimum-loss envelope of learning curves")
+    _add_inputs(p)
+    p.add_argument("--plot", help="figure path (PNG and SVG)")
+
+    p = sub.add_parser("plot", help="redraw the figures of a fit.json")
+    p.add_argument("--fit", required=True)
+    p.add_argument("--out", required=True, help="figure path, e.g. fit.png")
+
+    p = sub.add_parser("runs", help="read runs and print or write the table")
+    _add_inputs(p)
+    return parser
+
+
+def _load(args, law=None):
+    from .logs import load_runs
+
+    kind = args.param_count or ("non_embedding" if law == "kaplan" else "total")
+    return load_runs(args.inputs, args.columns, args.points, kind, args.seq_len,
+                     args.global_batch)
+
+
+def _emit(args, result, summary=None):
+    if getattr(args, "out", None):
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=1)
+    if args.json:
+        print(json.dumps(summary if summary is not None else result, indent=1))
+
+
+def _summary_text(fit) -> str:
+    ci = fit.get("ci", {})
+    lines = [f"{fit['law']} fit on {fit['n_points']} points (N = {fit['param_count']}, "
+             f"{fit['loss']} delta={fit['delta']:g}, {fit['method']}): objective "
+             f"{fit['objective']:.8g}, {'converged' if fit['converged'] else 'NOT converged'} "
+             f"({fit['seconds']:.2f} s)"]
+    for k, v in list(fit["params"].items()) + list(fit["derived"].items()):
+        band = f"  [{ci[k][0]:.5g}, {ci[k][1]:.5g}]" if k in ci else ""
+        lines.append(f"  {k:>24} = {v:.5g}{band}")
+    if "holdout" in fit:
+        h = fit["holdout"]
+        lines.append(f"  holdout above {h['threshold_flops']:.3g} FLOPs: {h['n_test']} runs, "
+                     f"MAPE {h['mape']:.2f}%")
+        for r in h["points"]:
+            lines.append(f"    N={r['params']:.3g} D={r['tokens']:.3g} loss={r['loss']:.4f} "
+                         f"predicted={r['predicted']:.4f} ({r['error_pct']:+.2f}%)")
+    return "\n".join(lines)
+
+
+def cmd_fit(args):
+    from .fit import fit_runs, save_fit
+
+    points = _load(args, args.law)
+    fit = fit_runs(points, args.law, args.method, args.loss, args.delta, args.bootstrap,
+                   args.seed, args.jobs, args.holdout_above, args.budgets, args.drop_highest,
+                   args.level, progress=not args.quiet)
+    if args.out:
+        save_fit(fit, args.out)
+    if args.plot:
+        from .plot import plot_all
+
+        fit["plots"] = plot_all(fit, args.plot)
+    if not args.quiet:
+        print(_summary_text(fit), file=sys.stderr)
+    if args.json:
+        slim = {k: v for k, v in fit.items() if k not in ("data", "bootstrap", "internal")}
+        if "bootstrap" in fit:
+            slim["bootstrap"] = {k: v for k, v in fit["bootstrap"].items() if k != "samples"}
+        print(json.dumps(slim, indent=1))
+
+
+def cmd_predict(args):
+    from .fit import load_fit
+    from .optimal import predict_from_fit
+
+    print(json.dumps(predict_from_fit(load_fit(args.fit), args.params, args.tokens, args.level)))
+
+
+def cmd_optimal(args):
+    from .fit import load_fit
+    from .optimal import optimal_from_fit, parse_cost
+
+    cost = parse_cost(args.cost, args.teacher_params) if args.cost else None
+    print(json.dumps(optimal_from_fit(load_fit(args.fit), args.flops, cost, args.level)))
+
+
+def cmd_isoflop(args):
+    from .logs import to_arrays
+    from .optimal import isoflop_analysis
+
+    a = to_arrays(_load(args))
+    iso = isoflop_analysis(a["params"], a["loss"], a["flops"], args.tolerance, args.min_sizes)
+    if args.plot:
+        from .plot import plot_isoflop
+
+        iso["plots"] = plot_isoflop(iso, args.plot)
+    _emit(args, iso)
+    if not args.json:
+        for b in iso["budgets"]:
+            print(f"C = {b['flops']:.3g}: N* = {b['params_opt']:.3g}, D* = {b['tokens_opt']:.3g}"
+                  f", L* = {b['loss_opt']:.4f}", file=sys.stderr)
+        if "a" in iso:
+            print(f"N* ∝ C^{iso['a']:.4f}, D* ∝ C^{iso['b']:.4f}", file=sys.stderr)
+
+
+def cmd_envelope(args):
+    from .logs import to_arrays
+    from .optimal import envelope_analysis
+
+    a = to_arrays(_load(args))
+    env = envelope_analysis(a["params"], a["flops"], a["loss"], a["run"])
+    if args.plot:
+        from .plot import plot_envelope
+
+        env["plots"] = plot_envelope(env, args.plot)
+    _emit(args, env)
+    if not args.json and "a" in env:
+        print(f"N* ∝ C^{env['a']:.4f}, D* ∝ C^{env['b']:.4f}", file=sys.stderr)
+
+
+def cmd_plot(args):
+    from .fit import load_fit
+    from .plot import plot_all
+
+    files = plot_all(load_fit(args.fit), args.out)
+    print(json.dumps({"plots": files}))
+
+
+def cmd_runs(args):
+    from .logs import write_table
+
+    points = _load(args)
+    if args.out:
+        write_table(points, args.out)
+    if args.json or not args.out:
+        print(json.dumps([p.to_dict() for p in points], indent=1))
+
+
+COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "optimal": cmd_optimal,
+            "isoflop": cmd_isoflop, "envelope": cmd_envelope, "plot": cmd_plot, "runs": cmd_runs}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    """Entry point of the `scaling` console script; returns the exit status."""
+    import warnings
+
+    args = build_parser().parse_args(argv)
+    old = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, OSError) as err:  # ScalingDataError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.showwarning = old
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Functional forms of scaling laws.
+
+Every law is described by one [`Law`] object that knows:
+
+- its public parameter names and how to predict the loss from them (`predict`);
+- an internal, unconstrained parameterisation in log space (the log-sum-exp form of
+  Hoffmann et al. 2022) with the analytic Jacobian of the predicted log-loss, which
+  `scaling.fit` minimises with L-BFGS;
+- its *variable projection* structure: for fixed exponents the law is linear in its
+  remaining coefficients, so a grid over the exponents plus a tiny non-negative linear
+  solve finds the global basin cheaply.
+
+The three laws:
+
+- `power`:      L(N)    = E + A * N^-alpha
+- `chinchilla`: L(N, D) = E + A / N^alpha + B / D^beta
+- `kaplan`:     L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D
+
+N is a parameter count, D a number of training tokens, losses are in nats.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Law", "LAWS", "get_law", "predict"]
+
+
+def _softmax_rows(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Log-sum-exp over the last axis and the matching softmax weights."""
+    m = z.max(axis=-1, keepdims=True)
+    ez = np.exp(z - m)
+    s = ez.sum(axis=-1, keepdims=True)
+    return (m + np.log(s))[..., 0], ez / s
+
+
+@dataclass(frozen=True)
+class Law:
+    """A scaling-law family.
+
+    Args:
+        name (`str`): registry name (`"power"`, `"chinchilla"`, `"kaplan"`).
+        param_names (`tuple[str, ...]`): public parameter names, in storage order.
+        internal_names (`tuple[str, ...]`): names of the unconstrained internal parameters.
+        exponent_names (`tuple[str, ...]`): internal parameters searched on a grid during
+            variable projection (the rest are solved linearly).
+        exponent_ranges (`tuple[tuple[float, float], ...]`): search range of each exponent.
+        uses_tokens (`bool`): whether the law depends on D.
+        formula (`str`): human-readable formula.
+    """
+
+    name: str
+    param_names: tuple
+    internal_names: tuple
+    exponent_names: tuple
+    exponent_ranges: tuple
+    uses_tokens: bool
+    formula: str
+
+    # ------------------------------------------------------------------ public form
+    def predict(self, params: dict, n, d=None) -> np.ndarray:
+        """Predicted loss for parameter counts `n` (and token counts `d`).
+
+        Args:
+            params (`dict`): public parameters, e.g. `{"E":..., "A":..., "alpha":...}`.
+            n (`float` or array): parameter counts.
+            d (`float` or array, *optional*): token counts; required when `uses_tokens`.
+
+        Returns:
+            `np.ndarray`: predicted loss, broadcast over `n` and `d`.
+        """
+        missing = [k for k in self.param_names if k not in params]
+        if missing:
+            raise ValueError(f"law {self.name!r} needs parameters {missing}")
+        if self.uses_tokens and d is None:
+            raise ValueError(f"law {self.name!r} needs a token count D")
+        theta = self.to_internal(params)
+        log_n = np.log(np.asarray(n, dtype=float))
+        log_d = np.log(np.asarray(d, dtype=float)) if d is not None else np.zeros_like(log_n)
+        log_n, log_d = np.broadcast_arrays(log_n, log_d)
+        f, _ = self.log_loss_and_jac(theta, log_n.ravel(), log_d.ravel(), jac=False)
+        return np.exp(f).reshape(log_n.shape)
+
+    # ------------------------------------------------------------------ internal form
+    def to_internal(self, params: dict) -> np.ndarray:
+        """Public parameters to the unconstrained internal vector."""
+        p = {k: float(v) for k, v in params.items()}
+        if self.name == "power":
+            return np.array([math.log(p["A"]), math.log(max(p["E"], 1e-300)), p["alpha"]])
+        if self.name == "chinchilla":
+            return np.array([math.log(p["A"]), math.log(p["B"]), math.log(max(p["E"], 1e-300)),
+                             p["alpha"], p["beta"]])
+        ratio = p["alpha_N"] / p["alpha_D"]
+        return np.array([math.log(p["N_c"]), math.log(p["D_c"]), ratio, p["alpha_D"]])
+
+    def from_internal(self, theta) -> dict:
+        """Internal vector to public parameters (plain floats)."""
+        t = [float(x) for x in theta]
+        if self.name == "power":
+            return {"E": math.exp(t[1]), "A": math.exp(t[0]), "alpha": t[2]}
+        if self.name == "chinchilla":
+            return {"E": math.exp(t[2]), "A": math.exp(t[0]), "B": math.exp(t[1]),
+                    "alpha": t[3], "beta": t[4]}
+        return {"N_c": math.exp(t[0]), "D_c": math.exp(t[1]),
+                "alpha_N": t[2] * t[3], "alpha_D": t[3]}
+
+    def log_loss_and_jac(self, theta, log_n, log_d, jac: bool = True):
+        """Predicted log-loss and its Jacobian with respect to the internal parameters.
+
+        Args:
+            theta (`np.ndarray`): internal parameters.
+            log_n, log_d (`np.ndarray`): natural logs of N and D, shape `(n,)`.
+            jac (`bool`): also return the `(n, p)` Jacobian.
+
+        Returns:
+            `(f, J)` with `f` of shape `(n,)` and `J` of shape `(n, p)` or `None`.
+        """
+        t = np.asarray(theta, dtype=float)
+        if self.name == "power":
+            a, e, alpha = t
+            z = np.stack([a - alpha * log_n, np.full_like(log_n, e)], axis=-1)
+            f, w = _softmax_rows(z)
+            if not jac:
+                return f, None
+            return f, np.stack([w[:, 0], w[:, 1], -w[:, 0] * log_n], axis=-1)
+        if self.name == "chinchilla":
+            a, b, e, alpha, beta = t
+            z = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)], axis=-1)
+            f, w = _softmax_rows(z)
+            if not jac:
+                return f, None
+            return f, np.stack([w[:, 0], w[:, 1], w[:, 2],
+                                -w[:, 0] * log_n, -w[:, 1] * log_d], axis=-1)
+        lnc, ldc, ratio, alpha_d = t
+        z = np.stack([ratio * (lnc - log_n), ldc - log_d], axis=-1)
+        s, w = _softmax_rows(z)
+        f = alpha_d * s
+        if not jac:
+            return f, None
+        return f, np.stack([alpha_d * w[:, 0] * ratio, alpha_d * w[:, 1],
+                            alpha_d * w[:, 0] * (lnc - log_n), s], axis=-1)
+
+    # ------------------------------------------------------------- variable projection
+    def linear_system(self, exps: np.ndarray, n, d, loss):
+        """Design matrices of the linear sub-problem for a batch of exponent vectors.
+
+        For fixed exponents the law reads `target = X @ c` with `c >= 0`.
+
+        Args:
+            exps (`np.ndarray`): `(G, k)` exponent vectors (see `exponent_names`).
+            n, d, loss (`np.ndarray`): data, shape `(n,)`.
+
+        Returns:
+            `(X, y)`: `X` of shape `(G, n, m)` and targets `y` of shape `(G, n)`.
+        """
+        g = exps.shape[0]
+        ones = np.ones((g, n.size))
+        if self.name == "power":
+            x = np.stack([ones, n[None, :] ** -exps[:, :1]], axis=-1)
+            return x, np.broadcast_to(loss, (g, n.size))
+        if self.name == "chinchilla":
+            x = np.stack([ones, n[None, :] ** -exps[:, :1], d[None, :] ** -exps[:, 1:2]], axis=-1)
+            return x, np.broadcast_to(loss, (g, n.size))
+        ratio, alpha_d = exps[:, :1], exps[:, 1:2]
+        x = np.stack([n[None, :] ** -ratio, 1.0 / np.broadcast_to(d, (g, n.size))], axis=-1)
+        return x, loss[None, :] ** (1.0 / alpha_d)
+
+    def internal_from_linear(self, exps, coef) -> np.ndarray:
+        """Internal vector from grid exponents and linear coefficients (floored at tiny)."""
+        c = np.log(np.maximum(np.asarray(coef, dtype=float), 1e-12))
+        if self.name == "power":  # coef = (E, A)
+            return np.array([c[1], c[0], exps[0]])
+        if self.name == "chinchilla":  # coef = (E, A, B)
+            return np.array([c[1], c[2], c[0], exps[0], exps[1]])
+        ratio, alpha_d = exps  # coef = (N_c^ratio, D_c)
+        return np.array([c[0] / ratio, c[1], ratio, alpha_d])
+
+
+LAWS = {
+    "power": Law("power", ("E", "A", "alpha"), ("a", "e", "alpha"), ("alpha",),
+                 ((0.01, 2.5),), False, "L(N) = E + A * N^-alpha"),
+    "chinchilla": Law("chinchilla", ("E", "A", "B", "alpha", "beta"),
+                      ("a", "b", "e", "alpha", "beta"), ("alpha", "beta"),
+                      ((0.01, 2.5), (0.01, 2.5)), True, "L(N, D) = E + A / N^alpha + B / D^beta"),
+    "kaplan": Law("kaplan", ("N_c", "D_c", "alpha_N", "alpha_D"),
+                  ("log_N_c", "log_D_c", "alpha_N_over_alpha_D", "alpha_D"),
+                  ("alpha_N_over_alpha_D", "alpha_D"), ((0.05, 4.0), (0.01, 1.5)), True,
+                  "L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D"),
+}
+
+
+def get_law(name: str) -> Law:
+    """Return the law called `name`, with a clear error listing the known ones."""
+    try:
+        return LAWS[name]
+    except KeyError:
+        raise ValueError(f"unknown law {name!r}; choose one of {sorted(LAWS)}") from None
+
+
+def predict(law: str, params: dict, n, d=None) -> np.ndarray:
+    """Shortcut for `get_law(law).predict(params, n, d)`."""
+    return get_law(law).predict(params, n, d)
