@@ -113,3 +113,9 @@ class DistillationConfig(TrainingArguments):
         if not self.use_cpu and _no_accelerator():
             self.use_cpu = True
         super().__post_init__()
+        # With use_cpu, TrainingArguments skips accelerate's DeepSpeed start-up, so deepspeed.comm is not
+        # initialised and zero.Init (from_pretrained/from_config under ZeRO-3) would see a world size of 1.
+        if self.deepspeed and self.use_cpu and self.world_size > 1:
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend="gloo")

@@ -196,18 +196,21 @@ class DistillationTrainer(Trainer):
             logits = model(**model_inputs).logits
             s_logits, s_labels = align_logits_and_labels(self.task, logits, labels)
             ce_sum, n = student_cross_entropy(s_logits, s_labels)
+            # Sum only real rows: accelerate pads the last batch with repeated samples.
+            k = self._real_rows(labels.shape[0])
+            ce_real, n_real = student_cross_entropy(s_logits[:k], s_labels[:k])
             sums = self._eval_sums
             if sums is not None:
-                sums["ce"] += float(ce_sum)
-                sums["n"] += float(n)
+                sums["ce"] += float(ce_real)
+                sums["n"] += float(n_real)
             if self.teacher is not None:
                 t_logits, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs), None)
                 out = distillation_loss(
-                    s_logits, t_logits, s_labels, alpha=1.0, temperature=self.args.temperature,
+                    s_logits[:k], t_logits[:k], s_labels[:k], alpha=1.0, temperature=self.args.temperature,
                     kind=self.args.kd_kind, jsd_beta=self.args.jsd_beta, num_items_in_batch=1,
                     vocab_size=self.kd_vocab_size,
                 )
-                t_ce, _ = student_cross_entropy(t_logits, s_labels)
+                t_ce, _ = student_cross_entropy(t_logits[:k], s_labels[:k])
                 if sums is not None:
                     sums["kd"] += float(out.kd_loss)
                     sums["teacher_ce"] = sums.get("teacher_ce", 0.0) + float(t_ce)
@@ -215,6 +218,14 @@ class DistillationTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, logits.detach(), labels
+
+    def _real_rows(self, batch_size: int) -> int:
+        """Rows of this evaluation batch that are real samples, not the repeats accelerate adds so that
+        every process gets a full last batch (`gather_for_metrics` drops the same rows)."""
+        state = self.accelerator.gradient_state
+        if self.args.world_size > 1 and state.end_of_dataloader and state.remainder > 0:
+            return max(0, min(batch_size, state.remainder - self.args.process_index * batch_size))
+        return batch_size
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
         self._eval_sums = {"kd": 0.0, "ce": 0.0, "n": 0.0, "teacher_ce": 0.0}

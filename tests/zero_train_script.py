@@ -1,0 +1,104 @@
+"""Run by tests/test_deepspeed.py and tests/test_multinode.py under a launcher (and once in-process
+for the 1-process reference): tests/ddp_train_script.py plus a record of where the teacher ended up.
+
+Usage: python zero_train_script.py OUTPUT_DIR PER_DEVICE_BATCH [extra JSON]
+
+The extra JSON holds DistillationConfig fields (e.g. ``{"deepspeed": "accelerate_configs/zero3.json"}``)
+and optionally ``teacher_path``: a saved teacher directory, loaded by the trainer itself (so under
+ZeRO-3 it must come out of ``from_pretrained`` already partitioned by ``deepspeed.zero.Init``).
+Each rank writes ``placement-<rank>.json`` into OUTPUT_DIR; rank 0 also ``eval_results.json``.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import torch  # noqa: E402
+
+import distill.trainer as trainer_module  # noqa: E402
+from distill import DistillationConfig, DistillationTrainer  # noqa: E402
+from distill.tasks import CausalLMCollator  # noqa: E402
+from helpers import lm_dataset, tiny_llama  # noqa: E402
+
+_AT_LOAD = {}
+
+
+def _recording_load_teacher(path, task, args):
+    """`load_teacher`, noting whether the weights were already ZeRO-3 partitioned when it returned."""
+    model, tokenizer = _original_load_teacher(path, task, args)
+    params = list(model.parameters())
+    _AT_LOAD["partitioned_at_load"] = all(hasattr(p, "ds_id") for p in params)
+    _AT_LOAD["local_numel_at_load"] = sum(p.numel() for p in params)
+    return model, tokenizer
+
+
+_original_load_teacher = trainer_module.load_teacher
+trainer_module.load_teacher = _recording_load_teacher
+
+
+def placement(trainer) -> dict:
+    """Facts about the placed teacher, for the test to assert on."""
+    teacher = trainer.teacher
+    module = getattr(teacher, "module", teacher)
+    params = list(module.parameters())
+    facts = {
+        "teacher_type": type(teacher).__name__,
+        "module_type": type(module).__name__,
+        "teacher_training": bool(teacher.training),
+        "module_training": bool(module.training),
+        "any_trainable": any(p.requires_grad for p in params),
+        "any_grad": any(p.grad is not None for p in params),
+        "student_wrapper": type(trainer.model_wrapped).__name__,
+        "world_size": trainer.args.world_size,
+        **_AT_LOAD,
+    }
+    if hasattr(teacher, "zero_optimization_stage"):
+        facts["teacher_zero_stage"] = teacher.zero_optimization_stage()
+        facts["student_zero_stage"] = trainer.model_wrapped.zero_optimization_stage()
+        facts["teacher_engine_is_student_engine"] = teacher is trainer.model_wrapped
+    if params and hasattr(params[0], "ds_id"):
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        facts["teacher_full_numel"] = sum(p.ds_numel for p in params)
+        facts["teacher_local_numel"] = sum(p.ds_tensor.numel() for p in params)
+        # Gathered only inside the teacher's forward and released afterwards (tiny "persistent"
+        # parameters, below stage3_param_persistence_threshold, stay whole by design).
+        sharded = [p for p in params if not p.ds_persist]
+        facts["teacher_sharded_params"] = len(sharded)
+        facts["teacher_params_released"] = all(p.ds_status == ZeroParamStatus.NOT_AVAILABLE for p in sharded)
+    return facts
+
+
+def main():
+    out, batch = sys.argv[1], int(sys.argv[2])
+    extra = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    teacher = extra.pop("teacher_path", None)
+    torch.set_num_threads(1)
+    args = DistillationConfig(
+        output_dir=out, per_device_train_batch_size=batch, max_steps=3, learning_rate=0.5, optim="sgd",
+        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0, logging_steps=1, save_strategy="no",
+        per_device_eval_batch_size=4, report_to="none", alpha=0.5, temperature=2.0, seed=0, disable_tqdm=True,
+        ddp_find_unused_parameters=False,
+        **extra,
+    )
+    trainer = DistillationTrainer(
+        model=tiny_llama(seed=0), teacher_model=teacher or tiny_llama(hidden=48, seed=1), args=args,
+        train_dataset=lm_dataset(48), eval_dataset=lm_dataset(16, seed=1),  # 16 = 2 x 2 x 4: no padded rows
+        data_collator=CausalLMCollator(pad_token_id=0),
+    )
+    trainer.train()
+    trainer.save_metrics("eval", trainer.evaluate())  # the teacher's forward in prediction_step too
+    trainer.save_model()
+    trainer.save_state()
+    with open(os.path.join(out, f"placement-{args.process_index}.json"), "w") as f:
+        json.dump(placement(trainer), f, indent=1)
+    if torch.distributed.is_initialized():
+        from distill.cli import _finish_distributed
+
+        _finish_distributed()
+
+
+if __name__ == "__main__":
+    main()
