@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: demo test install clean help
 
 help:
-	@echo "make demo   - train a tiny teacher and distill a student from it, offline on CPU"
+	@echo "make demo   - size ladder -> scaling fit -> teacher -> distilled student -> report, offline on CPU"
 	@echo "make test   - run the test suite (pytest)"
 	@echo "make clean  - remove runs/ and the virtual environment"
 
@@ -30,8 +30,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/distill train --config recipes/tiny/causal_lm_teacher.yaml
-	$(BIN)/distill train --config recipes/tiny/causal_lm.yaml
+	$(BIN)/scaledown run --config recipes/pipeline/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout=900

@@ -1,0 +1,1 @@
+"""scaledown: the pipeline that joins `scaling` (how loss scales with size) and `distill` (distillation)."""

@@ -1,0 +1,48 @@
+"""`scaledown run`: the whole story in one command. Imports stay inside `main` so `--help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_CONFIG = os.path.join("recipes", "pipeline", "demo.yaml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scaledown",
+        description="Size ladder -> scaling fit -> teacher -> distilled student -> evaluation report, "
+        "offline on a CPU. Every stage resumes: a second run skips what is done.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline", description="Run the pipeline of a YAML config: ladder, "
+                         "fit (largest rung held out and predicted), teacher, student size, distillation, baseline, "
+                         "evaluation and report in <output_root>/<name>/ (summary.json, report.md, plots/).")
+    run.add_argument("--config", default=None,
+                     help=f"pipeline YAML (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)")
+    run.add_argument("--quick", action="store_true", help="apply the config's `quick:` block: a CI-sized run")
+    run.add_argument("--name", default=None, help="run name: outputs go to <output_root>/<name>")
+    run.add_argument("--output-root", default=None, help="parent folder of runs (default: runs)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .config import load_pipeline_config
+    from .pipeline import Pipeline
+
+    config_path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
+    overrides = {k: v for k, v in (("name", args.name), ("output_root", args.output_root)) if v is not None}
+    try:
+        config = load_pipeline_config(config_path, quick=args.quick, overrides=overrides)
+        Pipeline(config).run()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

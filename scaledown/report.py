@@ -1,0 +1,213 @@
+"""`summary.json`, `report.md` and `plots/*.png` for one pipeline run."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .pipeline import write_json_atomic
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _log_history(run_dir: str) -> list[dict]:
+    with open(os.path.join(run_dir, "trainer_state.json")) as f:
+        return json.load(f)["log_history"]
+
+
+def plot_learning_curves(teacher: dict, kd: dict, base: dict, path: str) -> str:
+    """Held-out cross-entropy against training tokens for teacher, KD students and baselines."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = [("teacher", [teacher["dir"]], "black"), ("KD student", [r["dir"] for r in kd["runs"]], "tab:blue"),
+              ("baseline", [r["dir"] for r in base["runs"]], "tab:orange")]
+    for label, dirs, color in styles:
+        for i, run_dir in enumerate(dirs):
+            history = _log_history(run_dir)
+            evals = [h for h in history if "eval_loss" in h and "num_input_tokens_seen" in h]
+            train = [h for h in history if "ce_loss" in h and "num_input_tokens_seen" in h]
+            name = label if i == 0 else None
+            if evals:
+                ax.plot([h["num_input_tokens_seen"] for h in evals], [h["eval_loss"] for h in evals], "o-",
+                        color=color, label=f"{name} (validation)" if name else None, alpha=0.9 - 0.3 * i)
+            if train:
+                ax.plot([h["num_input_tokens_seen"] for h in train], [h["ce_loss"] for h in train], "-",
+                        color=color, alpha=0.3, lw=1, label=f"{name} (train CE)" if name else None)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title("Learning curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_fit_with_holdout(fit: dict, path: str) -> str:
+    """Loss against non-embedding parameters: the ladder, the fit, and the held-out prediction."""
+    import numpy as np
+
+    from scaling.laws import predict
+
+    plt = _plt()
+    full = fit["full"]
+    data = full["data"]
+    n, loss = np.array(data["params"]), np.array(data["loss"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    grid = np.geomspace(n.min() / 1.5, n.max() * 3, 100)
+    tokens = np.full_like(grid, np.median(data["tokens"]))
+    ax.plot(grid, predict(full["law"], full["params"], grid, tokens), "-", color="tab:blue", label="fit on all rungs")
+    if "ci" in full and "bootstrap" in full:
+        samples = [dict(zip(full["bootstrap"]["param_names"], s)) for s in full["bootstrap"]["samples"] if None not in s]
+        if samples:
+            curves = np.array([predict(full["law"], s, grid, tokens) for s in samples])
+            ax.fill_between(grid, np.percentile(curves, 2.5, 0), np.percentile(curves, 97.5, 0), color="tab:blue",
+                            alpha=0.15, label="95% bootstrap band")
+    ax.plot(n, loss, "o", color="black", label="ladder rungs (validation loss)")
+    if "holdout" in fit:
+        h = fit["holdout"]
+        held = fit["holdout"]["fit"]
+        ax.plot(grid, predict(held["law"], held["params"], grid, tokens), "--", color="tab:red",
+                label="fit without the largest rung")
+        ax.plot([h["params"]], [h["predicted"]], "x", color="tab:red", ms=10,
+                label=f"predicted {h['predicted']:.3f} vs measured {h['actual']:.3f} ({h['error_pct']:+.1f}%)")
+    span = loss.max() - loss.min()
+    ax.set_ylim(loss.min() - 0.6 * span - 0.02, loss.max() + 0.6 * span + 0.02)  # keep the band from hiding the data
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("validation loss")
+    p = full["params"]
+    ax.set_title(f"L(N) = {p.get('E', 0):.2f} + {p.get('A', 0):.3g} N^-{p.get('alpha', 0):.3f}"
+                 if full["law"] == "power" else f"{full['law']} fit")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_frontier(fit: dict, path: str) -> str:
+    """Compute-optimal frontier: every rung's learning curve against compute and their lower envelope."""
+    import numpy as np
+
+    from scaling.optimal import envelope_analysis
+
+    plt = _plt()
+    curves = fit["curves"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    runs = sorted({c["run"] for c in curves}, key=lambda r: min(c["params"] for c in curves if c["run"] == r))
+    cmap = plt.get_cmap("viridis")
+    for i, run in enumerate(runs):
+        pts = sorted((c for c in curves if c["run"] == run), key=lambda c: c["flops"])
+        ax.plot([c["flops"] for c in pts], [c["loss"] for c in pts], "o-", ms=3, color=cmap(i / max(1, len(runs) - 1)),
+                label=f"{os.path.basename(run)} (N={int(pts[0]['params']):,})")
+    try:
+        env = envelope_analysis(np.array([c["params"] for c in curves], float), np.array([c["flops"] for c in curves], float),
+                                np.array([c["loss"] for c in curves], float), [c["run"] for c in curves])
+        pts = env["points"]
+        label = f"frontier (N* ∝ C^{env['a']:.2f})" if "a" in env else "frontier"
+        ax.plot([p["flops"] for p in pts], [p["loss"] for p in pts], "-", color="tab:red", lw=2.5, alpha=0.6,
+                label=label)
+    except Exception as e:  # too few points for an envelope: show the curves alone
+        ax.text(0.02, 0.02, f"no envelope: {e}", transform=ax.transAxes, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute (FLOPs, attention included)")
+    ax.set_ylabel("validation loss")
+    ax.set_title("Compute-optimal frontier (minimum-loss envelope)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _slim_fit(fit: dict) -> dict:
+    out = {k: v for k, v in fit.items() if k not in ("bootstrap", "data")}
+    return out
+
+
+def write_report(pipeline, ladder, fit, teacher, student, kd, base, evaluation, seconds) -> dict:
+    root = pipeline.root
+    plots = os.path.join(root, "plots")
+    os.makedirs(plots, exist_ok=True)
+    files = [plot_fit_with_holdout(fit, os.path.join(plots, "scaling_fit.png")),
+             plot_learning_curves(teacher, kd, base, os.path.join(plots, "learning_curves.png")),
+             plot_frontier(fit, os.path.join(plots, "frontier.png"))]
+    holdout = fit.get("holdout")
+    summary = {
+        "name": pipeline.config.name,
+        "teacher": evaluation["teacher"],
+        "student": {**evaluation["student"], "width": student["width"], "reason": student["reason"]},
+        "baseline": evaluation["baseline"],
+        "fit": _slim_fit(fit["full"]),
+        "holdout_prediction": holdout and {k: holdout[k] for k in ("run", "params", "predicted", "actual", "error_pct")},
+        "kd_gain": evaluation["kd_gain"],
+        "kd_improvement": evaluation["kd_improvement"],
+        "seed_spread": evaluation["seed_spread"],
+        "retention": evaluation["retention"],
+        "perplexity_retention": evaluation["perplexity_retention"],
+        "compression": evaluation["compression"],
+        "speedup": evaluation["speedup"],
+        "ladder": ladder["runs"],
+        "plots": [os.path.relpath(f, root) for f in files],
+        "seconds": seconds,
+        "stage_seconds": pipeline.timings,
+    }
+    write_json_atomic(os.path.join(root, "summary.json"), summary)
+    with open(os.path.join(root, "report.md"), "w", encoding="utf-8") as f:
+        f.write(render_markdown(summary))
+    print(render_table(summary), flush=True)
+    return summary
+
+
+def render_table(s: dict) -> str:
+    lines = ["| model | params | test loss | perplexity | tokens/s | disk (MB) |", "|---|---|---|---|---|---|"]
+    for name in ("teacher", "student", "baseline"):
+        r = s[name]
+        label = {"student": "KD student", "baseline": "baseline student"}.get(name, name)
+        lines.append(f"| {label} | {r['params']:,} | {r['test_loss']:.4f} | {r['perplexity']:.2f} | "
+                     f"{r['tokens_per_second']:,.0f} | {r['disk_bytes'] / 1e6:.2f} |")
+    return "\n".join(lines)
+
+
+def render_markdown(s: dict) -> str:
+    h = s["holdout_prediction"]
+    seeds = lambda r: ", ".join(f"{x['test_loss']:.4f}" for x in r["seeds"])  # noqa: E731
+    fit = s["fit"]
+    out = [f"# scaledown report: {s['name']}", "",
+           f"Ladder -> scaling fit -> teacher -> distilled student, in {s['seconds']:.0f} s.", "",
+           "## Results (held-out test split)", "", render_table(s), "",
+           f"- **KD gain:** distillation closed {100 * s['kd_gain']:.1f}% of the baseline-to-teacher gap "
+           f"(test loss {s['baseline']['test_loss']:.4f} -> {s['student']['test_loss']:.4f}; teacher "
+           f"{s['teacher']['test_loss']:.4f}).",
+           f"- **Seeds:** KD student {seeds(s['student'])}; baseline {seeds(s['baseline'])}. KD improvement "
+           f"{s['kd_improvement']:.4f} vs largest seed spread {s['seed_spread']:.4f}.",
+           f"- **Retention:** the student keeps {100 * s['retention']:.1f}% of the teacher's quality (loss ratio), "
+           f"{100 * s['perplexity_retention']:.1f}% by perplexity, with {s['compression']:.1f}x fewer parameters "
+           f"and {s['speedup']:.1f}x the throughput.",
+           f"- **Student size:** width {s['student']['width']} ({s['student']['reason']}).", ""]
+    out += ["## Scaling fit", "",
+            f"Law `{fit['law']}`: " + ", ".join(f"{k} = {v:.4g}" + (
+                f" [{fit['ci'][k][0]:.4g}, {fit['ci'][k][1]:.4g}]" if "ci" in fit and k in fit["ci"] else "")
+                for k, v in fit["params"].items()) + f"; objective {fit['objective']:.3g} on {fit['n_points']} rungs.", ""]
+    if h:
+        out += [f"Held out the largest rung ({h['params']:,} non-embedding parameters) and predicted it from the "
+                f"smaller ones: predicted {h['predicted']:.4f}, measured {h['actual']:.4f} "
+                f"({h['error_pct']:+.2f}%).", ""]
+    out += ["| rung | params | non-embedding | tokens | FLOPs |", "|---|---|---|---|---|"]
+    out += [f"| {r['name']} | {r['params']:,} | {r['non_embedding_params']:,} | {r['tokens']:,} | {r['flops']:.3g} |"
+            for r in s["ladder"]]
+    out += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({p})" for p in s["plots"]]
+    out += ["", "## Time per stage (this invocation)", "", "| stage | seconds |", "|---|---|"]
+    out += [f"| {k} | {v:.1f} |" for k, v in s["stage_seconds"].items()]
+    return "\n".join(out) + "\n"

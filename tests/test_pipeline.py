@@ -1,0 +1,75 @@
+"""`scaledown run`: bad configs fail before any training; --quick runs end to end and resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from scaledown.cli import main as scaledown_main
+from scaledown.config import load_pipeline_config
+from scaledown.pipeline import Pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, "recipes", "pipeline", "demo.yaml")
+
+
+def _validate(tmp_path, **overrides):
+    config = load_pipeline_config(DEMO, quick=True, overrides={"output_root": str(tmp_path), **overrides})
+    Pipeline(config).validate()
+
+
+BAD = [
+    ({"ladder": {"base_config": {"model_type": "transformer-xxl"}}}, "model_type"),
+    ({"ladder": {"tokens": 100}}, "less than one step"),
+    ({"student": {"width": 256}}, "not smaller than the teacher"),
+    ({"data": {"dataset_name": "json", "data_files": "/nonexistent/train.jsonl"}}, "data_files"),
+    ({"ladder": {"widths": [32, 64, 96]}}, "needs at least"),
+    ({"distill": {"alpha": 2.0}}, "alpha"),
+    ({"studnet": {"width": 64}}, "did you mean 'student'"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[b[1] for b in BAD])
+def test_bad_config_fails_before_training(tmp_path, overrides, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        _validate(tmp_path, **overrides)
+    assert not os.path.exists(tmp_path / "demo-quick")
+
+
+def test_cli_reports_bad_config(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ladder: {base_config: {model_type: nonsense}, widths: [64, 96, 128, 160, 192], tokens: 1.0e5}\n"
+                   "student: {width: 64}\n")
+    assert scaledown_main(["run", "--config", str(bad), "--output-root", str(tmp_path)]) == 2
+    assert "model_type" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_pipeline_end_to_end_and_resume(tmp_path):
+    start = time.time()
+    assert scaledown_main(["run", "--quick", "--config", DEMO, "--output-root", str(tmp_path)]) == 0
+    first = time.time() - start
+    run = tmp_path / "demo-quick"
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("teacher", "student", "baseline"):
+        assert summary[key]["params"] > 0 and summary[key]["test_loss"] > 0
+        assert summary[key]["tokens_per_second"] > 0 and summary[key]["disk_bytes"] > 0
+    assert summary["teacher"]["params"] > summary["student"]["params"] == summary["baseline"]["params"]
+    assert len(summary["student"]["seeds"]) == 2
+    assert summary["fit"]["law"] == "power" and set(summary["fit"]["params"]) == {"E", "A", "alpha"}
+    h = summary["holdout_prediction"]
+    assert h["predicted"] > 0 and h["actual"] > 0
+    for key in ("kd_gain", "seconds"):
+        assert key in summary
+    report = (run / "report.md").read_text()
+    assert "KD gain" in report and "plots/scaling_fit.png" in report
+    for plot in ("scaling_fit.png", "learning_curves.png", "frontier.png"):
+        png = run / "plots" / plot
+        assert png.stat().st_size > 10_000, plot  # a blank figure compresses to a few kB
+    # A second run reuses every stage.
+    start = time.time()
+    assert scaledown_main(["run", "--quick", "--config", DEMO, "--output-root", str(tmp_path)]) == 0
+    assert time.time() - start < 0.5 * first
