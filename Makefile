@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	@# build on a machine without a GPU: a local CPU wheel if pip knows one, else the CPU index.
 	@if ! $(BIN)/python -c "import torch" 2>/dev/null; then \
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
-	  else $(BIN)/pip install -q --no-index "torch==2.13.0" 2>/dev/null \
-	    || $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu; fi; fi
+	  elif $(BIN)/pip install -q --no-index --no-deps "torch==2.13.0" 2>/dev/null; then \
+	    $(BIN)/pip install -q "torch==2.13.0"; \
+	  else $(BIN)/pip install -q torch --index-url https://download.pytorch.org/whl/cpu; fi; fi
 	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[test]"
 	@touch $(STAMP)
 

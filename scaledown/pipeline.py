@@ -193,13 +193,13 @@ class Pipeline:
         from scaling.ladder import format_plan, train_ladder
 
         self.log(format_plan(self.plans))
-        dirs = []
-        for plan in self.plans:
-            eval_steps = max(1, math.ceil(plan.steps / max(1, self.config.ladder.eval_points)))
-            dirs += train_ladder([plan], os.path.join(self.root, "ladder"),
-                                 self.train_args() + self.lr_args(plan.width)
-                                 + ["--eval_steps", str(eval_steps), "--save_steps", str(eval_steps)],
-                                 log=self.log)
+
+        def run_args(plan) -> list[str]:
+            every = str(max(1, math.ceil(plan.steps / max(1, self.config.ladder.eval_points))))
+            return [*self.lr_args(plan.width), "--eval_steps", every, "--save_steps", every]
+
+        dirs = train_ladder(self.plans, os.path.join(self.root, "ladder"), self.train_args(), run_args=run_args,
+                            log=self.log)
         return {"runs": [{"name": p.name, "dir": d, "width": p.width, "params": p.params,
                           "non_embedding_params": p.non_embedding_params, "tokens": p.tokens, "steps": p.steps,
                           "flops": p.flops} for p, d in zip(self.plans, dirs)]}

@@ -175,6 +175,7 @@ def train_ladder(
     train_args: Sequence[str],
     *,
     train_fn: Optional[Callable[[list[str]], Any]] = None,
+    run_args: Optional[Callable[[RunPlan], list[str]]] = None,
     log: Callable[[str], None] = print,
 ) -> list[str]:
     """Train each planned run into ``out_root/<name>`` with `distill train`, skipping finished ones.
@@ -185,6 +186,7 @@ def train_ladder(
         train_args: the remaining `distill train` arguments (data, batch, learning rate...).
         train_fn: the training entry point (default `distill.train.main`); imported lazily so
             that planning needs no trainer.
+        run_args: extra arguments for one run (e.g. its learning rate or evaluation interval).
     """
     if train_fn is None:
         from distill.train import main as train_fn
@@ -200,6 +202,7 @@ def train_ladder(
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "ladder_plan.json"), "w", encoding="utf-8") as f:
             json.dump(asdict(plan), f, indent=2)
-        train_fn([*train_args, "--task", "causal-lm", "--alpha", "0", "--model_config", json.dumps(plan.config),
+        extra = run_args(plan) if run_args else []
+        train_fn([*train_args, *extra, "--task", "causal-lm", "--alpha", "0", "--model_config", json.dumps(plan.config),
                   "--max_steps", str(plan.steps), "--lr_scheduler_type", "cosine", "--output_dir", out])
     return dirs
