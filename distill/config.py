@@ -50,7 +50,8 @@ class DistillationConfig(TrainingArguments):
         task (`str`, *optional*):
             `causal-lm`, `seq-cls` or `image-cls`; inferred from the student's class when omitted.
         kd_chunk_size (`int`, *optional*):
-            Number of positions per chunk in the causal-LM loss, bounding its extra memory.
+            Number of positions per chunk in the causal-LM distillation loss (default 1024), which is
+            computed chunk by chunk so that its memory stays bounded at large vocabularies.
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom modelling code from the Hub for teacher and student. Off by default.
     """

@@ -12,6 +12,7 @@ from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
 from .config import DistillationConfig
+from .chunked_loss import chunked_distillation_loss
 from .losses import distillation_loss, student_cross_entropy
 from .tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, infer_task
 from .teacher import check_same_tokenizer, load_teacher, place_teacher
@@ -131,7 +132,12 @@ class DistillationTrainer(Trainer):
             )
         if self.teacher is not None:
             teacher_logits, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs), None)
-            out = distillation_loss(
+            loss_fn, extra = distillation_loss, {}
+            if self.task.token_level and torch.is_grad_enabled():
+                # Token-level logits are large (B x T x V): walk them in chunks, gradients computed in
+                # the forward pass, so no extra full-size float32 copies exist (same values to 1e-5).
+                loss_fn, extra = chunked_distillation_loss, {"chunk_size": self.args.kd_chunk_size or 1024}
+            out = loss_fn(
                 student_logits,
                 teacher_logits,
                 shifted_labels,
@@ -141,6 +147,7 @@ class DistillationTrainer(Trainer):
                 jsd_beta=self.args.jsd_beta,
                 num_items_in_batch=num_items_in_batch,
                 vocab_size=self.kd_vocab_size,
+                **extra,
             )
             loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
         else:

@@ -126,3 +126,28 @@ def test_checkpoint_reloads_as_student(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=True)
     assert max_diff(weights(student), weights(reloaded)) == 0.0
     assert reloaded.config.hidden_size == 32  # the student, not the teacher
+
+
+def test_training_loss_is_chunked_and_equal_to_plain(tmp_path):
+    from unittest import mock
+
+    from distill import trainer as trainer_module
+    from distill.losses import distillation_loss
+
+    student, teacher = tiny_llama(seed=0), tiny_llama(hidden=48, seed=1)
+    trainer = make_trainer(tmp_path, student, teacher, lm_dataset(8), kd_chunk_size=7)
+    batch = CausalLMCollator(0)([lm_dataset(8)[i] for i in range(8)])
+    n = batch["labels"][:, 1:].ne(-100).sum()
+    student.train()
+    spy = mock.Mock(wraps=trainer_module.chunked_distillation_loss)
+    with mock.patch.object(trainer_module, "chunked_distillation_loss", spy):
+        loss = trainer.compute_loss(student, batch, num_items_in_batch=n)
+    assert spy.call_args.kwargs["chunk_size"] == 7
+    with torch.no_grad():
+        s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ref = distillation_loss(s[:, :-1].double(), t[:, :-1].double(), batch["labels"][:, 1:], alpha=0.5, temperature=2.0,
+                            num_items_in_batch=n)
+    assert loss.item() == pytest.approx(ref.loss.item(), rel=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
