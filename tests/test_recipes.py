@@ -11,7 +11,8 @@ from distill.train import parse_args, parse_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "**", "*.yaml"), recursive=True))
-TRAIN_RECIPES = [r for r in RECIPES if not os.path.basename(r).startswith("pipeline")]
+PIPELINES = [r for r in RECIPES if os.sep + "pipeline" + os.sep in r]
+TRAIN_RECIPES = [r for r in RECIPES if r not in PIPELINES]
 
 
 def test_recipes_exist():
@@ -48,3 +49,14 @@ def test_unknown_command_line_key_is_an_error(tmp_path):
     recipe = os.path.join(ROOT, "recipes", "tiny", "causal_lm.yaml")
     with pytest.raises(ValueError, match="no_such_field"):
         parse_args(["--config", recipe, "--no_such_field", "1"])
+
+
+@pytest.mark.parametrize("quick", [False, True])
+@pytest.mark.parametrize("recipe", PIPELINES, ids=lambda p: os.path.relpath(p, ROOT))
+def test_pipeline_recipe_validates(recipe, quick, tmp_path):
+    from scaledown.config import load_pipeline_config
+    from scaledown.pipeline import Pipeline
+
+    first = open(recipe, encoding="utf-8").readline()
+    assert first.startswith("# scaledown run") and os.path.relpath(recipe, ROOT) in first
+    Pipeline(load_pipeline_config(recipe, quick=quick, overrides={"output_root": str(tmp_path)})).validate()
