@@ -116,3 +116,22 @@ def test_help_is_fast():
     out = subprocess.run([sys.executable, "-m", "distill", "--help"], capture_output=True, text=True, check=True)
     assert "train" in out.stdout
     assert time.time() - start < 2.0
+
+
+@pytest.mark.slow
+def test_cli_under_accelerate_launch_two_processes(teachers, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m distill train` on CPU: two gloo ranks, exit 0."""
+    out = str(tmp_path / "ddp")
+    bindir = os.path.dirname(sys.executable)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [os.path.join(bindir, "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
+         "29547", "-m", "distill", "train", "--config", recipe("causal_lm.yaml"), "--teacher_model_name_or_path",
+         teachers["causal_lm"], "--output_dir", out, *QUICK, "--per_device_train_batch_size", "2"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(out, "all_results.json")) as f:
+        results = json.load(f)
+    assert results["global_batch_size"] == 4  # 2 per device x 2 processes: the ranks really synchronised
+    assert "eval_kd_loss" in results
