@@ -37,7 +37,8 @@ class Pipeline:
         self.config = config
         self.log = log
         self.root = config.run_dir
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # seconds each stage took when it ran (here or earlier)
+        self.reused: list[str] = []
         self.plans = None
 
     # ---- checks before any compute -------------------------------------------------------
@@ -121,7 +122,10 @@ class Pipeline:
         if os.path.isfile(marker):
             with open(marker) as f:
                 self.log(f"[{name}] done earlier, reusing {marker}")
-                return json.load(f)["result"]
+                done = json.load(f)
+            self.timings[name] = done["seconds"]
+            self.reused.append(name)
+            return done["result"]
         banner(f"stage {STAGES.index(name) + 1}/{len(STAGES)}: {name}")
         start = time.time()
         result = fn()

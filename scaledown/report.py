@@ -160,8 +160,10 @@ def write_report(pipeline, ladder, fit, teacher, student, kd, base, evaluation, 
         "speedup": evaluation["speedup"],
         "ladder": ladder["runs"],
         "plots": [os.path.relpath(f, root) for f in files],
-        "seconds": seconds,
+        "seconds": sum(pipeline.timings.values()),
+        "invocation_seconds": seconds,
         "stage_seconds": pipeline.timings,
+        "reused_stages": pipeline.reused,
     }
     write_json_atomic(os.path.join(root, "summary.json"), summary)
     with open(os.path.join(root, "report.md"), "w", encoding="utf-8") as f:
@@ -185,7 +187,9 @@ def render_markdown(s: dict) -> str:
     seeds = lambda r: ", ".join(f"{x['test_loss']:.4f}" for x in r["seeds"])  # noqa: E731
     fit = s["fit"]
     out = [f"# scaledown report: {s['name']}", "",
-           f"Ladder -> scaling fit -> teacher -> distilled student, in {s['seconds']:.0f} s.", "",
+           f"Ladder -> scaling fit -> teacher -> distilled student: {s['seconds']:.0f} s of stages"
+           + (f" ({len(s['reused_stages'])} reused by this invocation, which took {s['invocation_seconds']:.0f} s)."
+              if s["reused_stages"] else "."), "",
            "## Results (held-out test split)", "", render_table(s), "",
            f"- **KD gain:** distillation closed {100 * s['kd_gain']:.1f}% of the baseline-to-teacher gap "
            f"(test loss {s['baseline']['test_loss']:.4f} -> {s['student']['test_loss']:.4f}; teacher "
@@ -201,13 +205,13 @@ def render_markdown(s: dict) -> str:
                 f" [{fit['ci'][k][0]:.4g}, {fit['ci'][k][1]:.4g}]" if "ci" in fit and k in fit["ci"] else "")
                 for k, v in fit["params"].items()) + f"; objective {fit['objective']:.3g} on {fit['n_points']} rungs.", ""]
     if h:
-        out += [f"Held out the largest rung ({h['params']:,} non-embedding parameters) and predicted it from the "
+        out += [f"Held out the largest rung ({int(h['params']):,} non-embedding parameters) and predicted it from the "
                 f"smaller ones: predicted {h['predicted']:.4f}, measured {h['actual']:.4f} "
                 f"({h['error_pct']:+.2f}%).", ""]
     out += ["| rung | params | non-embedding | tokens | FLOPs |", "|---|---|---|---|---|"]
     out += [f"| {r['name']} | {r['params']:,} | {r['non_embedding_params']:,} | {r['tokens']:,} | {r['flops']:.3g} |"
             for r in s["ladder"]]
     out += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({p})" for p in s["plots"]]
-    out += ["", "## Time per stage (this invocation)", "", "| stage | seconds |", "|---|---|"]
-    out += [f"| {k} | {v:.1f} |" for k, v in s["stage_seconds"].items()]
+    out += ["", "## Time per stage", "", "| stage | seconds | |", "|---|---|---|"]
+    out += [f"| {k} | {v:.1f} | {'reused' if k in s['reused_stages'] else ''} |" for k, v in s["stage_seconds"].items()]
     return "\n".join(out) + "\n"
