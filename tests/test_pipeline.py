@@ -73,3 +73,32 @@ def test_quick_pipeline_end_to_end_and_resume(tmp_path):
     start = time.time()
     assert scaledown_main(["run", "--quick", "--config", DEMO, "--output-root", str(tmp_path)]) == 0
     assert time.time() - start < 0.5 * first
+
+
+@pytest.mark.parametrize("student,expected", [
+    ({"target_loss": 4.6}, 64),        # smallest width whose predicted loss reaches 4.6
+    ({"flops_budget": 4.0e11}, 48),    # largest width whose KD cost (6 N_s D + 2 N_t D) fits
+])
+def test_student_size_chosen_from_the_fit(tmp_path, student, expected):
+    config = load_pipeline_config(DEMO, overrides={"output_root": str(tmp_path), "student": {"width": None, **student}})
+    pipeline = Pipeline(config)
+    pipeline.validate()
+    teacher_dir = tmp_path / "teacher"
+    teacher_dir.mkdir()
+    (teacher_dir / "all_results.json").write_text(json.dumps({"student_params": 430_752}))
+    # L(N) = 4.245 + 27.45 N^-0.3793, the demo's fit: N(w48)=55.5k -> 4.64, N(w64)=107k -> 4.57.
+    fit = {"full": {"law": "power", "params": {"E": 4.245, "A": 27.45, "alpha": 0.3793}}}
+    chosen = pipeline.pick_student(fit, {"dir": str(teacher_dir), "width": 96})
+    assert chosen["width"] == expected
+    assert chosen["params"] < 430_752
+
+
+def test_unreachable_target_loss_is_refused(tmp_path):
+    config = load_pipeline_config(DEMO, overrides={"output_root": str(tmp_path), "student": {"width": None, "target_loss": 1.0}})
+    pipeline = Pipeline(config)
+    pipeline.validate()
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "all_results.json").write_text(json.dumps({"student_params": 430_752}))
+    with pytest.raises(ValueError, match="target_loss"):
+        pipeline.pick_student({"full": {"law": "power", "params": {"E": 4.245, "A": 27.45, "alpha": 0.3793}}},
+                              {"dir": str(tmp_path / "t"), "width": 96})
