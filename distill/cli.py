@@ -16,6 +16,12 @@ commands:
               distill train --config recipe.yaml --alpha 0.7 --max_steps 100
               accelerate launch --config_file accelerate_configs/ddp.yaml -m distill train --config ...
             `distill train --help` lists every field (model, data, DistillationConfig/TrainingArguments).
+  cache-teacher
+            Run the recipe's teacher once over its training split; store top-k log-probs per token
+            (+ one bucket for the rest) as an Arrow dataset with a manifest. Then train any number
+            of students from it with no teacher loaded:
+              distill cache-teacher --config recipes/tiny/causal_lm.yaml --cache_dir runs/tiny/cache --top_k 32
+              distill train --config recipes/tiny/causal_lm.yaml --teacher_cache runs/tiny/cache
 
 Recipes live in recipes/ and start with the command that runs them. Outputs follow transformers'
 conventions: trainer_state.json, all_results.json, model.safetensors, README.md (model card).
@@ -49,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         _finish_distributed()
+        return 0
+    if command == "cache-teacher":
+        from .teacher_cache import main as cache_main
+
+        try:
+            cache_main(rest)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return 0
     print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2

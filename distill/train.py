@@ -41,6 +41,13 @@ class ModelArguments:
     image_processor_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Image processor for image-cls. Default: the student's, else the teacher's."}
     )
+    teacher_cache: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Train from a teacher cache written by `distill cache-teacher` (causal-lm): no teacher model is "
+            "loaded. Its tokenizer, data and temperature are checked against this run before training."
+        },
+    )
 
     def __post_init__(self):
         if self.model_name_or_path and self.model_config:
@@ -128,6 +135,8 @@ def _load_processing_class(model_args, data_args, args, task):
     from .teacher import load_tokenizer_if_present
 
     candidates = [model_args.model_name_or_path, args.teacher_model_name_or_path]
+    if getattr(model_args, "teacher_cache", None):
+        candidates.append(os.path.join(os.path.expanduser(model_args.teacher_cache), "tokenizer"))
     if task.name == "image-cls":
         from transformers import AutoImageProcessor
 
@@ -188,6 +197,9 @@ def _check_before_compute(model_args, data_args, args) -> None:
 
     if args.task is None:
         raise ValueError("task is not set: add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
+    if model_args.teacher_cache:
+        _check_teacher_cache(model_args.teacher_cache, args)
+        return
     teacher = args.teacher_model_name_or_path
     if args.alpha > 0 and not teacher:
         raise ValueError(
@@ -201,6 +213,21 @@ def _check_before_compute(model_args, data_args, args) -> None:
         )
     if model_args.model_config is not None:
         parse_model_config(model_args.model_config)
+
+
+def _check_teacher_cache(path: str, args) -> None:
+    """The cache exists and fits the run's task, temperature and teacher (tokenizer and data: in the trainer)."""
+    from .teacher_cache import TeacherCache
+
+    cache = TeacherCache.load(path, with_data=False)
+    cache.check_settings(temperature=args.temperature, task=args.task)
+    teacher = args.teacher_model_name_or_path
+    cached = cache.manifest.get("teacher")
+    if teacher and cached and os.path.normpath(os.path.expanduser(teacher)) != os.path.normpath(os.path.expanduser(cached)):
+        raise ValueError(
+            f"teacher_model_name_or_path={teacher!r} differs from the teacher of teacher_cache {path!r} (manifest "
+            f"field teacher: {cached!r}). Drop one of them, or rebuild the cache with this teacher."
+        )
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, float]:
@@ -233,9 +260,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         args.remove_unused_columns = False
     student = _build_student(model_args, data_args, args, task, processing_class, bundle)
 
+    use_cache = bool(model_args.teacher_cache)
+    if use_cache:
+        logger.info("Training from teacher cache %s: no teacher model is loaded.", model_args.teacher_cache)
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None,
+        teacher_model=None if use_cache else (
+            args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None),
+        teacher_cache=model_args.teacher_cache if use_cache else None,
         args=args,
         train_dataset=bundle.train,
         eval_dataset=bundle.eval,

@@ -16,6 +16,7 @@ from .chunked_loss import chunked_distillation_loss
 from .losses import distillation_loss, student_cross_entropy
 from .tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, infer_task
 from .teacher import check_same_tokenizer, load_teacher, place_teacher
+from .teacher_cache import CACHE_COLUMNS
 
 _STAGING = ".staging"
 
@@ -35,6 +36,11 @@ class DistillationTrainer(Trainer):
         args: a [`DistillationConfig`].
         teacher_processing_class: the teacher's tokenizer, when it is not loaded from
             `teacher_model`'s directory; used to refuse a tokenizer that differs from the student's.
+        teacher_cache: instead of a teacher, a cache written by `distill cache-teacher` (a directory
+            or a [`distill.teacher_cache.TeacherCache`]); causal LM only. Its tokenizer, data,
+            temperature and kind are checked against the student's before anything else; its
+            top-k columns are added to `train_dataset` and padded by a wrapped collator, and the KD
+            term is [`distill.teacher_cache.cached_distillation_loss`]. No teacher model is loaded.
         **kwargs: everything else [`~transformers.Trainer`] accepts (datasets, collator,
             `processing_class`, `compute_metrics`, callbacks, ...).
 
@@ -55,6 +61,7 @@ class DistillationTrainer(Trainer):
         teacher_model: Union[nn.Module, str, None] = None,
         args: Optional[DistillationConfig] = None,
         teacher_processing_class: Any = None,
+        teacher_cache: Any = None,
         **kwargs,
     ):
         if args is None:
@@ -64,7 +71,7 @@ class DistillationTrainer(Trainer):
         if model is None:
             raise ValueError("DistillationTrainer needs the student as model=...")
         task = get_task(args.task) if args.task else infer_task(model)
-        if teacher_model is None and args.alpha > 0:
+        if teacher_model is None and teacher_cache is None and args.alpha > 0:
             raise ValueError(
                 f"alpha={args.alpha} needs a teacher: pass teacher_model= or set "
                 "teacher_model_name_or_path (or set alpha=0 to train on labels alone)."
@@ -79,6 +86,10 @@ class DistillationTrainer(Trainer):
             self.kd_vocab_size = check_same_tokenizer(
                 processing_class, teacher_processing_class, model, teacher_model
             )
+        self.teacher_cache = None
+        if teacher_cache is not None:
+            kwargs = self._attach_teacher_cache(teacher_cache, teacher_model, task, args, processing_class, kwargs)
+            self.kd_vocab_size = self.teacher_cache.vocab_size
         self._check_train_dataset(kwargs.get("train_dataset"), args)
         super().__init__(model=model, args=args, **kwargs)
         # Count valid positions ourselves for every task (shift-aware for causal LMs only).
@@ -88,6 +99,32 @@ class DistillationTrainer(Trainer):
         self._eval_sums = None
 
     # ---- input checks ------------------------------------------------------------------------
+
+    def _attach_teacher_cache(self, cache, teacher_model, task, args, processing_class, kwargs) -> dict:
+        from .tasks import make_collator
+        from .teacher_cache import TeacherCache, TeacherCacheCollator
+
+        if teacher_model is not None:
+            raise ValueError("Give either teacher_model or teacher_cache, not both: a cache replaces the teacher.")
+        if not task.token_level:
+            raise ValueError(f"teacher_cache supports causal-lm only, not task {task.name!r}.")
+        if not isinstance(cache, TeacherCache):
+            cache = TeacherCache.load(cache)
+        kwargs = dict(kwargs)
+        kwargs["train_dataset"] = cache.attach(
+            kwargs.get("train_dataset"), tokenizer=processing_class, temperature=args.temperature, kind=args.kd_kind
+        )
+        base = kwargs.get("data_collator") or make_collator(task, processing_class)
+        if not isinstance(base, TeacherCacheCollator):
+            kwargs["data_collator"] = TeacherCacheCollator(base, cache.k)
+        self.teacher_cache = cache
+        return kwargs
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # Keep the cache columns: remove_unused_columns would drop them (the model takes no such input).
+        super()._set_signature_columns_if_needed()
+        if self.teacher_cache is not None:
+            self._signature_columns += [c for c in CACHE_COLUMNS if c not in self._signature_columns]
 
     def _check_train_dataset(self, dataset, args: DistillationConfig) -> None:
         """Refuse a dataset without labels before any compute, when the loss needs them."""
@@ -118,9 +155,20 @@ class DistillationTrainer(Trainer):
         with torch.no_grad():
             return self.teacher(**inputs).logits
 
+    def _cached_kd(self, s_logits, s_labels, cached, num_items_in_batch, **extra):
+        from .teacher_cache import cached_distillation_loss
+
+        ids, logprobs, rest = (cached[c] for c in CACHE_COLUMNS)
+        return cached_distillation_loss(
+            s_logits, ids, logprobs, rest, s_labels, alpha=extra.pop("alpha", self.args.alpha),
+            temperature=self.args.temperature, kind=self.args.kd_kind, jsd_beta=self.args.jsd_beta,
+            num_items_in_batch=num_items_in_batch, vocab_size=self.kd_vocab_size,
+        )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        cached = {k: inputs[k] for k in CACHE_COLUMNS if k in inputs} or None
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in CACHE_COLUMNS}
         # Always through the wrapper (DDP/FSDP/DeepSpeed hooks), never `.module`.
         outputs = model(**model_inputs)
         student_logits, shifted_labels = align_logits_and_labels(self.task, outputs.logits, labels)
@@ -130,7 +178,11 @@ class DistillationTrainer(Trainer):
             num_items_in_batch = (
                 count_valid(self.task, labels) if labels is not None else student_logits[..., 0].numel()
             )
-        if self.teacher is not None:
+        if cached is not None and self.teacher is None:
+            # Teacher targets from the offline cache: no teacher forward.
+            out = self._cached_kd(student_logits, shifted_labels, cached, num_items_in_batch)
+            loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
+        elif self.teacher is not None:
             teacher_logits, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs), None)
             loss_fn, extra = distillation_loss, {}
             if self.task.token_level and torch.is_grad_enabled():
@@ -184,7 +236,7 @@ class DistillationTrainer(Trainer):
                 totals = self.accelerator.reduce(totals, reduction="sum")
             kd, ce, n = totals.tolist()
             if n > 0:
-                if self.teacher is not None:
+                if self.teacher is not None or self.teacher_cache is not None:
                     logs["kd_loss"] = round(kd / n, 6)
                 logs["ce_loss"] = round(ce / n, 6)
             self._train_sums = self._zero_sums()
@@ -198,7 +250,8 @@ class DistillationTrainer(Trainer):
         labels = inputs.get("labels")
         if labels is None:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        cached = {k: inputs[k] for k in CACHE_COLUMNS if k in inputs} or None
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in CACHE_COLUMNS}
         with torch.no_grad(), self.compute_loss_context_manager():
             logits = model(**model_inputs).logits
             s_logits, s_labels = align_logits_and_labels(self.task, logits, labels)
@@ -221,6 +274,12 @@ class DistillationTrainer(Trainer):
                 if sums is not None:
                     sums["kd"] += float(out.kd_loss)
                     sums["teacher_ce"] = sums.get("teacher_ce", 0.0) + float(t_ce)
+            elif cached is not None:
+                real = {c: v[:k] for c, v in cached.items()}
+                out = self._cached_kd(s_logits[:k], s_labels[:k], real, 1, alpha=1.0)
+                if sums is not None:
+                    sums["kd"] += float(out.kd_loss)
+                    sums["cached_kd"] = True
         loss = (ce_sum / n.clamp(min=1)).detach()
         if prediction_loss_only:
             return loss, None, None
@@ -247,6 +306,7 @@ class DistillationTrainer(Trainer):
             if self.args.world_size > 1:
                 values = self.accelerator.reduce(values, reduction="sum")
             ce, kd, t_ce, n = values.tolist()
+            cached_kd = bool(sums.get("cached_kd"))
         finally:
             self._eval_sums = None
         if n > 0:
@@ -257,6 +317,8 @@ class DistillationTrainer(Trainer):
             if self.teacher is not None:
                 output.metrics[f"{p}_kd_loss"] = kd / n
                 output.metrics[f"{p}_teacher_loss"] = t_ce / n
+            elif cached_kd:  # an eval set that carries cache columns: KD from the cache, no teacher CE
+                output.metrics[f"{p}_kd_loss"] = kd / n
         return output
 
     # ---- checkpoints -------------------------------------------------------------------------
