@@ -193,7 +193,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--chunk", type=int, default=None, help="kd_chunk_size (default: the trainer's 1024)")
+    p.add_argument("--chunk", type=int, default=None, help="kd_chunk_size (default: the trainer's, default_chunk_size)")
     args = p.parse_args()
 
     import torch
@@ -205,8 +205,12 @@ def main() -> None:
         results.append(run_size(t_spec, s_spec, args))
         print(f"{pair}: kd (chunked) / reference = {results[-1]['ratio']:.3f}x", flush=True)
 
+    from distill.chunked_loss import default_chunk_size
+
+    chunk = args.chunk or f"default {default_chunk_size(args.V)}"
     header = (
-        f"B={args.B}, T={args.T}, V={args.V}, forward KL, alpha=0.5, T_kd=2, AdamW, float32, {args.threads} CPU "
+        f"B={args.B}, T={args.T}, V={args.V}, kd_chunk_size={chunk}, forward KL, alpha=0.5, T_kd=2, AdamW, "
+        f"float32, {args.threads} CPU "
         f"thread(s), torch {torch.__version__}. One optimizer step per row (forward, backward, AdamW step). "
         f"Median of {args.rounds} interleaved rounds after {args.warmup} warm-up; ratio = median / median of "
         f"'student CE + teacher fwd'. Target: kd (chunked) <= 1.05x."

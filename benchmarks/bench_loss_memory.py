@@ -41,6 +41,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # (name, family, chunk_size): family "logits" starts from logits, "hidden" from hidden states.
 VARIANTS = [
     ("naive", "logits", None),
+    ("chunked", "logits", "auto"),  # the trainer's default: distill.chunked_loss.default_chunk_size
     ("chunked", "logits", 1024),
     ("chunked", "logits", 256),
     ("naive + LM head", "hidden", None),
@@ -97,7 +98,8 @@ def worker(args) -> dict:
         if name == "naive":
             out = distillation_loss(x["s"], x["t"], x["labels"], **kw)
         elif name == "chunked":
-            out = chunked_distillation_loss(x["s"], x["t"], x["labels"], chunk_size=chunk, **kw)
+            out = chunked_distillation_loss(x["s"], x["t"], x["labels"],
+                                            chunk_size=None if chunk == "auto" else chunk, **kw)
         elif name == "naive + LM head":
             with torch.no_grad():
                 t_logits = F.linear(x["ht"], x["wt"])
@@ -188,9 +190,14 @@ def main() -> None:
         "| variant | input | chunk | peak MiB | vs naive | time s | vs naive | loss |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    from distill.chunked_loss import default_chunk_size
+
     for r in rows:
+        chunk = r["chunk_size"] or "-"
+        if chunk == "auto":
+            chunk = f"auto ({default_chunk_size(args.V)})"
         lines.append(
-            f"| {r['variant']} | {r['family']} | {r['chunk_size'] or '-'} | {r['peak_mib']:.0f} | "
+            f"| {r['variant']} | {r['family']} | {chunk} | {r['peak_mib']:.0f} | "
             f"{r['mem_ratio']:.2f}x | {r['time_s']:.2f} | {r['time_ratio']:.2f}x | {r['loss']:.6f} |"
         )
     table = "\n".join(lines)

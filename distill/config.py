@@ -50,8 +50,11 @@ class DistillationConfig(TrainingArguments):
         task (`str`, *optional*):
             `causal-lm`, `seq-cls` or `image-cls`; inferred from the student's class when omitted.
         kd_chunk_size (`int`, *optional*):
-            Number of positions per chunk in the causal-LM distillation loss (default 1024), which is
-            computed chunk by chunk so that its memory stays bounded at large vocabularies.
+            Number of positions per chunk in the causal-LM distillation loss, which is computed
+            chunk by chunk so that its memory stays bounded at large vocabularies. Default: about
+            2^20 logits per chunk on CPU (256 positions at V = 4096, which keeps the chunk in cache),
+            1024 positions on accelerators (fewer above V = 131072); see
+            `distill.chunked_loss.default_chunk_size`.
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom modelling code from the Hub for teacher and student. Off by default.
     """

@@ -188,7 +188,7 @@ class DistillationTrainer(Trainer):
             if self.task.token_level and torch.is_grad_enabled():
                 # Token-level logits are large (B x T x V): walk them in chunks, gradients computed in
                 # the forward pass, so no extra full-size float32 copies exist (same values to 1e-5).
-                loss_fn, extra = chunked_distillation_loss, {"chunk_size": self.args.kd_chunk_size or 1024}
+                loss_fn, extra = chunked_distillation_loss, {"chunk_size": self.args.kd_chunk_size}
             out = loss_fn(
                 student_logits,
                 teacher_logits,

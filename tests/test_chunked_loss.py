@@ -390,3 +390,83 @@ def test_single_position_1d_logits():
     assert_same(out, ref)
     assert g.shape == s1.shape
     torch.testing.assert_close(g, g_ref, **TOL)
+
+
+# ----------------------------------------------------------------------------------------------
+# The forward-KL fast path against the float64 numpy reference, and the row gather
+# ----------------------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from distill.chunked_loss import _RowGather, default_chunk_size  # noqa: E402
+from test_losses import ref_loss  # noqa: E402  (independent float64 numpy reference)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    b=st.integers(1, 3),
+    t=st.integers(1, 6),
+    v=st.integers(2, 300),
+    scale=st.floats(0.01, 40.0),
+    temperature=st.one_of(st.sampled_from([1.0, 2.0]), st.floats(0.1, 10.0)),
+    alpha=st.floats(0.0, 1.0),
+    masked=st.integers(0, 3),
+    chunk_size=st.integers(1, 8),
+)
+def test_forward_kl_fast_path_matches_float64_reference(seed, b, t, v, scale, temperature, alpha,
+                                                        masked, chunk_size):
+    """Values against numpy float64; gradients against float64 autograd of the plain loss.
+
+    Covers the T = 1 and T = 2 shortcuts, logits wide enough to underflow exp, and teacher logits
+    of -inf (0 log 0 = 0)."""
+    student, teacher, labels = make_batch(b, t, v, seed=seed, scale=scale, pad_row=False)
+    masked = min(masked, v - 1)
+    if masked:
+        teacher[..., :masked] = float("-inf")
+    kw = dict(alpha=alpha, temperature=temperature, kind="forward_kl")
+    out, g = run(chunked_distillation_loss, student, teacher, labels, chunk_size=chunk_size, **kw)
+    loss, kd, ce, n = ref_loss(student, teacher, labels, **kw)
+    assert int(out.num_valid) == n
+    t2 = temperature**2
+    np_tol = dict(rtol=1e-4, atol=1e-5 * max(t2, 1.0) * max(scale, 1.0))
+    for got, want in ((out.loss, loss), (out.kd_loss, kd), (out.ce_loss, ce)):
+        assert math.isfinite(got.item())
+        assert got.item() == pytest.approx(want, **{"rel": np_tol["rtol"], "abs": np_tol["atol"]})
+    _, g64 = run(distillation_loss, student.double(), teacher.double(), labels, **kw)
+    torch.testing.assert_close(g.double(), g64, rtol=1e-4, atol=1e-6 * max(temperature, 1.0))
+
+
+@pytest.mark.parametrize(
+    "make_view",
+    [
+        lambda x: x,                          # contiguous
+        lambda x: x[:, :-1],                  # the causal shift
+        lambda x: x[:, 1:],                   # a storage offset
+        lambda x: x[::2, :-1],                # strided batch
+        lambda x: x.transpose(0, 1),          # leading dims swapped
+        lambda x: x[..., ::2],                # vocabulary not contiguous: advanced-indexing fallback
+        lambda x: x[:1].expand(3, -1, -1),    # stride 0
+        lambda x: x[0],                       # 2-D
+    ],
+)
+def test_row_gather_equals_advanced_indexing(make_view):
+    base = torch.randn(4, 6, 10)
+    x = make_view(base)
+    valid = torch.rand(x.shape[:-1], generator=torch.Generator().manual_seed(0)) < 0.6
+    rows = valid.nonzero(as_tuple=True)
+    for vocab in (x.shape[-1], x.shape[-1] - 3):
+        gather = _RowGather(x, rows, vocab)
+        want = x[rows][:, :vocab]
+        n = rows[0].numel()
+        got = torch.cat([gather.take(i, min(i + 3, n)) for i in range(0, n, 3)]) if n else want
+        assert got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_default_chunk_size_bounds_the_chunk_by_values_on_cpu():
+    assert default_chunk_size(4096) == 256  # 2^20 values
+    assert default_chunk_size(152_064) == 8
+    assert default_chunk_size(10) == 4096
+    assert default_chunk_size(32_000, "meta") == 1024
+    assert default_chunk_size(256_000, "meta") == 524
