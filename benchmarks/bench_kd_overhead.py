@@ -23,7 +23,8 @@ Threads are pinned with `--threads` (default 1) to keep the comparison quiet on 
 Sizes are `teacher:student` pairs of Llama `hidden x layers` (heads of 32, MLP 8/3 x hidden, tied
 embeddings): the default 256x4:128x2 (4.2M -> 0.9M params) and 512x4:256x4 (~15M -> ~4.7M params).
 
-Writes `benchmarks/results/kd_overhead.{json,md}` and prints the Markdown table.
+Writes `benchmarks/results/kd_overhead.{json,md}` (`kd_overhead_chunk<N>.*` with `--chunk N`) and prints
+the Markdown table.
 """
 
 from __future__ import annotations
@@ -230,8 +231,9 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = dict(vars(args), python=platform.python_version(), torch=torch.__version__, machine=platform.machine())
     out = dict(config=meta, target=1.05, results=results)
-    (RESULTS / "kd_overhead.json").write_text(json.dumps(out, indent=2))
-    (RESULTS / "kd_overhead.md").write_text(table + "\n")
+    stem = "kd_overhead" if args.chunk is None else f"kd_overhead_chunk{args.chunk}"  # keep the default's table
+    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / f"{stem}.md").write_text(table + "\n")
     print(table)
 
 

@@ -13,6 +13,9 @@ def _teacher_name(trainer) -> str:
     name = trainer.args.teacher_model_name_or_path
     if name:
         return name
+    cache = getattr(trainer, "teacher_cache", None)
+    if cache is not None:
+        return str(cache.manifest.get("teacher") or "")
     teacher = trainer.teacher
     if teacher is None:
         return ""
@@ -35,7 +38,8 @@ def write_model_card(trainer, output_dir: str, **kwargs) -> str:
     teacher = _teacher_name(trainer)
     student = trainer.model
     n_params = sum(p.numel() for p in student.parameters())
-    distilled = trainer.teacher is not None
+    cache = getattr(trainer, "teacher_cache", None)
+    distilled = trainer.teacher is not None or cache is not None
     metadata = {
         "library_name": "transformers",
         "pipeline_tag": _TASK_TAGS.get(trainer.task.name),
@@ -64,6 +68,17 @@ def write_model_card(trainer, output_dir: str, **kwargs) -> str:
             "",
             f"Loss: `alpha * T^2 * {args.kd_kind}(teacher || student) + (1 - alpha) * CE(student, labels)`",
             "",
+        ]
+        if cache is not None:
+            exact = cache.k >= cache.vocab_size
+            lines += [
+                f"The teacher's targets came from an offline cache of its top-{cache.k} log-probabilities per "
+                "token plus one bucket for the rest (`distill cache-teacher`)"
+                + (", which covers the whole vocabulary." if exact else
+                   ", so the KD term approximates the full-vocabulary one."),
+                "",
+            ]
+        lines += [
             "| setting | value |",
             "|---|---|",
             f"| alpha | {args.alpha} |",

@@ -144,6 +144,11 @@ def test_training_from_cache_without_teacher(tmp_path, teacher):
         assert h["loss"] == pytest.approx(0.5 * h["kd_loss"] + 0.5 * h["ce_loss"], rel=1e-3, abs=1e-3)
     metrics = trainer.evaluate(eval_dataset=lm_dataset(6, seed=9))
     assert "eval_loss" in metrics and "eval_teacher_loss" not in metrics
+    # The model card names the cached teacher and says the targets were top-k.
+    trainer.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "distilled from `tiny-teacher`" in card and "knowledge-distillation" in card
+    assert "top-16 log-probabilities" in card and "approximates" in card
 
 
 def test_cache_loss_in_trainer_matches_cached_loss_despite_shuffling(tmp_path, teacher):
