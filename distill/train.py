@@ -90,9 +90,9 @@ def build_parser():
 
 def parse_args(argv: list[str]):
     """``--config recipe.yaml`` gives defaults; ``--field value`` overrides; unknown keys are errors."""
-    import difflib
-
     import yaml
+
+    from .hints import did_you_mean
 
     config_path = None
     rest = list(argv)
@@ -114,10 +114,7 @@ def parse_args(argv: list[str]):
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(recipe) - known)
         if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, known, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hints = [f"{key!r}{did_you_mean(key, known)}" for key in unknown]
             raise SystemExit(f"error: {config_path}: unknown field(s) {', '.join(hints)}")
         parser.set_defaults(**recipe)
     return parser.parse_args_into_dataclasses(args=rest)

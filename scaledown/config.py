@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from distill.hints import did_you_mean
 
 
 @dataclass
@@ -87,8 +88,7 @@ def _build(cls, values: dict, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f" (did you mean {where}.{close[0]}?)" if close else ""
+            hint = did_you_mean(key, names, prefix=f"{where}.")
             raise ValueError(f"Unknown field {where}.{key}{hint}; known: {', '.join(sorted(names))}.")
     return cls(**values)
 
@@ -122,8 +122,7 @@ def load_pipeline_config(path: Optional[str] = None, quick: bool = False, overri
     values = {}
     for key, value in raw.items():
         if key not in top:
-            close = difflib.get_close_matches(key, top, n=1)
-            raise ValueError(f"Unknown field {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + ".")
+            raise ValueError(f"Unknown field {key!r}{did_you_mean(key, top)}.")
         values[key] = _build(_NESTED[key], value, key) if key in _NESTED else value
     config = PipelineConfig(**values)
     if isinstance(config.data, dict):
