@@ -36,6 +36,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import MALLOC_ENV, reset_peak, status_kib  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # (name, family, chunk_size): family "logits" starts from logits, "hidden" from hidden states.
@@ -47,23 +50,6 @@ VARIANTS = [
     ("naive + LM head", "hidden", None),
     ("fused", "hidden", 1024),
 ]
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def worker(args) -> dict:
@@ -119,14 +105,14 @@ def worker(args) -> dict:
     x = inputs(B, T, V, H)
     clear_grads(x)
 
-    rss_before = _status_kib("VmRSS")
+    rss_before = status_kib("VmRSS")
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    exact = _reset_peak()
+    exact = reset_peak()
     t0 = time.perf_counter()
     loss = step(x)
     first_s = time.perf_counter() - t0
     if exact:
-        peak_kib = _status_kib("VmHWM") - rss_before
+        peak_kib = status_kib("VmHWM") - rss_before
         method = "VmHWM after clear_refs"
     else:
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - max(rss_before, maxrss_before)
@@ -157,7 +143,7 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    env = dict(os.environ, **MALLOC_ENV)
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
     rows = []

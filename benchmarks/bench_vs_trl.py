@@ -49,28 +49,14 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import MALLOC_ENV, reset_peak, status_kib  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # ---- worker (runs in either environment; imports `distill` only for our side) ---------------------
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
 
 def worker(args) -> dict:
     import torch
@@ -131,12 +117,12 @@ def worker(args) -> dict:
     if args.worker == "ours":
         trainer._train_sums = trainer._zero_sums()  # forget the probe's logging sums
 
-    rss0 = _status_kib("VmRSS")
-    exact = _reset_peak()
+    rss0 = status_kib("VmRSS")
+    exact = reset_peak()
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
-    growth_kib = _status_kib("VmHWM") - rss0 if exact else None
+    growth_kib = status_kib("VmHWM") - rss0 if exact else None
     ends = timer.ends
     timed = ends[-1] - ends[args.warmup - 1] if args.warmup > 0 else ends[-1] - t0
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
@@ -252,7 +238,7 @@ def main() -> None:
         (RESULTS / "vs_trl.md").write_text(msg + "\n")
         sys.exit(msg)
 
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
+    env = dict(os.environ, **MALLOC_ENV,
                TOKENIZERS_PARALLELISM="false", PYTHONPATH="")
     runs: dict[str, list[dict]] = {"ours": [], "trl": []}
     errors = {}
