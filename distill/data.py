@@ -17,6 +17,11 @@ not), local files through the `text`/`json`/`csv`/`parquet`/`imagefolder` builde
 written by `save_to_disk`, or an offline built-in (`distill.corpus`). Every mistake this
 module can detect (missing column, missing split, empty result...) is raised before training
 starts, with the name of the field to change.
+
+This module holds the public entry points and constants (`DataArguments` and its checks,
+`DatasetBundle`, `load_raw_datasets` with split selection and eval carving,
+`texts_for_tokenizer`, `build_datasets`, `IGNORE_INDEX`); the per-task tokenization and
+transforms, label mapping and the per-split finishing live in `distill.data_prep`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,11 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
+
+from .data_prep import (  # noqa: F401  (IGNORE_INDEX: re-exported)
+    IGNORE_INDEX, _cls_text_columns, _columns, _finish, _prepare_causal_lm, _prepare_image_cls,
+    _prepare_seq_cls, _require_column)
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +51,6 @@ _EXTENSION_TO_BUILDER = {"txt": "text", "text": "text", "json": "json", "jsonl":
                          "csv": "csv", "parquet": "parquet", "arrow": "arrow"}
 # Streaming sources without a validation split and of unknown length: eval examples to carve.
 _STREAMING_EVAL_FALLBACK = 1_000
-# Label value of tokens that take no part in the loss (torch's CrossEntropyLoss ignore_index).
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -319,19 +326,6 @@ def _check_task(task: str) -> str:
     return task
 
 
-def _columns(ds) -> list[str]:
-    """Column names, peeking at the first example when a stream does not know them."""
-    if ds.column_names is not None:
-        return list(ds.column_names)
-    first = next(iter(ds.take(1)), None)
-    return list(first) if first is not None else []
-
-
-def _require_column(columns: list[str], name: str, field_name: str, split: str) -> None:
-    if name not in columns:
-        raise ValueError(f"{field_name}={name!r} is not a column of the {split} split; "
-                         f"available columns: {columns}. Set --{field_name} to one of them.")
-
 
 # --------------------------------------------------------------------------------------------
 # Texts for a tokenizer
@@ -397,248 +391,3 @@ def build_datasets(data_args: DataArguments, task: str, processing_class: Any = 
         splits[split] = _finish(ds, split, limits[split], transform, data_args, seed)
     return DatasetBundle(train=splits["train"], eval=splits.get("validation"),
                          test=splits.get("test"), num_labels=num_labels, id2label=id2label)
-
-
-def _finish(ds, split: str, limit: Optional[int], transform: Optional[Callable],
-            data_args: DataArguments, seed: int):
-    """Apply max_*_samples and the lazy transform, check for emptiness, shuffle a stream.
-
-    The first example is computed here, so that a broken transform fails before training.
-    """
-    from datasets import Dataset
-
-    if isinstance(ds, Dataset):
-        if limit is not None:
-            ds = ds.select(range(min(limit, len(ds))))
-        if transform is not None:
-            ds = ds.with_transform(transform)
-        empty = len(ds) == 0 or ds[0] is None
-    else:
-        if limit is not None:
-            ds = ds.take(limit)
-        empty = next(iter(ds), None) is None
-    if empty:
-        raise ValueError(
-            f"the {split} split is empty after preprocessing; check dataset_name/data_files, "
-            "the text column, block_size (causal-lm drops examples under 2 tokens or without a "
-            "trainable label) and max_*_samples.")
-    if split == "train" and not isinstance(ds, Dataset):
-        ds = ds.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
-    return ds
-
-
-def _map(ds, fn: Callable, data_args: DataArguments, desc: str):
-    """`map(batched=True)` that drops the source columns, for Datasets and streams alike."""
-    from datasets import Dataset
-
-    kwargs: dict[str, Any] = {"batched": True, "remove_columns": _columns(ds)}
-    if isinstance(ds, Dataset):
-        kwargs.update(num_proc=data_args.preprocessing_num_workers, desc=desc)
-    return ds.map(fn, **kwargs)
-
-
-def _require_tokenizer(processing_class: Any, task: str) -> Any:
-    if processing_class is None or not callable(processing_class) or not hasattr(
-            processing_class, "convert_tokens_to_ids"):
-        raise ValueError(f"task {task!r} needs a tokenizer as processing_class, got "
-                         f"{type(processing_class).__name__}; pass --tokenizer_name or let the "
-                         "CLI train one (tokenizer_vocab_size).")
-    return processing_class
-
-
-# ---- causal-lm -----------------------------------------------------------------------------
-def _prepare_causal_lm(raw, data_args: DataArguments, tokenizer: Any):
-    tokenizer = _require_tokenizer(tokenizer, "causal-lm")
-    if tokenizer.eos_token_id is None:
-        raise ValueError("causal-lm appends eos to every document, but the tokenizer has no "
-                         "eos_token; set tokenizer.eos_token (e.g. to its sep token).")
-    text_col, prompt_col = data_args.text_column or "text", data_args.prompt_column
-    for split, ds in raw.items():
-        columns = _columns(ds)
-        _require_column(columns, text_col, "text_column", split)
-        if prompt_col:
-            _require_column(columns, prompt_col, "prompt_column", split)
-    fn = _causal_lm_fn(tokenizer, text_col, prompt_col, data_args.block_size, data_args.packing)
-    splits = {s: _map(ds, fn, data_args, f"Tokenizing {s}") for s, ds in raw.items()}
-    return splits, None, None, None
-
-
-def _causal_lm_fn(tokenizer, text_col: str, prompt_col: Optional[str], block_size: int,
-                  packing: bool) -> Callable:
-    eos = tokenizer.eos_token_id
-    # Tokenizers with a distinct bos (Llama: <s> ... </s>) start every document with it, as
-    # their models were trained; GPT-2-style ones (bos == eos) only separate with eos. bos
-    # counts as context: label -100.
-    bos = tokenizer.bos_token_id
-    prefix = [bos] if bos is not None and bos != eos else []
-
-    def encode(texts: list) -> list[list[int]]:
-        texts = [t or "" for t in texts]
-        return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-
-    def fn(batch: dict) -> dict:
-        completions = encode(batch[text_col])
-        prompts = encode(batch[prompt_col]) if prompt_col else [[] for _ in completions]
-        examples = []
-        for prompt, completion in zip(prompts, completions):
-            ids = prefix + prompt + completion + [eos]
-            labels = [IGNORE_INDEX] * (len(prefix) + len(prompt)) + completion + [eos]
-            if packing:
-                examples.append((ids, labels))
-            elif prompt_col:  # truncate: a chunk without its prompt would be a different task
-                examples.append((ids[:block_size], labels[:block_size]))
-            else:
-                examples += [(ids[i:i + block_size], labels[i:i + block_size])
-                             for i in range(0, len(ids), block_size)]
-        if packing and examples:  # run_clm's group_texts
-            all_ids = [t for ids, _ in examples for t in ids]
-            all_labels = [t for _, labels in examples for t in labels]
-            usable = len(all_ids) // block_size * block_size
-            examples = [(all_ids[i:i + block_size], all_labels[i:i + block_size])
-                        for i in range(0, usable, block_size)]
-        # Keep examples with at least one token to predict (labels are shifted by one).
-        examples = [(ids, labels) for ids, labels in examples
-                    if len(ids) >= 2 and any(t != IGNORE_INDEX for t in labels[1:])]
-        return {"input_ids": [e[0] for e in examples], "labels": [e[1] for e in examples]}
-
-    return fn
-
-
-# ---- classification labels ---------------------------------------------------------------
-def _label_info(raw, label_column: str):
-    """(num_labels, id2label, value->id mapping or None); num_labels=1 means regression.
-
-    A `ClassLabel` gives its names; otherwise the distinct values of train and validation are
-    read (for a stream, the whole train stream: classification sets are small).
-    """
-    from datasets import ClassLabel, Value
-
-    for split, ds in raw.items():
-        _require_column(_columns(ds), label_column, "label_column", split)
-    feature = (raw["train"].features or {}).get(label_column)
-    if isinstance(feature, ClassLabel):
-        return feature.num_classes, dict(enumerate(feature.names)), None
-    if isinstance(feature, Value) and feature.dtype.startswith("float"):
-        return 1, None, None  # run_glue's regression convention
-    values: set = set()
-    for split in ("train", "validation"):  # the labels a model can learn or be scored on
-        if split in raw:
-            for batch in raw[split].select_columns([label_column]).iter(batch_size=10_000):
-                values.update(batch[label_column])
-    if None in values:
-        raise ValueError(f"label_column={label_column!r} has missing (None) values; fill or "
-                         "filter them before training.")
-    if all(isinstance(v, int) for v in values) and values <= set(range(len(values))):
-        return len(values), {i: str(i) for i in range(len(values))}, None
-    names = sorted(values, key=lambda v: (str(type(v)), v))
-    return len(names), {i: str(v) for i, v in enumerate(names)}, {v: i for i, v in
-                                                                  enumerate(names)}
-
-
-def _label_ids(values: list, mapping: Optional[dict], label_column: str) -> list:
-    if mapping is None:
-        return list(values)
-    unknown = {v for v in values if v not in mapping}
-    if unknown:
-        raise ValueError(f"label_column={label_column!r}: values {sorted(map(str, unknown))} "
-                         "are not among the train/validation labels.")
-    return [mapping[v] for v in values]
-
-
-# ---- seq-cls -------------------------------------------------------------------------------
-def _cls_text_columns(ds, columns: list[str], data_args: DataArguments):
-    """(text column, pair column or None), following run_glue's choice of columns."""
-    text, pair = data_args.text_column, data_args.text_pair_column
-    if text is None:
-        for candidate in ("text", "sentence", "sentence1"):
-            if candidate in columns:
-                text = candidate
-                break
-        else:
-            first = next(iter(ds.take(1)), None) or {}
-            strings = [c for c in columns if c != data_args.label_column
-                       and isinstance(first.get(c), str)]
-            text = strings[0] if strings else "text"
-        if pair is None and text == "sentence1" and "sentence2" in columns:
-            pair = "sentence2"
-    return text, pair
-
-
-def _prepare_seq_cls(raw, data_args: DataArguments, tokenizer: Any):
-    tokenizer = _require_tokenizer(tokenizer, "seq-cls")
-    text_col, pair_col = _cls_text_columns(raw["train"], _columns(raw["train"]), data_args)
-    for split, ds in raw.items():
-        columns = _columns(ds)
-        _require_column(columns, text_col, "text_column", split)
-        if pair_col:
-            _require_column(columns, pair_col, "text_pair_column", split)
-    num_labels, id2label, mapping = _label_info(raw, data_args.label_column)
-    label_col, max_len = data_args.label_column, data_args.max_seq_length
-
-    def fn(batch: dict) -> dict:
-        texts = [t or "" for t in batch[text_col]]
-        pairs = [t or "" for t in batch[pair_col]] if pair_col else None
-        enc = tokenizer(texts, pairs, truncation=True, max_length=max_len)
-        out = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-        out["labels"] = _label_ids(batch[label_col], mapping, label_col)
-        return out
-
-    splits = {s: _map(ds, fn, data_args, f"Tokenizing {s}") for s, ds in raw.items()}
-    return splits, num_labels, id2label, None
-
-
-# ---- image-cls -----------------------------------------------------------------------------
-def _prepare_image_cls(raw, data_args: DataArguments, image_processor: Any):
-    from datasets import Dataset
-
-    columns = _columns(raw["train"])
-    image_col = data_args.image_column or next(
-        (c for c in ("image", "img") if c in columns), "image")
-    for split, ds in raw.items():
-        _require_column(_columns(ds), image_col, "image_column", split)
-    num_labels, id2label, mapping = _label_info(raw, data_args.label_column)
-    to_pixels = (_processor_pixels(image_processor) if image_processor is not None
-                 else _simple_pixels(data_args.image_size or 32))
-    label_col = data_args.label_column
-
-    def transform(batch: dict) -> dict:
-        images = [image.convert("RGB") for image in batch[image_col]]
-        return {"pixel_values": to_pixels(images),
-                "labels": _label_ids(batch[label_col], mapping, label_col)}
-
-    if isinstance(raw["train"], Dataset):  # with_transform in _finish: pixels made per batch
-        return ({s: ds.select_columns([image_col, label_col]) for s, ds in raw.items()},
-                num_labels, id2label, transform)
-    splits = {s: _map(ds, transform, data_args, f"Transforming {s}") for s, ds in raw.items()}
-    return splits, num_labels, id2label, None
-
-
-def _simple_pixels(size: int) -> Callable:
-    """Resize to size x size, scale to [0, 1], normalize with mean 0.5 / std 0.5 -> [-1, 1]."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    def to_pixels(images: list) -> list:
-        out = []
-        for image in images:
-            array = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR),
-                               dtype=np.float32) / 255.0
-            out.append(torch.from_numpy(((array - 0.5) / 0.5).transpose(2, 0, 1).copy()))
-        return out
-
-    return to_pixels
-
-
-def _processor_pixels(image_processor: Any) -> Callable:
-    if not callable(image_processor):
-        raise ValueError("image-cls needs an image processor (BaseImageProcessor) or None as "
-                         f"processing_class, got {type(image_processor).__name__}.")
-
-    import torch
-
-    def to_pixels(images: list) -> list:
-        pixels = image_processor(images=images, return_tensors="pt")["pixel_values"]
-        return list(pixels.to(dtype=torch.float32))
-
-    return to_pixels
