@@ -285,6 +285,20 @@ class Pipeline:
         return {"width": width, "config": config, "params": counts["total"],
                 "non_embedding_params": counts["non_embedding"], "steps": steps, "reason": reason}
 
+    def _ladder_twin(self, student: dict) -> Optional[str]:
+        """The finished ladder rung that a baseline at the pipeline seed would repeat, if any.
+
+        A rung runs `distill train` with alpha 0, the pipeline seed, the same data, learning rate
+        (by width), cosine schedule and evaluation interval; it is the baseline when its model
+        config and step count equal the student's.
+        """
+        for plan in self.plans or []:
+            run_dir = os.path.join(self.root, "ladder", plan.name)
+            if (plan.steps == student["steps"] and _same_config(plan.config, student["config"])
+                    and os.path.isfile(os.path.join(run_dir, "all_results.json"))):
+                return run_dir
+        return None
+
     def train_students(self, student: dict, teacher: dict, distill: bool) -> dict:
         from distill.train import main as train_main
 
@@ -292,7 +306,13 @@ class Pipeline:
         kind = "kd" if distill else "baseline"
         runs = []
         eval_steps = max(1, math.ceil(student["steps"] / max(1, c.ladder.eval_points)))
+        twin = None if distill else self._ladder_twin(student)
         for seed in c.distill.seeds:
+            if twin is not None and seed == c.seed:
+                # Same config, data, seed, steps, learning rate and schedule: the same run.
+                runs.append({"seed": seed, "dir": twin, "ladder_rung": os.path.basename(twin)})
+                self.log(f"[{kind} seed {seed}] identical to ladder rung {os.path.basename(twin)}: reused")
+                continue
             out = os.path.join(self.root, f"{kind}_seed{seed}")
             runs.append({"seed": seed, "dir": out})
             if os.path.isfile(os.path.join(out, "all_results.json")):
@@ -308,6 +328,10 @@ class Pipeline:
                 "--eval_steps", str(eval_steps), "--save_steps", str(eval_steps),
                 *self.lr_args(student["width"]), *extra])
         return {"runs": runs}
+
+
+def _same_config(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def _results(run_dir: str) -> dict:

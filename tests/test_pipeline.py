@@ -59,6 +59,10 @@ def test_quick_pipeline_end_to_end_and_resume(tmp_path):
         assert summary[key]["tokens_per_second"] > 0 and summary[key]["disk_bytes"] > 0
     assert summary["teacher"]["params"] > summary["student"]["params"] == summary["baseline"]["params"]
     assert len(summary["student"]["seeds"]) == 2
+    # The baseline at the pipeline seed is the ladder rung of the student's width (same config,
+    # data, seed, steps and schedule), reused rather than trained again; other seeds are trained.
+    assert not (run / "baseline_seed0").exists() and (run / "baseline_seed1" / "all_results.json").is_file()
+    assert summary["baseline"]["seeds"][0]["dir"].endswith(os.path.join("ladder", "w48"))
     assert summary["fit"]["law"] == "power" and set(summary["fit"]["params"]) == {"E", "A", "alpha"}
     h = summary["holdout_prediction"]
     assert h["predicted"] > 0 and h["actual"] > 0
