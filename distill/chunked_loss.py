@@ -102,10 +102,12 @@ def default_chunk_size(vocab_size: int, device: torch.device | str = "cpu") -> i
     """Rows per chunk when none is given.
 
     On CPU a chunk of about 2^20 values (4 MiB in float32) keeps the few ``[c, V]`` buffers of the
-    kernel in cache: at V = 4096 (256 rows) a whole KD training step measured 1.00x a plain step
-    plus a teacher forward, against 1.03x with 64 rows and 1.08x with 1024
-    (``benchmarks/bench_kd_overhead.py``, one thread). On accelerators 1024 rows, bounded by 2^27
-    values (not measured here: no GPU).
+    kernel near the core: at V = 4096 (256 rows) a whole KD training step measured 1.00x a plain
+    step plus a teacher forward on one machine, against 1.03x with 64 rows and 1.08x with 1024
+    (``benchmarks/bench_kd_overhead.py``, one thread). On another, with 2 MiB of L2 per core, the
+    loss alone was fastest at 2^17-2^18 values (64 rows: 24 ms against 28-37 ms at 256), but whole
+    steps differed by about 1% (1.077x with 64 rows, 1.088x with 256), so the default stays. On
+    accelerators 1024 rows, bounded by 2^27 values (not measured here: no GPU).
     """
     if torch.device(device).type == "cpu":
         return max(8, min(4096, 2**20 // max(vocab_size, 1)))
@@ -314,7 +316,7 @@ def fused_linear_distillation_loss(
     ignore_index: int = -100,
     num_items_in_batch: Optional[int | torch.Tensor] = None,
     vocab_size: Optional[int] = None,
-    chunk_size: int = 1024,
+    chunk_size: Optional[int] = 1024,
 ) -> DistillationLossOutput:
     """The distillation loss of ``F.linear(hidden, weight, bias)`` logits, fused with the LM heads.
 
@@ -330,7 +332,8 @@ def fused_linear_distillation_loss(
         teacher_head_weight: ``[V_t, H_t]``.
         student_head_bias, teacher_head_bias: optional ``[V]`` biases.
         Other arguments: as :func:`distill.losses.distillation_loss`; ``vocab_size`` slices the
-        head rows.
+        head rows; ``chunk_size`` as in :func:`chunked_distillation_loss` (``None``: the default
+        for the vocabulary and device).
 
     Returns:
         :class:`~distill.losses.DistillationLossOutput`. ``loss`` is differentiable with respect to
@@ -338,7 +341,7 @@ def fused_linear_distillation_loss(
         gradient; ``kd_loss`` and ``ce_loss`` are detached. Low-precision weight gradients are
         accumulated in float32 across chunks and cast at the end.
     """
-    _validate(alpha, temperature, kind, jsd_beta, labels, chunk_size)
+    _validate(alpha, temperature, kind, jsd_beta, labels, 1 if chunk_size is None else chunk_size)
     if student_hidden.dim() == 1 and teacher_hidden.dim() == 1:  # a single position
         student_hidden, teacher_hidden = student_hidden[None], teacher_hidden[None]
         labels = None if labels is None else labels.reshape(1)
@@ -347,6 +350,8 @@ def fused_linear_distillation_loss(
         if w.dim() != 2 or w.shape[1] != h.shape[-1]:
             raise ValueError(f"{name} head weight {tuple(w.shape)} must be [V, {h.shape[-1]}].")
     vocab = _shared_vocab(student_head_weight.shape[0], teacher_head_weight.shape[0], vocab_size)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(vocab, student_hidden.device)
     if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
         raise ValueError(
             f"Student hidden states {tuple(student_hidden.shape)} and teacher hidden states "

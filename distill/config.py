@@ -55,6 +55,11 @@ class DistillationConfig(TrainingArguments):
             2^20 logits per chunk on CPU (256 positions at V = 4096, which keeps the chunk in cache),
             1024 positions on accelerators (fewer above V = 131072); see
             `distill.chunked_loss.default_chunk_size`.
+        kd_fused_lm_head (`bool`, defaults to `False`):
+            Causal LMs with an online teacher: fuse the distillation loss with both models' LM heads,
+            so that logits are computed a chunk of positions at a time from the final hidden states
+            and neither model's full ``[B, T, V]`` logits exist in training (evaluation uses the plain
+            loss). Not under ZeRO-3 or FSDP, which shard the heads; see `distill.fused_head`.
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom modelling code from the Hub for teacher and student. Off by default.
     """
@@ -89,6 +94,11 @@ class DistillationConfig(TrainingArguments):
     kd_chunk_size: Optional[int] = field(
         default=None,
         metadata={"help": "Positions per chunk in the causal-LM loss (bounds the loss's extra memory)."},
+    )
+    kd_fused_lm_head: bool = field(
+        default=False,
+        metadata={"help": "Causal LM: compute logits chunk by chunk from hidden states inside the KD loss, so "
+                          "no full [B, T, V] logits exist in training (not under ZeRO-3 or FSDP)."},
     )
     trust_remote_code: bool = field(
         default=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from typing import Any, Optional, Union
@@ -12,7 +13,8 @@ from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
 from .config import DistillationConfig
-from .chunked_loss import chunked_distillation_loss
+from .chunked_loss import chunked_distillation_loss, fused_linear_distillation_loss
+from .fused_head import bypass_head, check_head_gives_logits, fused_head_problem, output_head
 from .losses import distillation_loss, student_cross_entropy
 from .tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, infer_task
 from .teacher import check_same_tokenizer, load_teacher, place_teacher
@@ -95,6 +97,7 @@ class DistillationTrainer(Trainer):
         # Count valid positions ourselves for every task (shift-aware for causal LMs only).
         self.model_accepts_loss_kwargs = True
         self.teacher = place_teacher(teacher_model, self) if teacher_model is not None else None
+        self._heads = self._fused_heads(model) if args.kd_fused_lm_head else None
         self._train_sums = self._zero_sums()
         self._eval_sums = None
 
@@ -119,6 +122,16 @@ class DistillationTrainer(Trainer):
             kwargs["data_collator"] = TeacherCacheCollator(base, cache.k)
         self.teacher_cache = cache
         return kwargs
+
+    def _fused_heads(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """(student head, teacher head) for `kd_fused_lm_head`, after checking that it applies here."""
+        problem = fused_head_problem(self, has_teacher=self.teacher is not None and self.args.alpha > 0)
+        if problem:
+            raise ValueError(problem)
+        vocab = self.kd_vocab_size or output_head(model).weight.shape[0]
+        for who, m in (("student", model), ("teacher", self.teacher)):
+            check_head_gives_logits(m, who, vocab)
+        return output_head(model), output_head(self.teacher)
 
     def _set_signature_columns_if_needed(self) -> None:
         # Keep the cache columns: remove_unused_columns would drop them (the model takes no such input).
@@ -151,9 +164,22 @@ class DistillationTrainer(Trainer):
             count = self.accelerator.gather(count).sum()
         return count
 
-    def _teacher_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
-        with torch.no_grad():
+    def _teacher_logits(self, inputs: dict[str, Any], fused: bool = False) -> torch.Tensor:
+        """The teacher's logits, or with ``fused`` its final hidden states (its head bypassed)."""
+        with torch.no_grad(), (bypass_head(self._heads[1]) if fused else contextlib.nullcontext()):
             return self.teacher(**inputs).logits
+
+    def _fused_kd(self, s_hidden, s_labels, model_inputs, num_items_in_batch):
+        """The KD loss computed chunk by chunk from both models' hidden states and head weights."""
+        t_hidden, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs, fused=True), None)
+        s_head, t_head = self._heads
+        return fused_linear_distillation_loss(
+            s_hidden, s_head.weight, t_hidden, t_head.weight, s_labels,
+            student_head_bias=getattr(s_head, "bias", None), teacher_head_bias=getattr(t_head, "bias", None),
+            alpha=self.args.alpha, temperature=self.args.temperature, kind=self.args.kd_kind,
+            jsd_beta=self.args.jsd_beta, num_items_in_batch=num_items_in_batch, vocab_size=self.kd_vocab_size,
+            chunk_size=self.args.kd_chunk_size,
+        )
 
     def _cached_kd(self, s_logits, s_labels, cached, num_items_in_batch, **extra):
         from .teacher_cache import cached_distillation_loss
@@ -169,8 +195,11 @@ class DistillationTrainer(Trainer):
         labels = inputs.get("labels")
         cached = {k: inputs[k] for k in CACHE_COLUMNS if k in inputs} or None
         model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in CACHE_COLUMNS}
+        # kd_fused_lm_head in training: the models return hidden states, the loss applies the heads.
+        fused = self._heads is not None and torch.is_grad_enabled()
         # Always through the wrapper (DDP/FSDP/DeepSpeed hooks), never `.module`.
-        outputs = model(**model_inputs)
+        with bypass_head(self._heads[0]) if fused else contextlib.nullcontext():
+            outputs = model(**model_inputs)
         student_logits, shifted_labels = align_logits_and_labels(self.task, outputs.logits, labels)
         global_denominator = num_items_in_batch is not None
         if num_items_in_batch is None:
@@ -181,6 +210,9 @@ class DistillationTrainer(Trainer):
         if cached is not None and self.teacher is None:
             # Teacher targets from the offline cache: no teacher forward.
             out = self._cached_kd(student_logits, shifted_labels, cached, num_items_in_batch)
+            loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
+        elif fused:
+            out = self._fused_kd(student_logits, shifted_labels, model_inputs, num_items_in_batch)
             loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
         elif self.teacher is not None:
             teacher_logits, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs), None)

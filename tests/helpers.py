@@ -40,3 +40,15 @@ def weights(model) -> dict[str, torch.Tensor]:
 
 def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def word_tokenizer(vocab=VOCAB, shift=0):
+    """A word-level tokenizer over tokens t0..t{vocab-1} (``shift`` permutes the ids: a different tokenizer)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"t{(i + shift) % vocab}": i for i in range(vocab)}, unk_token=f"t{shift % vocab}"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    names = [f"t{(i + shift) % vocab}" for i in range(3)]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=names[0], bos_token=names[1], eos_token=names[2],
+                                   unk_token=names[0])

@@ -60,6 +60,20 @@ def test_tiny_recipe_trains(task, teachers, tmp_path):
     assert config.hidden_size < AutoConfig.from_pretrained(teachers[task]).hidden_size
 
 
+def test_fused_lm_head_from_the_command_line(teachers, tmp_path):
+    """--kd_fused_lm_head true on the tiny recipe logs the losses of the default chunked path."""
+    logs = {}
+    for flag in ("false", "true"):
+        out = str(tmp_path / flag)
+        train_main(["--config", recipe("causal_lm.yaml"), "--teacher_model_name_or_path", teachers["causal_lm"],
+                    "--output_dir", out, *QUICK, "--kd_fused_lm_head", flag])
+        with open(os.path.join(out, "trainer_state.json")) as f:
+            logs[flag] = [h for h in json.load(f)["log_history"] if "loss" in h]
+    for a, b in zip(logs["false"], logs["true"], strict=True):
+        for key in ("loss", "kd_loss", "ce_loss"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+
+
 def test_teacher_dir_reloads_with_tokenizer(teachers):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

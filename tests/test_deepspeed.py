@@ -94,6 +94,16 @@ def test_zero2_two_processes_match_one(tmp_path, reference):
 
 
 @pytest.mark.slow
+def test_zero2_fused_lm_head_matches_one(tmp_path, reference):
+    """kd_fused_lm_head under ZeRO-2: the fused loss's head gradient reaches DeepSpeed's reducer."""
+    out = str(tmp_path / "zero2_fused")
+    extra = json.dumps({"deepspeed": os.path.join(CONFIGS, "zero2.json"), "kd_fused_lm_head": True})
+    cmd = [os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", "29553", SCRIPT, out, "4", extra]
+    _run(cmd, out)
+    assert_same_training(reference, out)
+
+
+@pytest.mark.slow
 def test_zero3_two_processes_match_one(tmp_path, reference):
     """accelerate launch --config_file zero3.yaml, 2 x 2 micro-batches x 2 accumulation steps; the
     teacher is loaded by the trainer from a directory, so zero.Init must partition it at load."""

@@ -69,3 +69,15 @@ def test_two_machines_on_loopback_match_one_process(tmp_path, reference):
     assert_ddp_placement(out)
     with open(os.path.join(out, "trainer_state.json")) as f:
         assert json.load(f)["global_step"] == 3
+
+
+@pytest.mark.slow
+def test_fused_lm_head_under_ddp_matches_one_process(tmp_path, reference):
+    """kd_fused_lm_head under 2-process DDP: the head weight's gradient, produced by the fused loss
+    outside the model's forward, is all-reduced like every other (reference: 1 process, unfused)."""
+    out = str(tmp_path / "fused_ddp")
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    _run([torchrun, "--nproc_per_node", "2", "--master_port", "29563", SCRIPT, out, "4",
+          json.dumps({"kd_fused_lm_head": True})], out)
+    assert_same_training(reference, out)
+    assert_ddp_placement(out)

@@ -15,18 +15,7 @@ from distill.teacher_cache import (
     CACHE_COLUMNS, MANIFEST_NAME, TeacherCache, TeacherCacheCollator, build_teacher_cache, cached_distillation_loss,
     teacher_topk,
 )
-from helpers import VOCAB, lm_dataset, tiny_llama
-
-
-def word_tokenizer(vocab=VOCAB, shift=0):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel({f"t{(i + shift) % vocab}": i for i in range(vocab)}, unk_token=f"t{shift % vocab}"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    names = [f"t{(i + shift) % vocab}" for i in range(3)]
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=names[0], bos_token=names[1], eos_token=names[2],
-                                   unk_token=names[0])
+from helpers import VOCAB, lm_dataset, tiny_llama, word_tokenizer
 
 
 @pytest.fixture(scope="module")
