@@ -8,6 +8,12 @@ the end: the growth of the peak resident set over the measured work.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
 
@@ -28,3 +34,16 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def run_worker(script: str, index: int, flags: list[str]) -> dict:
+    """Run ``script --worker INDEX FLAGS...`` in a fresh process with :data:`MALLOC_ENV` and the repository
+    on ``PYTHONPATH``; return the JSON object it prints last. Exits with its stderr if it fails."""
+    env = dict(os.environ, **MALLOC_ENV)
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, script, "--worker", str(index), *flags], env=env, capture_output=True,
+                         text=True, check=False)
+    if res.returncode != 0:
+        sys.exit(f"{os.path.basename(script)} worker {index} failed:\n{res.stderr[-4000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])

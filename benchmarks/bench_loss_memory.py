@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import MALLOC_ENV, reset_peak, status_kib  # noqa: E402
+from _measure import reset_peak, run_worker, status_kib  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -143,18 +141,8 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    env = dict(os.environ, **MALLOC_ENV)
-    repo = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-    rows = []
-    for i in range(len(VARIANTS)):
-        cmd = [sys.executable, __file__, "--worker", str(i)] + [
-            f"--{k}={getattr(args, k)}" for k in ("B", "T", "V", "H", "kind", "dtype", "repeats")
-        ]
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            sys.exit(f"variant {VARIANTS[i]} failed:\n{res.stderr}")
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    flags = [f"--{k}={getattr(args, k)}" for k in ("B", "T", "V", "H", "kind", "dtype", "repeats")]
+    rows = [run_worker(__file__, i, flags) for i in range(len(VARIANTS))]
 
     base = {r["family"]: r for r in rows if r["chunk_size"] is None}
     for r in rows:

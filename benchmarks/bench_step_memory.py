@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import MALLOC_ENV, reset_peak, status_kib  # noqa: E402
+from _measure import reset_peak, run_worker, status_kib  # noqa: E402
 from bench_kd_overhead import make_batch, tiny_llama  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,17 +103,10 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    env = dict(os.environ, **MALLOC_ENV)
-    repo = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
     flags = [f"--{k}={getattr(args, k)}" for k in ("B", "T", "V", "teacher", "student", "threads", "repeats")]
     rows = []
     for i, name in enumerate(VARIANTS):
-        res = subprocess.run([sys.executable, __file__, "--worker", str(i), *flags], env=env, capture_output=True,
-                             text=True, check=False)
-        if res.returncode != 0:
-            sys.exit(f"variant {name!r} failed:\n{res.stderr[-4000:]}")
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        rows.append(run_worker(__file__, i, flags))
         print(f"{name}: {rows[-1]['peak_mib']:.0f} MiB, {rows[-1]['time_s']:.2f} s", flush=True)
     base = rows[0]
     for r in rows:

@@ -49,7 +49,7 @@ def main() -> int:
     from distill.data import build_datasets
     from distill.losses import distillation_loss
     from distill.tasks import CausalLMCollator
-    from distill.teacher_cache import TeacherCacheCollator, build_teacher_cache, cached_distillation_loss, teacher_topk
+    from distill.teacher_cache import build_teacher_cache, cached_distillation_loss, teacher_topk
     from distill.train import main as train_main, parse_args
 
     hf_logging.set_verbosity_error()
@@ -78,8 +78,8 @@ def main() -> int:
     cache_dir = os.path.join(a.work_dir, "cache-k32")
     shutil.rmtree(cache_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    cache = build_teacher_cache(teacher, train, cache_dir, tokenizer=tok, k=32, temperature=T, teacher_name=teacher_dir,
-                                value_dtype="float16", batch_size=32, pad_token_id=tok.pad_token_id)
+    build_teacher_cache(teacher, train, cache_dir, tokenizer=tok, k=32, temperature=T, teacher_name=teacher_dir,
+                        value_dtype="float16", batch_size=32, pad_token_id=tok.pad_token_id)
     cache_seconds = time.perf_counter() - t0
     cache_bytes = sum(os.path.getsize(os.path.join(cache_dir, f)) for f in os.listdir(cache_dir) if f.endswith(".arrow"))
 

@@ -145,7 +145,7 @@ def vp_starts(law: Law, n, d, loss, kind="huber", delta=1e-3, points=None, top_k
     k = len(law.exponent_names)
     points = points or (161 if k == 1 else 81)
     exps, axes = _exponent_grid(law, points)
-    log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
+    log_l = np.log(loss)
     scores = np.empty(len(exps))
     coefs = []
     for s in range(0, len(exps), chunk):
