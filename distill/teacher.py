@@ -123,7 +123,9 @@ def place_teacher(teacher: nn.Module, trainer) -> nn.Module:
     if trainer.is_deepspeed_enabled:
         return _deepspeed_teacher(teacher, trainer)
     if trainer.is_fsdp_enabled:
-        return shard_teacher_fsdp2(teacher.to(trainer.args.device), **_fsdp2_settings(trainer))
+        # Not moved first: fully_shard moves each block to the mesh's device as it shards it, so the
+        # whole teacher never has to fit on one GPU.
+        return shard_teacher_fsdp2(teacher, **_fsdp2_settings(trainer))
     return teacher.to(trainer.args.device)
 
 
@@ -226,7 +228,9 @@ def shard_teacher_fsdp2(teacher: nn.Module, mesh=None, **fully_shard_kwargs) -> 
     """Shard a frozen teacher with FSDP2: each repeated block (``_no_split_modules``), then the root.
 
     Args:
-        teacher: the frozen teacher, on the device (or CPU for a CPU mesh).
+        teacher: the frozen teacher, on any device (typically still on the CPU after loading):
+            each ``fully_shard`` call moves the weights it manages to the mesh's device and keeps
+            only this rank's shard, so peak device memory is about one block plus the shards.
         mesh: the `DeviceMesh` to shard over; default: all processes (``init_device_mesh`` over the world).
         **fully_shard_kwargs: passed to every ``fully_shard`` call (``reshard_after_forward``, ``mp_policy``,
             ``offload_policy``).
