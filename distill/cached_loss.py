@@ -48,7 +48,7 @@ from typing import Optional
 
 import torch
 
-from .losses import DistillationLossOutput, _kl_sum, check_kd_kind
+from .losses import DistillationLossOutput, _kl_sum, check_kd_kind, loss_denominator
 
 __all__ = ["cached_distillation_loss", "teacher_topk"]
 
@@ -204,7 +204,7 @@ def cached_distillation_loss(
         flat_labels = labels.reshape(-1)
         valid = flat_labels != ignore_index
     num_valid = valid.sum()
-    denom = num_valid.clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+    denom = loss_denominator(num_valid, num_items_in_batch)
     if isinstance(denom, torch.Tensor):
         denom = denom.to(device=flat_s.device)
     dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.kd_kernels import chunk_loss_and_grad
-from distill.losses import DistillationLossOutput, align_vocab, check_kd_kind
+from distill.losses import DistillationLossOutput, align_vocab, check_kd_kind, loss_denominator
 
 __all__ = ["chunked_distillation_loss", "fused_linear_distillation_loss"]
 
@@ -87,11 +87,7 @@ def _valid_rows(lead_shape: torch.Size, labels: Optional[torch.Tensor], ignore_i
 
 
 def _denominator(num_valid: torch.Tensor, num_items_in_batch) -> float:
-    # Same rule as distillation_loss: the count of valid positions (at least 1, so that an
-    # all-ignored batch gives 0, not NaN), or the caller's num_items_in_batch.
-    if num_items_in_batch is None:
-        return float(max(int(num_valid), 1))
-    return float(num_items_in_batch)
+    return float(loss_denominator(num_valid, num_items_in_batch))  # the rule of distillation_loss
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

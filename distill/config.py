@@ -58,8 +58,9 @@ class DistillationConfig(TrainingArguments):
         kd_fused_lm_head (`bool`, defaults to `False`):
             Causal LMs with an online teacher: fuse the distillation loss with both models' LM heads,
             so that logits are computed a chunk of positions at a time from the final hidden states
-            and neither model's full ``[B, T, V]`` logits exist in training (evaluation uses the plain
-            loss). Not under ZeRO-3 or FSDP, which shard the heads; see `distill.fused_head`.
+            and neither model's full ``[B, T, V]`` logits exist in training (evaluation runs the
+            models' heads and the chunked loss). Not under ZeRO-3 or FSDP, which shard the heads; see `distill.fused_head`. Sets
+            `ddp_find_unused_parameters` to False (DDP's search cannot see a head used after the forward).
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom modelling code from the Hub for teacher and student. Off by default.
     """
@@ -122,6 +123,15 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"task={self.task!r} is unknown: use one of {', '.join(TASKS)}.")
         if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
             raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be a positive integer.")
+        if self.kd_fused_lm_head:
+            # The fused loss uses the head weight after the forward; DDP's unused-parameter search
+            # would mark an untied head unused and then fail on its gradient ("marked ready twice").
+            if self.ddp_find_unused_parameters:
+                raise ValueError(
+                    "kd_fused_lm_head=true needs ddp_find_unused_parameters=false: DDP's search for unused "
+                    "parameters cannot see the LM head, which the fused loss uses after the forward."
+                )
+            self.ddp_find_unused_parameters = False
         # Without an accelerator, torch.distributed launches (accelerate launch --multi_gpu, torchrun)
         # only synchronise gradients when use_cpu is set; otherwise each rank silently trains alone.
         if not self.use_cpu and _no_accelerator():

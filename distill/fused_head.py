@@ -15,6 +15,8 @@ Limits, each refused with an error before training (:func:`fused_head_problem`):
 - causal LMs with an online teacher only (not a teacher cache, not ``alpha=0``);
 - not under DeepSpeed ZeRO-3 or FSDP: there the head weights are sharded outside the models'
   forward, where the fused loss needs them whole (use the default chunked loss there);
+- both heads must be plain weights on the training device, not dispatched by accelerate's
+  ``device_map`` / offload hooks (:func:`check_head_placement`);
 - the head must be a linear layer whose output is the model's logits unchanged. Models that
   transform logits after the head (Gemma-2's final soft-capping, Cohere's ``logit_scale``,
   Granite's ``logits_scaling``) are detected by running both paths on a few tokens
@@ -50,11 +52,37 @@ def _pass_through(hidden_states: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def bypass_head(head: nn.Module) -> Iterator[None]:
     """Within the block, ``head(x)`` returns ``x``: the model's "logits" are its final hidden states."""
+    previous = head.__dict__.get("forward")  # an instance forward of someone else's, kept and restored
     head.forward = _pass_through  # an instance attribute shadows the class's forward
     try:
         yield
     finally:
-        del head.forward
+        if previous is None:
+            del head.forward
+        else:
+            head.forward = previous
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cpu`` and ``cpu:0`` are one device: an index is compared only where both have one."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def check_head_placement(model: nn.Module, who: str, device: Optional[torch.device] = None) -> None:
+    """Refuse a head that accelerate dispatches (``device_map``, offload) or that sits off ``device``
+    (when given): the fused loss reads its weight directly, on the training device, outside any hook."""
+    head = output_head(model)
+    if hasattr(head, "_hf_hook") or head.weight.device.type == "meta":
+        raise ValueError(
+            f"kd_fused_lm_head: the {who}'s LM head is dispatched by accelerate (device_map or offload), so "
+            "its weight is not in place outside its hook; load the model without device_map or set "
+            "kd_fused_lm_head=false."
+        )
+    if device is not None and not _same_device(head.weight.device, torch.device(device)):
+        raise ValueError(
+            f"kd_fused_lm_head: the {who}'s LM head is on {head.weight.device}, but training runs on {device}; "
+            "both heads must be on the training device (or set kd_fused_lm_head=false)."
+        )
 
 
 def check_head_gives_logits(model: nn.Module, who: str, vocab_size: int) -> None:

@@ -115,6 +115,16 @@ def divergence(
     raise AssertionError("unreachable")
 
 
+def loss_denominator(num_valid, num_items_in_batch=None):
+    """What both loss terms are divided by: ``num_items_in_batch`` when given, else the local count of
+    valid positions; at least 1, so that positions without targets in a whole batch (or optimizer step)
+    give a loss of 0 rather than 0/0 = NaN or a ZeroDivisionError."""
+    denom = num_valid if num_items_in_batch is None else num_items_in_batch
+    if isinstance(denom, torch.Tensor):
+        return denom.clamp(min=1)
+    return max(denom, 1)
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -181,8 +191,7 @@ def distillation_loss(
         flat_labels = labels.reshape(-1)
         valid = flat_labels != ignore_index
     num_valid = valid.sum()
-    # An all-ignored batch has zero sums; dividing by max(count, 1) keeps it 0 instead of 0/0 = NaN.
-    denom = num_valid.clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+    denom = loss_denominator(num_valid, num_items_in_batch)
     if isinstance(denom, torch.Tensor):
         denom = denom.to(device=flat_s.device)
     # Select valid rows first: ignored positions cost no softmax and cannot leak NaNs.
@@ -200,11 +209,23 @@ def distillation_loss(
 
 
 def student_cross_entropy(
-    student_logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100
+    student_logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100,
+    chunk_values: int = 2**22,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed float32 cross-entropy over valid positions and their count (for evaluation)."""
+    """Summed float32 cross-entropy over valid positions and their count (evaluation, and ``alpha=0``).
+
+    Valid rows are gathered straight from ``student_logits`` (a strided view such as the causal shift
+    ``logits[:, :-1]`` is not copied whole) about ``chunk_values`` logits at a time, so without
+    autograd the extra memory is a few ``[chunk, V]`` float32 blocks, not copies of the logits.
+    """
     vocab = student_logits.shape[-1]
-    flat_labels = labels.reshape(-1)
-    valid = flat_labels != ignore_index
-    logits = student_logits.reshape(-1, vocab)[valid].float()
-    return F.cross_entropy(logits, flat_labels[valid], reduction="sum"), valid.sum()
+    valid = labels != ignore_index
+    rows = valid.nonzero(as_tuple=True)
+    targets = labels[rows]
+    step = max(1, chunk_values // max(vocab, 1))
+    total = student_logits.new_zeros((), dtype=torch.float64 if student_logits.dtype == torch.float64 else torch.float32)
+    for start in range(0, targets.numel(), step):
+        index = tuple(r[start:start + step] for r in rows)
+        total = total + F.cross_entropy(student_logits[index].to(total.dtype), targets[start:start + step],
+                                        reduction="sum")
+    return total, valid.sum()

@@ -111,7 +111,8 @@ class TeacherCacheCollator:
     """Wraps a causal-LM collator and pads the cache columns to the batch's shifted width.
 
     The base collator sees the examples without the cache columns. Cached tensors get width
-    ``input_ids.shape[1] - 1`` (positions past an example's end are padding: their labels are -100,
+    ``input_ids.shape[1] - 1`` and each example's rows start at its first token, found from the
+    ``attention_mask``, so right and left padding both line up (padding positions have label -100,
     so the values there, id 0 / log-prob 0, are never read). Batches without cache columns (an eval
     set that was not cached) pass through unchanged.
     """
@@ -119,6 +120,15 @@ class TeacherCacheCollator:
     def __init__(self, base, k: int):
         self.base = base
         self.k = int(k)
+
+    @staticmethod
+    def _starts(batch: dict, n: int) -> list[int]:
+        """Where each example's first token sits: after its left padding (0 for right padding, and
+        when the base collator gives no attention mask)."""
+        mask = batch.get("attention_mask")
+        if mask is None:
+            return [0] * n
+        return [int(row.nonzero()[0]) if row.any() else 0 for row in torch.as_tensor(mask).bool()]
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         import numpy as np
@@ -132,13 +142,20 @@ class TeacherCacheCollator:
         ids = np.zeros((n, width, k), dtype=np.int32)
         logprobs = np.zeros((n, width, k), dtype=np.float32)
         rest = np.zeros((n, width), dtype=np.float32)
+        starts = self._starts(batch, n)
         for i, e in enumerate(examples):
             e_ids = np.asarray(e[CACHE_COLUMNS[0]], dtype=np.int32).reshape(-1, k)
             m = e_ids.shape[0]
             if m:
-                ids[i, :m] = e_ids
-                logprobs[i, :m] = np.asarray(e[CACHE_COLUMNS[1]], dtype=np.float32).reshape(-1, k)
-                rest[i, :m] = np.asarray(e[CACHE_COLUMNS[2]], dtype=np.float32)
+                a = starts[i]
+                if a + m > width:
+                    raise ValueError(
+                        f"Example {i} of the batch has {m} cached positions but only {width - a} fit after its "
+                        "padding: the collator must keep every token of a cached example (no truncation)."
+                    )
+                ids[i, a:a + m] = e_ids
+                logprobs[i, a:a + m] = np.asarray(e[CACHE_COLUMNS[1]], dtype=np.float32).reshape(-1, k)
+                rest[i, a:a + m] = np.asarray(e[CACHE_COLUMNS[2]], dtype=np.float32)
         batch.update({CACHE_COLUMNS[0]: torch.from_numpy(ids), CACHE_COLUMNS[1]: torch.from_numpy(logprobs),
                       CACHE_COLUMNS[2]: torch.from_numpy(rest)})
         return batch

@@ -14,8 +14,9 @@ from transformers.trainer_utils import rotate_checkpoints
 
 from .config import DistillationConfig
 from .chunked_loss import chunked_distillation_loss, fused_linear_distillation_loss
-from .fused_head import bypass_head, check_head_gives_logits, fused_head_problem, output_head
-from .losses import distillation_loss, student_cross_entropy
+from .fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
+                         output_head)
+from .losses import distillation_loss, loss_denominator, student_cross_entropy
 from .tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, infer_task
 from .teacher import check_same_tokenizer, load_teacher, place_teacher
 from .teacher_cache import CACHE_COLUMNS
@@ -129,7 +130,9 @@ class DistillationTrainer(Trainer):
         if problem:
             raise ValueError(problem)
         vocab = self.kd_vocab_size or output_head(model).weight.shape[0]
-        for who, m in (("student", model), ("teacher", self.teacher)):
+        # The student may still be on the CPU here (DeepSpeed moves it in train()); the teacher is placed.
+        for who, m, device in (("student", model, None), ("teacher", self.teacher, self.args.device)):
+            check_head_placement(m, who, device)
             check_head_gives_logits(m, who, vocab)
         return output_head(model), output_head(self.teacher)
 
@@ -169,6 +172,16 @@ class DistillationTrainer(Trainer):
         with torch.no_grad(), (bypass_head(self._heads[1]) if fused else contextlib.nullcontext()):
             return self.teacher(**inputs).logits
 
+    def _online_kd(self, s_logits, t_logits, s_labels, alpha, num_items_in_batch):
+        """The KD loss against the online teacher's logits. Token-level logits are large (B x T x V), so
+        they are walked in chunks: gradients are computed in the forward pass (none under no_grad) and no
+        full-size float32 copies exist; same values as the plain loss to 1e-5."""
+        loss_fn, extra = ((chunked_distillation_loss, {"chunk_size": self.args.kd_chunk_size})
+                          if self.task.token_level else (distillation_loss, {}))
+        return loss_fn(s_logits, t_logits, s_labels, alpha=alpha, temperature=self.args.temperature,
+                       kind=self.args.kd_kind, jsd_beta=self.args.jsd_beta, num_items_in_batch=num_items_in_batch,
+                       vocab_size=self.kd_vocab_size, **extra)
+
     def _fused_kd(self, s_hidden, s_labels, model_inputs, num_items_in_batch):
         """The KD loss computed chunk by chunk from both models' hidden states and head weights."""
         t_hidden, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs, fused=True), None)
@@ -207,36 +220,20 @@ class DistillationTrainer(Trainer):
             num_items_in_batch = (
                 count_valid(self.task, labels) if labels is not None else student_logits[..., 0].numel()
             )
+        out = None
         if cached is not None and self.teacher is None:
             # Teacher targets from the offline cache: no teacher forward.
             out = self._cached_kd(student_logits, shifted_labels, cached, num_items_in_batch)
-            loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
         elif fused:
             out = self._fused_kd(student_logits, shifted_labels, model_inputs, num_items_in_batch)
-            loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
         elif self.teacher is not None:
             teacher_logits, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs), None)
-            loss_fn, extra = distillation_loss, {}
-            if self.task.token_level and torch.is_grad_enabled():
-                # Token-level logits are large (B x T x V): walk them in chunks, gradients computed in
-                # the forward pass, so no extra full-size float32 copies exist (same values to 1e-5).
-                loss_fn, extra = chunked_distillation_loss, {"chunk_size": self.args.kd_chunk_size}
-            out = loss_fn(
-                student_logits,
-                teacher_logits,
-                shifted_labels,
-                alpha=self.args.alpha,
-                temperature=self.args.temperature,
-                kind=self.args.kd_kind,
-                jsd_beta=self.args.jsd_beta,
-                num_items_in_batch=num_items_in_batch,
-                vocab_size=self.kd_vocab_size,
-                **extra,
-            )
+            out = self._online_kd(student_logits, teacher_logits, shifted_labels, self.args.alpha, num_items_in_batch)
+        if out is not None:
             loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
         else:
             ce_sum, n_local = student_cross_entropy(student_logits, shifted_labels)
-            loss = ce_sum / num_items_in_batch
+            loss = ce_sum / loss_denominator(n_local, num_items_in_batch)
             kd, ce = None, loss.detach()
         if model.training:
             self._accumulate(kd, ce, num_items_in_batch, n_local)
@@ -287,21 +284,19 @@ class DistillationTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             logits = model(**model_inputs).logits
             s_logits, s_labels = align_logits_and_labels(self.task, logits, labels)
-            ce_sum, n = student_cross_entropy(s_logits, s_labels)
             # Sum only real rows: accelerate pads the last batch with repeated samples.
             k = self._real_rows(labels.shape[0])
-            ce_real, n_real = student_cross_entropy(s_logits[:k], s_labels[:k])
+            ce_sum, n = ce_real, n_real = student_cross_entropy(s_logits[:k], s_labels[:k])
+            if k < labels.shape[0]:
+                ce_pad, n_pad = student_cross_entropy(s_logits[k:], s_labels[k:])
+                ce_sum, n = ce_real + ce_pad, n_real + n_pad
             sums = self._eval_sums
             if sums is not None:
                 sums["ce"] += float(ce_real)
                 sums["n"] += float(n_real)
             if self.teacher is not None:
                 t_logits, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs), None)
-                out = distillation_loss(
-                    s_logits[:k], t_logits[:k], s_labels[:k], alpha=1.0, temperature=self.args.temperature,
-                    kind=self.args.kd_kind, jsd_beta=self.args.jsd_beta, num_items_in_batch=1,
-                    vocab_size=self.kd_vocab_size,
-                )
+                out = self._online_kd(s_logits[:k], t_logits[:k], s_labels[:k], 1.0, 1)
                 t_ce, _ = student_cross_entropy(t_logits[:k], s_labels[:k])
                 if sums is not None:
                     sums["kd"] += float(out.kd_loss)

@@ -113,7 +113,7 @@ def test_chunked_causal_shift_on_non_contiguous_views():
 
 
 @pytest.mark.parametrize("kind", KD_KINDS)
-@pytest.mark.parametrize("nib", [None, 10])
+@pytest.mark.parametrize("nib", [None, 10, 0, torch.tensor(0)], ids=["local", "10", "0", "tensor0"])
 def test_chunked_all_ignored_batch(kind, nib):
     student, teacher, labels = make_batch(seed=6)
     labels[:] = IGNORE

@@ -105,3 +105,45 @@ def test_setups_without_a_fusable_head_are_refused(tmp_path):
     assert "FSDP" in fused_head_problem(trainer, has_teacher=True)
     trainer.task = get_task("seq-cls")
     assert "causal-lm only" in fused_head_problem(trainer, has_teacher=True)
+
+
+def test_fused_head_turns_off_ddp_unused_parameter_search(tmp_path):
+    assert _args(tmp_path, kd_fused_lm_head=True).ddp_find_unused_parameters is False
+    assert _args(tmp_path).ddp_find_unused_parameters is None  # the Trainer's own default otherwise
+    with pytest.raises(ValueError, match="ddp_find_unused_parameters=false"):
+        _args(tmp_path, kd_fused_lm_head=True, ddp_find_unused_parameters=True)
+
+
+def test_bypass_restores_an_existing_instance_forward():
+    from distill.fused_head import bypass_head
+
+    head = torch.nn.Linear(4, 3)
+    hooked = head.forward  # e.g. accelerate's add_hook_to_module sets an instance forward like this
+    head.forward = lambda x: hooked(x) * 0
+    previous = head.forward
+    with bypass_head(head):
+        assert head(torch.ones(1, 4)).shape == (1, 4)
+    assert head.forward is previous
+    plain = torch.nn.Linear(4, 3)
+    with bypass_head(plain):
+        pass
+    assert "forward" not in plain.__dict__
+
+
+def test_dispatched_head_is_refused(tmp_path):
+    """A head under an accelerate hook (device_map / offload) has no weight to read outside the hook."""
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    teacher = tiny_llama(hidden=48, seed=1)
+    add_hook_to_module(teacher.lm_head, AlignDevicesHook(execution_device="cpu"))
+    with pytest.raises(ValueError, match="teacher's LM head is dispatched by accelerate"):
+        _train(tmp_path, tiny_llama(seed=0), teacher, lm_dataset(8), kd_fused_lm_head=True, max_steps=1)
+
+
+def test_head_off_the_training_device_is_refused():
+    from distill.fused_head import check_head_placement
+
+    model = tiny_llama()
+    check_head_placement(model, "teacher", torch.device("cpu", 0))  # "cpu:0" is the CPU
+    with pytest.raises(ValueError, match="on cpu, but training runs on cuda:0"):
+        check_head_placement(model, "teacher", torch.device("cuda", 0))

@@ -72,12 +72,15 @@ def test_two_machines_on_loopback_match_one_process(tmp_path, reference):
 
 
 @pytest.mark.slow
-def test_fused_lm_head_under_ddp_matches_one_process(tmp_path, reference):
-    """kd_fused_lm_head under 2-process DDP: the head weight's gradient, produced by the fused loss
-    outside the model's forward, is all-reduced like every other (reference: 1 process, unfused)."""
+def test_fused_lm_head_under_ddp_matches_one_process(tmp_path):
+    """kd_fused_lm_head under 2-process DDP with an untied LM head and the Trainer's default
+    ddp_find_unused_parameters: the head's gradient, produced by the fused loss after the forward,
+    is all-reduced like every other (reference: 1 process, twice the batch, unfused)."""
+    untied = {"untied_student": True, "ddp_find_unused_parameters": None}
+    single = _run([sys.executable, SCRIPT, str(tmp_path / "single"), "8", json.dumps(untied)], str(tmp_path / "single"))
     out = str(tmp_path / "fused_ddp")
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     _run([torchrun, "--nproc_per_node", "2", "--master_port", "29563", SCRIPT, out, "4",
-          json.dumps({"kd_fused_lm_head": True})], out)
-    assert_same_training(reference, out)
+          json.dumps({**untied, "kd_fused_lm_head": True})], out)
+    assert_same_training(single, out)
     assert_ddp_placement(out)

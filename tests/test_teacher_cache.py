@@ -57,6 +57,35 @@ def test_full_vocab_cache_equals_online_loss(tmp_path, teacher, kind):
     assert (g_ref - g_got).abs().max().item() < 1e-6
 
 
+class LeftPadCollator:
+    """CausalLMCollator's batch with every row's padding moved to the left (as padding_side="left")."""
+
+    def __call__(self, examples):
+        batch = CausalLMCollator(0)(examples)
+        for i, n in enumerate(batch["attention_mask"].sum(1).tolist()):
+            for key in batch:
+                batch[key][i] = batch[key][i].roll(batch[key].shape[1] - n)
+        return batch
+
+
+def test_left_padding_lines_up_with_the_cache(tmp_path, teacher):
+    """Cache rows start at each example's first token, wherever the base collator put the padding."""
+    data = lm_dataset(6, seed=4)
+    ds = make_cache(tmp_path, teacher, data, k=8).attach(data, tokenizer=word_tokenizer(), temperature=2.0)
+    examples = [ds[i] for i in range(6)]
+    right = TeacherCacheCollator(CausalLMCollator(0), 8)(examples)
+    left = TeacherCacheCollator(LeftPadCollator(), 8)(examples)
+    assert not torch.equal(left["input_ids"], right["input_ids"])  # the padding really moved
+    embed = torch.randn(VOCAB, VOCAB)  # position-free "student": the same logits for a token anywhere
+    losses = []
+    for batch in (right, left):
+        out = cached_distillation_loss(embed[batch["input_ids"]][:, :-1], *(batch[c] for c in CACHE_COLUMNS),
+                                       batch["labels"][:, 1:], alpha=0.5, temperature=2.0)
+        losses.append(out)
+    assert losses[0].num_valid == losses[1].num_valid
+    assert losses[1].loss.item() == pytest.approx(losses[0].loss.item(), rel=1e-6)
+
+
 def test_float16_storage_and_topk_are_close_and_never_above_online(tmp_path, teacher):
     data = lm_dataset(8, seed=4)
     student = tiny_llama(seed=0)
@@ -95,6 +124,20 @@ def test_fused_forward_kl_matches_autograd(temperature, alpha):
     for name in ("loss", "kd_loss", "ce_loss"):
         assert getattr(outs[0], name).item() == pytest.approx(getattr(outs[1], name).item(), rel=1e-5, abs=1e-6)
     assert (grads[0] - grads[1]).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("fused_off", [False, True])
+def test_step_without_targets_gives_zero_loss(fused_off):
+    """num_items_in_batch = 0 (no valid label in a whole optimizer step): loss 0, zero gradient, no error."""
+    torch.manual_seed(0)
+    s = torch.randn(2, 5, VOCAB, requires_grad=True)
+    ids, lp, rest = teacher_topk(torch.randn(2, 5, VOCAB), 8, 2.0)
+    labels = torch.full((2, 5), -100)
+    out = cached_distillation_loss(s, ids, lp, rest, labels, alpha=0.5, temperature=2.0, num_items_in_batch=0,
+                                   fused_off=fused_off)
+    assert out.loss.item() == 0.0 and out.kd_loss.item() == 0.0
+    (grad,) = torch.autograd.grad(out.loss, s)
+    assert torch.count_nonzero(grad) == 0
 
 
 def test_cache_on_disk_layout_and_manifest(tmp_path, teacher):

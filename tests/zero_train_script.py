@@ -4,7 +4,9 @@ for the 1-process reference): tests/ddp_train_script.py plus a record of where t
 Usage: python zero_train_script.py OUTPUT_DIR PER_DEVICE_BATCH [extra JSON]
 
 The extra JSON holds DistillationConfig fields (e.g. ``{"deepspeed": "accelerate_configs/zero3.json"}``)
-and optionally ``teacher_path``: a saved teacher directory, loaded by the trainer itself (so under
+(``ddp_find_unused_parameters`` defaults to false here; ``null`` leaves it to the Trainer), optionally
+``untied_student: true`` (a student whose LM head is not tied to its embeddings), and optionally
+``teacher_path``: a saved teacher directory, loaded by the trainer itself (so under
 ZeRO-3 it must come out of ``from_pretrained`` already partitioned by ``deepspeed.zero.Init``).
 Each rank writes ``placement-<rank>.json`` into OUTPUT_DIR; rank 0 also ``eval_results.json``.
 """
@@ -75,16 +77,20 @@ def main():
     out, batch = sys.argv[1], int(sys.argv[2])
     extra = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     teacher = extra.pop("teacher_path", None)
+    student = tiny_llama(seed=0)
+    if extra.pop("untied_student", False):  # an LM head that the forward never touches (kd_fused_lm_head)
+        student.config.tie_word_embeddings = False
+        student.lm_head.weight = torch.nn.Parameter(student.lm_head.weight.detach().clone())
+    extra.setdefault("ddp_find_unused_parameters", False)
     torch.set_num_threads(1)
     args = DistillationConfig(
         output_dir=out, per_device_train_batch_size=batch, max_steps=3, learning_rate=0.5, optim="sgd",
         lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0, logging_steps=1, save_strategy="no",
         per_device_eval_batch_size=4, report_to="none", alpha=0.5, temperature=2.0, seed=0, disable_tqdm=True,
-        ddp_find_unused_parameters=False,
         **extra,
     )
     trainer = DistillationTrainer(
-        model=tiny_llama(seed=0), teacher_model=teacher or tiny_llama(hidden=48, seed=1), args=args,
+        model=student, teacher_model=teacher or tiny_llama(hidden=48, seed=1), args=args,
         train_dataset=lm_dataset(48), eval_dataset=lm_dataset(16, seed=1),  # 16 = 2 x 2 x 4: no padded rows
         data_collator=CausalLMCollator(pad_token_id=0),
     )
