@@ -33,8 +33,8 @@ top-k loss is a strong underestimate: the rest bucket supervises only the *total
 its shape, and a student trained from the cache matches the k + 1 buckets while the tail stays
 unsupervised (hence the larger error after training). Prefer large k (or float32 storage and
 k = V for small vocabularies) for such teachers; peaked, well-trained teachers or T = 1 should
-lose less (not measured here). The throughput cost is small: training from a k = 32 cache ran at 0.98x plain student
-training (no KD) in the same benchmark, and the online teacher at 0.49x.
+lose less (not measured here). The throughput cost is small: training from a k = 32 cache ran at 0.92x-0.98x plain student
+training (no KD) in the same benchmark over three runs on two machines, and the online teacher at 0.49x-0.64x.
 
 Memory: forward KL uses a fused kernel with an analytic gradient (:class:`_CachedForwardKL`,
 about three ``[N, V]`` float32 tensors, not chunked over positions like :mod:`distill.chunked_loss`);
