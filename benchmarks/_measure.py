@@ -47,3 +47,15 @@ def run_worker(script: str, index: int, flags: list[str]) -> dict:
     if res.returncode != 0:
         sys.exit(f"{os.path.basename(script)} worker {index} failed:\n{res.stderr[-4000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def write_results(stem: str, args, rows: list[dict], table: str) -> None:
+    """``results/<stem>.json`` (the arguments, Python and machine, and the rows) and ``results/<stem>.md``."""
+    import platform
+
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    meta = {k: v for k, v in vars(args).items() if k != "worker"}
+    meta.update(python=platform.python_version(), machine=platform.machine())
+    (results / f"{stem}.json").write_text(json.dumps(dict(config=meta, rows=rows), indent=2))
+    (results / f"{stem}.md").write_text(table + "\n")

@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import reset_peak, run_worker, status_kib  # noqa: E402
+from _measure import reset_peak, run_worker, status_kib, write_results  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # (name, family, chunk_size): family "logits" starts from logits, "hidden" from hidden states.
 VARIANTS = [
@@ -175,11 +173,7 @@ def main() -> None:
             f"{r['mem_ratio']:.2f}x | {r['time_s']:.2f} | {r['time_ratio']:.2f}x | {r['loss']:.6f} |"
         )
     table = "\n".join(lines)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = dict(vars(args), python=platform.python_version(), machine=platform.machine())
-    meta.pop("worker")
-    (RESULTS / "loss_memory.json").write_text(json.dumps(dict(config=meta, rows=rows), indent=2))
-    (RESULTS / "loss_memory.md").write_text(table + "\n")
+    write_results("loss_memory", args, rows, table)
     print(table)
 
 

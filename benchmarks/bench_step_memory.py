@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import reset_peak, run_worker, status_kib  # noqa: E402
+from _measure import reset_peak, run_worker, status_kib, write_results  # noqa: E402
 from bench_kd_overhead import make_batch, tiny_llama  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ["plain loss", "chunked (default)", "fused head"]
 
 
@@ -125,11 +123,7 @@ def main() -> None:
         lines.append(f"| {r['variant']} | {r['peak_mib']:.0f} | {r['mem_ratio']:.2f}x | {r['time_s']:.2f} | "
                      f"{r['time_ratio']:.2f}x | {r['loss']:.6f} |")
     table = "\n".join(lines)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = dict(vars(args), python=platform.python_version(), machine=platform.machine())
-    meta.pop("worker")
-    (RESULTS / "step_memory.json").write_text(json.dumps(dict(config=meta, rows=rows), indent=2))
-    (RESULTS / "step_memory.md").write_text(table + "\n")
+    write_results("step_memory", args, rows, table)
     print(table)
 
 
