@@ -210,7 +210,7 @@ def main() -> None:
         results.append(run_size(t_spec, s_spec, args))
         print(f"{pair}: kd (chunked) / reference = {results[-1]['ratio']:.3f}x", flush=True)
 
-    from distill.chunked_loss import default_chunk_size
+    from distill.losses.chunked import default_chunk_size
 
     chunk = args.chunk or f"default {default_chunk_size(args.V)}"
     header = (

@@ -40,7 +40,7 @@ from _measure import reset_peak, run_worker, status_kib, write_results  # noqa: 
 # (name, family, chunk_size): family "logits" starts from logits, "hidden" from hidden states.
 VARIANTS = [
     ("naive", "logits", None),
-    ("chunked", "logits", "auto"),  # the trainer's default: distill.chunked_loss.default_chunk_size
+    ("chunked", "logits", "auto"),  # the trainer's default: distill.losses.chunked.default_chunk_size
     ("chunked", "logits", 1024),
     ("chunked", "logits", 256),
     ("naive + LM head", "hidden", None),
@@ -52,7 +52,7 @@ def worker(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from distill.chunked_loss import chunked_distillation_loss, fused_linear_distillation_loss
+    from distill.losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
     from distill.losses import distillation_loss
 
     name, family, chunk = VARIANTS[args.worker]
@@ -162,7 +162,7 @@ def main() -> None:
         "| variant | input | chunk | peak MiB | vs naive | time s | vs naive | loss |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    from distill.chunked_loss import default_chunk_size
+    from distill.losses.chunked import default_chunk_size
 
     for r in rows:
         chunk = r["chunk_size"] or "-"

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         _finish_distributed()
         return 0
     if command == "cache-teacher":
-        from .teacher_cache import main as cache_main
+        from .teacher.cache_cli import main as cache_main
 
         try:
             cache_main(rest)

@@ -7,7 +7,7 @@ from typing import Optional
 
 from transformers import TrainingArguments
 
-from .losses import KD_KINDS
+from .losses.logit import KD_KINDS
 
 TASKS = ("causal-lm", "seq-cls", "image-cls")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -54,12 +54,12 @@ class DistillationConfig(TrainingArguments):
             chunk by chunk so that its memory stays bounded at large vocabularies. Default: about
             2^20 logits per chunk on CPU (256 positions at V = 4096, which keeps the chunk in cache),
             1024 positions on accelerators (fewer above V = 131072); see
-            `distill.chunked_loss.default_chunk_size`.
+            `distill.losses.chunked.default_chunk_size`.
         kd_fused_lm_head (`bool`, defaults to `False`):
             Causal LMs with an online teacher: fuse the distillation loss with both models' LM heads,
             so that logits are computed a chunk of positions at a time from the final hidden states
             and neither model's full ``[B, T, V]`` logits exist in training (evaluation runs the
-            models' heads and the chunked loss). Not under ZeRO-3 or FSDP, which shard the heads; see `distill.fused_head`. Sets
+            models' heads and the chunked loss). Not under ZeRO-3 or FSDP, which shard the heads; see `distill.losses.fused_head`. Sets
             `ddp_find_unused_parameters` to False (DDP's search cannot see a head used after the forward).
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom modelling code from the Hub for teacher and student. Off by default.

@@ -129,7 +129,7 @@ def _non_embedding(model) -> tuple[int, int]:
 
 
 def _load_processing_class(model_args, data_args, args, task):
-    from .teacher import load_tokenizer_if_present
+    from .teacher.loading import load_tokenizer_if_present
 
     candidates = [model_args.model_name_or_path, args.teacher_model_name_or_path]
     if getattr(model_args, "teacher_cache", None):
@@ -150,7 +150,7 @@ def _load_processing_class(model_args, data_args, args, task):
             tokenizer = load_tokenizer_if_present(name, trust_remote_code=args.trust_remote_code)
             if tokenizer is not None:
                 return tokenizer
-    from .corpus import train_bpe_tokenizer
+    from .data.corpus import train_bpe_tokenizer
     from .data import texts_for_tokenizer
 
     logger.info("No tokenizer given: training a %d-token BPE on the training split.", data_args.tokenizer_vocab_size)
@@ -190,7 +190,7 @@ def _build_student(model_args, data_args, args, task, tokenizer, bundle):
 
 def _check_before_compute(model_args, data_args, args) -> None:
     """Errors a user can fix, raised before any tokenizer training, data loading or training."""
-    from .teacher import _looks_local
+    from .teacher.loading import _looks_local
 
     if args.task is None:
         raise ValueError("task is not set: add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
@@ -214,7 +214,7 @@ def _check_before_compute(model_args, data_args, args) -> None:
 
 def _check_teacher_cache(path: str, args) -> None:
     """The cache exists and fits the run's task, temperature and teacher (tokenizer and data: in the trainer)."""
-    from .teacher_cache import TeacherCache
+    from .teacher.cache import TeacherCache
 
     cache = TeacherCache.load(path, with_data=False)
     cache.check_settings(temperature=args.temperature, task=args.task)

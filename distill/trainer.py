@@ -13,13 +13,14 @@ from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
 from .config import DistillationConfig
-from .chunked_loss import chunked_distillation_loss, fused_linear_distillation_loss
-from .fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
+from .losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
+from .losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
                          output_head)
-from .losses import distillation_loss, loss_denominator, student_cross_entropy
+from .losses.logit import distillation_loss, loss_denominator, student_cross_entropy
 from .tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, infer_task
-from .teacher import check_same_tokenizer, load_teacher, place_teacher
-from .teacher_cache import CACHE_COLUMNS
+from .teacher.loading import check_same_tokenizer, load_teacher
+from .teacher.placement import place_teacher
+from .teacher.cache import CACHE_COLUMNS
 
 _STAGING = ".staging"
 
@@ -40,10 +41,10 @@ class DistillationTrainer(Trainer):
         teacher_processing_class: the teacher's tokenizer, when it is not loaded from
             `teacher_model`'s directory; used to refuse a tokenizer that differs from the student's.
         teacher_cache: instead of a teacher, a cache written by `distill cache-teacher` (a directory
-            or a [`distill.teacher_cache.TeacherCache`]); causal LM only. Its tokenizer, data,
+            or a [`distill.teacher.cache.TeacherCache`]); causal LM only. Its tokenizer, data,
             temperature and kind are checked against the student's before anything else; its
             top-k columns are added to `train_dataset` and padded by a wrapped collator, and the KD
-            term is [`distill.teacher_cache.cached_distillation_loss`]. No teacher model is loaded.
+            term is [`distill.teacher.cache.cached_distillation_loss`]. No teacher model is loaded.
         **kwargs: everything else [`~transformers.Trainer`] accepts (datasets, collator,
             `processing_class`, `compute_metrics`, callbacks, ...).
 
@@ -106,7 +107,7 @@ class DistillationTrainer(Trainer):
 
     def _attach_teacher_cache(self, cache, teacher_model, task, args, processing_class, kwargs) -> dict:
         from .tasks import make_collator
-        from .teacher_cache import TeacherCache, TeacherCacheCollator
+        from .teacher.cache import TeacherCache, TeacherCacheCollator
 
         if teacher_model is not None:
             raise ValueError("Give either teacher_model or teacher_cache, not both: a cache replaces the teacher.")
@@ -195,7 +196,7 @@ class DistillationTrainer(Trainer):
         )
 
     def _cached_kd(self, s_logits, s_labels, cached, num_items_in_batch, **extra):
-        from .teacher_cache import cached_distillation_loss
+        from .losses.cached import cached_distillation_loss
 
         ids, logprobs, rest = (cached[c] for c in CACHE_COLUMNS)
         return cached_distillation_loss(

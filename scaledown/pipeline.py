@@ -14,20 +14,13 @@ import time
 from typing import Any, Callable, Optional
 
 from .config import PipelineConfig
+from .files import write_json_atomic
 
 STAGES = ("tokenizer", "ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate")
 
 
 def banner(text: str) -> None:
     print(f"\n{'=' * 78}\n== {text}\n{'=' * 78}", flush=True)
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=float)
-    os.replace(tmp, path)
 
 
 class Pipeline:
@@ -183,7 +176,7 @@ class Pipeline:
     def make_tokenizer(self) -> dict:
         if self.config.tokenizer:
             return {"path": self.config.tokenizer, "trained": False}
-        from distill.corpus import train_bpe_tokenizer
+        from distill.data.corpus import train_bpe_tokenizer
         from distill.data import DataArguments, texts_for_tokenizer
 
         data_args = DataArguments(**self.config.data)

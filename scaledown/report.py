@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from .pipeline import write_json_atomic
+from .files import write_json_atomic
 
 
 def _plt():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.chunked_loss import chunked_distillation_loss, fused_linear_distillation_loss
+from distill.losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 from distill.losses import KD_KINDS, distillation_loss
 
 IGNORE = -100
@@ -398,7 +398,7 @@ def test_single_position_1d_logits():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from distill.chunked_loss import _RowGather, default_chunk_size  # noqa: E402
+from distill.losses.chunked import _RowGather, default_chunk_size  # noqa: E402
 from test_losses import ref_loss  # noqa: E402  (independent float64 numpy reference)
 
 

@@ -1,4 +1,4 @@
-"""Offline sources of distill.corpus: the docs corpus, its classification set, digits, BPE."""
+"""Offline sources of distill.data.corpus: the docs corpus, its classification set, digits, BPE."""
 
 import os
 
@@ -10,7 +10,7 @@ import collections  # noqa: E402
 import pytest  # noqa: E402
 from pydoc_data.topics import topics  # noqa: E402
 
-from distill import corpus  # noqa: E402
+from distill.data import corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")

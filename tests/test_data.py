@@ -13,7 +13,8 @@ import datasets  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from distill import corpus, data  # noqa: E402
+from distill.data import corpus
+from distill import data  # noqa: E402
 from distill.data import DataArguments, build_datasets, load_raw_datasets  # noqa: E402
 
 DOCS = [

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distill import DistillationConfig, DistillationTrainer
-from distill.fused_head import fused_head_problem
+from distill.losses.fused_head import fused_head_problem
 from distill.tasks import CausalLMCollator, get_task
 from helpers import lm_dataset, max_diff, tiny_llama, weights, word_tokenizer
 
@@ -115,7 +115,7 @@ def test_fused_head_turns_off_ddp_unused_parameter_search(tmp_path):
 
 
 def test_bypass_restores_an_existing_instance_forward():
-    from distill.fused_head import bypass_head
+    from distill.losses.fused_head import bypass_head
 
     head = torch.nn.Linear(4, 3)
     hooked = head.forward  # e.g. accelerate's add_hook_to_module sets an instance forward like this
@@ -141,7 +141,7 @@ def test_dispatched_head_is_refused(tmp_path):
 
 
 def test_head_off_the_training_device_is_refused():
-    from distill.fused_head import check_head_placement
+    from distill.losses.fused_head import check_head_placement
 
     model = tiny_llama()
     check_head_placement(model, "teacher", torch.device("cpu", 0))  # "cpu:0" is the CPU

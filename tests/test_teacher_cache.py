@@ -11,7 +11,7 @@ import torch
 from distill import DistillationConfig, DistillationTrainer
 from distill.losses import distillation_loss
 from distill.tasks import CausalLMCollator
-from distill.teacher_cache import (
+from distill.teacher.cache import (
     CACHE_COLUMNS, MANIFEST_NAME, TeacherCache, TeacherCacheCollator, build_teacher_cache, cached_distillation_loss,
     teacher_topk,
 )
@@ -256,7 +256,7 @@ def test_cli_cache_teacher_then_train(tmp_path, capsys):
     assert "temperature" in capsys.readouterr().err
     # A student with another tokenizer is refused too.
     other_tok = str(tmp_path / "other_tok")
-    from distill.corpus import train_bpe_tokenizer
+    from distill.data.corpus import train_bpe_tokenizer
 
     train_bpe_tokenizer(["some other text for a different tokenizer"] * 50, vocab_size=280).save_pretrained(other_tok)
     assert cli_main(["train", *student_args, "--teacher_cache", cache_dir, "--output_dir", out, *quick,

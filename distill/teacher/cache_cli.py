@@ -1,6 +1,6 @@
-"""`distill cache-teacher`: write a teacher cache (:mod:`distill.teacher_cache`) for a recipe's training split.
+"""`distill cache-teacher`: write a teacher cache (:mod:`distill.teacher.cache`) for a recipe's training split.
 
-:func:`main` is re-exported by :mod:`distill.teacher_cache`, where the cache format is described.
+:func:`main` is re-exported by :mod:`distill.teacher.cache`, where the cache format is described.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     """`distill cache-teacher`: write a teacher cache for a recipe's training split."""
     import logging
 
-    # Imported here, not at the top: distill.teacher_cache imports this module (it re-exports main).
-    from .teacher_cache import VALUE_DTYPES, build_teacher_cache
+    # Imported here, not at the top, so that `distill cache-teacher --help` needs no torch.
+    from .cache import VALUE_DTYPES, build_teacher_cache
 
     argv = list(sys.argv[2:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -62,10 +62,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     import transformers
 
-    from .data import build_datasets
-    from .tasks import get_task
-    from .teacher import check_same_tokenizer, load_teacher
-    from .train import _check_before_compute, _load_processing_class, parse_args
+    from ..data import build_datasets
+    from ..tasks import get_task
+    from .loading import check_same_tokenizer, load_teacher
+    from ..train import _check_before_compute, _load_processing_class, parse_args
 
     model_args, data_args, args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)

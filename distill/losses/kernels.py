@@ -1,6 +1,6 @@
 """Per-chunk distillation kernels: loss sums and the analytic gradient w.r.t. the student logits.
 
-Used by :mod:`distill.chunked_loss`, which walks the valid positions of a batch chunk by chunk and
+Used by :mod:`distill.losses.chunked`, which walks the valid positions of a batch chunk by chunk and
 hands each ``[c, V]`` block of student and teacher logits to :func:`chunk_loss_and_grad`. The
 kernels work in place on those blocks (the caller passes fresh copies) so that only a few
 ``[c, V]`` float tensors are alive at once. Forward KL, the default, has its own kernel

@@ -10,8 +10,8 @@
 
 Each preparer returns `(splits, num_labels, id2label, transform)`; `_finish` then applies
 max_*_samples and the transform, checks that no split is empty and shuffles a train stream.
-The column helpers `_columns` / `_require_column` live here too, so that `distill.data` can
-import from this module without a cycle (this module imports `distill.data` only for typing).
+The column helpers `_columns` / `_require_column` live here too, so that `distill.data.loading` can
+import from this module; this module needs only `distill.data.arguments`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
-    from .data import DataArguments
+    from .arguments import DataArguments
 
 # Label value of tokens that take no part in the loss (torch's CrossEntropyLoss ignore_index).
 IGNORE_INDEX = -100

@@ -1,0 +1,19 @@
+"""Distillation losses, as pure functions tested without a Trainer.
+
+- `logit`: the reference loss `alpha * T^2 * KD + (1 - alpha) * CE` (`distillation_loss`), the
+  divergences (forward/reverse KL, JSD), masking, vocabulary alignment and the shared denominator.
+- `chunked`: the same loss over token chunks with a hand-written backward (no [B, T, V] copies),
+  and `fused_linear_distillation_loss`, which also computes both LM heads chunk by chunk.
+- `kernels`: the per-chunk loss-and-gradient kernels behind `chunked`.
+- `cached`: the loss against a teacher's stored top-k log-probabilities (`distill cache-teacher`).
+- `fused_head`: running a causal LM with its LM head bypassed, and the checks that make it safe.
+"""
+
+from .cached import cached_distillation_loss, teacher_topk  # noqa: F401
+from .chunked import chunked_distillation_loss, fused_linear_distillation_loss  # noqa: F401
+from .logit import (KD_KINDS, DistillationLossOutput, align_vocab, check_kd_kind,  # noqa: F401
+                    distillation_loss, divergence, loss_denominator, student_cross_entropy)
+
+__all__ = ["KD_KINDS", "DistillationLossOutput", "align_vocab", "check_kd_kind", "distillation_loss",
+           "divergence", "loss_denominator", "student_cross_entropy", "chunked_distillation_loss",
+           "fused_linear_distillation_loss", "cached_distillation_loss", "teacher_topk"]
