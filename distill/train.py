@@ -123,8 +123,11 @@ def parse_args(argv: list[str]):
 def _non_embedding(model) -> tuple[int, int]:
     import torch
 
-    total = sum(p.numel() for p in model.parameters())
-    embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    def numel(p):  # ZeRO-3 partitions parameters: ds_numel is the full size
+        return getattr(p, "ds_numel", p.numel())
+
+    total = sum(numel(p) for p in model.parameters())
+    embedding = sum(numel(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return total, total - embedding
 
 
@@ -293,6 +296,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     if trainer.teacher is not None:
         teacher = getattr(trainer.teacher, "module", trainer.teacher)
         metrics["teacher_params"] = sum(getattr(p, "ds_numel", p.numel()) for p in teacher.parameters())
+        # the teacher's N for scaling laws (issue 15: scaling fit --law distillation, advise)
+        metrics["teacher_non_embedding_params"] = _non_embedding(teacher)[1]
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     results = dict(metrics)
