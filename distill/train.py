@@ -194,6 +194,8 @@ def _check_before_compute(model_args, data_args, args) -> None:
 
     if args.task is None:
         raise ValueError("task is not set: add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
+    if model_args.teacher_cache and args.extra_teachers:
+        raise ValueError("teacher_cache replaces the teacher: remove extra_teachers, or train without the cache.")
     if model_args.teacher_cache:
         _check_teacher_cache(model_args.teacher_cache, args)
         return
@@ -203,11 +205,12 @@ def _check_before_compute(model_args, data_args, args) -> None:
             f"alpha={args.alpha} needs a teacher: set teacher_model_name_or_path, or alpha: 0 to train "
             "on labels alone."
         )
-    if teacher and _looks_local(teacher) and not os.path.isfile(os.path.join(os.path.expanduser(teacher), "config.json")):
-        raise FileNotFoundError(
-            f"teacher_model_name_or_path={teacher!r} is not a model directory (no config.json there). "
-            "Train or download the teacher first, or point at a Hub id."
-        )
+    for field_name, path in [("teacher_model_name_or_path", teacher)] + [("extra_teachers", t) for t in args.extra_teachers or []]:
+        if path and _looks_local(path) and not os.path.isfile(os.path.join(os.path.expanduser(path), "config.json")):
+            raise FileNotFoundError(
+                f"{field_name}: {path!r} is not a model directory (no config.json there). "
+                "Train or download the teacher first, or point at a Hub id."
+            )
     if model_args.model_config is not None:
         parse_model_config(model_args.model_config)
 
@@ -263,7 +266,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     trainer = DistillationTrainer(
         model=student,
         teacher_model=None if use_cache else (
-            args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None),
+            [args.teacher_model_name_or_path, *args.extra_teachers] if args.extra_teachers
+            else args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None),
         teacher_cache=model_args.teacher_cache if use_cache else None,
         args=args,
         train_dataset=bundle.train,
