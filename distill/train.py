@@ -231,8 +231,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     """Run one distillation (or, with alpha=0, plain training) and return the final metrics."""
     import datasets
     import transformers
-    from transformers.trainer_utils import get_last_checkpoint
 
+    from .checkpoints import last_complete_checkpoint
     from .data import build_datasets
     from .tasks import accuracy_metric, get_task, make_collator
     from .trainer import DistillationTrainer
@@ -274,7 +274,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     )
     resume = args.resume_from_checkpoint
     if resume is None and os.path.isdir(args.output_dir):
-        resume = get_last_checkpoint(args.output_dir)
+        resume = last_complete_checkpoint(args.output_dir, need_optimizer=not args.save_only_model)
         if resume:
             logger.info("Resuming from %s (pass --resume_from_checkpoint to choose another).", resume)
     train_result = trainer.train(resume_from_checkpoint=resume)
