@@ -49,14 +49,27 @@ class ModelArguments:
         },
     )
 
+    # --- student made from the teacher's layers (distill/students/) ---
+    init_from_teacher_layers: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Build the student from teacher_model_name_or_path's blocks before training (DistilBERT "
+            "style): a list such as [0, 2, 4] (command line: '0,2,4'), 'every_other', or a count n of evenly "
+            "spaced blocks. Embeddings, final norm and heads are copied too. Replaces model_name_or_path / "
+            "model_config; `distill init-student` writes the same student to a directory."
+        },
+    )
+
     def __post_init__(self):
-        if self.model_name_or_path and self.model_config:
+        given = [name for name in ("model_name_or_path", "model_config", "init_from_teacher_layers")
+                 if getattr(self, name) not in (None, "")]
+        if len(given) > 1:
             raise ValueError(
-                "Give either model_name_or_path (a pretrained student) or model_config (a student built "
-                "from scratch), not both."
+                f"Give one student source: model_name_or_path (a pretrained student), model_config (a student "
+                f"built from scratch) or init_from_teacher_layers (teacher blocks), not {' and '.join(given)}."
             )
-        if not self.model_name_or_path and not self.model_config:
-            raise ValueError("No student: set model_name_or_path or model_config.")
+        if not given:
+            raise ValueError("No student: set model_name_or_path, model_config or init_from_teacher_layers.")
 
 
 def parse_model_config(value: Any) -> dict:
@@ -123,8 +136,11 @@ def parse_args(argv: list[str]):
 def _non_embedding(model) -> tuple[int, int]:
     import torch
 
-    total = sum(p.numel() for p in model.parameters())
-    embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    def numel(p):  # ZeRO-3 partitions parameters: ds_numel is the full size
+        return getattr(p, "ds_numel", p.numel())
+
+    total = sum(numel(p) for p in model.parameters())
+    embedding = sum(numel(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return total, total - embedding
 
 
@@ -170,6 +186,11 @@ def _build_student(model_args, data_args, args, task, tokenizer, bundle):
             extra["id2label"] = {int(k): v for k, v in bundle.id2label.items()}
             extra["label2id"] = {v: int(k) for k, v in bundle.id2label.items()}
     model_class = task.model_class()
+    if model_args.init_from_teacher_layers is not None:
+        from .students.from_layers import student_from_teacher_dir
+
+        return student_from_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers,
+                                        model_class, bundle.num_labels, args.trust_remote_code)
     if model_args.model_name_or_path:
         return model_class.from_pretrained(
             model_args.model_name_or_path, use_safetensors=True, trust_remote_code=args.trust_remote_code, **extra
@@ -196,6 +217,10 @@ def _check_before_compute(model_args, data_args, args) -> None:
         raise ValueError("task is not set: add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
     if model_args.teacher_cache and args.extra_teachers:
         raise ValueError("teacher_cache replaces the teacher: remove extra_teachers, or train without the cache.")
+    if model_args.init_from_teacher_layers is not None:
+        from .students.from_layers import check_layers_of_teacher_dir
+
+        check_layers_of_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers)
     if model_args.teacher_cache:
         _check_teacher_cache(model_args.teacher_cache, args)
         return
@@ -234,8 +259,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     """Run one distillation (or, with alpha=0, plain training) and return the final metrics."""
     import datasets
     import transformers
-    from transformers.trainer_utils import get_last_checkpoint
 
+    from .checkpoints import last_complete_checkpoint
     from .data import build_datasets
     from .tasks import accuracy_metric, get_task, make_collator
     from .trainer import DistillationTrainer
@@ -278,7 +303,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     )
     resume = args.resume_from_checkpoint
     if resume is None and os.path.isdir(args.output_dir):
-        resume = get_last_checkpoint(args.output_dir)
+        resume = last_complete_checkpoint(args.output_dir, need_optimizer=not args.save_only_model)
         if resume:
             logger.info("Resuming from %s (pass --resume_from_checkpoint to choose another).", resume)
     train_result = trainer.train(resume_from_checkpoint=resume)
@@ -297,6 +322,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     if trainer.teacher is not None:
         teacher = getattr(trainer.teacher, "module", trainer.teacher)
         metrics["teacher_params"] = sum(getattr(p, "ds_numel", p.numel()) for p in teacher.parameters())
+        # the teacher's N for scaling laws (issue 15: scaling fit --law distillation, advise)
+        metrics["teacher_non_embedding_params"] = _non_embedding(teacher)[1]
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     results = dict(metrics)

@@ -12,6 +12,8 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
+from .checkpoints import (check_finite_weights, disk_full_error, last_complete_checkpoint, resolve_resume,
+                          write_completion_record)
 from .config import DistillationConfig
 from .losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 from .losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
@@ -371,12 +373,17 @@ class DistillationTrainer(Trainer):
         name = f"checkpoint-{self.state.global_step}"
         self._staging_dir = os.path.join(run_dir, _STAGING)
         staged, final = os.path.join(self._staging_dir, name), os.path.join(run_dir, name)
+        check_finite_weights(model)
         try:
             super()._save_checkpoint(model, trial)
+        except OSError as e:  # out of disk: say so; the previous checkpoint was not touched
+            shutil.rmtree(os.path.join(run_dir, _STAGING), ignore_errors=True)
+            raise disk_full_error(e, final, last_complete_checkpoint(run_dir)) or e
         finally:
             self._staging_dir = None
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            write_completion_record(staged)
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(staged, final)
@@ -391,6 +398,15 @@ class DistillationTrainer(Trainer):
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """`Trainer.train`, resuming only from a checkpoint that passes `distill.checkpoints.check_checkpoint`:
+        ``True`` takes the newest complete one (skipping damaged ones with a warning), a path is checked
+        and refused with the damaged file named. Staging left by a killed save is removed first."""
+        if self.args.should_save:
+            shutil.rmtree(os.path.join(self.args.output_dir, _STAGING), ignore_errors=True)
+        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Save the student only (safetensors); the arguments as JSON instead of a pickle."""

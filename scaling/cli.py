@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 import sys
 
-LAW_CHOICES = ("chinchilla", "power", "kaplan")
+LAW_CHOICES = ("chinchilla", "power", "kaplan", "chinchilla_gamma", "distillation")
 
 
 def _add_inputs(p):
@@ -60,11 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="figure path, e.g. fit.png (PNG and SVG, plus _residuals and "
                    "_frontier)")
     p.add_argument("--quiet", action="store_true", help="no summary or progress on stderr")
+    # distillation law (issue 15): scaling.distill_fit
+    p.add_argument("--supervised-fit", help="--law distillation: the supervised fit.json giving "
+                   "L~_S = L(N_S, D_S)")
+    p.add_argument("--form", choices=("full", "reduced"), default="full",
+                   help="--law distillation: full Eq. 8 (9 parameters) or reduced (4: f1 = 1, "
+                   "student term from the supervised fit)")
 
     p = sub.add_parser("predict", help="predicted loss from a fit")
     p.add_argument("--fit", required=True)
     p.add_argument("--params", type=float, required=True, help="parameter count N")
     p.add_argument("--tokens", type=float, help="training tokens D (L(N, D) laws)")
+    p.add_argument("--teacher-loss", type=float, help="teacher cross-entropy L_T (distillation fits)")
     p.add_argument("--level", type=float, default=0.95)
 
     p = sub.add_parser("optimal", help="compute-optimal N*, D*, L* for a budget")
@@ -156,6 +163,10 @@ def _summary_text(fit) -> str:
 def cmd_fit(args):
     from .fit import fit_runs, save_fit
 
+    if args.law == "distillation":
+        from .distill_fit import cmd_fit_distillation
+
+        return cmd_fit_distillation(args)
     points = _load(args, args.law)
     fit = fit_runs(points, args.law, args.method, args.loss, args.delta, args.bootstrap,
                    args.seed, args.jobs, args.holdout_above, args.budgets, args.drop_highest,
@@ -176,10 +187,15 @@ def cmd_fit(args):
 
 
 def cmd_predict(args):
-    from .fit import load_fit
+    from .distill_fit import is_distillation_fit, load_any_fit, predict_from_dfit
     from .optimal import predict_from_fit
 
-    print(json.dumps(predict_from_fit(load_fit(args.fit), args.params, args.tokens, args.level)))
+    fit = load_any_fit(args.fit)
+    if is_distillation_fit(fit):
+        print(json.dumps(predict_from_dfit(fit, args.params, args.tokens, args.teacher_loss,
+                                           args.level)))
+        return
+    print(json.dumps(predict_from_fit(fit, args.params, args.tokens, args.level)))
 
 
 def cmd_optimal(args):
