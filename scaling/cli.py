@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-params", type=float, default=0.0, help="NT in --cost")
     p.add_argument("--level", type=float, default=0.95)
 
+    from .advise import add_parser as add_advise_parser  # issue 15
+
+    add_advise_parser(sub)
+
     p = sub.add_parser("isoflop", help="Approach 2: IsoFLOP parabolas")
     _add_inputs(p)
     p.add_argument("--tolerance", type=float, default=0.05, help="budget grouping (dex)")
@@ -289,7 +293,13 @@ def cmd_ladder(args):
                                        str(args.batch_size), *args.distill_args], log=lambda m: print(m, file=sys.stderr))
 
 
-COMMANDS = {"ladder": cmd_ladder, "fit": cmd_fit, "predict": cmd_predict, "optimal": cmd_optimal,
+def cmd_advise(args):
+    from .advise import cmd_advise as run
+
+    run(args)
+
+
+COMMANDS = {"advise": cmd_advise, "ladder": cmd_ladder, "fit": cmd_fit, "predict": cmd_predict, "optimal": cmd_optimal,
             "isoflop": cmd_isoflop, "envelope": cmd_envelope, "plot": cmd_plot, "runs": cmd_runs}
 
 
