@@ -25,6 +25,9 @@ commands:
               distill cache-teacher --config recipes/tiny/causal_lm.yaml --cache_dir runs/tiny/cache --top_k 32
               distill train --config recipes/tiny/causal_lm.yaml --teacher_cache runs/tiny/cache \
                 --output_dir runs/tiny/causal_lm_cached
+  init-student
+            Write a student made of chosen teacher blocks (DistilBERT style), ready for distill train:
+              distill init-student --teacher runs/teacher --layers 0,2,4 --output_dir runs/student_init
 
 Recipes live in recipes/ and start with the command that runs them. Outputs follow transformers'
 conventions: trainer_state.json, all_results.json, model.safetensors, README.md (model card).
@@ -64,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             cache_main(rest)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if command == "init-student":
+        from .students.cli import init_student_main
+
+        try:
+            init_student_main(rest)
         except (ValueError, FileNotFoundError, FileExistsError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -39,9 +39,13 @@ class DistillationConfig(TrainingArguments):
             its gradient scale does not depend on T. The cross-entropy term always uses T = 1.
         kd_kind (`str`, defaults to `"forward_kl"`):
             `forward_kl` (KL(teacher || student), mode-covering), `reverse_kl` (KL(student || teacher),
-            mode-seeking) or `jsd` (generalised Jensen-Shannon with mixture weight `jsd_beta`).
+            mode-seeking), `jsd` (generalised Jensen-Shannon with mixture weight `jsd_beta`),
+            `skew_forward_kl` (KL(p || a p + (1 - a) q), p teacher, q student, a = `skew_alpha`) or
+            `skew_reverse_kl` (KL(q || a q + (1 - a) p)), the skew KLs of DistiLLM (Ko et al. 2024).
         jsd_beta (`float`, defaults to 0.5):
             Teacher weight of the JSD mixture, strictly between 0 and 1.
+        skew_alpha (`float`, defaults to 0.1):
+            The skew a of `skew_forward_kl` / `skew_reverse_kl`, in [0, 1); 0 gives the plain KL.
         teacher_model_name_or_path (`str`, *optional*):
             Hub id or local directory of the teacher. Loaded from safetensors only.
         teacher_dtype (`str`, defaults to `"auto"`):
@@ -75,10 +79,15 @@ class DistillationConfig(TrainingArguments):
     )
     kd_kind: str = field(
         default="forward_kl",
-        metadata={"help": "Divergence: forward_kl, reverse_kl or jsd.", "choices": list(KD_KINDS)},
+        metadata={"help": f"Divergence: {', '.join(KD_KINDS)}.", "choices": list(KD_KINDS)},
     )
     jsd_beta: float = field(
         default=0.5, metadata={"help": "Teacher weight of the JSD mixture, strictly between 0 and 1."}
+    )
+    # ---- skew KL (issue 14) ----
+    skew_alpha: float = field(
+        default=0.1,
+        metadata={"help": "Skew a of skew_forward_kl / skew_reverse_kl, in [0, 1); 0 = plain KL (DistiLLM: 0.1)."},
     )
     teacher_model_name_or_path: Optional[str] = field(
         default=None,
@@ -121,6 +130,8 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"kd_kind={self.kd_kind!r} is unknown: use one of {', '.join(KD_KINDS)}.")
         if not 0.0 < self.jsd_beta < 1.0:
             raise ValueError(f"jsd_beta={self.jsd_beta} must be strictly between 0 and 1.")
+        if not 0.0 <= self.skew_alpha < 1.0:
+            raise ValueError(f"skew_alpha={self.skew_alpha} must be in [0, 1) (DistiLLM uses 0.1).")
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(
                 f"teacher_dtype={self.teacher_dtype!r} is unknown: use one of {', '.join(TEACHER_DTYPES)}."

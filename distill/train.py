@@ -49,14 +49,27 @@ class ModelArguments:
         },
     )
 
+    # --- student made from the teacher's layers (distill/students/) ---
+    init_from_teacher_layers: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Build the student from teacher_model_name_or_path's blocks before training (DistilBERT "
+            "style): a list such as [0, 2, 4] (command line: '0,2,4'), 'every_other', or a count n of evenly "
+            "spaced blocks. Embeddings, final norm and heads are copied too. Replaces model_name_or_path / "
+            "model_config; `distill init-student` writes the same student to a directory."
+        },
+    )
+
     def __post_init__(self):
-        if self.model_name_or_path and self.model_config:
+        given = [name for name in ("model_name_or_path", "model_config", "init_from_teacher_layers")
+                 if getattr(self, name) not in (None, "")]
+        if len(given) > 1:
             raise ValueError(
-                "Give either model_name_or_path (a pretrained student) or model_config (a student built "
-                "from scratch), not both."
+                f"Give one student source: model_name_or_path (a pretrained student), model_config (a student "
+                f"built from scratch) or init_from_teacher_layers (teacher blocks), not {' and '.join(given)}."
             )
-        if not self.model_name_or_path and not self.model_config:
-            raise ValueError("No student: set model_name_or_path or model_config.")
+        if not given:
+            raise ValueError("No student: set model_name_or_path, model_config or init_from_teacher_layers.")
 
 
 def parse_model_config(value: Any) -> dict:
@@ -170,6 +183,11 @@ def _build_student(model_args, data_args, args, task, tokenizer, bundle):
             extra["id2label"] = {int(k): v for k, v in bundle.id2label.items()}
             extra["label2id"] = {v: int(k) for k, v in bundle.id2label.items()}
     model_class = task.model_class()
+    if model_args.init_from_teacher_layers is not None:
+        from .students.from_layers import student_from_teacher_dir
+
+        return student_from_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers,
+                                        model_class, bundle.num_labels, args.trust_remote_code)
     if model_args.model_name_or_path:
         return model_class.from_pretrained(
             model_args.model_name_or_path, use_safetensors=True, trust_remote_code=args.trust_remote_code, **extra
@@ -194,6 +212,10 @@ def _check_before_compute(model_args, data_args, args) -> None:
 
     if args.task is None:
         raise ValueError("task is not set: add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
+    if model_args.init_from_teacher_layers is not None:
+        from .students.from_layers import check_layers_of_teacher_dir
+
+        check_layers_of_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers)
     if model_args.teacher_cache:
         _check_teacher_cache(model_args.teacher_cache, args)
         return

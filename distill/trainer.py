@@ -181,7 +181,7 @@ class DistillationTrainer(Trainer):
                           if self.task.token_level else (distillation_loss, {}))
         return loss_fn(s_logits, t_logits, s_labels, alpha=alpha, temperature=self.args.temperature,
                        kind=self.args.kd_kind, jsd_beta=self.args.jsd_beta, num_items_in_batch=num_items_in_batch,
-                       vocab_size=self.kd_vocab_size, **extra)
+                       vocab_size=self.kd_vocab_size, skew_alpha=self.args.skew_alpha, **extra)
 
     def _fused_kd(self, s_hidden, s_labels, model_inputs, num_items_in_batch):
         """The KD loss computed chunk by chunk from both models' hidden states and head weights."""
@@ -192,7 +192,7 @@ class DistillationTrainer(Trainer):
             student_head_bias=getattr(s_head, "bias", None), teacher_head_bias=getattr(t_head, "bias", None),
             alpha=self.args.alpha, temperature=self.args.temperature, kind=self.args.kd_kind,
             jsd_beta=self.args.jsd_beta, num_items_in_batch=num_items_in_batch, vocab_size=self.kd_vocab_size,
-            chunk_size=self.args.kd_chunk_size,
+            chunk_size=self.args.kd_chunk_size, skew_alpha=self.args.skew_alpha,
         )
 
     def _cached_kd(self, s_logits, s_labels, cached, num_items_in_batch, **extra):
@@ -202,7 +202,7 @@ class DistillationTrainer(Trainer):
         return cached_distillation_loss(
             s_logits, ids, logprobs, rest, s_labels, alpha=extra.pop("alpha", self.args.alpha),
             temperature=self.args.temperature, kind=self.args.kd_kind, jsd_beta=self.args.jsd_beta,
-            num_items_in_batch=num_items_in_batch, vocab_size=self.kd_vocab_size,
+            num_items_in_batch=num_items_in_batch, vocab_size=self.kd_vocab_size, skew_alpha=self.args.skew_alpha,
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
