@@ -28,6 +28,9 @@ commands:
   init-student
             Write a student made of chosen teacher blocks (DistilBERT style), ready for distill train:
               distill init-student --teacher runs/teacher --layers 0,2,4 --output_dir runs/student_init
+  prune     Structured pruning scored on calibration data (Minitron / ShortGPT), writes OUT/pruning.json:
+              distill prune --model runs/teacher --drop-layers 2 --mlp-width 256 --calibration RECIPE_OR_DATA \
+                --num-samples 64 --output_dir runs/pruned
 
 Recipes live in recipes/ and start with the command that runs them. Outputs follow transformers'
 conventions: trainer_state.json, all_results.json, model.safetensors, README.md (model card).
@@ -71,11 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
-    if command == "init-student":
-        from .students.cli import init_student_main
+    if command in ("init-student", "prune"):
+        from .students.cli import init_student_main, prune_main
 
         try:
-            init_student_main(rest)
+            (init_student_main if command == "init-student" else prune_main)(rest)
         except (ValueError, FileNotFoundError, FileExistsError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

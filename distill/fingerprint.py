@@ -176,6 +176,8 @@ def run_fingerprint(model_args, data_args, args) -> dict:
     content = {
         "student_files": path_fingerprint(model_args.model_name_or_path, model_files_only=True),
         "teacher_files": path_fingerprint(args.teacher_model_name_or_path, model_files_only=True),
+        "extra_teacher_files": [path_fingerprint(t, model_files_only=True)
+                                for t in getattr(args, "extra_teachers", None) or []] or None,
         "tokenizer_files": path_fingerprint(model_args.tokenizer_name_or_path, model_files_only=True),
         "image_processor_files": path_fingerprint(model_args.image_processor_name_or_path, model_files_only=True),
         "teacher_cache_files": path_fingerprint(model_args.teacher_cache),

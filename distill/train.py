@@ -136,8 +136,11 @@ def parse_args(argv: list[str]):
 def _non_embedding(model) -> tuple[int, int]:
     import torch
 
-    total = sum(p.numel() for p in model.parameters())
-    embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    def numel(p):  # ZeRO-3 partitions parameters: ds_numel is the full size
+        return getattr(p, "ds_numel", p.numel())
+
+    total = sum(numel(p) for p in model.parameters())
+    embedding = sum(numel(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return total, total - embedding
 
 
@@ -212,6 +215,8 @@ def _check_before_compute(model_args, data_args, args) -> None:
 
     if args.task is None:
         raise ValueError("task is not set: add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
+    if model_args.teacher_cache and args.extra_teachers:
+        raise ValueError("teacher_cache replaces the teacher: remove extra_teachers, or train without the cache.")
     if model_args.init_from_teacher_layers is not None:
         from .students.from_layers import check_layers_of_teacher_dir
 
@@ -225,11 +230,12 @@ def _check_before_compute(model_args, data_args, args) -> None:
             f"alpha={args.alpha} needs a teacher: set teacher_model_name_or_path, or alpha: 0 to train "
             "on labels alone."
         )
-    if teacher and _looks_local(teacher) and not os.path.isfile(os.path.join(os.path.expanduser(teacher), "config.json")):
-        raise FileNotFoundError(
-            f"teacher_model_name_or_path={teacher!r} is not a model directory (no config.json there). "
-            "Train or download the teacher first, or point at a Hub id."
-        )
+    for field_name, path in [("teacher_model_name_or_path", teacher)] + [("extra_teachers", t) for t in args.extra_teachers or []]:
+        if path and _looks_local(path) and not os.path.isfile(os.path.join(os.path.expanduser(path), "config.json")):
+            raise FileNotFoundError(
+                f"{field_name}: {path!r} is not a model directory (no config.json there). "
+                "Train or download the teacher first, or point at a Hub id."
+            )
     if model_args.model_config is not None:
         parse_model_config(model_args.model_config)
 
@@ -253,8 +259,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     """Run one distillation (or, with alpha=0, plain training) and return the final metrics."""
     import datasets
     import transformers
-    from transformers.trainer_utils import get_last_checkpoint
 
+    from .checkpoints import last_complete_checkpoint
     from .data import build_datasets
     from .tasks import accuracy_metric, get_task, make_collator
     from .trainer import DistillationTrainer
@@ -292,7 +298,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     trainer = DistillationTrainer(
         model=student,
         teacher_model=None if use_cache else (
-            args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None),
+            [args.teacher_model_name_or_path, *args.extra_teachers] if args.extra_teachers
+            else args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None),
         teacher_cache=model_args.teacher_cache if use_cache else None,
         args=args,
         train_dataset=bundle.train,
@@ -305,7 +312,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     if trainer.is_world_process_zero():
         output_state.write(finished=False)
     if resume is None and output_state.action == "resume":
-        resume = get_last_checkpoint(args.output_dir)
+        resume = last_complete_checkpoint(args.output_dir, need_optimizer=not args.save_only_model)
         if resume:
             logger.info("Resuming from %s (pass --resume_from_checkpoint to choose another).", resume)
     train_result = trainer.train(resume_from_checkpoint=resume)
@@ -324,6 +331,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     if trainer.teacher is not None:
         teacher = getattr(trainer.teacher, "module", trainer.teacher)
         metrics["teacher_params"] = sum(getattr(p, "ds_numel", p.numel()) for p in teacher.parameters())
+        # the teacher's N for scaling laws (issue 15: scaling fit --law distillation, advise)
+        metrics["teacher_non_embedding_params"] = _non_embedding(teacher)[1]
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     results = dict(metrics)

@@ -12,6 +12,8 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
+from .checkpoints import (check_finite_weights, disk_full_error, last_complete_checkpoint, resolve_resume,
+                          write_completion_record)
 from .config import DistillationConfig
 from .losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 from .losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
@@ -21,6 +23,7 @@ from .tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, inf
 from .teacher.loading import check_same_tokenizer, load_teacher
 from .teacher.placement import place_teacher
 from .teacher.cache import CACHE_COLUMNS
+from .teacher.ensemble import build_ensemble
 
 _STAGING = ".staging"
 
@@ -36,7 +39,9 @@ class DistillationTrainer(Trainer):
     Args:
         model: the student (a `PreTrainedModel` for causal LM, sequence or image classification).
         teacher_model: the teacher, as a model or a Hub id / local directory. Optional when
-            ``args.alpha == 0`` (plain supervised training, e.g. a baseline).
+            ``args.alpha == 0`` (plain supervised training, e.g. a baseline). A list of them: several
+            teachers for the same task, combined by [`distill.teacher.ensemble.TeacherEnsemble`]
+            (`args.teacher_ensemble`, `args.teacher_weights`).
         args: a [`DistillationConfig`].
         teacher_processing_class: the teacher's tokenizer, when it is not loaded from
             `teacher_model`'s directory; used to refuse a tokenizer that differs from the student's.
@@ -80,6 +85,9 @@ class DistillationTrainer(Trainer):
                 f"alpha={args.alpha} needs a teacher: pass teacher_model= or set "
                 "teacher_model_name_or_path (or set alpha=0 to train on labels alone)."
             )
+        if isinstance(teacher_model, (list, tuple)):  # several teachers for the same task
+            teacher_model = build_ensemble(teacher_model, task, args, model, kwargs.get("processing_class"),
+                                           teacher_processing_class)
         if isinstance(teacher_model, (str, os.PathLike)):
             teacher_model, loaded_tok = load_teacher(str(teacher_model), task, args)
             teacher_processing_class = teacher_processing_class or loaded_tok
@@ -365,12 +373,17 @@ class DistillationTrainer(Trainer):
         name = f"checkpoint-{self.state.global_step}"
         self._staging_dir = os.path.join(run_dir, _STAGING)
         staged, final = os.path.join(self._staging_dir, name), os.path.join(run_dir, name)
+        check_finite_weights(model)
         try:
             super()._save_checkpoint(model, trial)
+        except OSError as e:  # out of disk: say so; the previous checkpoint was not touched
+            shutil.rmtree(os.path.join(run_dir, _STAGING), ignore_errors=True)
+            raise disk_full_error(e, final, last_complete_checkpoint(run_dir)) or e
         finally:
             self._staging_dir = None
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            write_completion_record(staged)
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(staged, final)
@@ -385,6 +398,15 @@ class DistillationTrainer(Trainer):
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """`Trainer.train`, resuming only from a checkpoint that passes `distill.checkpoints.check_checkpoint`:
+        ``True`` takes the newest complete one (skipping damaged ones with a warning), a path is checked
+        and refused with the damaged file named. Staging left by a killed save is removed first."""
+        if self.args.should_save:
+            shutil.rmtree(os.path.join(self.args.output_dir, _STAGING), ignore_errors=True)
+        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Save the student only (safetensors); the arguments as JSON instead of a pickle."""
