@@ -16,12 +16,15 @@ commands:
               distill train --config recipe.yaml --alpha 0.7 --max_steps 100
               accelerate launch --config_file accelerate_configs/ddp.yaml -m distill train --config ...
             `distill train --help` lists every field (model, data, DistillationConfig/TrainingArguments).
+            A rerun into an output_dir resumes it only when its settings are unchanged (run_fingerprint.json),
+            does nothing when that run finished, and is refused otherwise (--overwrite_output_dir true).
   cache-teacher
             Run the recipe's teacher once over its training split; store top-k log-probs per token
             (+ one bucket for the rest) as an Arrow dataset with a manifest. Then train any number
             of students from it with no teacher loaded:
               distill cache-teacher --config recipes/tiny/causal_lm.yaml --cache_dir runs/tiny/cache --top_k 32
-              distill train --config recipes/tiny/causal_lm.yaml --teacher_cache runs/tiny/cache
+              distill train --config recipes/tiny/causal_lm.yaml --teacher_cache runs/tiny/cache \
+                --output_dir runs/tiny/causal_lm_cached
   init-student
             Write a student made of chosen teacher blocks (DistilBERT style), ready for distill train:
               distill init-student --teacher runs/teacher --layers 0,2,4 --output_dir runs/student_init

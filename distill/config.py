@@ -141,6 +141,12 @@ class DistillationConfig(TrainingArguments):
         default=False,
         metadata={"help": "Allow custom modelling code from the Hub. Off by default for safety."},
     )
+    # ---- run fingerprint (distill/fingerprint.py) ----
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in output_dir: delete an earlier run's checkpoints and results there "
+                          "instead of resuming it (or refusing it, when its settings differ)."},
+    )
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:

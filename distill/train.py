@@ -270,6 +270,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     transformers.utils.logging.set_verbosity(args.get_process_log_level())
     datasets.utils.logging.set_verbosity(args.get_process_log_level())
     _check_before_compute(model_args, data_args, args)
+    from .fingerprint import prepare_output_dir
+
+    output_state = prepare_output_dir(model_args, data_args, args)  # refuses changed settings, before compute
+    if output_state.action == "finished":
+        logger.info("%s already holds a finished run with these settings (%s): nothing to do. "
+                    "--overwrite_output_dir true trains it again.", args.output_dir, "run_fingerprint.json")
+        return output_state.results
     task = get_task(args.task)
     transformers.set_seed(args.seed)
 
@@ -302,7 +309,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         compute_metrics=None if task.token_level else accuracy_metric(),
     )
     resume = args.resume_from_checkpoint
-    if resume is None and os.path.isdir(args.output_dir):
+    if trainer.is_world_process_zero():
+        output_state.write(finished=False)
+    if resume is None and output_state.action == "resume":
         resume = last_complete_checkpoint(args.output_dir, need_optimizer=not args.save_only_model)
         if resume:
             logger.info("Resuming from %s (pass --resume_from_checkpoint to choose another).", resume)
@@ -335,6 +344,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
             results.update(split_metrics)
     trainer.save_state()
     trainer.create_model_card(dataset=data_args.dataset_name)
+    if trainer.is_world_process_zero():
+        output_state.write(finished=True)
     if args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset_name)
     if trainer.is_world_process_zero():
