@@ -123,7 +123,9 @@ def parse_args(argv: list[str]):
 def _non_embedding(model) -> tuple[int, int]:
     import torch
 
-    total = sum(p.numel() for p in model.parameters())
+    from .intermediate import parameter_count
+
+    total = parameter_count(model)  # without a hidden-state projection, which is not saved with the model
     embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return total, total - embedding
 
@@ -169,6 +171,8 @@ def _build_student(model_args, data_args, args, task, tokenizer, bundle):
         if bundle.id2label:
             extra["id2label"] = {int(k): v for k, v in bundle.id2label.items()}
             extra["label2id"] = {v: int(k) for k, v in bundle.id2label.items()}
+    if args.attention_weight > 0:  # attention transfer needs the probabilities, which only eager returns
+        extra["attn_implementation"] = "eager"
     model_class = task.model_class()
     if model_args.model_name_or_path:
         return model_class.from_pretrained(
@@ -185,7 +189,8 @@ def _build_student(model_args, data_args, args, task, tokenizer, bundle):
         config.setdefault("max_position_embeddings", max(512, data_args.block_size))
     config.update(extra)
     model_type = config.pop("model_type")
-    return model_class.from_config(AutoConfig.for_model(model_type, **config))
+    attn = {"attn_implementation": config.pop("attn_implementation")} if "attn_implementation" in config else {}
+    return model_class.from_config(AutoConfig.for_model(model_type, **config), **attn)
 
 
 def _check_before_compute(model_args, data_args, args) -> None:
@@ -216,6 +221,11 @@ def _check_teacher_cache(path: str, args) -> None:
     """The cache exists and fits the run's task, temperature and teacher (tokenizer and data: in the trainer)."""
     from .teacher.cache import TeacherCache
 
+    if args.hidden_weight > 0 or args.attention_weight > 0:
+        raise ValueError(
+            "hidden_weight/attention_weight > 0 need the teacher's hidden states, which teacher_cache does not hold "
+            "(only top-k log-probabilities): drop teacher_cache and set teacher_model_name_or_path."
+        )
     cache = TeacherCache.load(path, with_data=False)
     cache.check_settings(temperature=args.temperature, task=args.task)
     teacher = args.teacher_model_name_or_path
