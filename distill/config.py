@@ -67,6 +67,11 @@ class DistillationConfig(TrainingArguments):
             `ddp_find_unused_parameters` to False (DDP's search cannot see a head used after the forward).
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom modelling code from the Hub for teacher and student. Off by default.
+        max_nonfinite_steps (`int`, defaults to 10):
+            An optimizer step whose loss or gradient norm is NaN or infinite is skipped (weights and
+            optimizer moments untouched, logged as `nonfinite_step_skipped`); after this many in a row
+            training stops with an error naming the last good checkpoint. 0 turns the guard off. See
+            `distill.numerics`.
     """
 
     alpha: float = field(
@@ -115,6 +120,13 @@ class DistillationConfig(TrainingArguments):
         metadata={"help": "Allow custom modelling code from the Hub. Off by default for safety."},
     )
 
+    # ---- fault tolerance (distill/numerics.py) ----
+    max_nonfinite_steps: int = field(
+        default=10,
+        metadata={"help": "Skip optimizer steps whose loss or gradient norm is NaN/inf (weights untouched, logged as "
+                          "nonfinite_step_skipped); stop with an error after this many in a row. 0: no guard."},
+    )
+
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha={self.alpha} is out of range: set alpha to a value in [0, 1].")
@@ -132,6 +144,8 @@ class DistillationConfig(TrainingArguments):
             )
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is unknown: use one of {', '.join(TASKS)}.")
+        if self.max_nonfinite_steps < 0:
+            raise ValueError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be >= 0 (0 turns the guard off).")
         if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
             raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be a positive integer.")
         if self.kd_fused_lm_head:

@@ -18,6 +18,7 @@ from .config import DistillationConfig
 from .losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 from .losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
                          output_head)
+from .numerics import check_teacher_logits, install_nonfinite_guard
 from .losses.logit import distillation_loss, loss_denominator, student_cross_entropy
 from .tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, infer_task
 from .teacher.loading import check_same_tokenizer, load_teacher
@@ -104,6 +105,7 @@ class DistillationTrainer(Trainer):
         self._heads = self._fused_heads(model) if args.kd_fused_lm_head else None
         self._train_sums = self._zero_sums()
         self._eval_sums = None
+        install_nonfinite_guard(self)
 
     # ---- input checks ------------------------------------------------------------------------
 
@@ -173,7 +175,9 @@ class DistillationTrainer(Trainer):
     def _teacher_logits(self, inputs: dict[str, Any], fused: bool = False) -> torch.Tensor:
         """The teacher's logits, or with ``fused`` its final hidden states (its head bypassed)."""
         with torch.no_grad(), (bypass_head(self._heads[1]) if fused else contextlib.nullcontext()):
-            return self.teacher(**inputs).logits
+            logits = self.teacher(**inputs).logits
+        check_teacher_logits(logits, self)
+        return logits
 
     def _online_kd(self, s_logits, t_logits, s_labels, alpha, num_items_in_batch):
         """The KD loss against the online teacher's logits. Token-level logits are large (B x T x V), so
