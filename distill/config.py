@@ -65,6 +65,17 @@ class DistillationConfig(TrainingArguments):
             and neither model's full ``[B, T, V]`` logits exist in training (evaluation runs the
             models' heads and the chunked loss). Not under ZeRO-3 or FSDP, which shard the heads; see `distill.losses.fused_head`. Sets
             `ddp_find_unused_parameters` to False (DDP's search cannot see a head used after the forward).
+        extra_teachers (`list[str]`, *optional*):
+            Further teachers for the same task (Hub ids or local directories), after
+            `teacher_model_name_or_path`; they must share the student's tokenizer. See
+            `distill.teacher.ensemble`.
+        teacher_weights (`list[float]`, *optional*):
+            One weight per teacher (`teacher_model_name_or_path` first, then `extra_teachers`) for
+            `teacher_ensemble: mean`; non-negative with a positive sum, normalised. Default: equal.
+        teacher_ensemble (`str`, defaults to `"mean"`):
+            How several teachers make one soft target: `mean` (the weighted average of their
+            distributions at temperature T) or `most_confident` (per example, or per token for causal
+            LMs, the teacher whose top probability at T = 1 is largest).
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom modelling code from the Hub for teacher and student. Off by default.
         max_nonfinite_steps (`int`, defaults to 10):
@@ -115,9 +126,31 @@ class DistillationConfig(TrainingArguments):
         metadata={"help": "Causal LM: compute logits chunk by chunk from hidden states inside the KD loss, so "
                           "no full [B, T, V] logits exist in training (not under ZeRO-3 or FSDP)."},
     )
+    # ---- multi-teacher (issue 14) ----
+    extra_teachers: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Further teachers for the same task, after teacher_model_name_or_path (same tokenizer)."},
+    )
+    teacher_weights: Optional[list[float]] = field(
+        default=None,
+        metadata={"help": "One weight per teacher (the first teacher, then extra_teachers) for teacher_ensemble=mean; "
+                          "non-negative, positive sum. Default: equal."},
+    )
+    teacher_ensemble: str = field(
+        default="mean",
+        metadata={"help": "Several teachers: mean (weighted average of their distributions) or most_confident "
+                          "(per position, the teacher with the largest top probability).",
+                  "choices": ["mean", "most_confident"]},
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Allow custom modelling code from the Hub. Off by default for safety."},
+    )
+    # ---- run fingerprint (distill/fingerprint.py) ----
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in output_dir: delete an earlier run's checkpoints and results there "
+                          "instead of resuming it (or refusing it, when its settings differ)."},
     )
 
     # ---- fault tolerance (distill/numerics.py) ----
@@ -148,6 +181,7 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be >= 0 (0 turns the guard off).")
         if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
             raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be a positive integer.")
+        self._check_teachers()
         if self.kd_fused_lm_head:
             # The fused loss uses the head weight after the forward; DDP's unused-parameter search
             # would mark an untied head unused and then fail on its gradient ("marked ready twice").
@@ -168,3 +202,24 @@ class DistillationConfig(TrainingArguments):
             import deepspeed
 
             deepspeed.init_distributed(dist_backend="gloo")
+
+    def _check_teachers(self) -> None:
+        """The multi-teacher fields (issue 14) fit together; the number of teachers is checked again when
+        the trainer is given teacher models directly."""
+        from .teacher.ensemble import ENSEMBLE_MODES, normalized_teacher_weights
+
+        if self.teacher_ensemble not in ENSEMBLE_MODES:
+            raise ValueError(f"teacher_ensemble={self.teacher_ensemble!r} is unknown: use one of "
+                             f"{', '.join(ENSEMBLE_MODES)}.")
+        if self.extra_teachers and not self.teacher_model_name_or_path:
+            raise ValueError("extra_teachers needs teacher_model_name_or_path (the first teacher) as well.")
+        if self.extra_teachers and self.kd_fused_lm_head:
+            raise ValueError("kd_fused_lm_head works with one teacher only; set it to false for extra_teachers.")
+        if self.teacher_weights is not None:
+            if self.teacher_ensemble != "mean":
+                raise ValueError("teacher_weights apply to teacher_ensemble='mean' only; remove them for "
+                                 f"{self.teacher_ensemble}.")
+            n = len(self.teacher_weights)
+            if self.teacher_model_name_or_path:
+                n = 1 + len(self.extra_teachers or [])
+            normalized_teacher_weights(self.teacher_weights, n)

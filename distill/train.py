@@ -215,6 +215,8 @@ def _check_before_compute(model_args, data_args, args) -> None:
 
     if args.task is None:
         raise ValueError("task is not set: add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
+    if model_args.teacher_cache and args.extra_teachers:
+        raise ValueError("teacher_cache replaces the teacher: remove extra_teachers, or train without the cache.")
     if model_args.init_from_teacher_layers is not None:
         from .students.from_layers import check_layers_of_teacher_dir
 
@@ -228,11 +230,12 @@ def _check_before_compute(model_args, data_args, args) -> None:
             f"alpha={args.alpha} needs a teacher: set teacher_model_name_or_path, or alpha: 0 to train "
             "on labels alone."
         )
-    if teacher and _looks_local(teacher) and not os.path.isfile(os.path.join(os.path.expanduser(teacher), "config.json")):
-        raise FileNotFoundError(
-            f"teacher_model_name_or_path={teacher!r} is not a model directory (no config.json there). "
-            "Train or download the teacher first, or point at a Hub id."
-        )
+    for field_name, path in [("teacher_model_name_or_path", teacher)] + [("extra_teachers", t) for t in args.extra_teachers or []]:
+        if path and _looks_local(path) and not os.path.isfile(os.path.join(os.path.expanduser(path), "config.json")):
+            raise FileNotFoundError(
+                f"{field_name}: {path!r} is not a model directory (no config.json there). "
+                "Train or download the teacher first, or point at a Hub id."
+            )
     if model_args.model_config is not None:
         parse_model_config(model_args.model_config)
 
@@ -267,6 +270,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     transformers.utils.logging.set_verbosity(args.get_process_log_level())
     datasets.utils.logging.set_verbosity(args.get_process_log_level())
     _check_before_compute(model_args, data_args, args)
+    from .fingerprint import prepare_output_dir
+
+    output_state = prepare_output_dir(model_args, data_args, args)  # refuses changed settings, before compute
+    if output_state.action == "finished":
+        logger.info("%s already holds a finished run with these settings (%s): nothing to do. "
+                    "--overwrite_output_dir true trains it again.", args.output_dir, "run_fingerprint.json")
+        return output_state.results
     task = get_task(args.task)
     transformers.set_seed(args.seed)
 
@@ -288,7 +298,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     trainer = DistillationTrainer(
         model=student,
         teacher_model=None if use_cache else (
-            args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None),
+            [args.teacher_model_name_or_path, *args.extra_teachers] if args.extra_teachers
+            else args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None),
         teacher_cache=model_args.teacher_cache if use_cache else None,
         args=args,
         train_dataset=bundle.train,
@@ -298,7 +309,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         compute_metrics=None if task.token_level else accuracy_metric(),
     )
     resume = args.resume_from_checkpoint
-    if resume is None and os.path.isdir(args.output_dir):
+    if trainer.is_world_process_zero():
+        output_state.write(finished=False)
+    if resume is None and output_state.action == "resume":
         resume = last_complete_checkpoint(args.output_dir, need_optimizer=not args.save_only_model)
         if resume:
             logger.info("Resuming from %s (pass --resume_from_checkpoint to choose another).", resume)
@@ -331,6 +344,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
             results.update(split_metrics)
     trainer.save_state()
     trainer.create_model_card(dataset=data_args.dataset_name)
+    if trainer.is_world_process_zero():
+        output_state.write(finished=True)
     if args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset_name)
     if trainer.is_world_process_zero():

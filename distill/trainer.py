@@ -24,6 +24,7 @@ from .tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, inf
 from .teacher.loading import check_same_tokenizer, load_teacher
 from .teacher.placement import place_teacher
 from .teacher.cache import CACHE_COLUMNS
+from .teacher.ensemble import build_ensemble
 
 _STAGING = ".staging"
 
@@ -39,7 +40,9 @@ class DistillationTrainer(Trainer):
     Args:
         model: the student (a `PreTrainedModel` for causal LM, sequence or image classification).
         teacher_model: the teacher, as a model or a Hub id / local directory. Optional when
-            ``args.alpha == 0`` (plain supervised training, e.g. a baseline).
+            ``args.alpha == 0`` (plain supervised training, e.g. a baseline). A list of them: several
+            teachers for the same task, combined by [`distill.teacher.ensemble.TeacherEnsemble`]
+            (`args.teacher_ensemble`, `args.teacher_weights`).
         args: a [`DistillationConfig`].
         teacher_processing_class: the teacher's tokenizer, when it is not loaded from
             `teacher_model`'s directory; used to refuse a tokenizer that differs from the student's.
@@ -83,6 +86,9 @@ class DistillationTrainer(Trainer):
                 f"alpha={args.alpha} needs a teacher: pass teacher_model= or set "
                 "teacher_model_name_or_path (or set alpha=0 to train on labels alone)."
             )
+        if isinstance(teacher_model, (list, tuple)):  # several teachers for the same task
+            teacher_model = build_ensemble(teacher_model, task, args, model, kwargs.get("processing_class"),
+                                           teacher_processing_class)
         if isinstance(teacher_model, (str, os.PathLike)):
             teacher_model, loaded_tok = load_teacher(str(teacher_model), task, args)
             teacher_processing_class = teacher_processing_class or loaded_tok
