@@ -14,7 +14,7 @@ checkpoints hold it. It is listed in the student's ``_keys_to_ignore_on_save``, 
 ``save_pretrained`` (the final model, ``save_model``, any direct call) never writes it; checkpoints
 store it beside the model as :data:`PROJECTION_FILE` and resuming loads it back.
 
-Not supported, refused with the reason: a projection under DeepSpeed ZeRO-3 or FSDP (both shard the
+Not supported, refused with the reason: several teachers (whose layers would be matched?); a projection under DeepSpeed ZeRO-3 or FSDP (both shard the
 student's parameters outside its forward, where the projection runs); hidden states from a teacher
 cache; attention transfer with an attention implementation that returns no probabilities (sdpa,
 flash), with attention dropout in the student (transformers returns the probabilities after
@@ -83,6 +83,11 @@ class IntermediateLayerTransfer:
                 if teacher_cache is not None else "there is no teacher"
             raise ValueError(f"hidden_weight/attention_weight > 0 need an online teacher model: {why}; "
                              "set both to 0 or pass teacher_model.")
+        from .teacher.ensemble import TeacherEnsemble
+
+        if isinstance(teacher, TeacherEnsemble):
+            raise ValueError("hidden_weight/attention_weight > 0 match one teacher's layers, but several teachers "
+                             "(extra_teachers) are given: use one teacher, or set both weights to 0.")
         (s_layers, s_width, s_heads), (t_layers, t_width, t_heads) = _shape(student, "student"), _shape(teacher, "teacher")
         self.layer_map = args.hidden_layer_map or default_layer_map(s_layers, t_layers)
         check_layer_map(self.layer_map, s_layers, t_layers)

@@ -69,6 +69,10 @@ def write_model_card(trainer, output_dir: str, **kwargs) -> str:
             f"Loss: `alpha * T^2 * {args.kd_kind}(teacher || student) + (1 - alpha) * CE(student, labels)`",
             "",
         ]
+        if getattr(args, "extra_teachers", None):
+            lines += [f"Teachers: `{teacher}` and " + ", ".join(f"`{t}`" for t in args.extra_teachers)
+                      + f", combined by `{args.teacher_ensemble}`"
+                      + (f" with weights {args.teacher_weights}." if args.teacher_weights else "."), ""]
         if cache is not None:
             exact = cache.k >= cache.vocab_size
             lines += [

@@ -12,16 +12,20 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
+from .checkpoints import (check_finite_weights, disk_full_error, last_complete_checkpoint, resolve_resume,
+                          write_completion_record)
 from .config import DistillationConfig
 from .intermediate import IntermediateLayerTransfer, load_projection, save_projection
 from .losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 from .losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
                          output_head)
+from .numerics import check_teacher_logits, install_nonfinite_guard
 from .losses.logit import distillation_loss, loss_denominator, student_cross_entropy
 from .tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, infer_task
 from .teacher.loading import check_same_tokenizer, load_teacher
 from .teacher.placement import place_teacher
 from .teacher.cache import CACHE_COLUMNS
+from .teacher.ensemble import build_ensemble
 
 _STAGING = ".staging"
 
@@ -37,7 +41,9 @@ class DistillationTrainer(Trainer):
     Args:
         model: the student (a `PreTrainedModel` for causal LM, sequence or image classification).
         teacher_model: the teacher, as a model or a Hub id / local directory. Optional when
-            ``args.alpha == 0`` (plain supervised training, e.g. a baseline).
+            ``args.alpha == 0`` (plain supervised training, e.g. a baseline). A list of them: several
+            teachers for the same task, combined by [`distill.teacher.ensemble.TeacherEnsemble`]
+            (`args.teacher_ensemble`, `args.teacher_weights`).
         args: a [`DistillationConfig`].
         teacher_processing_class: the teacher's tokenizer, when it is not loaded from
             `teacher_model`'s directory; used to refuse a tokenizer that differs from the student's.
@@ -81,6 +87,9 @@ class DistillationTrainer(Trainer):
                 f"alpha={args.alpha} needs a teacher: pass teacher_model= or set "
                 "teacher_model_name_or_path (or set alpha=0 to train on labels alone)."
             )
+        if isinstance(teacher_model, (list, tuple)):  # several teachers for the same task
+            teacher_model = build_ensemble(teacher_model, task, args, model, kwargs.get("processing_class"),
+                                           teacher_processing_class)
         if isinstance(teacher_model, (str, os.PathLike)):
             teacher_model, loaded_tok = load_teacher(str(teacher_model), task, args)
             teacher_processing_class = teacher_processing_class or loaded_tok
@@ -110,6 +119,7 @@ class DistillationTrainer(Trainer):
         self._heads = self._fused_heads(model) if args.kd_fused_lm_head else None
         self._train_sums = self._zero_sums()
         self._eval_sums = None
+        install_nonfinite_guard(self)
 
     # ---- input checks ------------------------------------------------------------------------
 
@@ -181,7 +191,9 @@ class DistillationTrainer(Trainer):
         bypassed); per-layer hidden states and attentions too when the intermediate terms need them."""
         extra = self._intermediate.model_kwargs() if self._intermediate is not None else {}
         with torch.no_grad(), (bypass_head(self._heads[1]) if fused else contextlib.nullcontext()):
-            return self.teacher(**inputs, **extra)
+            outputs = self.teacher(**inputs, **extra)
+        check_teacher_logits(outputs.logits, self)
+        return outputs
 
     def _teacher_logits(self, inputs: dict[str, Any], fused: bool = False) -> torch.Tensor:
         return self._teacher_outputs(inputs, fused).logits
@@ -194,7 +206,7 @@ class DistillationTrainer(Trainer):
                           if self.task.token_level else (distillation_loss, {}))
         return loss_fn(s_logits, t_logits, s_labels, alpha=alpha, temperature=self.args.temperature,
                        kind=self.args.kd_kind, jsd_beta=self.args.jsd_beta, num_items_in_batch=num_items_in_batch,
-                       vocab_size=self.kd_vocab_size, **extra)
+                       vocab_size=self.kd_vocab_size, skew_alpha=self.args.skew_alpha, **extra)
 
     def _fused_kd(self, s_hidden, s_labels, t_outputs, num_items_in_batch):
         """The KD loss computed chunk by chunk from both models' hidden states and head weights."""
@@ -205,7 +217,7 @@ class DistillationTrainer(Trainer):
             student_head_bias=getattr(s_head, "bias", None), teacher_head_bias=getattr(t_head, "bias", None),
             alpha=self.args.alpha, temperature=self.args.temperature, kind=self.args.kd_kind,
             jsd_beta=self.args.jsd_beta, num_items_in_batch=num_items_in_batch, vocab_size=self.kd_vocab_size,
-            chunk_size=self.args.kd_chunk_size,
+            chunk_size=self.args.kd_chunk_size, skew_alpha=self.args.skew_alpha,
         )
 
     def _cached_kd(self, s_logits, s_labels, cached, num_items_in_batch, **extra):
@@ -215,7 +227,7 @@ class DistillationTrainer(Trainer):
         return cached_distillation_loss(
             s_logits, ids, logprobs, rest, s_labels, alpha=extra.pop("alpha", self.args.alpha),
             temperature=self.args.temperature, kind=self.args.kd_kind, jsd_beta=self.args.jsd_beta,
-            num_items_in_batch=num_items_in_batch, vocab_size=self.kd_vocab_size,
+            num_items_in_batch=num_items_in_batch, vocab_size=self.kd_vocab_size, skew_alpha=self.args.skew_alpha,
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -414,15 +426,20 @@ class DistillationTrainer(Trainer):
         name = f"checkpoint-{self.state.global_step}"
         self._staging_dir = os.path.join(run_dir, _STAGING)
         staged, final = os.path.join(self._staging_dir, name), os.path.join(run_dir, name)
+        check_finite_weights(model)
         try:
             super()._save_checkpoint(model, trial)
             projection = self._intermediate.projection if self._intermediate is not None else None
             if projection is not None and self.args.should_save:  # not in model.safetensors (see intermediate)
                 save_projection(projection.state_dict(), staged)
+        except OSError as e:  # out of disk: say so; the previous checkpoint was not touched
+            shutil.rmtree(os.path.join(run_dir, _STAGING), ignore_errors=True)
+            raise disk_full_error(e, final, last_complete_checkpoint(run_dir)) or e
         finally:
             self._staging_dir = None
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            write_completion_record(staged)
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(staged, final)
@@ -442,6 +459,15 @@ class DistillationTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         if self._intermediate is not None and self._intermediate.projection is not None:
             load_projection(self._intermediate.projection, resume_from_checkpoint)
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        """`Trainer.train`, resuming only from a checkpoint that passes `distill.checkpoints.check_checkpoint`:
+        ``True`` takes the newest complete one (skipping damaged ones with a warning), a path is checked
+        and refused with the damaged file named. Staging left by a killed save is removed first."""
+        if self.args.should_save:
+            shutil.rmtree(os.path.join(self.args.output_dir, _STAGING), ignore_errors=True)
+        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Save the student only (safetensors); the arguments as JSON instead of a pickle."""

@@ -256,3 +256,8 @@ def test_ddp_two_processes_match_one_with_projection(tmp_path):
     for x, y in zip(_losses(single), _losses(double)):
         for key in ("loss", "kd_loss", "ce_loss", "hidden_loss", "attention_loss"):
             assert x[key] == pytest.approx(y[key], abs=1e-4), key
+
+
+def test_several_teachers_refused(tmp_path):
+    with pytest.raises(ValueError, match="several teachers"):
+        make_trainer(tmp_path, tiny_llama(), [tiny_llama(seed=1), tiny_llama(seed=2)], lm_dataset(4), hidden_weight=1.0)
