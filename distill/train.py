@@ -98,7 +98,13 @@ def build_parser():
     from .config import DistillationConfig
     from .data import DataArguments
 
-    return HfArgumentParser((ModelArguments, DataArguments, DistillationConfig))
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, DistillationConfig), prog="distill train",
+        usage="distill train [--config RECIPE.yaml] [--FIELD VALUE ...]   (every field below; `distill train --help`)")
+    parser.add_argument_group("recipe").add_argument(
+        "--config", metavar="RECIPE.yaml", default=None,
+        help="YAML recipe whose fields are the defaults; --FIELD VALUE on the command line overrides them.")
+    return parser
 
 
 def parse_args(argv: list[str]):
@@ -114,23 +120,29 @@ def parse_args(argv: list[str]):
             config_path = arg.split("=", 1)[1] if "=" in arg else (rest[i + 1] if i + 1 < len(rest) else None)
             del rest[i : i + (1 if "=" in arg else 2)]
             if config_path is None:
-                raise SystemExit("error: --config needs a YAML file")
+                raise ValueError("--config needs a YAML file")
             break
     parser = build_parser()
+    known = {action.dest for action in parser._actions} - {"config", "help"}
     if config_path is not None:
         if not os.path.isfile(config_path):
-            raise SystemExit(f"error: --config {config_path}: no such file")
+            raise FileNotFoundError(f"--config {config_path}: no such file")
         with open(config_path, encoding="utf-8") as f:
             recipe = yaml.safe_load(f) or {}
         if not isinstance(recipe, dict):
-            raise SystemExit(f"error: {config_path} must hold a mapping of field: value")
-        known = {action.dest for action in parser._actions}
+            raise ValueError(f"{config_path} must hold a mapping of field: value")
         unknown = sorted(set(recipe) - known)
         if unknown:
             hints = [f"{key!r}{did_you_mean(key, known)}" for key in unknown]
-            raise SystemExit(f"error: {config_path}: unknown field(s) {', '.join(hints)}")
+            raise ValueError(f"{config_path}: unknown field(s) {', '.join(hints)}")
         parser.set_defaults(**recipe)
-    return parser.parse_args_into_dataclasses(args=rest)
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    if remaining:
+        options = {f"--{name}" for name in known}
+        hints = [f"{arg!r}{did_you_mean(arg.split('=', 1)[0], options)}" for arg in remaining if arg.startswith("-")]
+        raise ValueError(f"unknown command-line argument(s) {', '.join(hints or map(repr, remaining))}; "
+                         "`distill train --help` lists every field.")
+    return tuple(parsed[:3])  # the namespace left over (--config, already read) is dropped
 
 
 def _non_embedding(model) -> tuple[int, int]:
