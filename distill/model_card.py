@@ -6,6 +6,8 @@ import os
 
 import yaml
 
+from .intermediate import intermediate_description, parameter_count
+
 _TASK_TAGS = {"causal-lm": "text-generation", "seq-cls": "text-classification", "image-cls": "image-classification"}
 
 
@@ -37,7 +39,7 @@ def write_model_card(trainer, output_dir: str, **kwargs) -> str:
     args = trainer.args
     teacher = _teacher_name(trainer)
     student = trainer.model
-    n_params = sum(p.numel() for p in student.parameters())
+    n_params = parameter_count(student)  # not a hidden-state projection, which is not saved with the model
     cache = getattr(trainer, "teacher_cache", None)
     distilled = trainer.teacher is not None or cache is not None
     metadata = {
@@ -73,6 +75,8 @@ def write_model_card(trainer, output_dir: str, **kwargs) -> str:
             lines += [f"Teachers: `{teacher}` and " + ", ".join(f"`{t}`" for t in args.extra_teachers)
                       + f", combined by `{args.teacher_ensemble}`"
                       + (f" with weights {args.teacher_weights}." if args.teacher_weights else "."), ""]
+        if getattr(args, "hidden_weight", 0) > 0 or getattr(args, "attention_weight", 0) > 0:
+            lines += [intermediate_description(trainer), ""]
         if cache is not None:
             exact = cache.k >= cache.vocab_size
             lines += [
