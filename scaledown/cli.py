@@ -24,12 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="apply the config's `quick:` block: a CI-sized run")
     run.add_argument("--name", default=None, help="run name: outputs go to <output_root>/<name>")
     run.add_argument("--output-root", default=None, help="parent folder of runs (default: runs)")
+    from deploy.cli import add_deploy_commands  # export / quantize / bench / serve (argparse only)
+
+    add_deploy_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command != "run":
+        from deploy.cli import run_command
+
+        return run_command(args)
     from .config import load_pipeline_config
     from .pipeline import Pipeline
 
