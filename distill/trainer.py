@@ -77,8 +77,15 @@ class DistillationTrainer(Trainer):
             raise ValueError("DistillationTrainer needs args=DistillationConfig(...).")
         if not isinstance(args, DistillationConfig):
             raise TypeError(f"args must be a DistillationConfig, not {type(args).__name__}.")
+        model_init = kwargs.get("model_init")  # hyperparameter search (distill tune) re-creates the student
+        if model is not None and model_init is not None:
+            raise ValueError("Give the student as model= or model_init=, not both.")
+        if model is None and model_init is not None:
+            if args.kd_fused_lm_head:
+                raise ValueError("kd_fused_lm_head holds the student's head: it cannot follow model_init's new models.")
+            model = model_init(None)
         if model is None:
-            raise ValueError("DistillationTrainer needs the student as model=...")
+            raise ValueError("DistillationTrainer needs the student as model=... (or model_init=...)")
         task = get_task(args.task) if args.task else infer_task(model)
         if teacher_model is None and teacher_cache is None and args.alpha > 0:
             raise ValueError(
@@ -103,7 +110,7 @@ class DistillationTrainer(Trainer):
             kwargs = self._attach_teacher_cache(teacher_cache, teacher_model, task, args, processing_class, kwargs)
             self.kd_vocab_size = self.teacher_cache.vocab_size
         self._check_train_dataset(kwargs.get("train_dataset"), args)
-        super().__init__(model=model, args=args, **kwargs)
+        super().__init__(model=None if model_init is not None else model, args=args, **kwargs)
         # Count valid positions ourselves for every task (shift-aware for causal LMs only).
         self.model_accepts_loss_kwargs = True
         self.teacher = place_teacher(teacher_model, self) if teacher_model is not None else None
