@@ -16,15 +16,21 @@ commands:
               distill train --config recipe.yaml --alpha 0.7 --max_steps 100
               accelerate launch --config_file accelerate_configs/ddp.yaml -m distill train --config ...
             `distill train --help` lists every field (model, data, DistillationConfig/TrainingArguments).
+            A rerun into an output_dir resumes it only when its settings are unchanged (run_fingerprint.json),
+            does nothing when that run finished, and is refused otherwise (--overwrite_output_dir true).
   cache-teacher
             Run the recipe's teacher once over its training split; store top-k log-probs per token
             (+ one bucket for the rest) as an Arrow dataset with a manifest. Then train any number
             of students from it with no teacher loaded:
               distill cache-teacher --config recipes/tiny/causal_lm.yaml --cache_dir runs/tiny/cache --top_k 32
-              distill train --config recipes/tiny/causal_lm.yaml --teacher_cache runs/tiny/cache
+              distill train --config recipes/tiny/causal_lm.yaml --teacher_cache runs/tiny/cache \
+                --output_dir runs/tiny/causal_lm_cached
   init-student
             Write a student made of chosen teacher blocks (DistilBERT style), ready for distill train:
               distill init-student --teacher runs/teacher --layers 0,2,4 --output_dir runs/student_init
+  prune     Structured pruning scored on calibration data (Minitron / ShortGPT), writes OUT/pruning.json:
+              distill prune --model runs/teacher --drop-layers 2 --mlp-width 256 --calibration RECIPE_OR_DATA \
+                --num-samples 64 --output_dir runs/pruned
 
   tune      Hyperparameter search (optuna, through Trainer.hyperparameter_search) over a recipe:
               distill tune --config RECIPE --search_space SPACE.yaml --n_trials 20 --output_dir runs/tune
@@ -74,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
-    if command == "init-student":
-        from .students.cli import init_student_main
+    if command in ("init-student", "prune"):
+        from .students.cli import init_student_main, prune_main
 
         try:
-            init_student_main(rest)
+            (init_student_main if command == "init-student" else prune_main)(rest)
         except (ValueError, FileNotFoundError, FileExistsError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

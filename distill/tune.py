@@ -36,6 +36,11 @@ logger = logging.getLogger("distill")
 TUNE_FLAGS = {"--n_trials": int, "--search_space": str, "--pruner": str, "--study_name": str,
               "--pruner_startup_trials": int, "--sampler_seed": int}
 MODEL_PREFIX = "model."
+# Fields the trainer reads once, at construction: a per-trial value would be silently ignored.
+UNTUNABLE = {name: "the trainer builds its hidden-state / attention transfer (projection attached to the "
+             "student) once, before the trials" for name in ("hidden_weight", "attention_weight")}
+UNTUNABLE["kd_fused_lm_head"] = "the fused loss holds the student's head, which model_init replaces"
+UNTUNABLE["output_dir"] = "trials share the study's output_dir"
 
 
 @dataclasses.dataclass
@@ -90,6 +95,8 @@ def parse_search_space(space: dict, args, model_config=None) -> list[Dimension]:
         elif name not in types:
             raise ValueError(f"{where}: not a training field{did_you_mean(name, set(types))} (data and model "
                              "fields are fixed for a study; model.<key> changes the student's model_config)")
+        if name in UNTUNABLE:
+            raise ValueError(f"{where}: not supported by distill tune: {UNTUNABLE[name]}")
         if not isinstance(spec, dict):
             raise ValueError(f"{where}: expected {{low: .., high: .., log: true}} or {{choices: [...]}}, got {spec!r}")
         extra = set(spec) - {"low", "high", "log", "step", "choices"}
