@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from transformers import TrainingArguments
 
+from .losses.hidden import HIDDEN_LOSSES, parse_layer_map
 from .losses.logit import KD_KINDS
 
 TASKS = ("causal-lm", "seq-cls", "image-cls")
@@ -94,6 +95,26 @@ class DistillationConfig(TrainingArguments):
             Beta(a, a) parameter of `mixup` and `cutmix` (> 0).
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom modelling code from the Hub for teacher and student. Off by default.
+        hidden_weight (`float`, defaults to 0.0):
+            Weight of the intermediate hidden-state term, added on top of the logit loss:
+            ``loss = alpha * T^2 * KD + (1 - alpha) * CE + hidden_weight * hidden + attention_weight * attention``.
+            When the widths differ, a learned linear projection (student -> teacher width) trains with the
+            student; it is kept in checkpoints, never in the saved model. See `distill.intermediate`.
+        hidden_layer_map (`dict` or `str`, *optional*):
+            Student layer -> teacher layer, as indices into transformers' ``hidden_states`` (0 = embedding
+            output, i = output of block i), e.g. ``{1: 2, 2: 4}`` or ``"1:2,2:4"``. Default: evenly spaced,
+            student block m -> teacher block m * N_teacher // N_student (embeddings left out).
+        hidden_loss (`str`, defaults to `"mse"`):
+            ``mse`` (mean squared error over the width, TinyBERT) or ``cosine`` (1 - cosine, DistilBERT).
+        attention_weight (`float`, defaults to 0.0):
+            Weight of MiniLM's self-attention transfer, KL(teacher || student) of the attention distributions
+            per head and query, on the blocks of `hidden_layer_map`. Needs the same head count in both models,
+            ``attn_implementation="eager"`` and no attention dropout in the student.
+        max_nonfinite_steps (`int`, defaults to 10):
+            An optimizer step whose loss or gradient norm is NaN or infinite is skipped (weights and
+            optimizer moments untouched, logged as `nonfinite_step_skipped`); after this many in a row
+            training stops with an error naming the last good checkpoint. 0 turns the guard off. See
+            `distill.numerics`.
     """
 
     alpha: float = field(
@@ -170,6 +191,59 @@ class DistillationConfig(TrainingArguments):
         default=False,
         metadata={"help": "Allow custom modelling code from the Hub. Off by default for safety."},
     )
+    # ---- run fingerprint (distill/fingerprint.py) ----
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in output_dir: delete an earlier run's checkpoints and results there "
+                          "instead of resuming it (or refusing it, when its settings differ)."},
+    )
+
+    # ---- fault tolerance (distill/numerics.py) ----
+    max_nonfinite_steps: int = field(
+        default=10,
+        metadata={"help": "Skip optimizer steps whose loss or gradient norm is NaN/inf (weights untouched, logged as "
+                          "nonfinite_step_skipped); stop with an error after this many in a row. 0: no guard."},
+    )
+
+    # ---- intermediate-layer distillation (hidden states, attention; distill.intermediate) ----
+    hidden_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the hidden-state term added to the loss (0 = off); see hidden_layer_map."},
+    )
+    hidden_layer_map: Union[dict, str, None] = field(
+        default=None,
+        metadata={"help": "Student -> teacher layer indices of hidden_states (0 = embeddings), e.g. '1:2,2:4'; "
+                          "default: evenly spaced blocks."},
+    )
+    hidden_loss: str = field(
+        default="mse",
+        metadata={"help": "Hidden-state distance: mse (TinyBERT) or cosine (DistilBERT).", "choices": list(HIDDEN_LOSSES)},
+    )
+    attention_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of MiniLM attention KL on the mapped blocks (0 = off; needs eager attention)."},
+    )
+
+    def _check_intermediate(self) -> None:
+        for name in ("hidden_weight", "attention_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value >= 0 and value == value and value != float("inf")):
+                raise ValueError(f"{name}={value} must be a finite number >= 0 (0 turns the term off).")
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise ValueError(f"hidden_loss={self.hidden_loss!r} is unknown: use one of {', '.join(HIDDEN_LOSSES)}.")
+        self.hidden_layer_map = parse_layer_map(self.hidden_layer_map)
+        if self.hidden_layer_map is not None and self.hidden_weight == 0 and self.attention_weight == 0:
+            raise ValueError("hidden_layer_map is set but hidden_weight and attention_weight are 0, so it would be "
+                             "ignored: set hidden_weight (or attention_weight) > 0, or drop hidden_layer_map.")
+        if self.hidden_weight > 0 or self.attention_weight > 0:
+            # A projection (and the mapped layers' outputs) are used after the forward, where DDP's search
+            # for unused parameters cannot see them.
+            if self.ddp_find_unused_parameters:
+                raise ValueError(
+                    "hidden_weight/attention_weight > 0 need ddp_find_unused_parameters=false: the hidden-state "
+                    "projection is used after the forward, where DDP's unused-parameter search cannot see it."
+                )
+            self.ddp_find_unused_parameters = False
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -188,8 +262,11 @@ class DistillationConfig(TrainingArguments):
             )
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is unknown: use one of {', '.join(TASKS)}.")
+        if self.max_nonfinite_steps < 0:
+            raise ValueError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be >= 0 (0 turns the guard off).")
         if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
             raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be a positive integer.")
+        self._check_intermediate()
         self._check_teachers()
         self._check_augmentation()
         if self.kd_fused_lm_head:

@@ -70,3 +70,24 @@ def _assert_exact(result, resumed_at):
 ])
 def test_kill_then_resume_exactly(workspace, tmp_path, optim, faults, resumed_at):
     _assert_exact(_kill_chain(workspace, tmp_path, optim, faults), resumed_at)
+
+
+@pytest.mark.slow
+def test_teacher_cache_killed_midway_is_never_used_and_rerun_starts_clean(workspace, tmp_path):
+    from distill.teacher.cache import TeacherCache
+
+    cache = str(tmp_path / "cache")
+    args = h.train_args(workspace, str(tmp_path / "unused"), eval_steps=None)
+    cmd = h.command(["distill", "cache-teacher", *args, "--cache_dir", cache, "--top_k", "8",
+                     "--cache_batch_size", "16"])
+    h.run_until_fault(cmd, "cache:3", str(tmp_path / "marker"))
+    assert not os.path.exists(cache)  # the partial cache is in a staging folder, never at cache_dir
+    with pytest.raises(FileNotFoundError):
+        TeacherCache.load(cache)  # what `distill train --teacher_cache` does first
+    leftovers = [p for p in os.listdir(tmp_path) if p.startswith(".cache.partial-")]
+    assert leftovers
+    done = h.run(cmd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = TeacherCache.load(cache)
+    assert len(loaded.dataset) == loaded.manifest["data"]["num_examples"] > 0
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".cache.partial-")]  # cleaned up
