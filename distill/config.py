@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from transformers import TrainingArguments
 
+from .losses.hidden import HIDDEN_LOSSES, parse_layer_map
 from .losses.logit import KD_KINDS
 
 TASKS = ("causal-lm", "seq-cls", "image-cls")
@@ -39,9 +40,13 @@ class DistillationConfig(TrainingArguments):
             its gradient scale does not depend on T. The cross-entropy term always uses T = 1.
         kd_kind (`str`, defaults to `"forward_kl"`):
             `forward_kl` (KL(teacher || student), mode-covering), `reverse_kl` (KL(student || teacher),
-            mode-seeking) or `jsd` (generalised Jensen-Shannon with mixture weight `jsd_beta`).
+            mode-seeking), `jsd` (generalised Jensen-Shannon with mixture weight `jsd_beta`),
+            `skew_forward_kl` (KL(p || a p + (1 - a) q), p teacher, q student, a = `skew_alpha`) or
+            `skew_reverse_kl` (KL(q || a q + (1 - a) p)), the skew KLs of DistiLLM (Ko et al. 2024).
         jsd_beta (`float`, defaults to 0.5):
             Teacher weight of the JSD mixture, strictly between 0 and 1.
+        skew_alpha (`float`, defaults to 0.1):
+            The skew a of `skew_forward_kl` / `skew_reverse_kl`, in [0, 1); 0 gives the plain KL.
         teacher_model_name_or_path (`str`, *optional*):
             Hub id or local directory of the teacher. Loaded from safetensors only.
         teacher_dtype (`str`, defaults to `"auto"`):
@@ -61,8 +66,55 @@ class DistillationConfig(TrainingArguments):
             and neither model's full ``[B, T, V]`` logits exist in training (evaluation runs the
             models' heads and the chunked loss). Not under ZeRO-3 or FSDP, which shard the heads; see `distill.losses.fused_head`. Sets
             `ddp_find_unused_parameters` to False (DDP's search cannot see a head used after the forward).
+        extra_teachers (`list[str]`, *optional*):
+            Further teachers for the same task (Hub ids or local directories), after
+            `teacher_model_name_or_path`; they must share the student's tokenizer. See
+            `distill.teacher.ensemble`.
+        teacher_weights (`list[float]`, *optional*):
+            One weight per teacher (`teacher_model_name_or_path` first, then `extra_teachers`) for
+            `teacher_ensemble: mean`; non-negative with a positive sum, normalised. Default: equal.
+        teacher_ensemble (`str`, defaults to `"mean"`):
+            How several teachers make one soft target: `mean` (the weighted average of their
+            distributions at temperature T) or `most_confident` (per example, or per token for causal
+            LMs, the teacher whose top probability at T = 1 is largest).
+        augment_fraction (`float`, defaults to 0.0):
+            Data-augmentation distillation: the probability that a training example is augmented on the
+            fly (in [0, 1]; 0 = off). Teacher and student see the same augmented input; on augmented
+            examples the loss is the distillation term alone. See `distill.data.augment`.
+        augmentations (`list[str]`, *optional*):
+            Which augmentations: text `token_replace`, `span_mask`, `token_drop`; images `flip`,
+            `resized_crop`, `mixup`, `cutmix`. Default: `token_replace` for text, `flip` and
+            `resized_crop` for images.
+        augment_token_prob (`float`, defaults to 0.15):
+            Per-token probability of `token_replace` and `token_drop`, and of a span start for `span_mask`.
+        augment_span_length (`int`, defaults to 3):
+            Tokens per masked span.
+        augment_crop_scale (`float`, defaults to 0.5):
+            Smallest fraction of the image area `resized_crop` keeps, in (0, 1].
+        augment_mix_alpha (`float`, defaults to 1.0):
+            Beta(a, a) parameter of `mixup` and `cutmix` (> 0).
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom modelling code from the Hub for teacher and student. Off by default.
+        hidden_weight (`float`, defaults to 0.0):
+            Weight of the intermediate hidden-state term, added on top of the logit loss:
+            ``loss = alpha * T^2 * KD + (1 - alpha) * CE + hidden_weight * hidden + attention_weight * attention``.
+            When the widths differ, a learned linear projection (student -> teacher width) trains with the
+            student; it is kept in checkpoints, never in the saved model. See `distill.intermediate`.
+        hidden_layer_map (`dict` or `str`, *optional*):
+            Student layer -> teacher layer, as indices into transformers' ``hidden_states`` (0 = embedding
+            output, i = output of block i), e.g. ``{1: 2, 2: 4}`` or ``"1:2,2:4"``. Default: evenly spaced,
+            student block m -> teacher block m * N_teacher // N_student (embeddings left out).
+        hidden_loss (`str`, defaults to `"mse"`):
+            ``mse`` (mean squared error over the width, TinyBERT) or ``cosine`` (1 - cosine, DistilBERT).
+        attention_weight (`float`, defaults to 0.0):
+            Weight of MiniLM's self-attention transfer, KL(teacher || student) of the attention distributions
+            per head and query, on the blocks of `hidden_layer_map`. Needs the same head count in both models,
+            ``attn_implementation="eager"`` and no attention dropout in the student.
+        max_nonfinite_steps (`int`, defaults to 10):
+            An optimizer step whose loss or gradient norm is NaN or infinite is skipped (weights and
+            optimizer moments untouched, logged as `nonfinite_step_skipped`); after this many in a row
+            training stops with an error naming the last good checkpoint. 0 turns the guard off. See
+            `distill.numerics`.
     """
 
     alpha: float = field(
@@ -75,10 +127,15 @@ class DistillationConfig(TrainingArguments):
     )
     kd_kind: str = field(
         default="forward_kl",
-        metadata={"help": "Divergence: forward_kl, reverse_kl or jsd.", "choices": list(KD_KINDS)},
+        metadata={"help": f"Divergence: {', '.join(KD_KINDS)}.", "choices": list(KD_KINDS)},
     )
     jsd_beta: float = field(
         default=0.5, metadata={"help": "Teacher weight of the JSD mixture, strictly between 0 and 1."}
+    )
+    # ---- skew KL (issue 14) ----
+    skew_alpha: float = field(
+        default=0.1,
+        metadata={"help": "Skew a of skew_forward_kl / skew_reverse_kl, in [0, 1); 0 = plain KL (DistiLLM: 0.1)."},
     )
     teacher_model_name_or_path: Optional[str] = field(
         default=None,
@@ -101,10 +158,92 @@ class DistillationConfig(TrainingArguments):
         metadata={"help": "Causal LM: compute logits chunk by chunk from hidden states inside the KD loss, so "
                           "no full [B, T, V] logits exist in training (not under ZeRO-3 or FSDP)."},
     )
+    # ---- multi-teacher (issue 14) ----
+    extra_teachers: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Further teachers for the same task, after teacher_model_name_or_path (same tokenizer)."},
+    )
+    teacher_weights: Optional[list[float]] = field(
+        default=None,
+        metadata={"help": "One weight per teacher (the first teacher, then extra_teachers) for teacher_ensemble=mean; "
+                          "non-negative, positive sum. Default: equal."},
+    )
+    teacher_ensemble: str = field(
+        default="mean",
+        metadata={"help": "Several teachers: mean (weighted average of their distributions) or most_confident "
+                          "(per position, the teacher with the largest top probability).",
+                  "choices": ["mean", "most_confident"]},
+    )
+    # ---- data-augmentation distillation (issue 14) ----
+    augment_fraction: float = field(
+        default=0.0, metadata={"help": "Probability that a training example is augmented (teacher and student see the "
+                                       "same augmented input; KD term alone on it); 0 = off."})
+    augmentations: Optional[list[str]] = field(
+        default=None, metadata={"help": "token_replace, span_mask, token_drop (text); flip, resized_crop, mixup, "
+                                        "cutmix (images). Default: token_replace / flip + resized_crop."})
+    augment_token_prob: float = field(
+        default=0.15, metadata={"help": "Per-token probability of token_replace / token_drop, span start of span_mask."})
+    augment_span_length: int = field(default=3, metadata={"help": "Tokens per span of span_mask."})
+    augment_crop_scale: float = field(
+        default=0.5, metadata={"help": "Smallest area fraction resized_crop keeps, in (0, 1]."})
+    augment_mix_alpha: float = field(default=1.0, metadata={"help": "Beta(a, a) parameter of mixup / cutmix (> 0)."})
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Allow custom modelling code from the Hub. Off by default for safety."},
     )
+    # ---- run fingerprint (distill/fingerprint.py) ----
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in output_dir: delete an earlier run's checkpoints and results there "
+                          "instead of resuming it (or refusing it, when its settings differ)."},
+    )
+
+    # ---- fault tolerance (distill/numerics.py) ----
+    max_nonfinite_steps: int = field(
+        default=10,
+        metadata={"help": "Skip optimizer steps whose loss or gradient norm is NaN/inf (weights untouched, logged as "
+                          "nonfinite_step_skipped); stop with an error after this many in a row. 0: no guard."},
+    )
+
+    # ---- intermediate-layer distillation (hidden states, attention; distill.intermediate) ----
+    hidden_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the hidden-state term added to the loss (0 = off); see hidden_layer_map."},
+    )
+    hidden_layer_map: Union[dict, str, None] = field(
+        default=None,
+        metadata={"help": "Student -> teacher layer indices of hidden_states (0 = embeddings), e.g. '1:2,2:4'; "
+                          "default: evenly spaced blocks."},
+    )
+    hidden_loss: str = field(
+        default="mse",
+        metadata={"help": "Hidden-state distance: mse (TinyBERT) or cosine (DistilBERT).", "choices": list(HIDDEN_LOSSES)},
+    )
+    attention_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of MiniLM attention KL on the mapped blocks (0 = off; needs eager attention)."},
+    )
+
+    def _check_intermediate(self) -> None:
+        for name in ("hidden_weight", "attention_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value >= 0 and value == value and value != float("inf")):
+                raise ValueError(f"{name}={value} must be a finite number >= 0 (0 turns the term off).")
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise ValueError(f"hidden_loss={self.hidden_loss!r} is unknown: use one of {', '.join(HIDDEN_LOSSES)}.")
+        self.hidden_layer_map = parse_layer_map(self.hidden_layer_map)
+        if self.hidden_layer_map is not None and self.hidden_weight == 0 and self.attention_weight == 0:
+            raise ValueError("hidden_layer_map is set but hidden_weight and attention_weight are 0, so it would be "
+                             "ignored: set hidden_weight (or attention_weight) > 0, or drop hidden_layer_map.")
+        if self.hidden_weight > 0 or self.attention_weight > 0:
+            # A projection (and the mapped layers' outputs) are used after the forward, where DDP's search
+            # for unused parameters cannot see them.
+            if self.ddp_find_unused_parameters:
+                raise ValueError(
+                    "hidden_weight/attention_weight > 0 need ddp_find_unused_parameters=false: the hidden-state "
+                    "projection is used after the forward, where DDP's unused-parameter search cannot see it."
+                )
+            self.ddp_find_unused_parameters = False
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -115,14 +254,21 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"kd_kind={self.kd_kind!r} is unknown: use one of {', '.join(KD_KINDS)}.")
         if not 0.0 < self.jsd_beta < 1.0:
             raise ValueError(f"jsd_beta={self.jsd_beta} must be strictly between 0 and 1.")
+        if not 0.0 <= self.skew_alpha < 1.0:
+            raise ValueError(f"skew_alpha={self.skew_alpha} must be in [0, 1) (DistiLLM uses 0.1).")
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(
                 f"teacher_dtype={self.teacher_dtype!r} is unknown: use one of {', '.join(TEACHER_DTYPES)}."
             )
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is unknown: use one of {', '.join(TASKS)}.")
+        if self.max_nonfinite_steps < 0:
+            raise ValueError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be >= 0 (0 turns the guard off).")
         if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
             raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be a positive integer.")
+        self._check_intermediate()
+        self._check_teachers()
+        self._check_augmentation()
         if self.kd_fused_lm_head:
             # The fused loss uses the head weight after the forward; DDP's unused-parameter search
             # would mark an untied head unused and then fail on its gradient ("marked ready twice").
@@ -143,3 +289,47 @@ class DistillationConfig(TrainingArguments):
             import deepspeed
 
             deepspeed.init_distributed(dist_backend="gloo")
+
+    def _check_teachers(self) -> None:
+        """The multi-teacher fields (issue 14) fit together; the number of teachers is checked again when
+        the trainer is given teacher models directly."""
+        from .teacher.ensemble import ENSEMBLE_MODES, normalized_teacher_weights
+
+        if self.teacher_ensemble not in ENSEMBLE_MODES:
+            raise ValueError(f"teacher_ensemble={self.teacher_ensemble!r} is unknown: use one of "
+                             f"{', '.join(ENSEMBLE_MODES)}.")
+        if self.extra_teachers and not self.teacher_model_name_or_path:
+            raise ValueError("extra_teachers needs teacher_model_name_or_path (the first teacher) as well.")
+        if self.extra_teachers and self.kd_fused_lm_head:
+            raise ValueError("kd_fused_lm_head works with one teacher only; set it to false for extra_teachers.")
+        if self.teacher_weights is not None:
+            if self.teacher_ensemble != "mean":
+                raise ValueError("teacher_weights apply to teacher_ensemble='mean' only; remove them for "
+                                 f"{self.teacher_ensemble}.")
+            n = len(self.teacher_weights)
+            if self.teacher_model_name_or_path:
+                n = 1 + len(self.extra_teachers or [])
+            normalized_teacher_weights(self.teacher_weights, n)
+
+    def _check_augmentation(self) -> None:
+        """Ranges of the augmentation fields (issue 14); which augmentations fit the task is checked here
+        when `task` is set, else when the trainer knows the task."""
+        from .data.augment import check_augmentations
+
+        if not 0.0 <= self.augment_fraction <= 1.0:
+            raise ValueError(f"augment_fraction={self.augment_fraction} must be in [0, 1] (0 = no augmentation).")
+        if not 0.0 <= self.augment_token_prob <= 1.0:
+            raise ValueError(f"augment_token_prob={self.augment_token_prob} must be in [0, 1].")
+        if self.augment_span_length < 1:
+            raise ValueError(f"augment_span_length={self.augment_span_length} must be a positive integer.")
+        if not 0.0 < self.augment_crop_scale <= 1.0:
+            raise ValueError(f"augment_crop_scale={self.augment_crop_scale} must be in (0, 1].")
+        if not self.augment_mix_alpha > 0:
+            raise ValueError(f"augment_mix_alpha={self.augment_mix_alpha} must be greater than 0.")
+        check_augmentations(self.augmentations, self.task)
+        if self.augment_fraction > 0:
+            if self.alpha == 0:
+                raise ValueError("augment_fraction > 0 distils on augmented inputs and needs a teacher: set alpha > 0 "
+                                 "or augment_fraction: 0.")
+            if self.kd_fused_lm_head:
+                raise ValueError("augment_fraction > 0 is not supported with kd_fused_lm_head; set one of them off.")

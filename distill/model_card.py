@@ -104,6 +104,10 @@ def _settings_lines(trainer, teacher: str, distilled: bool, n_params: int) -> li
         lines = [f"A {n_params:,}-parameter student distilled from `{teacher}` with "
                  "[scaledown](https://pypi.org/project/scaledown/)'s `DistillationTrainer`.", "", "## Distillation", "",
                  f"Loss: `alpha * T^2 * {args.kd_kind}(teacher || student) + (1 - alpha) * CE(student, labels)`", ""]
+        if getattr(args, "extra_teachers", None):
+            lines += [f"Teachers: `{teacher}` and " + ", ".join(f"`{t}`" for t in args.extra_teachers)
+                      + f", combined by `{args.teacher_ensemble}`"
+                      + (f" with weights {args.teacher_weights}." if args.teacher_weights else "."), ""]
         if cache is not None:
             exact = cache.k >= cache.vocab_size
             lines += [f"The teacher's targets came from an offline cache of its top-{cache.k} log-probabilities per "

@@ -49,14 +49,27 @@ class ModelArguments:
         },
     )
 
+    # --- student made from the teacher's layers (distill/students/) ---
+    init_from_teacher_layers: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Build the student from teacher_model_name_or_path's blocks before training (DistilBERT "
+            "style): a list such as [0, 2, 4] (command line: '0,2,4'), 'every_other', or a count n of evenly "
+            "spaced blocks. Embeddings, final norm and heads are copied too. Replaces model_name_or_path / "
+            "model_config; `distill init-student` writes the same student to a directory."
+        },
+    )
+
     def __post_init__(self):
-        if self.model_name_or_path and self.model_config:
+        given = [name for name in ("model_name_or_path", "model_config", "init_from_teacher_layers")
+                 if getattr(self, name) not in (None, "")]
+        if len(given) > 1:
             raise ValueError(
-                "Give either model_name_or_path (a pretrained student) or model_config (a student built "
-                "from scratch), not both."
+                f"Give one student source: model_name_or_path (a pretrained student), model_config (a student "
+                f"built from scratch) or init_from_teacher_layers (teacher blocks), not {' and '.join(given)}."
             )
-        if not self.model_name_or_path and not self.model_config:
-            raise ValueError("No student: set model_name_or_path or model_config.")
+        if not given:
+            raise ValueError("No student: set model_name_or_path, model_config or init_from_teacher_layers.")
 
 
 def parse_model_config(value: Any) -> dict:
@@ -123,8 +136,14 @@ def parse_args(argv: list[str]):
 def _non_embedding(model) -> tuple[int, int]:
     import torch
 
-    total = sum(p.numel() for p in model.parameters())
-    embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    from .intermediate import PROJECTION_NAME
+
+    def numel(p):  # ZeRO-3 partitions parameters: ds_numel is the full size
+        return getattr(p, "ds_numel", p.numel())
+
+    # Without a hidden-state projection, which is not saved with the model.
+    total = sum(numel(p) for name, p in model.named_parameters() if not name.startswith(PROJECTION_NAME + "."))
+    embedding = sum(numel(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return total, total - embedding
 
 
@@ -169,7 +188,17 @@ def _build_student(model_args, data_args, args, task, tokenizer, bundle):
         if bundle.id2label:
             extra["id2label"] = {int(k): v for k, v in bundle.id2label.items()}
             extra["label2id"] = {v: int(k) for k, v in bundle.id2label.items()}
+    if args.attention_weight > 0:  # attention transfer needs the probabilities, which only eager returns
+        extra["attn_implementation"] = "eager"
     model_class = task.model_class()
+    if model_args.init_from_teacher_layers is not None:
+        from .students.from_layers import student_from_teacher_dir
+
+        student = student_from_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers,
+                                           model_class, bundle.num_labels, args.trust_remote_code)
+        if args.attention_weight > 0:
+            student.set_attn_implementation("eager")
+        return student
     if model_args.model_name_or_path:
         return model_class.from_pretrained(
             model_args.model_name_or_path, use_safetensors=True, trust_remote_code=args.trust_remote_code, **extra
@@ -185,7 +214,8 @@ def _build_student(model_args, data_args, args, task, tokenizer, bundle):
         config.setdefault("max_position_embeddings", max(512, data_args.block_size))
     config.update(extra)
     model_type = config.pop("model_type")
-    return model_class.from_config(AutoConfig.for_model(model_type, **config))
+    attn = {"attn_implementation": config.pop("attn_implementation")} if "attn_implementation" in config else {}
+    return model_class.from_config(AutoConfig.for_model(model_type, **config), **attn)
 
 
 def _check_before_compute(model_args, data_args, args) -> None:
@@ -194,6 +224,12 @@ def _check_before_compute(model_args, data_args, args) -> None:
 
     if args.task is None:
         raise ValueError("task is not set: add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
+    if model_args.teacher_cache and args.extra_teachers:
+        raise ValueError("teacher_cache replaces the teacher: remove extra_teachers, or train without the cache.")
+    if model_args.init_from_teacher_layers is not None:
+        from .students.from_layers import check_layers_of_teacher_dir
+
+        check_layers_of_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers)
     if model_args.teacher_cache:
         _check_teacher_cache(model_args.teacher_cache, args)
         return
@@ -203,11 +239,12 @@ def _check_before_compute(model_args, data_args, args) -> None:
             f"alpha={args.alpha} needs a teacher: set teacher_model_name_or_path, or alpha: 0 to train "
             "on labels alone."
         )
-    if teacher and _looks_local(teacher) and not os.path.isfile(os.path.join(os.path.expanduser(teacher), "config.json")):
-        raise FileNotFoundError(
-            f"teacher_model_name_or_path={teacher!r} is not a model directory (no config.json there). "
-            "Train or download the teacher first, or point at a Hub id."
-        )
+    for field_name, path in [("teacher_model_name_or_path", teacher)] + [("extra_teachers", t) for t in args.extra_teachers or []]:
+        if path and _looks_local(path) and not os.path.isfile(os.path.join(os.path.expanduser(path), "config.json")):
+            raise FileNotFoundError(
+                f"{field_name}: {path!r} is not a model directory (no config.json there). "
+                "Train or download the teacher first, or point at a Hub id."
+            )
     if model_args.model_config is not None:
         parse_model_config(model_args.model_config)
 
@@ -216,6 +253,11 @@ def _check_teacher_cache(path: str, args) -> None:
     """The cache exists and fits the run's task, temperature and teacher (tokenizer and data: in the trainer)."""
     from .teacher.cache import TeacherCache
 
+    if args.hidden_weight > 0 or args.attention_weight > 0:
+        raise ValueError(
+            "hidden_weight/attention_weight > 0 need the teacher's hidden states, which teacher_cache does not hold "
+            "(only top-k log-probabilities): drop teacher_cache and set teacher_model_name_or_path."
+        )
     cache = TeacherCache.load(path, with_data=False)
     cache.check_settings(temperature=args.temperature, task=args.task)
     teacher = args.teacher_model_name_or_path
@@ -231,8 +273,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     """Run one distillation (or, with alpha=0, plain training) and return the final metrics."""
     import datasets
     import transformers
-    from transformers.trainer_utils import get_last_checkpoint
 
+    from .checkpoints import last_complete_checkpoint
     from .data import build_datasets
     from .tasks import accuracy_metric, get_task, make_collator
     from .trainer import DistillationTrainer
@@ -242,6 +284,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     transformers.utils.logging.set_verbosity(args.get_process_log_level())
     datasets.utils.logging.set_verbosity(args.get_process_log_level())
     _check_before_compute(model_args, data_args, args)
+    from .fingerprint import prepare_output_dir
+
+    output_state = prepare_output_dir(model_args, data_args, args)  # refuses changed settings, before compute
+    if output_state.action == "finished":
+        logger.info("%s already holds a finished run with these settings (%s): nothing to do. "
+                    "--overwrite_output_dir true trains it again.", args.output_dir, "run_fingerprint.json")
+        return output_state.results
     task = get_task(args.task)
     transformers.set_seed(args.seed)
 
@@ -263,7 +312,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     trainer = DistillationTrainer(
         model=student,
         teacher_model=None if use_cache else (
-            args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None),
+            [args.teacher_model_name_or_path, *args.extra_teachers] if args.extra_teachers
+            else args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None),
         teacher_cache=model_args.teacher_cache if use_cache else None,
         args=args,
         train_dataset=bundle.train,
@@ -273,8 +323,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         compute_metrics=None if task.token_level else accuracy_metric(),
     )
     resume = args.resume_from_checkpoint
-    if resume is None and os.path.isdir(args.output_dir):
-        resume = get_last_checkpoint(args.output_dir)
+    if trainer.is_world_process_zero():
+        output_state.write(finished=False)
+    if resume is None and output_state.action == "resume":
+        resume = last_complete_checkpoint(args.output_dir, need_optimizer=not args.save_only_model)
         if resume:
             logger.info("Resuming from %s (pass --resume_from_checkpoint to choose another).", resume)
     train_result = trainer.train(resume_from_checkpoint=resume)
@@ -293,6 +345,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     if trainer.teacher is not None:
         teacher = getattr(trainer.teacher, "module", trainer.teacher)
         metrics["teacher_params"] = sum(getattr(p, "ds_numel", p.numel()) for p in teacher.parameters())
+        # the teacher's N for scaling laws (issue 15: scaling fit --law distillation, advise)
+        metrics["teacher_non_embedding_params"] = _non_embedding(teacher)[1]
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     results = dict(metrics)
@@ -304,6 +358,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
             results.update(split_metrics)
     trainer.save_state()
     trainer.create_model_card(dataset=data_args.dataset_name)
+    if trainer.is_world_process_zero():
+        output_state.write(finished=True)
     if args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset_name)
     if trainer.is_world_process_zero():

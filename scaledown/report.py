@@ -82,7 +82,7 @@ def plot_fit_with_holdout(fit: dict, path: str) -> str:
     span = loss.max() - loss.min()
     ax.set_ylim(loss.min() - 0.6 * span - 0.02, loss.max() + 0.6 * span + 0.02)  # keep the band from hiding the data
     ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters N")
+    ax.set_xlabel(f"{full.get('param_count', 'total').replace('_', '-')} parameters N")
     ax.set_ylabel("validation loss")
     p = full["params"]
     ax.set_title(f"L(N) = {p.get('E', 0):.2f} + {p.get('A', 0):.3g} N^-{p.get('alpha', 0):.3f}"
@@ -95,12 +95,21 @@ def plot_fit_with_holdout(fit: dict, path: str) -> str:
     return path
 
 
-def plot_frontier(fit: dict, path: str) -> str:
-    """Compute-optimal frontier: every rung's learning curve against compute and their lower envelope."""
+def frontier_envelope(fit: dict) -> dict:
+    """The minimum-loss envelope of the rungs' learning curves, N counted as the fit counts it
+    (what `scaling envelope` gives on the same run directories by default)."""
     import numpy as np
 
     from scaling.optimal import envelope_analysis
 
+    curves = fit["curves"]
+    return envelope_analysis(np.array([c["params"] for c in curves], float), np.array([c["flops"] for c in curves], float),
+                             np.array([c["loss"] for c in curves], float), [c["run"] for c in curves],
+                             param_count=fit["full"].get("param_count"))
+
+
+def plot_frontier(fit: dict, path: str) -> str:
+    """Compute-optimal frontier: every rung's learning curve against compute and their lower envelope."""
     plt = _plt()
     curves = fit["curves"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -111,10 +120,9 @@ def plot_frontier(fit: dict, path: str) -> str:
         ax.plot([c["flops"] for c in pts], [c["loss"] for c in pts], "o-", ms=3, color=cmap(i / max(1, len(runs) - 1)),
                 label=f"{os.path.basename(run)} (N={int(pts[0]['params']):,})")
     try:
-        env = envelope_analysis(np.array([c["params"] for c in curves], float), np.array([c["flops"] for c in curves], float),
-                                np.array([c["loss"] for c in curves], float), [c["run"] for c in curves])
+        env = frontier_envelope(fit)
         pts = env["points"]
-        label = f"frontier (N* ∝ C^{env['a']:.2f})" if "a" in env else "frontier"
+        label = f"frontier (N* ∝ C^{env['a']:.2f}, N = {env['param_count'].replace('_', '-')})" if "a" in env else "frontier"
         ax.plot([p["flops"] for p in pts], [p["loss"] for p in pts], "-", color="tab:red", lw=2.5, alpha=0.6,
                 label=label)
     except Exception as e:  # too few points for an envelope: show the curves alone
@@ -122,13 +130,22 @@ def plot_frontier(fit: dict, path: str) -> str:
     ax.set_xscale("log")
     ax.set_xlabel("training compute (FLOPs, attention included)")
     ax.set_ylabel("validation loss")
-    ax.set_title("Compute-optimal frontier (minimum-loss envelope)")
+    ax.set_title("Compute-optimal frontier (running minimum of loss over compute)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def frontier_summary(fit: dict) -> dict:
+    """The frontier's exponents and what N counts, for summary.json (the plot's legend in numbers)."""
+    try:
+        env = frontier_envelope(fit)
+    except ValueError as err:  # too few learning curves
+        return {"error": str(err)}
+    return {k: env[k] for k in ("method", "param_count", "a", "b") if k in env}
 
 
 def _slim_fit(fit: dict) -> dict:
@@ -150,6 +167,7 @@ def write_report(pipeline, ladder, fit, teacher, student, kd, base, evaluation, 
         "student": {**evaluation["student"], "width": student["width"], "reason": student["reason"]},
         "baseline": evaluation["baseline"],
         "fit": _slim_fit(fit["full"]),
+        "frontier": frontier_summary(fit),
         "holdout_prediction": holdout and {k: holdout[k] for k in ("run", "params", "predicted", "actual", "error_pct")},
         "kd_gain": evaluation["kd_gain"],
         "kd_improvement": evaluation["kd_improvement"],
@@ -205,7 +223,8 @@ def render_markdown(s: dict) -> str:
                 f" [{fit['ci'][k][0]:.4g}, {fit['ci'][k][1]:.4g}]" if "ci" in fit and k in fit["ci"] else "")
                 for k, v in fit["params"].items()) + f"; objective {fit['objective']:.3g} on {fit['n_points']} rungs.", ""]
     if h:
-        out += [f"Held out the largest rung ({int(h['params']):,} non-embedding parameters) and predicted it from the "
+        out += [f"Held out the largest rung ({int(h['params']):,} {fit.get('param_count', 'total').replace('_', '-')} "
+                f"parameters) and predicted it from the "
                 f"smaller ones: predicted {h['predicted']:.4f}, measured {h['actual']:.4f} "
                 f"({h['error_pct']:+.2f}%).", ""]
     out += ["| rung | params | non-embedding | tokens | FLOPs |", "|---|---|---|---|---|"]

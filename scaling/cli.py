@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 import sys
 
-LAW_CHOICES = ("chinchilla", "power", "kaplan")
+LAW_CHOICES = ("chinchilla", "power", "kaplan", "chinchilla_gamma", "distillation")
 
 
 def _add_inputs(p):
@@ -28,7 +28,8 @@ def _add_inputs(p):
     p.add_argument("--points", choices=("final", "all"), default="final",
                    help="one point per run, or every evaluation point (default: final)")
     p.add_argument("--param-count", choices=("total", "non_embedding"),
-                   help="N to fit: total (default; non_embedding for --law kaplan)")
+                   help="N of run directories: non_embedding (default, as `scaledown run` "
+                   "counts) or total; a table's params column is taken as given")
     p.add_argument("--seq-len", type=int, help="sequence length when all_results.json lacks it")
     p.add_argument("--global-batch", type=int, help="global batch size when not recorded")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
@@ -60,11 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="figure path, e.g. fit.png (PNG and SVG, plus _residuals and "
                    "_frontier)")
     p.add_argument("--quiet", action="store_true", help="no summary or progress on stderr")
+    # distillation law (issue 15): scaling.distill_fit
+    p.add_argument("--supervised-fit", help="--law distillation: the supervised fit.json giving "
+                   "L~_S = L(N_S, D_S)")
+    p.add_argument("--form", choices=("full", "reduced"), default="full",
+                   help="--law distillation: full Eq. 8 (9 parameters) or reduced (4: f1 = 1, "
+                   "student term from the supervised fit)")
 
     p = sub.add_parser("predict", help="predicted loss from a fit")
     p.add_argument("--fit", required=True)
     p.add_argument("--params", type=float, required=True, help="parameter count N")
     p.add_argument("--tokens", type=float, help="training tokens D (L(N, D) laws)")
+    p.add_argument("--teacher-loss", type=float, help="teacher cross-entropy L_T (distillation fits)")
     p.add_argument("--level", type=float, default=0.95)
 
     p = sub.add_parser("optimal", help="compute-optimal N*, D*, L* for a budget")
@@ -74,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "'6*N*D + 2*NT*D' for distillation")
     p.add_argument("--teacher-params", type=float, default=0.0, help="NT in --cost")
     p.add_argument("--level", type=float, default=0.95)
+
+    from .advise import add_parser as add_advise_parser  # issue 15
+
+    add_advise_parser(sub)
 
     p = sub.add_parser("isoflop", help="Approach 2: IsoFLOP parabolas")
     _add_inputs(p)
@@ -118,18 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args, law=None):
+def _load(args):
     from .logs import load_runs
 
-    kind = args.param_count or ("non_embedding" if law == "kaplan" else "total")
-    return load_runs(args.inputs, args.columns, args.points, kind, args.seq_len,
+    return load_runs(args.inputs, args.columns, args.points, args.param_count, args.seq_len,
                      args.global_batch)
 
 
 def _emit(args, result, summary=None):
     if getattr(args, "out", None):
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
+        from .atomic import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(result, indent=1))
     if args.json:
         print(json.dumps(summary if summary is not None else result, indent=1))
 
@@ -156,7 +168,11 @@ def _summary_text(fit) -> str:
 def cmd_fit(args):
     from .fit import fit_runs, save_fit
 
-    points = _load(args, args.law)
+    if args.law == "distillation":
+        from .distill_fit import cmd_fit_distillation
+
+        return cmd_fit_distillation(args)
+    points = _load(args)
     fit = fit_runs(points, args.law, args.method, args.loss, args.delta, args.bootstrap,
                    args.seed, args.jobs, args.holdout_above, args.budgets, args.drop_highest,
                    args.level, progress=not args.quiet)
@@ -176,10 +192,15 @@ def cmd_fit(args):
 
 
 def cmd_predict(args):
-    from .fit import load_fit
+    from .distill_fit import is_distillation_fit, load_any_fit, predict_from_dfit
     from .optimal import predict_from_fit
 
-    print(json.dumps(predict_from_fit(load_fit(args.fit), args.params, args.tokens, args.level)))
+    fit = load_any_fit(args.fit)
+    if is_distillation_fit(fit):
+        print(json.dumps(predict_from_dfit(fit, args.params, args.tokens, args.teacher_loss,
+                                           args.level)))
+        return
+    print(json.dumps(predict_from_fit(fit, args.params, args.tokens, args.level)))
 
 
 def cmd_optimal(args):
@@ -191,11 +212,13 @@ def cmd_optimal(args):
 
 
 def cmd_isoflop(args):
-    from .logs import to_arrays
+    from .logs import param_count_of, to_arrays
     from .optimal import isoflop_analysis
 
-    a = to_arrays(_load(args))
+    points = _load(args)
+    a = to_arrays(points)
     iso = isoflop_analysis(a["params"], a["loss"], a["flops"], args.tolerance, args.min_sizes)
+    iso["param_count"] = param_count_of(points)
     if args.plot:
         from .plot import plot_isoflop
 
@@ -206,22 +229,26 @@ def cmd_isoflop(args):
             print(f"C = {b['flops']:.3g}: N* = {b['params_opt']:.3g}, D* = {b['tokens_opt']:.3g}"
                   f", L* = {b['loss_opt']:.4f}", file=sys.stderr)
         if "a" in iso:
-            print(f"N* ∝ C^{iso['a']:.4f}, D* ∝ C^{iso['b']:.4f}", file=sys.stderr)
+            print(f"N* ∝ C^{iso['a']:.4f}, D* ∝ C^{iso['b']:.4f} (N = {iso['param_count']} "
+                  "parameters)", file=sys.stderr)
 
 
 def cmd_envelope(args):
-    from .logs import to_arrays
+    from .logs import param_count_of, to_arrays
     from .optimal import envelope_analysis
 
-    a = to_arrays(_load(args))
-    env = envelope_analysis(a["params"], a["flops"], a["loss"], a["run"])
+    points = _load(args)
+    a = to_arrays(points)
+    env = envelope_analysis(a["params"], a["flops"], a["loss"], a["run"],
+                            param_count=param_count_of(points))
     if args.plot:
         from .plot import plot_envelope
 
         env["plots"] = plot_envelope(env, args.plot)
     _emit(args, env)
     if not args.json and "a" in env:
-        print(f"N* ∝ C^{env['a']:.4f}, D* ∝ C^{env['b']:.4f}", file=sys.stderr)
+        print(f"N* ∝ C^{env['a']:.4f}, D* ∝ C^{env['b']:.4f} (N = {env['param_count']} "
+              "parameters)", file=sys.stderr)
 
 
 def cmd_plot(args):
@@ -267,7 +294,13 @@ def cmd_ladder(args):
                                        str(args.batch_size), *args.distill_args], log=lambda m: print(m, file=sys.stderr))
 
 
-COMMANDS = {"ladder": cmd_ladder, "fit": cmd_fit, "predict": cmd_predict, "optimal": cmd_optimal,
+def cmd_advise(args):
+    from .advise import cmd_advise as run
+
+    run(args)
+
+
+COMMANDS = {"advise": cmd_advise, "ladder": cmd_ladder, "fit": cmd_fit, "predict": cmd_predict, "optimal": cmd_optimal,
             "isoflop": cmd_isoflop, "envelope": cmd_envelope, "plot": cmd_plot, "runs": cmd_runs}
 
 

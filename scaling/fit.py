@@ -287,7 +287,7 @@ def fit_runs(points, law="chinchilla", method="vp", loss="huber", delta=1e-3, n_
         `dict`: `law, formula, params, objective, n_points, converged, param_count, ...`, plus
         `ci` and `bootstrap` when bootstrapped and `holdout` when asked.
     """
-    from .logs import to_arrays
+    from .logs import param_count_of, to_arrays
     from .optimal import budget_key, derived_quantities
 
     lw = get_law(law)
@@ -305,12 +305,11 @@ def fit_runs(points, law="chinchilla", method="vp", loss="huber", delta=1e-3, n_
     n, d, y = arrays["params"][use], arrays["tokens"][use], arrays["loss"][use]
     check_fit_data(law, n, d, y, [s for s, u in zip(arrays["source"], use) if u])
     res = fit_arrays(n, d, y, law, method, loss, delta, progress=progress)
-    kinds = {p.param_count for p in points}
     budgets = list(budgets) if budgets else [float(f"{arrays['flops'][use].max() * m:.2g}")
                                              for m in (1, 10, 100)]
     derived = derived_quantities(law, res["params"], budgets)
     out = {"version": FIT_VERSION, "law": lw.name, "formula": lw.formula, **res,
-           "param_count": kinds.pop() if len(kinds) == 1 else "mixed",
+           "param_count": param_count_of(points),
            "budgets": budgets, "derived": derived,
            "data": {"params": arrays["params"].tolist(), "tokens": arrays["tokens"].tolist(),
                     "loss": arrays["loss"].tolist(), "flops": arrays["flops"].tolist(),
@@ -351,7 +350,9 @@ def save_fit(fit: dict, path):
     import json
     from pathlib import Path
 
-    Path(path).write_text(json.dumps(fit, indent=1, allow_nan=False))
+    from .atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(fit, indent=1, allow_nan=False))
 
 
 def load_fit(path) -> dict:

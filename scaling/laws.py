@@ -10,11 +10,13 @@ Every law is described by one [`Law`] object that knows:
   remaining coefficients, so a grid over the exponents plus a tiny non-negative linear
   solve finds the global basin cheaply.
 
-The three laws:
+The laws:
 
 - `power`:      L(N)    = E + A * N^-alpha
 - `chinchilla`: L(N, D) = E + A / N^alpha + B / D^beta
 - `kaplan`:     L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D
+- `chinchilla_gamma`: L(N, D) = E + (A / N^alpha + B / D^beta)^gamma (Busbridge et al. 2025,
+  Eq. 1; `ChinchillaGammaLaw`)
 
 N is a parameter count, D a number of training tokens, losses are in nats.
 """
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Law", "LAWS", "get_law", "predict"]
+__all__ = ["Law", "ChinchillaGammaLaw", "LAWS", "get_law", "predict"]
 
 
 def _softmax_rows(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +52,8 @@ class Law:
         exponent_ranges (`tuple[tuple[float, float], ...]`): search range of each exponent.
         uses_tokens (`bool`): whether the law depends on D.
         formula (`str`): human-readable formula.
+        grid_points (`int`, *optional*): most VP grid points per exponent (laws with many
+            exponents keep their grid small).
     """
 
     name: str
@@ -59,6 +63,7 @@ class Law:
     exponent_ranges: tuple
     uses_tokens: bool
     formula: str
+    grid_points: int | None = None
 
     # ------------------------------------------------------------------ public form
     def predict(self, params: dict, n, d=None) -> np.ndarray:
@@ -179,6 +184,50 @@ class Law:
         return np.array([c[0] / ratio, c[1], ratio, alpha_d])
 
 
+class ChinchillaGammaLaw(Law):
+    """`L(N, D) = E + (A / N^alpha + B / D^beta)^gamma`, Busbridge et al. (2025), Eq. 1.
+
+    Internal parameters `(a, b, e, alpha, beta, gamma)` with `a = log A`, `b = log B`,
+    `e = log E`, so that `log L = LSE(e, gamma * LSE(a - alpha log N, b - beta log D))`.
+    With `gamma = 1` it is the Chinchilla law. Variable projection searches a grid over
+    `(alpha, beta, gamma, rho = log(B / A))`, for which the law is linear in `(E, A^gamma)`.
+    Since `t -> t^gamma` is increasing, its compute-optimal N and D under C = 6ND are
+    Chinchilla's closed form with the same `A, B, alpha, beta`.
+    """
+
+    def to_internal(self, params: dict) -> np.ndarray:
+        p = {k: float(v) for k, v in params.items()}
+        return np.array([math.log(p["A"]), math.log(p["B"]), math.log(max(p["E"], 1e-300)),
+                         p["alpha"], p["beta"], p["gamma"]])
+
+    def from_internal(self, theta) -> dict:
+        t = [float(x) for x in theta]
+        return {"E": math.exp(t[2]), "A": math.exp(t[0]), "B": math.exp(t[1]),
+                "alpha": t[3], "beta": t[4], "gamma": t[5]}
+
+    def log_loss_and_jac(self, theta, log_n, log_d, jac: bool = True):
+        a, b, e, alpha, beta, gamma = np.asarray(theta, dtype=float)
+        s, w = _softmax_rows(np.stack([a - alpha * log_n, b - beta * log_d], axis=-1))
+        f, v = _softmax_rows(np.stack([np.full_like(log_n, e), gamma * s], axis=-1))
+        if not jac:
+            return f, None
+        g = v[:, 1] * gamma
+        return f, np.stack([g * w[:, 0], g * w[:, 1], v[:, 0], -g * w[:, 0] * log_n,
+                            -g * w[:, 1] * log_d, v[:, 1] * s], axis=-1)
+
+    def linear_system(self, exps: np.ndarray, n, d, loss):
+        alpha, beta, gamma, rho = (exps[:, i:i + 1] for i in range(4))
+        inner = n[None, :] ** -alpha + np.exp(rho) * d[None, :] ** -beta
+        x = np.stack([np.ones((exps.shape[0], n.size)), inner ** gamma], axis=-1)
+        return x, np.broadcast_to(loss, (exps.shape[0], n.size))
+
+    def internal_from_linear(self, exps, coef) -> np.ndarray:
+        alpha, beta, gamma, rho = (float(x) for x in exps)
+        e, k = np.log(np.maximum(np.asarray(coef, dtype=float), 1e-12))
+        a = k / gamma  # coef = (E, A^gamma)
+        return np.array([a, a + rho, e, alpha, beta, gamma])
+
+
 LAWS = {
     "power": Law("power", ("E", "A", "alpha"), ("a", "e", "alpha"), ("alpha",),
                  ((0.01, 2.5),), False, "L(N) = E + A * N^-alpha"),
@@ -189,6 +238,11 @@ LAWS = {
                   ("log_N_c", "log_D_c", "alpha_N_over_alpha_D", "alpha_D"),
                   ("alpha_N_over_alpha_D", "alpha_D"), ((0.05, 4.0), (0.01, 1.5)), True,
                   "L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D"),
+    "chinchilla_gamma": ChinchillaGammaLaw(
+        "chinchilla_gamma", ("E", "A", "B", "alpha", "beta", "gamma"),
+        ("a", "b", "e", "alpha", "beta", "gamma"), ("alpha", "beta", "gamma", "rho"),
+        ((0.02, 2.0), (0.02, 2.0), (0.1, 2.0), (-12.0, 20.0)), True,
+        "L(N, D) = E + (A / N^alpha + B / D^beta)^gamma", grid_points=13),
 }
 
 

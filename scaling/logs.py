@@ -26,11 +26,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["ScalingDataError", "RunPoint", "parse_columns", "read_table", "read_run_dir",
-           "load_runs", "to_arrays", "write_table"]
+from .atomic import atomic_path, write_text_atomic
+
+__all__ = ["RUN_PARAM_COUNT", "ScalingDataError", "RunPoint", "parse_columns", "read_table", "read_run_dir",
+           "load_runs", "param_count_of", "to_arrays", "write_table"]
 
 CANONICAL = ("params", "tokens", "loss", "flops", "run", "step")
 RUN_FILES = ("trainer_state.json", "all_results.json")
+RUN_PARAM_COUNT = "non_embedding"  # N of run directories unless asked otherwise (load_runs)
 
 
 class ScalingDataError(ValueError):
@@ -264,16 +267,50 @@ def _tokens_at(step, entry, results, state, final, seq_len, global_batch):
                   "size or sequence length is unknown (pass --global-batch and --seq-len)")
 
 
+def _unique_evals(history: list, where) -> list:
+    """The evaluations of a log history, one per optimizer step.
+
+    The Trainer logs an evaluation at every `eval_steps`, and `distill train` (like the
+    `run_*.py` examples) evaluates once more after training, at the same global step: the
+    final evaluation appears twice (and once more in `all_results.json`). Each step is kept
+    once, with its last evaluation (the one `all_results.json` reports); two evaluations of
+    one step that disagree are reported with a warning.
+    """
+    import warnings
+
+    by_step = {}
+    for entry in history:
+        if not isinstance(entry.get("eval_loss"), (int, float)):
+            continue
+        step = entry.get("step")
+        if step is None:  # no step to match on: keep it as it is
+            by_step[("entry", len(by_step))] = entry
+            continue
+        earlier = by_step.pop(step, None)
+        if earlier is not None and not math.isclose(earlier["eval_loss"], entry["eval_loss"],
+                                                    rel_tol=1e-6):
+            warnings.warn(f"{where}: step {step} was evaluated twice with different losses "
+                          f"({earlier['eval_loss']:.6g}, then {entry['eval_loss']:.6g}); "
+                          "keeping the last", stacklevel=3)
+        by_step[step] = entry
+    return list(by_step.values())
+
+
 def read_run_dir(path, points: str = "final", param_count: str = "total", seq_len=None,
-                 global_batch=None) -> list:
+                 global_batch=None, _seen=None) -> list:
     """Read one Trainer output directory (or a folder of them).
 
     Args:
         path (`str` or `Path`): the output directory.
         points (`str`): `"final"` (one point per run) or `"all"` (every evaluation point).
-        param_count (`str`): `"total"` or `"non_embedding"`, the N used for fitting.
+        param_count (`str`): `"total"` or `"non_embedding"`, the N used for fitting; `None`:
+            non-embedding where it is known (`config.json` or `all_results.json`), else total
+            with a warning (each point records which).
         seq_len (`int`, *optional*): sequence length when `all_results.json` lacks `block_size`.
         global_batch (`int`, *optional*): global batch when `all_results.json` lacks it.
+
+    Every evaluation is counted once: one point per (run, step), and a run directory reached
+    twice (given twice, or inside a sweep folder also given) is read once.
 
     Returns:
         `list[RunPoint]`.
@@ -284,7 +321,7 @@ def read_run_dir(path, points: str = "final", param_count: str = "total", seq_le
     path = Path(path)
     if points not in ("final", "all"):
         raise ValueError(f"points must be 'final' or 'all', got {points!r}")
-    if param_count not in ("total", "non_embedding"):
+    if param_count not in ("total", "non_embedding", None):
         raise ValueError(f"param_count must be 'total' or 'non_embedding', got {param_count!r}")
     state_path = _state_file(path)
     results_path = path / "all_results.json"
@@ -295,11 +332,19 @@ def read_run_dir(path, points: str = "final", param_count: str = "total", seq_le
             raise ScalingDataError(f"{path}: empty run directory: no trainer_state.json or "
                                    "all_results.json here nor in any subdirectory")
         return [pt for c in children for pt in read_run_dir(c, points, param_count, seq_len,
-                                                            global_batch)]
+                                                            global_batch, _seen)]
+    if _seen is not None:
+        if path.resolve() in _seen:
+            import warnings
+
+            warnings.warn(f"{path}: this run directory was given more than once; counted once",
+                          stacklevel=2)
+            return []
+        _seen.add(path.resolve())
     state = _read_json(state_path) if state_path else {}
     results = _read_json(results_path) if results_path.is_file() else {}
     history = state.get("log_history") or []
-    evals = [e for e in history if isinstance(e.get("eval_loss"), (int, float))]
+    evals = _unique_evals(history, state_path)
     gstep = state.get("global_step") or results.get("global_step")
     if points == "all" and evals:
         chosen = [(e.get("step"), e, e["eval_loss"], "eval") for e in evals]
@@ -312,6 +357,14 @@ def read_run_dir(path, points: str = "final", param_count: str = "total", seq_le
         raise ScalingDataError(f"{where}: run has no eval loss (no 'eval_loss' in all_results."
                                "json nor in trainer_state.json log_history); evaluate the run")
     total, non_emb, pnotes = _param_counts(path, results)
+    if param_count is None:  # the default: non-embedding where it is known, said where not
+        param_count = RUN_PARAM_COUNT if non_emb else "total"
+        if not non_emb:
+            import warnings
+
+            warnings.warn(f"{path}: the non-embedding parameter count is unknown (no config.json, "
+                          "no all_results.json student_non_embedding_params); N counts total "
+                          "parameters for this run", stacklevel=2)
     n = total if param_count == "total" else non_emb
     if not n:
         raise ScalingDataError(f"{path}: {param_count} parameter count unknown: no "
@@ -346,32 +399,44 @@ def read_run_dir(path, points: str = "final", param_count: str = "total", seq_le
 
 
 # -------------------------------------------------------------------------- loading
-def load_runs(inputs, columns=None, points="final", param_count="total", seq_len=None,
+def load_runs(inputs, columns=None, points="final", param_count=None, seq_len=None,
               global_batch=None) -> list:
     """Read every input (run directory, sweep folder, CSV or JSON table) into one list.
 
     Args:
         inputs (`list[str | Path]`): the inputs.
         columns (`str` or `dict`, *optional*): column mapping for tables.
-        points, param_count, seq_len, global_batch: see `read_run_dir`.
+        param_count (`str`, *optional*): N of run directories, `"total"` or
+            `"non_embedding"`; default `RUN_PARAM_COUNT` (non-embedding, as `scaledown run`
+            fits, so the command line and the pipeline agree on the same runs) where it is
+            known, else total with a warning. A table's
+            `params` column is taken as given and recorded as `param_count` (default
+            `"total"`, what published tables such as Chinchilla's count).
+        points, seq_len, global_batch: see `read_run_dir`.
 
     Returns:
         `list[RunPoint]`.
     """
-    out = []
+    out, seen = [], set()
     for item in ([inputs] if isinstance(inputs, (str, Path)) else inputs):
         p = Path(item)
         if p.is_dir():
-            out += read_run_dir(p, points, param_count, seq_len, global_batch)
+            out += read_run_dir(p, points, param_count, seq_len, global_batch, seen)
         elif p.is_file():
             if p.suffix.lower() not in (".csv", ".json", ".tsv"):
                 raise ScalingDataError(f"{p}: not a run directory, .csv or .json table")
-            out += read_table(p, columns, param_count)
+            out += read_table(p, columns, param_count or "total")
         else:
             raise ScalingDataError(f"{p}: no such file or directory")
     if not out:
         raise ScalingDataError("no runs found in the inputs")
     return out
+
+
+def param_count_of(points) -> str:
+    """What the points' N counts: `"total"`, `"non_embedding"`, or `"mixed"`."""
+    kinds = {p.param_count for p in points}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def to_arrays(points) -> dict:
@@ -390,11 +455,11 @@ def write_table(points, path):
     path = Path(path)
     rows = [p.to_dict() for p in points]
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(rows, indent=2))
+        write_text_atomic(path, json.dumps(rows, indent=2))
         return
     for r in rows:
         r["notes"] = "; ".join(f"{k}: {v}" for k, v in r["notes"].items())
-    with path.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)

@@ -169,6 +169,20 @@ def _power_fit(c, y):
     return float(a), float(math.exp(k))
 
 
+def _no_isoflop_budget(n, c, excluded, min_sizes, tolerance) -> str:
+    """Why no budget could be used, and what an IsoFLOP analysis needs."""
+    if all("distinct model sizes" in e["reason"] for e in excluded):
+        found = (f"the {n.size} runs fall into {len(excluded)} FLOP budgets (within "
+                 f"{tolerance:g} dex), none of which has runs of {min_sizes} or more sizes")
+    else:
+        found = "; ".join(f"C = {e['flops']:.3g}: {e['reason']}" for e in excluded)
+    return (f"no IsoFLOP budget can be analysed: {found}. Approach 2 needs, for each of two or "
+            f"more compute budgets, runs of at least {min_sizes} model sizes trained to that "
+            "budget (a ladder with one token budget gives each size its own compute). Plan "
+            "one with `scaling ladder ... --isoflop 1e15,3e15,1e16`, or use `scaling "
+            "envelope` (Approach 1) or `scaling fit` (Approach 3) on these runs.")
+
+
 def isoflop_analysis(params, loss, flops, tolerance: float = 0.05, min_sizes: int = 3) -> dict:
     """Chinchilla Approach 2: for each FLOP budget fit loss = p(log N), a parabola.
 
@@ -185,6 +199,10 @@ def isoflop_analysis(params, loss, flops, tolerance: float = 0.05, min_sizes: in
         `dict` with `budgets` (kept: flops, params_opt, tokens_opt, loss_opt, parabola, range),
         `excluded` (flops, reason), and, with two or more kept budgets, the exponents `a`, `b`
         and prefactors of N* = k_N C^a and D* = k_D C^b.
+
+    Raises:
+        `ScalingDataError`: no budget can be analysed (e.g. a ladder trained on one token
+            budget, where every size has its own compute); the message says what is needed.
     """
     n, l, c = (np.asarray(x, float) for x in (params, loss, flops))
     labels = group_budgets(c, tolerance)
@@ -206,8 +224,6 @@ def isoflop_analysis(params, loss, flops, tolerance: float = 0.05, min_sizes: in
                     reason = (f"its minimum N = {math.exp(xs):.3g} is outside the sampled range "
                               f"[{n[m].min():.3g}, {n[m].max():.3g}]")
         if reason:
-            warnings.warn(f"IsoFLOP budget C = {budget:.3g} FLOPs excluded: {reason}",
-                          IsoFLOPWarning, stacklevel=2)
             excluded.append({"flops": budget, "n_points": int(m.sum()), "reason": reason})
             continue
         n_opt = math.exp(xs)
@@ -216,8 +232,16 @@ def isoflop_analysis(params, loss, flops, tolerance: float = 0.05, min_sizes: in
                          [p2, p1, p0], xs)), "parabola": [float(p2), float(p1), float(p0)],
                      "range": [float(n[m].min()), float(n[m].max())],
                      "points": {"params": n[m].tolist(), "loss": l[m].tolist()}})
+    if not kept:
+        raise ScalingDataError(_no_isoflop_budget(n, c, excluded, min_sizes, tolerance))
+    for e in excluded:
+        warnings.warn(f"IsoFLOP budget C = {e['flops']:.3g} FLOPs excluded: {e['reason']}",
+                      IsoFLOPWarning, stacklevel=2)
     out = {"method": "isoflop (Approach 2)", "tolerance_dex": tolerance, "budgets": kept,
            "excluded": excluded}
+    if len(kept) < 2:
+        warnings.warn(f"only one FLOP budget ({kept[0]['flops']:.3g}) has an IsoFLOP minimum: "
+                      "N* ∝ C^a needs two or more budgets", IsoFLOPWarning, stacklevel=2)
     if len(kept) >= 2:
         cs = np.array([b["flops"] for b in kept])
         out["a"], out["k_params"] = _power_fit(cs, [b["params_opt"] for b in kept])
@@ -226,19 +250,41 @@ def isoflop_analysis(params, loss, flops, tolerance: float = 0.05, min_sizes: in
 
 
 # ------------------------------------------------------------------------ Approach 1
-def envelope_analysis(params, flops, loss, run, num: int = 60) -> dict:
-    """Chinchilla Approach 1: the minimum over runs of the loss at each compute, N* ∝ C^a.
+def _lowest_curve(curves, c, l, grid):
+    """At each grid compute, the lowest interpolated loss of the curves that reach it."""
+    best_l = np.full(grid.size, np.inf)
+    best_r = [None] * grid.size
+    for r, ix in curves.items():
+        lc = np.log(c[ix])
+        inside = (np.log(grid) >= lc[0]) & (np.log(grid) <= lc[-1])
+        li = np.interp(np.log(grid), lc, l[ix])
+        better = inside & (li < best_l)
+        best_l[better] = li[better]
+        for j in np.flatnonzero(better):
+            best_r[j] = r
+    return best_l, best_r
+
+
+def envelope_analysis(params, flops, loss, run, num: int = 60, param_count=None) -> dict:
+    """Chinchilla Approach 1: the minimum-loss envelope of learning curves, N* ∝ C^a.
 
     Each run's learning curve (loss against cumulative FLOPs) is interpolated in log C on a
-    common grid; at each grid point the run with the lowest loss gives N*(C).
+    common grid. The envelope at compute C is the lowest loss reached by any run with compute
+    at most C (a running minimum over C): a run that ends before C could have stopped there,
+    so the best loss for a budget never increases with the budget. The run that reached it
+    gives N*(C); `reached_at_flops` says where (less than C when an earlier, smaller run is
+    still the best).
 
     Args:
         params, flops, loss (`array-like`): every evaluation point.
         run (`list`): the run of each point (curves are grouped by it).
         num (`int`): grid points in C.
+        param_count (`str`, *optional*): what `params` counts (`"total"` or
+            `"non_embedding"`), recorded in the result so plots and tables can say it.
 
     Returns:
-        `dict` with `points` (flops, params, tokens, loss, run), `a`, `b` and prefactors.
+        `dict` with `points` (flops, params, tokens, loss, run, reached_at_flops),
+        `param_count`, `a`, `b` and prefactors.
     """
     n, c, l = (np.asarray(x, float) for x in (params, flops, loss))
     runs = {}
@@ -251,20 +297,18 @@ def envelope_analysis(params, flops, loss, run, num: int = 60) -> dict:
                                "directories with --points all, or give a table with a run column")
     lo = max(min(c[ix].min() for ix in curves.values()), c.min())
     grid = np.logspace(math.log10(lo), math.log10(c.max()), num)
-    best_l = np.full(num, np.inf)
-    best_r = [None] * num
-    for r, ix in curves.items():
-        lc = np.log(c[ix])
-        inside = (np.log(grid) >= lc[0]) & (np.log(grid) <= lc[-1])
-        li = np.interp(np.log(grid), lc, l[ix])
-        better = inside & (li < best_l)
-        best_l[better] = li[better]
-        for j in np.flatnonzero(better):
-            best_r[j] = r
-    pts = [{"flops": float(grid[j]), "params": float(n[curves[best_r[j]][0]]),
-            "tokens": float(grid[j] / (6 * n[curves[best_r[j]][0]])), "loss": float(best_l[j]),
-            "run": str(best_r[j])} for j in range(num) if best_r[j] is not None]
-    out = {"method": "envelope (Approach 1)", "points": pts}
+    best_l, best_r = _lowest_curve(curves, c, l, grid)
+    pts, low = [], None
+    for j in range(num):
+        if best_r[j] is not None and (low is None or best_l[j] < low["loss"]):
+            size = float(n[curves[best_r[j]][0]])
+            low = {"params": size, "tokens": float(grid[j] / (6 * size)),
+                   "loss": float(best_l[j]), "run": str(best_r[j]),
+                   "reached_at_flops": float(grid[j])}
+        if low is not None:
+            pts.append({"flops": float(grid[j]), **low})
+    out = {"method": "envelope (Approach 1, running minimum of loss over compute)",
+           "param_count": param_count or "unknown", "points": pts}
     if len({p["params"] for p in pts}) >= 2:
         cs = [p["flops"] for p in pts]
         out["a"], out["k_params"] = _power_fit(cs, [p["params"] for p in pts])
@@ -324,6 +368,10 @@ def predict_from_fit(fit: dict, params, tokens=None, level: float = 0.95) -> dic
     lw = get_law(fit["law"])
     if lw.uses_tokens and tokens is None:
         raise ValueError(f"law {lw.name!r} needs --tokens as well as --params")
+    if not lw.uses_tokens and tokens is not None:
+        raise ValueError(f"law {lw.name!r} ({lw.formula}) has no token term, so --tokens "
+                         "would be ignored; drop --tokens, or fit an L(N, D) law "
+                         "(scaling fit --law chinchilla) on runs of several token budgets")
     out = {"loss": float(lw.predict(fit["params"], params, tokens)),
            "param_count": fit.get("param_count", "total")}
     samples = _sample_params(fit)

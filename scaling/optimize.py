@@ -144,6 +144,8 @@ def vp_starts(law: Law, n, d, loss, kind="huber", delta=1e-3, points=None, top_k
     """
     k = len(law.exponent_names)
     points = points or (161 if k == 1 else 81)
+    if law.grid_points:  # many exponents: a small grid, L-BFGS does the rest
+        points = min(points, law.grid_points)
     exps, axes = _exponent_grid(law, points)
     log_l = np.log(loss)
     scores = np.empty(len(exps))
@@ -187,6 +189,9 @@ def grid_starts(law: Law) -> list:
                 itertools.product(exps, exps, es, coefs, coefs)]
     if law.name == "power":
         return [np.array([a, e, al]) for al, e, a in itertools.product(exps, es, coefs)]
+    if law.name == "chinchilla_gamma":
+        return [np.array([a, b, e, al, be, ga]) for ga, al, be, e, a, b in
+                itertools.product((0.5, 1.0), exps, exps, es, coefs, coefs)]
     return [np.array([lnc, ldc, r, ad]) for lnc, ldc, r, ad in itertools.product(
         np.arange(10, 40.1, 5), np.arange(10, 40.1, 5), np.arange(0.25, 2.01, 0.25),
         (0.05, 0.1, 0.2, 0.4))]

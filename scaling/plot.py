@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
+
 __all__ = ["save_figure", "plot_fit", "plot_residuals", "plot_frontier", "plot_isoflop",
            "plot_envelope", "plot_all"]
 
@@ -31,7 +33,8 @@ def save_figure(fig, path) -> list:
     out = []
     for ext in (".png", ".svg"):
         target = path.with_suffix(ext)
-        fig.savefig(target, dpi=120, bbox_inches="tight")
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format=ext[1:])
         out.append(str(target))
     _plt().close(fig)
     return out
@@ -43,6 +46,12 @@ def _data(fit):
     arr["used"] = np.asarray(d.get("used", [True] * arr["params"].size), bool)
     arr["holdout"] = np.asarray(d.get("holdout", [False] * arr["params"].size), bool)
     return arr
+
+
+def _n_label(result: dict, symbol: str = "N") -> str:
+    """Axis label naming what N counts, e.g. `N (non-embedding parameters)`."""
+    kind = result.get("param_count") or "unknown"
+    return f"{symbol} ({kind.replace('_', '-')} parameters)"
 
 
 def plot_fit(fit: dict, path) -> list:
@@ -73,7 +82,7 @@ def plot_fit(fit: dict, path) -> list:
         fig.colorbar(sc, ax=ax, label="tokens D")
     else:
         ax.plot(ngrid, lw.predict(fit["params"], ngrid), color="C1", lw=2, label="fit")
-    ax.set(xscale="log", xlabel=f"parameters N ({fit.get('param_count', 'total')})",
+    ax.set(xscale="log", xlabel=_n_label(fit),
            ylabel="loss", title=f"{fit['law']}: {fit.get('formula', '')}")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
@@ -96,7 +105,7 @@ def plot_residuals(fit: dict, path) -> list:
                    label="held out")
     ax.axhline(0, color="k", lw=0.8)
     fig.colorbar(sc, ax=ax, label="log10 tokens D")
-    ax.set(xscale="log", xlabel="parameters N", ylabel="prediction error (%)",
+    ax.set(xscale="log", xlabel=_n_label(fit), ylabel="prediction error (%)",
            title="residuals")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
@@ -122,7 +131,8 @@ def plot_frontier(fit: dict, path, flops=None) -> list:
             lo_q, hi_q = np.nanpercentile(sols, [2.5, 97.5], axis=0)
             ax.fill_between(flops, lo_q, hi_q, color="C0", alpha=0.25, label="95% bootstrap")
         ax.scatter(a["flops"], a[key], s=8, c="0.6", label="runs")
-        ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel=label,
+        ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)",
+               ylabel=_n_label(fit, label) if key == "params" else label,
                title=f"compute-optimal {label}")
         ax.legend(fontsize=8)
     return save_figure(fig, path)
@@ -141,7 +151,7 @@ def plot_isoflop(iso: dict, path) -> list:
         x = np.linspace(np.log(b["range"][0]), np.log(b["range"][1]), 100)
         ax.plot(np.exp(x), np.polyval(b["parabola"], x), color=col, label=f"C = {b['flops']:.2g}")
         ax.plot(b["params_opt"], b["loss_opt"], marker="*", ms=12, color=col, mec="k")
-    ax.set(xscale="log", xlabel="parameters N", ylabel="loss", title="IsoFLOP profiles")
+    ax.set(xscale="log", xlabel=_n_label(iso), ylabel="loss", title="IsoFLOP profiles")
     if budgets:
         ax.legend(fontsize=7)
     cs = np.array([b["flops"] for b in budgets])
@@ -150,7 +160,7 @@ def plot_isoflop(iso: dict, path) -> list:
         grid = np.logspace(np.log10(cs.min()), np.log10(cs.max()) + 1, 50)
         ax2.plot(grid, iso["k_params"] * grid ** iso["a"], color="C0",
                  label=f"N* ∝ C^{iso['a']:.3f}")
-    ax2.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="N*",
+    ax2.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel=_n_label(iso, "N*"),
             title="optimal size per budget")
     ax2.legend(fontsize=8)
     return save_figure(fig, path)
@@ -162,13 +172,13 @@ def plot_envelope(env: dict, path) -> list:
     pts = env["points"]
     c = np.array([p["flops"] for p in pts])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    ax.plot(c, [p["loss"] for p in pts], color="C3", lw=2, label="envelope")
+    ax.plot(c, [p["loss"] for p in pts], color="C3", lw=2, label="envelope (running minimum)")
     ax.set(xscale="log", xlabel="compute C (FLOPs)", ylabel="loss", title="minimum-loss envelope")
     ax.legend(fontsize=8)
     ax2.scatter(c, [p["params"] for p in pts], s=12, label="N at the envelope")
     if "a" in env:
         ax2.plot(c, env["k_params"] * c ** env["a"], color="C1", label=f"N* ∝ C^{env['a']:.3f}")
-    ax2.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="N*")
+    ax2.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel=_n_label(env, "N*"))
     ax2.legend(fontsize=8)
     return save_figure(fig, path)
 

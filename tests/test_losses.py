@@ -42,7 +42,15 @@ def _kl_rows(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
     return terms.sum(-1)
 
 
-def ref_divergence(s, t, temperature, kind, beta=0.5):
+def _skew_kl_rows(x: np.ndarray, y: np.ndarray, a: float) -> np.ndarray:
+    """KL(x || a x + (1 - a) y) for probability rows, in probability space (not log space)."""
+    m = a * x + (1 - a) * y
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(x > 0, x * np.log(x / m), 0.0)
+    return terms.sum(-1)
+
+
+def ref_divergence(s, t, temperature, kind, beta=0.5, skew_alpha=0.1):
     """Per-row divergence in float64 numpy; s, t: [N, V] numpy arrays."""
     log_ps = _log_softmax(s / temperature)
     log_pt = _log_softmax(t / temperature)
@@ -50,6 +58,10 @@ def ref_divergence(s, t, temperature, kind, beta=0.5):
         return _kl_rows(log_pt, log_ps)
     if kind == "reverse_kl":
         return _kl_rows(log_ps, log_pt)
+    if kind == "skew_forward_kl":  # DistiLLM: KL(p || a p + (1 - a) q)
+        return _skew_kl_rows(np.exp(log_pt), np.exp(log_ps), skew_alpha)
+    if kind == "skew_reverse_kl":  # KL(q || a q + (1 - a) p)
+        return _skew_kl_rows(np.exp(log_ps), np.exp(log_pt), skew_alpha)
     assert kind == "jsd"
     # log(b p + (1-b) q) without leaving log space: exp underflows to 0 at log-probs below about -745.
     log_m = np.logaddexp(np.log(beta) + log_pt, np.log1p(-beta) + log_ps)
@@ -57,7 +69,7 @@ def ref_divergence(s, t, temperature, kind, beta=0.5):
 
 
 def ref_loss(student, teacher, labels=None, *, alpha, temperature, kind="forward_kl", beta=0.5,
-             num_items_in_batch=None, vocab_size=None):
+             num_items_in_batch=None, vocab_size=None, skew_alpha=0.1):
     """Returns (loss, kd_loss, ce_loss, num_valid) as python floats / int."""
     s, t = _np(student), _np(teacher)
     if vocab_size is not None:
@@ -71,7 +83,7 @@ def ref_loss(student, teacher, labels=None, *, alpha, temperature, kind="forward
         valid = lab != IGNORE
     n = int(valid.sum())
     denom = float(num_items_in_batch) if num_items_in_batch is not None else max(n, 1)
-    div = ref_divergence(s[valid], t[valid], temperature, kind, beta)
+    div = ref_divergence(s[valid], t[valid], temperature, kind, beta, skew_alpha)
     kd = temperature**2 * div.sum() / denom
     if labels is None:
         ce = 0.0

@@ -82,7 +82,7 @@ def test_distillation_run_counts_teacher_forward(tmp_path):
 def test_sweep_folder_reads_every_run(tmp_path):
     for i, n in enumerate((1e4, 2e4, 4e4)):
         make_run(tmp_path / "sweep", f"r{i}", results={**OURS, "student_params": n})
-    pts = load_runs([tmp_path / "sweep"])
+    pts = load_runs([tmp_path / "sweep"], param_count="total")
     assert sorted(p.params for p in pts) == [1e4, 2e4, 4e4]
     assert {p.run for p in pts} == {"r0", "r1", "r2"}
 

@@ -7,7 +7,8 @@ The extra JSON holds DistillationConfig fields (e.g. ``{"deepspeed": "accelerate
 (``ddp_find_unused_parameters`` defaults to false here; ``null`` leaves it to the Trainer), optionally
 ``untied_student: true`` (a student whose LM head is not tied to its embeddings), and optionally
 ``teacher_path``: a saved teacher directory, loaded by the trainer itself (so under
-ZeRO-3 it must come out of ``from_pretrained`` already partitioned by ``deepspeed.zero.Init``).
+ZeRO-3 it must come out of ``from_pretrained`` already partitioned by ``deepspeed.zero.Init``), and
+optionally ``ensemble: true``: two teachers (the usual one and a second), combined by their mean.
 Each rank writes ``placement-<rank>.json`` into OUTPUT_DIR; rank 0 also ``eval_results.json``.
 """
 
@@ -77,6 +78,8 @@ def main():
     out, batch = sys.argv[1], int(sys.argv[2])
     extra = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     teacher = extra.pop("teacher_path", None)
+    if extra.pop("ensemble", False):
+        teacher = [tiny_llama(hidden=48, seed=1), tiny_llama(hidden=32, seed=2)]
     student = tiny_llama(seed=0)
     if extra.pop("untied_student", False):  # an LM head that the forward never touches (kd_fused_lm_head)
         student.config.tie_word_embeddings = False
@@ -99,7 +102,15 @@ def main():
     trainer.save_model()
     trainer.save_state()
     with open(os.path.join(out, f"placement-{args.process_index}.json"), "w") as f:
-        json.dump(placement(trainer), f, indent=1)
+        facts = placement(trainer)
+        if hasattr(trainer.teacher, "members"):  # several teachers: the facts of each, placed alone
+            ensemble = trainer.teacher
+            facts["members"] = []
+            for member in ensemble.members:
+                trainer.teacher = member
+                facts["members"].append(placement(trainer))
+            trainer.teacher = ensemble
+        json.dump(facts, f, indent=1)
     if torch.distributed.is_initialized():
         from distill.cli import _finish_distributed
 

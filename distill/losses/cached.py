@@ -9,11 +9,12 @@ re-exported by :mod:`distill.teacher.cache`.
 The loss (:func:`cached_distillation_loss`). The teacher's distribution is coarsened to ``k + 1``
 buckets: the k cached tokens and one "other" bucket. The student's distribution is coarsened the
 same way (its top-k-token log-probs gathered, its "other" bucket a log-sum-exp of its log-probs
-outside the teacher's top-k). The divergence (forward KL, reverse KL or JSD) is taken between the
+outside the teacher's top-k). The divergence (forward KL, reverse KL, JSD or skew KL) is taken between the
 two ``(k+1)``-way distributions, times ``T^2``, with the same denominator and CE term as
 :func:`distill.losses.distillation_loss`. With k = V it *is* the online loss (tested to 1e-5 with
-float32 storage). With k < V it is an approximation, and never an overestimate: all three kinds
-are f-divergences, which cannot grow under coarsening (data-processing inequality). The stored
+float32 storage). With k < V it is an approximation, and never an overestimate: all kinds
+are f-divergences or KLs against a mixture (which coarsens with its parts), and cannot grow under
+coarsening (data-processing inequality). The stored
 16-bit log-probs are renormalised over the k + 1 buckets before use.
 
 Measured approximation error (``benchmarks/bench_teacher_cache.py``, results in
@@ -48,7 +49,8 @@ from typing import Optional
 
 import torch
 
-from .logit import DistillationLossOutput, _kl_sum, check_kd_kind, loss_denominator
+from .logit import (DistillationLossOutput, check_kd_kind, check_mixture_weights, divergence_from_log_probs,
+                    loss_denominator)
 
 __all__ = ["cached_distillation_loss", "teacher_topk"]
 
@@ -154,6 +156,7 @@ def cached_distillation_loss(
     temperature: float,
     kind: str = "forward_kl",
     jsd_beta: float = 0.5,
+    skew_alpha: float = 0.1,
     ignore_index: int = -100,
     num_items_in_batch: Optional[int | torch.Tensor] = None,
     vocab_size: Optional[int] = None,
@@ -171,7 +174,7 @@ def cached_distillation_loss(
         fused_off: forward KL is computed by a fused kernel with an analytic gradient
             (:class:`_CachedForwardKL`; ``kd_loss`` and ``ce_loss`` are then returned detached, only
             ``loss`` is differentiable, as in :mod:`distill.losses.chunked`); ``True`` uses plain
-            autograd instead (the reference the kernel is tested against). reverse_kl and jsd always
+            autograd instead (the reference the kernel is tested against). The other kinds always
             use autograd.
         Other arguments: as in :func:`distill.losses.distillation_loss`.
 
@@ -183,6 +186,7 @@ def cached_distillation_loss(
     if not temperature > 0:
         raise ValueError(f"temperature={temperature} must be greater than 0.")
     check_kd_kind(kind)
+    check_mixture_weights(kind, jsd_beta, skew_alpha)
     if labels is None and alpha != 1.0:
         raise ValueError(f"alpha={alpha} < 1 needs labels for the cross-entropy term; pass labels or set alpha=1.")
     if vocab_size is not None:
@@ -228,16 +232,7 @@ def cached_distillation_loss(
             loss=loss, kd_loss=temperature**2 * kd_sum / denom, ce_loss=ce_sum / denom, num_valid=num_valid
         )
     log_ps = _bucket_log_probs(s_valid, ids, temperature)
-    if kind == "forward_kl":
-        div = _kl_sum(log_pt, log_ps)
-    elif kind == "reverse_kl":
-        div = _kl_sum(log_ps, log_pt)
-    else:
-        if not 0.0 < jsd_beta < 1.0:
-            raise ValueError(f"jsd_beta={jsd_beta} must be strictly between 0 and 1.")
-        beta = torch.tensor(jsd_beta, dtype=dtype, device=log_ps.device)
-        log_m = torch.logsumexp(torch.stack([log_pt + torch.log(beta), log_ps + torch.log1p(-beta)]), dim=0)
-        div = beta * _kl_sum(log_pt, log_m) + (1 - beta) * _kl_sum(log_ps, log_m)
+    div = divergence_from_log_probs(log_ps, log_pt, kind=kind, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
     kd_loss = temperature**2 * div.sum() / denom
     if flat_labels is not None:
         ce_sum = torch.nn.functional.cross_entropy(s_valid, flat_labels[valid], reduction="sum")

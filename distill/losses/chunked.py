@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .kernels import chunk_loss_and_grad
-from .logit import DistillationLossOutput, align_vocab, check_kd_kind, loss_denominator
+from .logit import DistillationLossOutput, align_vocab, check_kd_kind, check_mixture_weights, loss_denominator
 
 __all__ = ["chunked_distillation_loss", "fused_linear_distillation_loss"]
 
@@ -41,7 +41,8 @@ __all__ = ["chunked_distillation_loss", "fused_linear_distillation_loss"]
 # ----------------------------------------------------------------------------------------------
 # Validation and bookkeeping shared by both entry points
 # ----------------------------------------------------------------------------------------------
-def _validate(alpha: float, temperature: float, kind: str, jsd_beta: float, labels, chunk_size: int):
+def _validate(alpha: float, temperature: float, kind: str, jsd_beta: float, skew_alpha: float, labels,
+              chunk_size: int):
     # Same checks, order and messages as distillation_loss (plus chunk_size).
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} must be in [0, 1].")
@@ -52,8 +53,7 @@ def _validate(alpha: float, temperature: float, kind: str, jsd_beta: float, labe
         raise ValueError(
             f"alpha={alpha} < 1 needs labels for the cross-entropy term; pass labels or set alpha=1."
         )
-    if kind == "jsd" and not 0.0 < jsd_beta < 1.0:
-        raise ValueError(f"jsd_beta={jsd_beta} must be strictly between 0 and 1.")
+    check_mixture_weights(kind, jsd_beta, skew_alpha)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer.")
 
@@ -195,6 +195,7 @@ def chunked_distillation_loss(
     temperature: float,
     kind: str = "forward_kl",
     jsd_beta: float = 0.5,
+    skew_alpha: float = 0.1,
     ignore_index: int = -100,
     num_items_in_batch: Optional[int | torch.Tensor] = None,
     vocab_size: Optional[int] = None,
@@ -211,7 +212,7 @@ def chunked_distillation_loss(
         :class:`~distill.losses.DistillationLossOutput`. Only ``loss`` carries a gradient (to
         ``student_logits`` only); ``kd_loss`` and ``ce_loss`` are detached.
     """
-    _validate(alpha, temperature, kind, jsd_beta, labels, 1 if chunk_size is None else chunk_size)
+    _validate(alpha, temperature, kind, jsd_beta, skew_alpha, labels, 1 if chunk_size is None else chunk_size)
     if student_logits.dim() == 1 and teacher_logits.dim() == 1:  # a single position
         student_logits, teacher_logits = student_logits[None], teacher_logits[None]
         labels = None if labels is None else labels.reshape(1)
@@ -273,7 +274,7 @@ def chunked_distillation_loss(
             chunk = [student_rows.take(start, stop), teacher_rows.take(start, stop)]
             div_sum, ce_sum = chunk_loss_and_grad(
                 chunk, lab,
-                temperature=temperature, kind=kind, jsd_beta=jsd_beta,
+                temperature=temperature, kind=kind, jsd_beta=jsd_beta, skew_alpha=skew_alpha,
                 kd_coef=alpha / denom, ce_coef=(1.0 - alpha) / denom,
                 emit=emit if need_grad else None, dtype=dtype,
             )
@@ -309,6 +310,7 @@ def fused_linear_distillation_loss(
     temperature: float,
     kind: str = "forward_kl",
     jsd_beta: float = 0.5,
+    skew_alpha: float = 0.1,
     ignore_index: int = -100,
     num_items_in_batch: Optional[int | torch.Tensor] = None,
     vocab_size: Optional[int] = None,
@@ -337,7 +339,7 @@ def fused_linear_distillation_loss(
         gradient; ``kd_loss`` and ``ce_loss`` are detached. Low-precision weight gradients are
         accumulated in float32 across chunks and cast at the end.
     """
-    _validate(alpha, temperature, kind, jsd_beta, labels, 1 if chunk_size is None else chunk_size)
+    _validate(alpha, temperature, kind, jsd_beta, skew_alpha, labels, 1 if chunk_size is None else chunk_size)
     if student_hidden.dim() == 1 and teacher_hidden.dim() == 1:  # a single position
         student_hidden, teacher_hidden = student_hidden[None], teacher_hidden[None]
         labels = None if labels is None else labels.reshape(1)
@@ -396,7 +398,7 @@ def fused_linear_distillation_loss(
             chunk = [F.linear(h, w_s, b_s), F.linear(teacher_hidden[idx].detach(), w_t, b_t)]
             div_sum, ce_sum = chunk_loss_and_grad(
                 chunk, lab,
-                temperature=temperature, kind=kind, jsd_beta=jsd_beta,
+                temperature=temperature, kind=kind, jsd_beta=jsd_beta, skew_alpha=skew_alpha,
                 kd_coef=alpha / denom, ce_coef=(1.0 - alpha) / denom,
                 emit=emit if need_grad else None, dtype=dtype,
             )

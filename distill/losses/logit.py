@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
+KD_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl")
 
 
 @dataclass
@@ -38,6 +38,16 @@ class DistillationLossOutput:
 def check_kd_kind(kind: str) -> None:
     if kind not in KD_KINDS:
         raise ValueError(f"kd_kind={kind!r} is not supported; choose one of {', '.join(KD_KINDS)}.")
+
+
+def check_mixture_weights(kind: str, jsd_beta: float, skew_alpha: float) -> None:
+    """Range checks of the mixture weight that ``kind`` uses (the other one is not looked at)."""
+    if kind == "jsd" and not 0.0 < jsd_beta < 1.0:
+        # beta in {0, 1} makes the mixture equal one side and the divergence identically 0.
+        raise ValueError(f"jsd_beta={jsd_beta} must be strictly between 0 and 1.")
+    if kind.startswith("skew_") and not 0.0 <= skew_alpha < 1.0:
+        # a = 1 makes the mixture equal the first distribution, so the divergence is identically 0.
+        raise ValueError(f"skew_alpha={skew_alpha} must be in [0, 1) (DistiLLM uses 0.1).")
 
 
 def align_vocab(
@@ -77,6 +87,40 @@ def _kl_sum(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (p * diff).sum(-1)
 
 
+def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """``log(w a + (1 - w) b)`` from log-probabilities, stable, for ``w`` in ``[0, 1)``."""
+    w = torch.tensor(weight_a, dtype=log_a.dtype, device=log_a.device)
+    return torch.logsumexp(torch.stack([log_a + torch.log(w), log_b + torch.log1p(-w)]), dim=0)
+
+
+def divergence_from_log_probs(
+    log_ps: torch.Tensor, log_pt: torch.Tensor, *, kind: str = "forward_kl", jsd_beta: float = 0.5,
+    skew_alpha: float = 0.1,
+) -> torch.Tensor:
+    """Per-row divergence between student (``log_ps``) and teacher (``log_pt``) log-probabilities.
+
+    With ``p`` the teacher's and ``q`` the student's distribution:
+
+    * ``forward_kl``: ``KL(p || q)``; ``reverse_kl``: ``KL(q || p)``;
+    * ``jsd``: ``b KL(p || m) + (1 - b) KL(q || m)`` with ``m = b p + (1 - b) q``, ``b = jsd_beta``;
+    * ``skew_forward_kl``: ``KL(p || a p + (1 - a) q)``; ``skew_reverse_kl``: ``KL(q || a q + (1 - a) p)``
+      with ``a = skew_alpha`` (DistiLLM, Ko et al. 2024). ``a = 0`` gives forward / reverse KL.
+    """
+    check_kd_kind(kind)
+    check_mixture_weights(kind, jsd_beta, skew_alpha)
+    if kind == "forward_kl":
+        # KL(p_t || p_s) = sum p_t (log p_t - log p_s).
+        return _kl_sum(log_pt, log_ps)
+    if kind == "reverse_kl":
+        return _kl_sum(log_ps, log_pt)
+    if kind == "skew_forward_kl":
+        return _kl_sum(log_pt, _log_mixture(log_pt, log_ps, skew_alpha))
+    if kind == "skew_reverse_kl":
+        return _kl_sum(log_ps, _log_mixture(log_ps, log_pt, skew_alpha))
+    log_m = _log_mixture(log_pt, log_ps, jsd_beta)
+    return jsd_beta * _kl_sum(log_pt, log_m) + (1 - jsd_beta) * _kl_sum(log_ps, log_m)
+
+
 def divergence(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -84,10 +128,12 @@ def divergence(
     temperature: float,
     kind: str = "forward_kl",
     jsd_beta: float = 0.5,
+    skew_alpha: float = 0.1,
 ) -> torch.Tensor:
     """Per-position divergence between temperature-scaled distributions, summed over the vocabulary.
 
-    Computed in float32 (or float64 if the inputs are float64) whatever the input dtype.
+    Computed in float32 (or float64 if the inputs are float64) whatever the input dtype; the kinds
+    are those of :func:`divergence_from_log_probs`.
 
     Returns:
         A tensor with the leading shape of the logits (the vocabulary dimension reduced).
@@ -95,24 +141,7 @@ def divergence(
     dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
     log_ps = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
     log_pt = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
-    if kind == "forward_kl":
-        # KL(p_t || p_s) = sum p_t (log p_t - log p_s).
-        return _kl_sum(log_pt, log_ps)
-    if kind == "reverse_kl":
-        return _kl_sum(log_ps, log_pt)
-    if kind == "jsd":
-        if not 0.0 < jsd_beta < 1.0:
-            # beta in {0, 1} makes the mixture equal one side and the divergence identically 0.
-            raise ValueError(f"jsd_beta={jsd_beta} must be strictly between 0 and 1.")
-        beta = torch.tensor(jsd_beta, dtype=dtype, device=log_ps.device)
-        log_m = torch.logsumexp(
-            torch.stack([log_pt + torch.log(beta), log_ps + torch.log1p(-beta)]), dim=0
-        )
-        kl_t = _kl_sum(log_pt, log_m)
-        kl_s = _kl_sum(log_ps, log_m)
-        return beta * kl_t + (1 - beta) * kl_s
-    check_kd_kind(kind)
-    raise AssertionError("unreachable")
+    return divergence_from_log_probs(log_ps, log_pt, kind=kind, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
 
 
 def loss_denominator(num_valid, num_items_in_batch=None):
@@ -134,6 +163,7 @@ def distillation_loss(
     temperature: float,
     kind: str = "forward_kl",
     jsd_beta: float = 0.5,
+    skew_alpha: float = 0.1,
     ignore_index: int = -100,
     num_items_in_batch: Optional[int | torch.Tensor] = None,
     vocab_size: Optional[int] = None,
@@ -149,8 +179,11 @@ def distillation_loss(
             no cross-entropy term, so ``alpha`` must be 1.
         alpha: weight of the distillation term, in ``[0, 1]``.
         temperature: softmax temperature for the distillation term (> 0). CE uses ``T = 1``.
-        kind: ``"forward_kl"``, ``"reverse_kl"`` or ``"jsd"``.
-        jsd_beta: mixture weight of the teacher in the JSD mixture.
+        kind: ``"forward_kl"``, ``"reverse_kl"``, ``"jsd"``, ``"skew_forward_kl"`` or
+            ``"skew_reverse_kl"`` (see :func:`divergence_from_log_probs`).
+        jsd_beta: mixture weight of the teacher in the JSD mixture, in ``(0, 1)``.
+        skew_alpha: the skew ``a`` of the skew KL kinds, in ``[0, 1)``: ``T^2 KL(p || a p + (1-a) q)``
+            and ``T^2 KL(q || a q + (1-a) p)``.
         ignore_index: label value of positions to ignore.
         num_items_in_batch: the denominator for both terms; defaults to the number of valid
             positions. The Trainer passes the count over all gradient-accumulation micro-batches
@@ -166,6 +199,7 @@ def distillation_loss(
     if not temperature > 0:
         raise ValueError(f"temperature={temperature} must be greater than 0.")
     check_kd_kind(kind)
+    check_mixture_weights(kind, jsd_beta, skew_alpha)
     if labels is None and alpha != 1.0:
         raise ValueError(
             f"alpha={alpha} < 1 needs labels for the cross-entropy term; pass labels or set alpha=1."
@@ -196,7 +230,7 @@ def distillation_loss(
         denom = denom.to(device=flat_s.device)
     # Select valid rows first: ignored positions cost no softmax and cannot leak NaNs.
     s_valid, t_valid = flat_s[valid], flat_t[valid]
-    div = divergence(s_valid, t_valid, temperature=temperature, kind=kind, jsd_beta=jsd_beta)
+    div = divergence(s_valid, t_valid, temperature=temperature, kind=kind, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
     kd_loss = temperature**2 * div.sum() / denom
     if flat_labels is not None:
         dtype = torch.float64 if s_valid.dtype == torch.float64 else torch.float32

@@ -1,0 +1,288 @@
+"""Distillation runs to a fitted distillation law (dfit.json), bootstrap intervals, predictions.
+
+Inputs are structured files only:
+
+- **KD run directories** written by `distill train` (a folder of them is searched): the
+  student's `eval_loss`, parameter counts and `train_tokens` come from `all_results.json` /
+  `trainer_state.json` / `config.json` through `scaling.logs.read_run_dir`; the teacher's
+  cross-entropy on the same evaluation data from `all_results.json`'s `eval_teacher_loss`.
+  Runs without a teacher (`alpha: 0` baselines) are skipped with a warning.
+- **CSV or JSON tables** with the columns `student_params`, `student_tokens`, `teacher_loss`,
+  `loss` (optional `run`).
+
+`fit_distillation` returns the self-contained dfit.json dictionary: the supervised fit it
+builds on is copied in, so `scaling predict --fit dfit.json` needs no other file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .distill_law import (FORMULA, REDUCED_FORMULA, DistillationForm, check_distillation_data,
+                          fit_distillation_arrays, predict_distillation)
+from .logs import ScalingDataError
+
+__all__ = ["DistillPoint", "load_distill_runs", "fit_distillation", "predict_from_dfit",
+           "is_distillation_fit", "load_any_fit", "cmd_fit_distillation"]
+
+TABLE_COLUMNS = ("student_params", "student_tokens", "teacher_loss", "loss")
+
+
+class DistillPoint(dict):
+    """One distilled student: `params, tokens, teacher_loss, loss, teacher_params, run, source`."""
+
+
+def _read_table(path: Path) -> list:
+    from .logs import _number, _table_rows
+
+    rows, available = _table_rows(path)
+    missing = [c for c in TABLE_COLUMNS if c not in available]
+    if missing:
+        raise ScalingDataError(f"{path}: missing columns {missing}; a distillation table needs "
+                               f"{list(TABLE_COLUMNS)} (the table has {available})")
+    if not rows:
+        raise ScalingDataError(f"{path}: the table has no rows")
+    out = []
+    for label, row in rows:
+        where = f"{path}: {label}"
+        vals = {c: _number(where, c, row.get(c)) for c in TABLE_COLUMNS}
+        out.append(DistillPoint(params=vals["student_params"], tokens=vals["student_tokens"],
+                                teacher_loss=vals["teacher_loss"], loss=vals["loss"],
+                                teacher_params=float(row.get("teacher_params") or 0.0),
+                                run=str(row.get("run") or label), source=where))
+    return out
+
+
+def _run_dirs(path: Path) -> list:
+    if (path / "all_results.json").is_file():
+        return [path]
+    found = sorted(p.parent for p in path.rglob("all_results.json")
+                   if "checkpoint-" not in p.parent.name)
+    if not found:
+        raise ScalingDataError(f"{path}: no all_results.json here nor below: not a KD run "
+                               "directory (train with `distill train`, which writes it)")
+    return found
+
+
+def _read_run(run_dir: Path, param_count: str):
+    from .logs import read_run_dir
+
+    results = json.loads((run_dir / "all_results.json").read_text())
+    if not results.get("teacher_params"):
+        return None
+    lt = results.get("eval_teacher_loss")
+    if not isinstance(lt, (int, float)):
+        raise ScalingDataError(f"{run_dir}/all_results.json: no eval_teacher_loss (the teacher's "
+                               "cross-entropy on the evaluation data); evaluate the run with its "
+                               "teacher loaded, or give a table with a teacher_loss column")
+    pt = read_run_dir(run_dir, "final", param_count)[-1]
+    return DistillPoint(params=pt.params, tokens=pt.tokens, teacher_loss=float(lt), loss=pt.loss,
+                        teacher_params=float(results.get("teacher_non_embedding_params") or
+                                             results["teacher_params"]),
+                        run=run_dir.name, source=str(run_dir))
+
+
+def load_distill_runs(inputs, param_count: str = "non_embedding") -> list:
+    """Read KD run directories (or folders of them) and distillation tables.
+
+    Args:
+        inputs (`list`): run directories, folders of runs, CSV or JSON tables.
+        param_count (`str`): student N from run directories, `"non_embedding"` (the paper's
+            N_S, default) or `"total"`. Tables are taken as given.
+
+    Returns:
+        `list[DistillPoint]`.
+    """
+    out, skipped = [], []
+    for item in ([inputs] if isinstance(inputs, (str, Path)) else inputs):
+        p = Path(item)
+        if p.is_file():
+            out += _read_table(p)
+        elif p.is_dir():
+            for run in _run_dirs(p):
+                pt = _read_run(run, param_count)
+                (out.append(pt) if pt is not None else skipped.append(run.name))
+        else:
+            raise ScalingDataError(f"{p}: no such file or directory")
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} runs without a teacher (supervised baselines): "
+                      f"{', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''}",
+                      stacklevel=2)
+    if not out:
+        raise ScalingDataError("no distillation runs found in the inputs")
+    return out
+
+
+# ------------------------------------------------------------------------- fitting
+def _bootstrap(arr, sup_fit, form, n_boot, seed, theta0, kind, delta):
+    """Resample students with replacement and refit from the full-data optimum; only refits
+    that converged and left every parameter off the optimiser bounds are kept."""
+    from .distill_law import DistillationForm as _F
+
+    rng = np.random.default_rng(seed)
+    names = _F(form).param_names
+    samples = np.full((n_boot, len(names)), np.nan)
+    dropped = {"failed": 0, "not_converged": 0, "at_bounds": 0}
+    for i in range(n_boot):
+        idx = rng.integers(0, arr["loss"].size, arr["loss"].size)
+        cols = [arr[k][idx] for k in ("params", "tokens", "teacher_loss", "loss")]
+        try:
+            check_distillation_data(form, *cols)
+            res = fit_distillation_arrays(*cols, sup_fit, form, kind, delta, starts=[theta0],
+                                          top_k=2)
+        except ValueError:
+            dropped["failed"] += 1
+            continue
+        if not res["converged"]:
+            dropped["not_converged"] += 1
+        elif res["at_bounds"]:
+            dropped["at_bounds"] += 1
+        else:
+            samples[i] = [res["params"][k] for k in names]
+    return samples, dropped
+
+
+def fit_distillation(points, sup_fit: dict, form: str = "full", loss: str = "huber",
+                     delta: float = 1e-3, n_bootstrap: int = 0, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """Fit the distillation law to distilled students; returns the dfit.json dictionary.
+
+    Args:
+        points (`list[DistillPoint]`): from `load_distill_runs`.
+        sup_fit (`dict`): the supervised fit (fit.json of an L(N, D) or power law).
+        form (`str`): `"full"` (Eq. 8, nine parameters) or `"reduced"` (four).
+        loss, delta: robust loss.
+        n_bootstrap (`int`), seed (`int`), level (`float`): bootstrap refits and interval level.
+    """
+    arr = {k: np.array([p[k] for p in points], float)
+           for k in ("params", "tokens", "teacher_loss", "loss")}
+    sources = [p["source"] for p in points]
+    check_distillation_data(form, arr["params"], arr["tokens"], arr["teacher_loss"], arr["loss"],
+                            sources)
+    res = fit_distillation_arrays(arr["params"], arr["tokens"], arr["teacher_loss"], arr["loss"],
+                                  sup_fit, form, loss, delta)
+    fm = DistillationForm(form)
+    out = {"version": 1, "law": "distillation", "form": form,
+           "formula": FORMULA if form == "full" else REDUCED_FORMULA, "fixed": fm.fixed, **res,
+           "loss": loss, "delta": delta, "param_count": sup_fit.get("param_count", "as given"),
+           "supervised": {k: sup_fit[k] for k in ("law", "params") if k in sup_fit}
+           | {"param_count": sup_fit.get("param_count", "total")},
+           "data": {"params": arr["params"].tolist(), "tokens": arr["tokens"].tolist(),
+                    "teacher_loss": arr["teacher_loss"].tolist(), "loss": arr["loss"].tolist(),
+                    "teacher_params": [p.get("teacher_params", 0.0) for p in points],
+                    "run": [p["run"] for p in points], "source": sources,
+                    "predicted": predict_distillation(
+                        {"form": form, "params": res["params"], "supervised": sup_fit},
+                        arr["params"], arr["tokens"], arr["teacher_loss"]).tolist()}}
+    if n_bootstrap:
+        samples, dropped = _bootstrap(arr, sup_fit, form, n_bootstrap, seed,
+                                      np.array(res["internal"]), loss, delta)
+        ok = samples[~np.isnan(samples[:, 0])]
+        if len(ok) < 2:
+            raise ScalingDataError(f"bootstrap: only {len(ok)} of {n_bootstrap} refits usable "
+                                   f"({dropped}); too few students to resample")
+        q = 50 * (1 - level)
+        out["ci"] = {k: [float(np.percentile(ok[:, j], q)), float(np.percentile(ok[:, j], 100 - q))]
+                     for j, k in enumerate(fm.param_names)}
+        out["bootstrap"] = {"n": n_bootstrap, "seed": seed, "level": level, "dropped": dropped,
+                            "n_used": int(len(ok)), "param_names": list(fm.param_names),
+                            "samples": [[float(v) for v in r] for r in ok]}
+    return out
+
+
+def is_distillation_fit(fit: dict) -> bool:
+    """Whether a fit dictionary is a distillation fit (dfit.json)."""
+    return fit.get("law") == "distillation"
+
+
+def load_any_fit(path) -> dict:
+    """Read a supervised fit.json (checked by `scaling.fit.load_fit`) or a dfit.json."""
+    from .fit import load_fit
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return load_fit(path)  # its own clear errors
+    if not (isinstance(raw, dict) and is_distillation_fit(raw)):
+        return load_fit(path)
+    missing = [k for k in ("form", "params", "supervised") if k not in raw]
+    if missing or raw.get("form") not in ("full", "reduced"):
+        raise ScalingDataError(f"{path}: not a complete distillation fit (missing {missing})")
+    need = DistillationForm(raw["form"]).param_names
+    if [k for k in need if k not in raw["params"]]:
+        raise ScalingDataError(f"{path}: distillation parameters missing: "
+                               f"{[k for k in need if k not in raw['params']]}")
+    return raw
+
+
+def predict_from_dfit(dfit: dict, params, tokens, teacher_loss, level: float = 0.95) -> dict:
+    """Predicted student loss, with a bootstrap interval when the fit has samples.
+
+    The interval is the spread of the distillation fit's bootstrap refits at the supervised
+    fit's point estimate (the supervised fit's own uncertainty is not propagated).
+
+    Returns:
+        `{"loss", "supervised_loss", "interval", "level"}` (interval for bootstrapped fits).
+    """
+    from .distill_law import supervised_terms
+
+    for name, v in (("--params", params), ("--tokens", tokens), ("--teacher-loss", teacher_loss)):
+        if v is None or not math.isfinite(float(v)) or float(v) <= 0:
+            raise ValueError(f"{name} must be a finite number > 0 for a distillation fit, got {v!r}")
+    loss = float(predict_distillation(dfit, params, tokens, teacher_loss))
+    out = {"loss": loss, "teacher_loss": float(teacher_loss),
+           "supervised_loss": float(np.ravel(supervised_terms(dfit["supervised"], params,
+                                                               tokens)["loss"])[0]),
+           "param_count": dfit.get("param_count", "as given")}
+    boot = dfit.get("bootstrap") or {}
+    if boot.get("samples"):
+        names = boot["param_names"]
+        preds = [float(predict_distillation({**dfit, "params": dict(zip(names, r))}, params,
+                                            tokens, teacher_loss)) for r in boot["samples"]]
+        q = 50 * (1 - level)
+        out["interval"] = [float(np.percentile(preds, q)), float(np.percentile(preds, 100 - q))]
+        out["level"] = level
+    return out
+
+
+# ------------------------------------------------------------------------ command line
+def cmd_fit_distillation(args) -> dict:
+    """`scaling fit RUNS --law distillation --supervised-fit sup.json [--form reduced]`."""
+    import sys
+
+    from .fit import load_fit, save_fit
+
+    if not args.supervised_fit:
+        raise ScalingDataError("--law distillation needs --supervised-fit sup.json: the "
+                               "supervised fit that gives L~_S = L(N_S, D_S) (scaling fit "
+                               "--law chinchilla_gamma on supervised runs)")
+    sup = load_fit(args.supervised_fit)
+    kind = args.param_count or "non_embedding"
+    if sup.get("param_count") not in (None, kind, "mixed") and any(Path(i).is_dir()
+                                                                     for i in args.inputs):
+        raise ScalingDataError(f"{args.supervised_fit} counts N as {sup['param_count']!r} "
+                               f"but the KD runs are read with --param-count {kind}; use the "
+                               "same count for both fits")
+    points = load_distill_runs(args.inputs, kind)
+    dfit = fit_distillation(points, sup, args.form, args.loss, args.delta, args.bootstrap,
+                            args.seed, args.level)
+    if args.out:
+        save_fit(dfit, args.out)
+    if not args.quiet:
+        ci = dfit.get("ci", {})
+        lines = [f"distillation law ({dfit['form']}) on {dfit['n_points']} students: objective "
+                 f"{dfit['objective']:.6g}, {'converged' if dfit['converged'] else 'NOT converged'}"
+                 + (f", at bounds: {dfit['at_bounds']}" if dfit["at_bounds"] else "")]
+        for k, v in dfit["params"].items():
+            band = f"  [{ci[k][0]:.5g}, {ci[k][1]:.5g}]" if k in ci else ""
+            lines.append(f"  {k:>12} = {v:.5g}{band}")
+        print("\n".join(lines), file=sys.stderr)
+    if args.json:
+        print(json.dumps({k: v for k, v in dfit.items() if k not in ("bootstrap", "data")},
+                         indent=1))
+    return dfit
