@@ -152,12 +152,12 @@ def copy_model_files(source: str, dest: str) -> None:
 # --------------------------------------------------------------------------------------------
 # Real inputs from the task's data
 # --------------------------------------------------------------------------------------------
-def data_arguments(data: Optional[str], task: str, config: dict, **overrides):
+def data_arguments(data, task: str, config: dict, **overrides):
     """`DataArguments` from a recipe YAML (its data fields), a dataset name, or the task's built-in.
 
     Args:
         data: a `distill train` recipe (`.yaml`/`.yml`; only `DataArguments` fields are read), a
-            dataset name (`builtin:docstring-topics`, a Hub id, `json`...), or None for the
+            mapping of `DataArguments` fields (e.g. a pipeline's `data:` block), a dataset name (`builtin:docstring-topics`, a Hub id, `json`...), or None for the
             task's built-in offline source.
         task: the model's task.
         config: the model's config (image size for image classifiers).
@@ -171,7 +171,9 @@ def data_arguments(data: Optional[str], task: str, config: dict, **overrides):
 
     fields = {f.name for f in dataclasses.fields(DataArguments)}
     values: dict[str, Any] = {}
-    if data and data.endswith((".yaml", ".yml")):
+    if isinstance(data, dict):
+        values = {k: v for k, v in data.items() if k in fields}
+    elif data and data.endswith((".yaml", ".yml")):
         if not os.path.isfile(data):
             raise ValueError(f"--data {data!r}: no such recipe file.")
         with open(data) as f:
@@ -191,7 +193,7 @@ def data_arguments(data: Optional[str], task: str, config: dict, **overrides):
     return DataArguments(**values)
 
 
-def eval_examples(info: ModelInfo, processor, data: Optional[str] = None, limit: Optional[int] = None,
+def eval_examples(info: ModelInfo, processor, data=None, limit: Optional[int] = None,
                   seed: int = 0):
     """The test split (else the validation split) of the task's data, as model-ready examples.
 

@@ -104,15 +104,16 @@ def _variant_inputs(info: ModelInfo, data: Optional[str], limit: Optional[int], 
     return batches, singles, throughput
 
 
-def _variants(model_dirs: list[str], teacher: Optional[str], threads: int, compile_int8: bool, inputs) -> list[Variant]:
+def _variants(model_dirs: list[str], names: Optional[list[str]], teacher: Optional[str], threads: int,
+              compile_int8: bool, inputs) -> list[Variant]:
     variants: list[Variant] = []
-    entries = [(d, None) for d in model_dirs] + ([(teacher, "teacher")] if teacher else [])
-    for path, role in entries:
+    entries = list(zip(model_dirs, names or [None] * len(model_dirs))) + ([(teacher, "teacher")] if teacher else [])
+    for path, given in entries:
         info = describe(path)
         batches, singles, tp = inputs(info)
         modes = [False, True] if (info.format, info.precision) == ("pytorch", "int8") and compile_int8 else [False]
         for compiled in modes:
-            name = role or info.variant + ("+compile" if compiled else "")
+            name = (given or info.variant) + ("+compile" if compiled else "")
             if any(v.name == name for v in variants):
                 name = f"{name} ({os.path.basename(os.path.normpath(path))})"
             runner = make_runner(info, threads=threads, compile=compiled)
@@ -120,10 +121,17 @@ def _variants(model_dirs: list[str], teacher: Optional[str], threads: int, compi
     return variants
 
 
-def bench(model_dirs: list[str], *, data: Optional[str] = None, teacher: Optional[str] = None,
+def bench(model_dirs: list[str], *, data=None, teacher: Optional[str] = None, names: Optional[list[str]] = None,
           threads: int = 1, batch_size: int = 32, latency_samples: int = 50, rounds: int = 5,
           max_eval_samples: Optional[int] = None, compile_int8: bool = True) -> dict:
     """Measure every variant; the first of `model_dirs` is the reference (the fp32 student).
+
+    Args:
+        model_dirs: PyTorch or ONNX model directories of one task, the fp32 student first.
+        data: a recipe path, a dataset name, a mapping of `DataArguments` fields, or None (the
+            task's built-in source); the test split (else validation) is measured.
+        teacher: a teacher directory, measured for reference (row `teacher`).
+        names: row names for `model_dirs` (default: their variant, e.g. `onnx-int8`).
 
     Returns:
         `{"rows": [...], "reference": name, "machine": {...}, "settings": {...}}`.
@@ -132,6 +140,8 @@ def bench(model_dirs: list[str], *, data: Optional[str] = None, teacher: Optiona
 
     if not model_dirs:
         raise ValueError("bench needs at least one MODEL_DIR (the fp32 student first).")
+    if names is not None and len(names) != len(model_dirs):
+        raise ValueError(f"names has {len(names)} entries for {len(model_dirs)} model directories.")
     infos = [describe(d) for d in model_dirs + ([teacher] if teacher else [])]
     tasks = {i.task for i in infos}
     if len(tasks) != 1:
@@ -142,7 +152,7 @@ def bench(model_dirs: list[str], *, data: Optional[str] = None, teacher: Optiona
             raise ValueError(f"--{name} must be at least 1, got {value}.")
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
-    variants = _variants(model_dirs, teacher, threads, compile_int8,
+    variants = _variants(model_dirs, names, teacher, threads, compile_int8,
                          lambda info: _variant_inputs(info, data, max_eval_samples, batch_size, latency_samples))
     quality = {v.name: _quality(v.info, v.runner, v.batches) for v in variants}
     latency = _interleaved(variants, lambda v, i: v.singles[i], min(len(v.singles) for v in variants))
@@ -160,7 +170,7 @@ def bench(model_dirs: list[str], *, data: Optional[str] = None, teacher: Optiona
     return {
         "reference": rows[0]["variant"], "task": infos[0].task, "rows": rows,
         "settings": {"threads": threads, "batch_size": batch_size, "latency_samples": len(latency[rows[0]["variant"]]),
-                     "rounds": rounds, "data": data, "max_eval_samples": max_eval_samples},
+                     "rounds": rounds, "data": data if not isinstance(data, dict) else dict(data), "max_eval_samples": max_eval_samples},
         "machine": {"loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count(),
                     "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
                     "onnxruntime": _version("onnxruntime"), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},

@@ -92,7 +92,7 @@ def _compare(info: ModelInfo, reference, candidate, attention_mask) -> float:
     return float(diff.max()) if diff.size else 0.0
 
 
-def parity_batches(info: ModelInfo, processor, data: Optional[str], sizes=(1, 3, 8)) -> list[dict]:
+def parity_batches(info: ModelInfo, processor, data, sizes=(1, 3, 8)) -> list[dict]:
     """Batches of real test inputs at several batch sizes, plus (for text) one cut to ragged lengths.
 
     The ragged batch has padding and short sequences, so the dynamic sequence axis and the
@@ -140,7 +140,7 @@ def check_parity(model, info: ModelInfo, onnx_path: str, batches: list[dict], at
     return {"max_abs_diff": max(s["max_abs_diff"] for s in shapes), "shapes_tested": shapes}
 
 
-def export(model_dir: str, output_dir: str, *, data: Optional[str] = None, opset: Optional[int] = None,
+def export(model_dir: str, output_dir: str, *, data=None, opset: Optional[int] = None,
            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict:
     """Export a PyTorch model directory to `output_dir/model.onnx`, check parity, write the report.
 
@@ -174,7 +174,7 @@ def export(model_dir: str, output_dir: str, *, data: Optional[str] = None, opset
         "dynamic_axes": {n: (["batch"] if n == "pixel_values" else ["batch", "sequence"]) for n in input_names(info)},
         **parity, "atol": atol, "rtol": rtol, "export_seconds": round(seconds, 2),
         "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-        "kv_cache": False,
+        "kv_cache": False, "data": data if isinstance(data, (str, type(None))) else dict(data),
     }
     with open(os.path.join(output_dir, "export_report.json"), "w") as f:
         json.dump(report, f, indent=2)

@@ -51,7 +51,7 @@ def _compare_runners(info, fp32_runner, int8_runner, batches) -> dict:
             "compared": compared}
 
 
-def quantize_torchao(model_dir: str, output_dir: str, data: Optional[str] = None) -> dict:
+def quantize_torchao(model_dir: str, output_dir: str, data=None) -> dict:
     """torchao int8 dynamic-activation / int8-weight model saved as safetensors in `output_dir`."""
     import torch
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
@@ -90,7 +90,7 @@ def quantize_torchao(model_dir: str, output_dir: str, data: Optional[str] = None
     })
 
 
-def quantize_onnx(model_dir: str, output_dir: str, data: Optional[str] = None, per_channel: bool = True) -> dict:
+def quantize_onnx(model_dir: str, output_dir: str, data=None, per_channel: bool = True) -> dict:
     """ONNX Runtime dynamic int8 quantisation of an exported graph, into `output_dir/model.onnx`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -132,7 +132,7 @@ def _write_report(output_dir: str, report: dict) -> dict:
     return report
 
 
-def quantize(model_dir: str, method: str, output_dir: str, data: Optional[str] = None) -> dict:
+def quantize(model_dir: str, method: str, output_dir: str, data=None) -> dict:
     """Dispatch on `method` (one of `METHODS`)."""
     if method not in METHODS:
         raise ValueError(f"--method {method!r} is unknown: use one of {', '.join(METHODS)}.")

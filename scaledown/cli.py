@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="apply the config's `quick:` block: a CI-sized run")
     run.add_argument("--name", default=None, help="run name: outputs go to <output_root>/<name>")
     run.add_argument("--output-root", default=None, help="parent folder of runs (default: runs)")
+    run.add_argument("--ship", action="store_true", help="add the ship stage (ONNX export, int8, bench table) "
+                     "after evaluation, as the config's `ship: {enabled: true}` does")
     from deploy.cli import add_deploy_commands  # export / quantize / bench / serve (argparse only)
 
     add_deploy_commands(sub)
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
     config_path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
     overrides = {k: v for k, v in (("name", args.name), ("output_root", args.output_root)) if v is not None}
+    if args.ship:
+        overrides["ship"] = {"enabled": True}
     try:
         config = load_pipeline_config(config_path, quick=args.quick, overrides=overrides)
         with RunLock(config.run_dir):

@@ -146,10 +146,11 @@ def test_bench_classifier_table(root, exported, quantized, tmp_path):
     student = model_dir(root, "seq-cls")
     assert scaledown(["bench", student, quantized["torchao-int8"], exported["seq-cls"], quantized["onnx-int8"],
                       "--teacher", student, "--out", out, "--batch_size", "4", "--latency_samples", "3",
-                      "--rounds", "2", "--max_eval_samples", "12"]) == 0
+                      "--rounds", "2", "--max_eval_samples", "12", "--no_compile"]) == 0
     result = json.load(open(out))
     names = [r["variant"] for r in result["rows"]]
-    assert names == ["pytorch-fp32", "pytorch-int8", "pytorch-int8+compile", "onnx-fp32", "onnx-int8", "teacher"]
+    # torch.compile of the int8 model (row pytorch-int8+compile) is left to benchmarks/bench_deploy.py: slow here.
+    assert names == ["pytorch-fp32", "pytorch-int8", "onnx-fp32", "onnx-int8", "teacher"]
     ref = result["rows"][0]
     assert ref["size_ratio"] == 1 and ref["speedup_batch1"] == 1 and result["settings"]["threads"] == 1
     for row in result["rows"]:
@@ -162,7 +163,7 @@ def test_bench_classifier_table(root, exported, quantized, tmp_path):
         logits = load_torch_model(student, "seq-cls")(**{k: v for k, v in batch.items() if k != "labels"}).logits
     accuracy = (logits.argmax(-1) == batch["labels"]).float().mean().item()
     assert ref["accuracy"] == pytest.approx(accuracy)
-    assert result["rows"][3]["accuracy"] == pytest.approx(accuracy)  # ONNX fp32 agrees
+    assert result["rows"][2]["accuracy"] == pytest.approx(accuracy)  # ONNX fp32 agrees
     assert os.path.isfile(str(tmp_path / "bench.md")) and "onnx-int8" in open(tmp_path / "bench.md").read()
 
 
