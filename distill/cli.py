@@ -16,15 +16,27 @@ commands:
               distill train --config recipe.yaml --alpha 0.7 --max_steps 100
               accelerate launch --config_file accelerate_configs/ddp.yaml -m distill train --config ...
             `distill train --help` lists every field (model, data, DistillationConfig/TrainingArguments).
+            A rerun into an output_dir resumes it only when its settings are unchanged (run_fingerprint.json),
+            does nothing when that run finished, and is refused otherwise (--overwrite_output_dir true).
   cache-teacher
             Run the recipe's teacher once over its training split; store top-k log-probs per token
             (+ one bucket for the rest) as an Arrow dataset with a manifest. Then train any number
             of students from it with no teacher loaded:
               distill cache-teacher --config recipes/tiny/causal_lm.yaml --cache_dir runs/tiny/cache --top_k 32
-              distill train --config recipes/tiny/causal_lm.yaml --teacher_cache runs/tiny/cache
+              distill train --config recipes/tiny/causal_lm.yaml --teacher_cache runs/tiny/cache \
+                --output_dir runs/tiny/causal_lm_cached
   init-student
             Write a student made of chosen teacher blocks (DistilBERT style), ready for distill train:
               distill init-student --teacher runs/teacher --layers 0,2,4 --output_dir runs/student_init
+  prune     Structured pruning scored on calibration data (Minitron / ShortGPT), writes OUT/pruning.json:
+              distill prune --model runs/teacher --drop-layers 2 --mlp-width 256 --calibration RECIPE_OR_DATA \
+                --num-samples 64 --output_dir runs/pruned
+
+  tune      Hyperparameter search (optuna, through Trainer.hyperparameter_search) over a recipe:
+              distill tune --config RECIPE --search_space SPACE.yaml --n_trials 20 --output_dir runs/tune
+            SPACE.yaml: alpha: {low: 0.1, high: 0.9}, learning_rate: {low: 1e-4, high: 1e-2, log: true},
+            model.hidden_size: {choices: [64, 96]}. --pruner median (evaluates every --eval_steps).
+            Writes trials.json/.csv, best.yaml, objective.png; run it again to continue the study.
 
 Recipes live in recipes/ and start with the command that runs them. Outputs follow transformers'
 conventions: trainer_state.json, all_results.json, model.safetensors, README.md (model card).
@@ -68,12 +80,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
-    if command == "init-student":
-        from .students.cli import init_student_main
+    if command in ("init-student", "prune"):
+        from .students.cli import init_student_main, prune_main
 
         try:
-            init_student_main(rest)
+            (init_student_main if command == "init-student" else prune_main)(rest)
         except (ValueError, FileNotFoundError, FileExistsError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if command == "tune":
+        from .tune import main as tune_main
+
+        try:
+            tune_main(rest)
+        except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0

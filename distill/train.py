@@ -136,10 +136,13 @@ def parse_args(argv: list[str]):
 def _non_embedding(model) -> tuple[int, int]:
     import torch
 
+    from .intermediate import PROJECTION_NAME
+
     def numel(p):  # ZeRO-3 partitions parameters: ds_numel is the full size
         return getattr(p, "ds_numel", p.numel())
 
-    total = sum(numel(p) for p in model.parameters())
+    # Without a hidden-state projection, which is not saved with the model.
+    total = sum(numel(p) for name, p in model.named_parameters() if not name.startswith(PROJECTION_NAME + "."))
     embedding = sum(numel(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return total, total - embedding
 
@@ -185,12 +188,17 @@ def _build_student(model_args, data_args, args, task, tokenizer, bundle):
         if bundle.id2label:
             extra["id2label"] = {int(k): v for k, v in bundle.id2label.items()}
             extra["label2id"] = {v: int(k) for k, v in bundle.id2label.items()}
+    if args.attention_weight > 0:  # attention transfer needs the probabilities, which only eager returns
+        extra["attn_implementation"] = "eager"
     model_class = task.model_class()
     if model_args.init_from_teacher_layers is not None:
         from .students.from_layers import student_from_teacher_dir
 
-        return student_from_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers,
-                                        model_class, bundle.num_labels, args.trust_remote_code)
+        student = student_from_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers,
+                                           model_class, bundle.num_labels, args.trust_remote_code)
+        if args.attention_weight > 0:
+            student.set_attn_implementation("eager")
+        return student
     if model_args.model_name_or_path:
         return model_class.from_pretrained(
             model_args.model_name_or_path, use_safetensors=True, trust_remote_code=args.trust_remote_code, **extra
@@ -206,7 +214,8 @@ def _build_student(model_args, data_args, args, task, tokenizer, bundle):
         config.setdefault("max_position_embeddings", max(512, data_args.block_size))
     config.update(extra)
     model_type = config.pop("model_type")
-    return model_class.from_config(AutoConfig.for_model(model_type, **config))
+    attn = {"attn_implementation": config.pop("attn_implementation")} if "attn_implementation" in config else {}
+    return model_class.from_config(AutoConfig.for_model(model_type, **config), **attn)
 
 
 def _check_before_compute(model_args, data_args, args) -> None:
@@ -244,6 +253,11 @@ def _check_teacher_cache(path: str, args) -> None:
     """The cache exists and fits the run's task, temperature and teacher (tokenizer and data: in the trainer)."""
     from .teacher.cache import TeacherCache
 
+    if args.hidden_weight > 0 or args.attention_weight > 0:
+        raise ValueError(
+            "hidden_weight/attention_weight > 0 need the teacher's hidden states, which teacher_cache does not hold "
+            "(only top-k log-probabilities): drop teacher_cache and set teacher_model_name_or_path."
+        )
     cache = TeacherCache.load(path, with_data=False)
     cache.check_settings(temperature=args.temperature, task=args.task)
     teacher = args.teacher_model_name_or_path
@@ -270,6 +284,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     transformers.utils.logging.set_verbosity(args.get_process_log_level())
     datasets.utils.logging.set_verbosity(args.get_process_log_level())
     _check_before_compute(model_args, data_args, args)
+    from .fingerprint import prepare_output_dir
+
+    output_state = prepare_output_dir(model_args, data_args, args)  # refuses changed settings, before compute
+    if output_state.action == "finished":
+        logger.info("%s already holds a finished run with these settings (%s): nothing to do. "
+                    "--overwrite_output_dir true trains it again.", args.output_dir, "run_fingerprint.json")
+        return output_state.results
     task = get_task(args.task)
     transformers.set_seed(args.seed)
 
@@ -302,7 +323,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         compute_metrics=None if task.token_level else accuracy_metric(),
     )
     resume = args.resume_from_checkpoint
-    if resume is None and os.path.isdir(args.output_dir):
+    if trainer.is_world_process_zero():
+        output_state.write(finished=False)
+    if resume is None and output_state.action == "resume":
         resume = last_complete_checkpoint(args.output_dir, need_optimizer=not args.save_only_model)
         if resume:
             logger.info("Resuming from %s (pass --resume_from_checkpoint to choose another).", resume)
@@ -335,6 +358,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
             results.update(split_metrics)
     trainer.save_state()
     trainer.create_model_card(dataset=data_args.dataset_name)
+    if trainer.is_world_process_zero():
+        output_state.write(finished=True)
     if args.push_to_hub:
         trainer.push_to_hub(dataset=data_args.dataset_name)
     if trainer.is_world_process_zero():

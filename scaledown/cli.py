@@ -31,14 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .config import load_pipeline_config
+    from .lock import RunDirLocked, RunLock
     from .pipeline import Pipeline
 
     config_path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
     overrides = {k: v for k, v in (("name", args.name), ("output_root", args.output_root)) if v is not None}
     try:
         config = load_pipeline_config(config_path, quick=args.quick, overrides=overrides)
-        Pipeline(config).run()
-    except (ValueError, FileNotFoundError) as e:
+        with RunLock(config.run_dir):
+            Pipeline(config).run()
+    except (ValueError, FileNotFoundError, RunDirLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

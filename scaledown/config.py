@@ -45,6 +45,16 @@ class StudentConfig:
     width: Optional[int] = None
     target_loss: Optional[float] = None
     flops_budget: Optional[float] = None
+    # --- student made from the teacher (distill/students/): instead of a size, `from_teacher: layers`
+    # copies the teacher blocks `layers` (indices, every_other or a count; DistilBERT), and
+    # `from_teacher: prune` prunes the teacher on calibration data from `data` (Minitron):
+    # drop_layers blocks, MLP width mlp_width, heads. The baseline starts from the same weights.
+    from_teacher: Optional[str] = None
+    layers: Any = None
+    drop_layers: int = 0
+    mlp_width: Optional[int] = None
+    heads: Optional[int] = None
+    num_samples: int = 64
 
 
 @dataclass

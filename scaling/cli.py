@@ -139,8 +139,9 @@ def _load(args):
 
 def _emit(args, result, summary=None):
     if getattr(args, "out", None):
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
+        from .atomic import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(result, indent=1))
     if args.json:
         print(json.dumps(summary if summary is not None else result, indent=1))
 

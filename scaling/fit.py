@@ -357,7 +357,9 @@ def save_fit(fit: dict, path):
     import json
     from pathlib import Path
 
-    Path(path).write_text(json.dumps(fit, indent=1, allow_nan=False))
+    from .atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(fit, indent=1, allow_nan=False))
 
 
 def load_fit(path) -> dict:

@@ -246,7 +246,9 @@ def test_cli_cache_teacher_then_train(tmp_path, capsys):
     assert "teacher_params" not in results and "eval_loss" in results
     logs = [h for h in json.load(open(os.path.join(out, "trainer_state.json")))["log_history"] if "loss" in h]
     assert len(logs) == 2 and all("kd_loss" in h for h in logs)
-    # Different data (another max_train_samples) or temperature: refused with the field named.
+    # Different data (another max_train_samples) or temperature: refused with the field named (in a new
+    # output_dir: into `out`, the run fingerprint would refuse the changed settings first).
+    out = str(tmp_path / "student2")
     capsys.readouterr()
     assert cli_main(["train", *student_args, "--teacher_cache", cache_dir, "--output_dir", out, *quick,
                      "--max_train_samples", "20"]) == 2
