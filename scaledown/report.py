@@ -218,10 +218,13 @@ def render_markdown(s: dict) -> str:
            f"{100 * s['perplexity_retention']:.1f}% by perplexity, with {s['compression']:.1f}x fewer parameters "
            f"and {s['speedup']:.1f}x the throughput.",
            f"- **Student size:** width {s['student']['width']} ({s['student']['reason']}).", ""]
+    from scaling.intervals import bootstrap_lines, format_interval
+
     out += ["## Scaling fit", "",
-            f"Law `{fit['law']}`: " + ", ".join(f"{k} = {v:.4g}" + (
-                f" [{fit['ci'][k][0]:.4g}, {fit['ci'][k][1]:.4g}]" if "ci" in fit and k in fit["ci"] else "")
-                for k, v in fit["params"].items()) + f"; objective {fit['objective']:.3g} on {fit['n_points']} rungs.", ""]
+            f"Law `{fit['law']}`: " + ", ".join(f"{k} = {v:.4g} {format_interval(fit, k, 4)}".rstrip()
+                                                for k, v in fit["params"].items())
+            + f"; objective {fit['objective']:.3g} on {fit['n_points']} rungs.", ""]
+    out += [f"- {line}" for line in bootstrap_lines(fit)] + ([""] if bootstrap_lines(fit) else [])
     if h:
         out += [f"Held out the largest rung ({int(h['params']):,} {fit.get('param_count', 'total').replace('_', '-')} "
                 f"parameters) and predicted it from the "
