@@ -30,8 +30,7 @@ def env(**extra) -> dict:
     out = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
     for key in ("FAULT_AT", "FAULT_MARKER", "FAULT_RECORD", "FAULT_NAN", "FAULT_NAN_RANK", "FAULT_ENOSPC",
-                "FAULT_RECORD_DIR", "FAULT_ARGV", "FAULT_ONLY_IN",
-                "FAULT_TEACHER_NAN"):
+                "FAULT_RECORD_DIR", "FAULT_ARGV", "FAULT_ONLY_IN"):
         out.pop(key, None)
     out.update({k: str(v) for k, v in extra.items()})
     return out

@@ -15,8 +15,7 @@ and under torchrun the same. It patches `DistillationTrainer` in this process on
 - ``FAULT_ONLY_IN=TEXT``: inject FAULT_AT only into training runs whose output_dir contains TEXT.
 - ``FAULT_ENOSPC=N``: the checkpoint save at step N fails with ENOSPC while writing the optimizer state.
 - ``FAULT_NAN=S1,S2,...``: the student's logits are NaN at those global steps (a forward hook), on every
-  rank or only on rank ``FAULT_NAN_RANK``;
-  ``FAULT_TEACHER_NAN=N``: the teacher's logits are NaN from its N-th batch on (0-based).
+  rank or only on rank ``FAULT_NAN_RANK``.
 """
 
 from __future__ import annotations
@@ -82,8 +81,6 @@ def patch_argv_log() -> None:
 
 
 def patch_trainer() -> None:
-    import torch
-
     from distill import trainer as trainer_module
 
     cls = trainer_module.DistillationTrainer
@@ -95,7 +92,6 @@ def patch_trainer() -> None:
     if os.environ.get("FAULT_NAN_RANK", str(_rank())) != str(_rank()):
         nan_steps = set()
     enospc = int(os.environ.get("FAULT_ENOSPC", "-1"))
-    teacher_nan = int(os.environ.get("FAULT_TEACHER_NAN", "-1"))
 
     original_training_step = cls.training_step
 
@@ -150,19 +146,6 @@ def patch_trainer() -> None:
         return original_prediction_step(self, model, inputs, *args, **kwargs)
 
     cls.prediction_step = prediction_step
-
-    if teacher_nan >= 0:
-        original_teacher_logits = cls._teacher_logits
-        calls = {"n": 0}
-
-        def teacher_logits(self, inputs, fused=False):
-            out = original_teacher_logits(self, inputs, fused)
-            calls["n"] += 1
-            if calls["n"] - 1 >= teacher_nan:
-                out = torch.full_like(out, float("nan"))
-            return out
-
-        cls._teacher_logits = teacher_logits
 
 
 def _nan_hook(model):
