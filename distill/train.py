@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from .model_config import parse_model_config  # noqa: F401  (importable from here, as before)
 
 logger = logging.getLogger("distill")
 
@@ -70,26 +71,6 @@ class ModelArguments:
             )
         if not given:
             raise ValueError("No student: set model_name_or_path, model_config or init_from_teacher_layers.")
-
-
-def parse_model_config(value: Any) -> dict:
-    """A student config given as a mapping, a JSON string, or a path to config.json / a model dir."""
-    if isinstance(value, dict):
-        config = dict(value)
-    elif isinstance(value, str) and value.lstrip().startswith("{"):
-        try:
-            config = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"model_config is not valid JSON: {e}") from None
-    else:
-        path = os.path.join(value, "config.json") if os.path.isdir(str(value)) else str(value)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"model_config={value!r}: no such config file or model directory.")
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    if "model_type" not in config:
-        raise ValueError("model_config needs a model_type, e.g. llama, gpt2, bert or vit.")
-    return config
 
 
 def build_parser():
