@@ -15,7 +15,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from .checkpoints import (check_finite_weights, disk_full_error, last_complete_checkpoint, resolve_resume,
                           write_completion_record)
 from .config import DistillationConfig
-from .intermediate import IntermediateLayerTransfer, load_projection, save_projection
+from .intermediate import PROJECTION_NAME, IntermediateLayerTransfer, load_projection, save_projection
 from .losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 from .losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
                          output_head)
@@ -493,6 +493,18 @@ class DistillationTrainer(Trainer):
             shutil.rmtree(os.path.join(self.args.output_dir, _STAGING), ignore_errors=True)
         resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # The projection is not in model.safetensors by design (it is loaded from its own file): not "missing".
+        load_result.missing_keys[:] = [k for k in load_result.missing_keys if not k.startswith(PROJECTION_NAME + ".")]
+        super()._issue_warnings_after_load(load_result)
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        best = self.state.best_model_checkpoint
+        if self._intermediate is not None and self._intermediate.projection is not None and best \
+                and not self.is_deepspeed_enabled:
+            load_projection(self._intermediate.projection, best)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Save the student only (safetensors); the arguments as JSON instead of a pickle."""
