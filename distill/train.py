@@ -269,6 +269,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(args.get_process_log_level())
     datasets.utils.logging.set_verbosity(args.get_process_log_level())
+    if data_args.tasks is not None:  # multi-task distillation: one student, a teacher per task
+        from .multitask import multitask_main
+
+        return multitask_main(model_args, data_args, args)
     _check_before_compute(model_args, data_args, args)
     from .fingerprint import prepare_output_dir
 
