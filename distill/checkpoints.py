@@ -205,3 +205,14 @@ def resolve_resume(resume_from_checkpoint, args):
     if isinstance(resume_from_checkpoint, (str, os.PathLike)) and resume_from_checkpoint:
         check_checkpoint(str(resume_from_checkpoint), need_optimizer=need_optimizer)
     return resume_from_checkpoint
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (to tell a stale lock or staging folder)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from transformers import TrainingArguments
 
+from .data.arguments import TASKS  # one list of tasks, shared with the data layer
+from .losses.hidden import HIDDEN_LOSSES, parse_layer_map
 from .losses.logit import KD_KINDS
 
-TASKS = ("causal-lm", "seq-cls", "image-cls")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -76,8 +77,44 @@ class DistillationConfig(TrainingArguments):
             How several teachers make one soft target: `mean` (the weighted average of their
             distributions at temperature T) or `most_confident` (per example, or per token for causal
             LMs, the teacher whose top probability at T = 1 is largest).
+        augment_fraction (`float`, defaults to 0.0):
+            Data-augmentation distillation: the probability that a training example is augmented on the
+            fly (in [0, 1]; 0 = off). Teacher and student see the same augmented input; on augmented
+            examples the loss is the distillation term alone. See `distill.data.augment`.
+        augmentations (`list[str]`, *optional*):
+            Which augmentations: text `token_replace`, `span_mask`, `token_drop`; images `flip`,
+            `resized_crop`, `mixup`, `cutmix`. Default: `token_replace` for text, `flip` and
+            `resized_crop` for images.
+        augment_token_prob (`float`, defaults to 0.15):
+            Per-token probability of `token_replace` and `token_drop`, and of a span start for `span_mask`.
+        augment_span_length (`int`, defaults to 3):
+            Tokens per masked span.
+        augment_crop_scale (`float`, defaults to 0.5):
+            Smallest fraction of the image area `resized_crop` keeps, in (0, 1].
+        augment_mix_alpha (`float`, defaults to 1.0):
+            Beta(a, a) parameter of `mixup` and `cutmix` (> 0).
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom modelling code from the Hub for teacher and student. Off by default.
+        hidden_weight (`float`, defaults to 0.0):
+            Weight of the intermediate hidden-state term, added on top of the logit loss:
+            ``loss = alpha * T^2 * KD + (1 - alpha) * CE + hidden_weight * hidden + attention_weight * attention``.
+            When the widths differ, a learned linear projection (student -> teacher width) trains with the
+            student; it is kept in checkpoints, never in the saved model. See `distill.intermediate`.
+        hidden_layer_map (`dict` or `str`, *optional*):
+            Student layer -> teacher layer, as indices into transformers' ``hidden_states`` (0 = embedding
+            output, i = output of block i), e.g. ``{1: 2, 2: 4}`` or ``"1:2,2:4"``. Default: evenly spaced,
+            student block m -> teacher block m * N_teacher // N_student (embeddings left out).
+        hidden_loss (`str`, defaults to `"mse"`):
+            ``mse`` (mean squared error over the width, TinyBERT) or ``cosine`` (1 - cosine, DistilBERT).
+        attention_weight (`float`, defaults to 0.0):
+            Weight of MiniLM's self-attention transfer, KL(teacher || student) of the attention distributions
+            per head and query, on the blocks of `hidden_layer_map`. Needs the same head count in both models,
+            ``attn_implementation="eager"`` and no attention dropout in the student.
+        max_nonfinite_steps (`int`, defaults to 10):
+            An optimizer step whose loss or gradient norm is NaN or infinite is skipped (weights and
+            optimizer moments untouched, logged as `nonfinite_step_skipped`); after this many in a row
+            training stops with an error naming the last good checkpoint. 0 turns the guard off. See
+            `distill.numerics`.
     """
 
     alpha: float = field(
@@ -137,6 +174,19 @@ class DistillationConfig(TrainingArguments):
                           "(per position, the teacher with the largest top probability).",
                   "choices": ["mean", "most_confident"]},
     )
+    # ---- data-augmentation distillation (issue 14) ----
+    augment_fraction: float = field(
+        default=0.0, metadata={"help": "Probability that a training example is augmented (teacher and student see the "
+                                       "same augmented input; KD term alone on it); 0 = off."})
+    augmentations: Optional[list[str]] = field(
+        default=None, metadata={"help": "token_replace, span_mask, token_drop (text); flip, resized_crop, mixup, "
+                                        "cutmix (images). Default: token_replace / flip + resized_crop."})
+    augment_token_prob: float = field(
+        default=0.15, metadata={"help": "Per-token probability of token_replace / token_drop, span start of span_mask."})
+    augment_span_length: int = field(default=3, metadata={"help": "Tokens per span of span_mask."})
+    augment_crop_scale: float = field(
+        default=0.5, metadata={"help": "Smallest area fraction resized_crop keeps, in (0, 1]."})
+    augment_mix_alpha: float = field(default=1.0, metadata={"help": "Beta(a, a) parameter of mixup / cutmix (> 0)."})
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Allow custom modelling code from the Hub. Off by default for safety."},
@@ -147,6 +197,53 @@ class DistillationConfig(TrainingArguments):
         metadata={"help": "Start afresh in output_dir: delete an earlier run's checkpoints and results there "
                           "instead of resuming it (or refusing it, when its settings differ)."},
     )
+
+    # ---- fault tolerance (distill/numerics.py) ----
+    max_nonfinite_steps: int = field(
+        default=10,
+        metadata={"help": "Skip optimizer steps whose loss or gradient norm is NaN/inf (weights untouched, logged as "
+                          "nonfinite_step_skipped); stop with an error after this many in a row. 0: no guard."},
+    )
+
+    # ---- intermediate-layer distillation (hidden states, attention; distill.intermediate) ----
+    hidden_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the hidden-state term added to the loss (0 = off); see hidden_layer_map."},
+    )
+    hidden_layer_map: Union[dict, str, None] = field(
+        default=None,
+        metadata={"help": "Student -> teacher layer indices of hidden_states (0 = embeddings), e.g. '1:2,2:4'; "
+                          "default: evenly spaced blocks."},
+    )
+    hidden_loss: str = field(
+        default="mse",
+        metadata={"help": "Hidden-state distance: mse (TinyBERT) or cosine (DistilBERT).", "choices": list(HIDDEN_LOSSES)},
+    )
+    attention_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of MiniLM attention KL on the mapped blocks (0 = off; needs eager attention)."},
+    )
+
+    def _check_intermediate(self) -> None:
+        for name in ("hidden_weight", "attention_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value >= 0 and value == value and value != float("inf")):
+                raise ValueError(f"{name}={value} must be a finite number >= 0 (0 turns the term off).")
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise ValueError(f"hidden_loss={self.hidden_loss!r} is unknown: use one of {', '.join(HIDDEN_LOSSES)}.")
+        self.hidden_layer_map = parse_layer_map(self.hidden_layer_map)
+        if self.hidden_layer_map is not None and self.hidden_weight == 0 and self.attention_weight == 0:
+            raise ValueError("hidden_layer_map is set but hidden_weight and attention_weight are 0, so it would be "
+                             "ignored: set hidden_weight (or attention_weight) > 0, or drop hidden_layer_map.")
+        if self.hidden_weight > 0 or self.attention_weight > 0:
+            # A projection (and the mapped layers' outputs) are used after the forward, where DDP's search
+            # for unused parameters cannot see them.
+            if self.ddp_find_unused_parameters:
+                raise ValueError(
+                    "hidden_weight/attention_weight > 0 need ddp_find_unused_parameters=false: the hidden-state "
+                    "projection is used after the forward, where DDP's unused-parameter search cannot see it."
+                )
+            self.ddp_find_unused_parameters = False
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -165,9 +262,13 @@ class DistillationConfig(TrainingArguments):
             )
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is unknown: use one of {', '.join(TASKS)}.")
+        if self.max_nonfinite_steps < 0:
+            raise ValueError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be >= 0 (0 turns the guard off).")
         if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
             raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be a positive integer.")
+        self._check_intermediate()
         self._check_teachers()
+        self._check_augmentation()
         if self.kd_fused_lm_head:
             # The fused loss uses the head weight after the forward; DDP's unused-parameter search
             # would mark an untied head unused and then fail on its gradient ("marked ready twice").
@@ -209,3 +310,26 @@ class DistillationConfig(TrainingArguments):
             if self.teacher_model_name_or_path:
                 n = 1 + len(self.extra_teachers or [])
             normalized_teacher_weights(self.teacher_weights, n)
+
+    def _check_augmentation(self) -> None:
+        """Ranges of the augmentation fields (issue 14); which augmentations fit the task is checked here
+        when `task` is set, else when the trainer knows the task."""
+        from .data.augment import check_augmentations
+
+        if not 0.0 <= self.augment_fraction <= 1.0:
+            raise ValueError(f"augment_fraction={self.augment_fraction} must be in [0, 1] (0 = no augmentation).")
+        if not 0.0 <= self.augment_token_prob <= 1.0:
+            raise ValueError(f"augment_token_prob={self.augment_token_prob} must be in [0, 1].")
+        if self.augment_span_length < 1:
+            raise ValueError(f"augment_span_length={self.augment_span_length} must be a positive integer.")
+        if not 0.0 < self.augment_crop_scale <= 1.0:
+            raise ValueError(f"augment_crop_scale={self.augment_crop_scale} must be in (0, 1].")
+        if not self.augment_mix_alpha > 0:
+            raise ValueError(f"augment_mix_alpha={self.augment_mix_alpha} must be greater than 0.")
+        check_augmentations(self.augmentations, self.task)
+        if self.augment_fraction > 0:
+            if self.alpha == 0:
+                raise ValueError("augment_fraction > 0 distils on augmented inputs and needs a teacher: set alpha > 0 "
+                                 "or augment_fraction: 0.")
+            if self.kd_fused_lm_head:
+                raise ValueError("augment_fraction > 0 is not supported with kd_fused_lm_head; set one of them off.")

@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from .model_config import parse_model_config  # noqa: F401  (importable from here, as before)
 
 logger = logging.getLogger("distill")
 
@@ -72,26 +73,6 @@ class ModelArguments:
             raise ValueError("No student: set model_name_or_path, model_config or init_from_teacher_layers.")
 
 
-def parse_model_config(value: Any) -> dict:
-    """A student config given as a mapping, a JSON string, or a path to config.json / a model dir."""
-    if isinstance(value, dict):
-        config = dict(value)
-    elif isinstance(value, str) and value.lstrip().startswith("{"):
-        try:
-            config = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"model_config is not valid JSON: {e}") from None
-    else:
-        path = os.path.join(value, "config.json") if os.path.isdir(str(value)) else str(value)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"model_config={value!r}: no such config file or model directory.")
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    if "model_type" not in config:
-        raise ValueError("model_config needs a model_type, e.g. llama, gpt2, bert or vit.")
-    return config
-
-
 def build_parser():
     from transformers import HfArgumentParser
 
@@ -148,10 +129,13 @@ def parse_args(argv: list[str]):
 def _non_embedding(model) -> tuple[int, int]:
     import torch
 
+    from .intermediate import PROJECTION_NAME
+
     def numel(p):  # ZeRO-3 partitions parameters: ds_numel is the full size
         return getattr(p, "ds_numel", p.numel())
 
-    total = sum(numel(p) for p in model.parameters())
+    # Without a hidden-state projection, which is not saved with the model.
+    total = sum(numel(p) for name, p in model.named_parameters() if not name.startswith(PROJECTION_NAME + "."))
     embedding = sum(numel(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return total, total - embedding
 
@@ -197,12 +181,17 @@ def _build_student(model_args, data_args, args, task, tokenizer, bundle):
         if bundle.id2label:
             extra["id2label"] = {int(k): v for k, v in bundle.id2label.items()}
             extra["label2id"] = {v: int(k) for k, v in bundle.id2label.items()}
+    if args.attention_weight > 0:  # attention transfer needs the probabilities, which only eager returns
+        extra["attn_implementation"] = "eager"
     model_class = task.model_class()
     if model_args.init_from_teacher_layers is not None:
         from .students.from_layers import student_from_teacher_dir
 
-        return student_from_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers,
-                                        model_class, bundle.num_labels, args.trust_remote_code)
+        student = student_from_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers,
+                                           model_class, bundle.num_labels, args.trust_remote_code)
+        if args.attention_weight > 0:
+            student.set_attn_implementation("eager")
+        return student
     if model_args.model_name_or_path:
         return model_class.from_pretrained(
             model_args.model_name_or_path, use_safetensors=True, trust_remote_code=args.trust_remote_code, **extra
@@ -218,7 +207,8 @@ def _build_student(model_args, data_args, args, task, tokenizer, bundle):
         config.setdefault("max_position_embeddings", max(512, data_args.block_size))
     config.update(extra)
     model_type = config.pop("model_type")
-    return model_class.from_config(AutoConfig.for_model(model_type, **config))
+    attn = {"attn_implementation": config.pop("attn_implementation")} if "attn_implementation" in config else {}
+    return model_class.from_config(AutoConfig.for_model(model_type, **config), **attn)
 
 
 def _check_before_compute(model_args, data_args, args) -> None:
@@ -250,12 +240,22 @@ def _check_before_compute(model_args, data_args, args) -> None:
             )
     if model_args.model_config is not None:
         parse_model_config(model_args.model_config)
+    from .safe_loading import check_model_dir
+
+    for field_name, path in [("model_name_or_path", model_args.model_name_or_path), ("teacher_model_name_or_path", teacher)]:
+        if path and _looks_local(path):
+            check_model_dir(path, field_name, args.trust_remote_code)
 
 
 def _check_teacher_cache(path: str, args) -> None:
     """The cache exists and fits the run's task, temperature and teacher (tokenizer and data: in the trainer)."""
     from .teacher.cache import TeacherCache
 
+    if args.hidden_weight > 0 or args.attention_weight > 0:
+        raise ValueError(
+            "hidden_weight/attention_weight > 0 need the teacher's hidden states, which teacher_cache does not hold "
+            "(only top-k log-probabilities): drop teacher_cache and set teacher_model_name_or_path."
+        )
     cache = TeacherCache.load(path, with_data=False)
     cache.check_settings(temperature=args.temperature, task=args.task)
     teacher = args.teacher_model_name_or_path
@@ -281,6 +281,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(args.get_process_log_level())
     datasets.utils.logging.set_verbosity(args.get_process_log_level())
+    if data_args.tasks is not None:  # multi-task distillation: one student, a teacher per task
+        from .multitask import multitask_main
+
+        return multitask_main(model_args, data_args, args)
     _check_before_compute(model_args, data_args, args)
     from .fingerprint import prepare_output_dir
 

@@ -15,17 +15,21 @@ from transformers.trainer_utils import rotate_checkpoints
 from .checkpoints import (check_finite_weights, disk_full_error, last_complete_checkpoint, resolve_resume,
                           write_completion_record)
 from .config import DistillationConfig
+from .intermediate import PROJECTION_NAME, IntermediateLayerTransfer, load_projection, save_projection
 from .losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 from .losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
                          output_head)
+from .numerics import check_teacher_logits, install_nonfinite_guard
 from .losses.logit import distillation_loss, loss_denominator, student_cross_entropy
 from .tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, infer_task
 from .teacher.loading import check_same_tokenizer, load_teacher
 from .teacher.placement import place_teacher
 from .teacher.cache import CACHE_COLUMNS
 from .teacher.ensemble import build_ensemble
+from .data.augment import AUGMENTED_KEY, augmented_kd_loss, augmenting_kwargs, clean_collator
 
 _STAGING = ".staging"
+_NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, *CACHE_COLUMNS)
 
 
 class DistillationTrainer(Trainer):
@@ -77,8 +81,16 @@ class DistillationTrainer(Trainer):
             raise ValueError("DistillationTrainer needs args=DistillationConfig(...).")
         if not isinstance(args, DistillationConfig):
             raise TypeError(f"args must be a DistillationConfig, not {type(args).__name__}.")
+        model_init = kwargs.get("model_init")  # hyperparameter search (distill tune) re-creates the student
+        if model is not None and model_init is not None:
+            raise ValueError("Give the student as model= or model_init=, not both.")
+        if model is None and model_init is not None:
+            if args.kd_fused_lm_head or args.hidden_weight > 0 or args.attention_weight > 0:
+                raise ValueError("kd_fused_lm_head and hidden/attention terms hold on to the student's modules: "
+                                 "they cannot follow model_init's new models (distill tune).")
+            model = model_init(None)
         if model is None:
-            raise ValueError("DistillationTrainer needs the student as model=...")
+            raise ValueError("DistillationTrainer needs the student as model=... (or model_init=...)")
         task = get_task(args.task) if args.task else infer_task(model)
         if teacher_model is None and teacher_cache is None and args.alpha > 0:
             raise ValueError(
@@ -103,13 +115,23 @@ class DistillationTrainer(Trainer):
             kwargs = self._attach_teacher_cache(teacher_cache, teacher_model, task, args, processing_class, kwargs)
             self.kd_vocab_size = self.teacher_cache.vocab_size
         self._check_train_dataset(kwargs.get("train_dataset"), args)
-        super().__init__(model=model, args=args, **kwargs)
+        if args.augment_fraction > 0:  # data-augmentation distillation: augmenting collator
+            kwargs = augmenting_kwargs(kwargs, task, args, processing_class, has_cache=self.teacher_cache is not None)
+        # Hidden-state / attention terms: checked, and the projection attached to the student, before the
+        # Trainer moves and wraps it.
+        self._intermediate = None
+        if args.hidden_weight > 0 or args.attention_weight > 0:
+            self._intermediate = IntermediateLayerTransfer(args, task, model, teacher_model, self.teacher_cache)
+        super().__init__(model=None if model_init is not None else model, args=args, **kwargs)
+        if self._intermediate is not None:
+            self._intermediate.check_placement(self)
         # Count valid positions ourselves for every task (shift-aware for causal LMs only).
         self.model_accepts_loss_kwargs = True
         self.teacher = place_teacher(teacher_model, self) if teacher_model is not None else None
         self._heads = self._fused_heads(model) if args.kd_fused_lm_head else None
         self._train_sums = self._zero_sums()
         self._eval_sums = None
+        install_nonfinite_guard(self)
 
     # ---- input checks ------------------------------------------------------------------------
 
@@ -176,10 +198,17 @@ class DistillationTrainer(Trainer):
             count = self.accelerator.gather(count).sum()
         return count
 
-    def _teacher_logits(self, inputs: dict[str, Any], fused: bool = False) -> torch.Tensor:
-        """The teacher's logits, or with ``fused`` its final hidden states (its head bypassed)."""
+    def _teacher_outputs(self, inputs: dict[str, Any], fused: bool = False):
+        """The teacher's outputs: ``.logits`` are its logits, or with ``fused`` its final hidden states (its head
+        bypassed); per-layer hidden states and attentions too when the intermediate terms need them."""
+        extra = self._intermediate.model_kwargs() if self._intermediate is not None else {}
         with torch.no_grad(), (bypass_head(self._heads[1]) if fused else contextlib.nullcontext()):
-            return self.teacher(**inputs).logits
+            outputs = self.teacher(**inputs, **extra)
+        check_teacher_logits(outputs.logits, self)
+        return outputs
+
+    def _teacher_logits(self, inputs: dict[str, Any], fused: bool = False) -> torch.Tensor:
+        return self._teacher_outputs(inputs, fused).logits
 
     def _online_kd(self, s_logits, t_logits, s_labels, alpha, num_items_in_batch):
         """The KD loss against the online teacher's logits. Token-level logits are large (B x T x V), so
@@ -191,9 +220,9 @@ class DistillationTrainer(Trainer):
                        kind=self.args.kd_kind, jsd_beta=self.args.jsd_beta, num_items_in_batch=num_items_in_batch,
                        vocab_size=self.kd_vocab_size, skew_alpha=self.args.skew_alpha, **extra)
 
-    def _fused_kd(self, s_hidden, s_labels, model_inputs, num_items_in_batch):
+    def _fused_kd(self, s_hidden, s_labels, t_outputs, num_items_in_batch):
         """The KD loss computed chunk by chunk from both models' hidden states and head weights."""
-        t_hidden, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs, fused=True), None)
+        t_hidden, _ = align_logits_and_labels(self.task, t_outputs.logits, None)
         s_head, t_head = self._heads
         return fused_linear_distillation_loss(
             s_hidden, s_head.weight, t_hidden, t_head.weight, s_labels,
@@ -216,12 +245,13 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         cached = {k: inputs[k] for k in CACHE_COLUMNS if k in inputs} or None
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in CACHE_COLUMNS}
+        model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}
         # kd_fused_lm_head in training: the models return hidden states, the loss applies the heads.
         fused = self._heads is not None and torch.is_grad_enabled()
         # Always through the wrapper (DDP/FSDP/DeepSpeed hooks), never `.module`.
+        extra = self._intermediate.model_kwargs() if self._intermediate is not None else {}
         with bypass_head(self._heads[0]) if fused else contextlib.nullcontext():
-            outputs = model(**model_inputs)
+            outputs = model(**model_inputs, **extra)
         student_logits, shifted_labels = align_logits_and_labels(self.task, outputs.logits, labels)
         global_denominator = num_items_in_batch is not None
         if num_items_in_batch is None:
@@ -229,23 +259,35 @@ class DistillationTrainer(Trainer):
             num_items_in_batch = (
                 count_valid(self.task, labels) if labels is not None else student_logits[..., 0].numel()
             )
-        out = None
+        out = t_outputs = None
         if cached is not None and self.teacher is None:
             # Teacher targets from the offline cache: no teacher forward.
             out = self._cached_kd(student_logits, shifted_labels, cached, num_items_in_batch)
         elif fused:
-            out = self._fused_kd(student_logits, shifted_labels, model_inputs, num_items_in_batch)
+            t_outputs = self._teacher_outputs(model_inputs, fused=True)
+            out = self._fused_kd(student_logits, shifted_labels, t_outputs, num_items_in_batch)
         elif self.teacher is not None:
-            teacher_logits, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs), None)
-            out = self._online_kd(student_logits, teacher_logits, shifted_labels, self.args.alpha, num_items_in_batch)
+            t_outputs = self._teacher_outputs(model_inputs)
+            teacher_logits, _ = align_logits_and_labels(self.task, t_outputs.logits, None)
+            if inputs.get(AUGMENTED_KEY) is not None and shifted_labels is not None:  # KD alone on augmented rows
+                out = augmented_kd_loss(
+                    lambda lab, a: self._online_kd(student_logits, teacher_logits, lab, a, num_items_in_batch),
+                    shifted_labels, inputs[AUGMENTED_KEY], self.args.alpha)
+            else:
+                out = self._online_kd(student_logits, teacher_logits, shifted_labels, self.args.alpha, num_items_in_batch)
         if out is not None:
             loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
         else:
             ce_sum, n_local = student_cross_entropy(student_logits, shifted_labels)
             loss = ce_sum / loss_denominator(n_local, num_items_in_batch)
             kd, ce = None, loss.detach()
+        layer_terms = (None, None)
+        if self._intermediate is not None:
+            # Same items and denominator as the logit terms (see distill.losses.hidden).
+            layer_terms = self._intermediate.losses(outputs, t_outputs, inputs, num_items_in_batch)
+            loss = loss + self._intermediate.weighted(*layer_terms)
         if model.training:
-            self._accumulate(kd, ce, num_items_in_batch, n_local)
+            self._accumulate(kd, ce, num_items_in_batch, n_local, *layer_terms)
             if global_denominator and self.args.average_tokens_across_devices:
                 # num_items_in_batch is summed over processes and DDP averages gradients: undo the mean.
                 loss = loss * self.accelerator.num_processes
@@ -256,15 +298,17 @@ class DistillationTrainer(Trainer):
     # ---- logging -----------------------------------------------------------------------------
 
     def _zero_sums(self) -> torch.Tensor:
-        # [kd raw sum, ce raw sum, valid positions], kept on device to avoid a sync per micro-batch.
-        return torch.zeros(3, dtype=torch.float64, device=self.args.device)
+        # [kd raw sum, ce raw sum, valid positions, hidden raw sum, attention raw sum], kept on device to
+        # avoid a sync per micro-batch.
+        return torch.zeros(5, dtype=torch.float64, device=self.args.device)
 
-    def _accumulate(self, kd: Optional[torch.Tensor], ce: torch.Tensor, denom, n_local) -> None:
+    def _accumulate(self, kd: Optional[torch.Tensor], ce: torch.Tensor, denom, n_local, hidden=None,
+                    attention=None) -> None:
         """Keep token-weighted raw sums, so logged means are exact across GA steps and processes."""
         denom = torch.as_tensor(denom, dtype=torch.float64, device=self._train_sums.device)
-        if kd is not None:
-            self._train_sums[0] += kd.double() * denom
-        self._train_sums[1] += ce.double() * denom
+        for index, term in ((0, kd), (1, ce), (3, hidden), (4, attention)):
+            if term is not None:
+                self._train_sums[index] += term.detach().double() * denom
         self._train_sums[2] += torch.as_tensor(n_local, dtype=torch.float64, device=denom.device)
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
@@ -272,15 +316,27 @@ class DistillationTrainer(Trainer):
             totals = self._train_sums
             if self.args.world_size > 1:
                 totals = self.accelerator.reduce(totals, reduction="sum")
-            kd, ce, n = totals.tolist()
+            kd, ce, n, hidden, attention = totals.tolist()
             if n > 0:
                 if self.teacher is not None or self.teacher_cache is not None:
                     logs["kd_loss"] = round(kd / n, 6)
                 logs["ce_loss"] = round(ce / n, 6)
+                if self.args.hidden_weight > 0:
+                    logs["hidden_loss"] = round(hidden / n, 6)
+                if self.args.attention_weight > 0:
+                    logs["attention_loss"] = round(attention / n, 6)
             self._train_sums = self._zero_sums()
         super().log(logs, start_time)
 
     # ---- evaluation --------------------------------------------------------------------------
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with clean_collator(self):  # never augment evaluation batches
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with clean_collator(self):
+            return super().get_test_dataloader(test_dataset)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Student cross-entropy (token-weighted), KD and teacher CE, accumulated for `evaluation_loop`."""
@@ -289,9 +345,11 @@ class DistillationTrainer(Trainer):
         if labels is None:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         cached = {k: inputs[k] for k in CACHE_COLUMNS if k in inputs} or None
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in CACHE_COLUMNS}
+        model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}
+        extra = self._intermediate.model_kwargs() if self._intermediate is not None else {}
         with torch.no_grad(), self.compute_loss_context_manager():
-            logits = model(**model_inputs).logits
+            s_outputs = model(**model_inputs, **extra)
+            logits = s_outputs.logits
             s_logits, s_labels = align_logits_and_labels(self.task, logits, labels)
             # Sum only real rows: accelerate pads the last batch with repeated samples.
             k = self._real_rows(labels.shape[0])
@@ -304,12 +362,18 @@ class DistillationTrainer(Trainer):
                 sums["ce"] += float(ce_real)
                 sums["n"] += float(n_real)
             if self.teacher is not None:
-                t_logits, _ = align_logits_and_labels(self.task, self._teacher_logits(model_inputs), None)
+                t_outputs = self._teacher_outputs(model_inputs)
+                t_logits, _ = align_logits_and_labels(self.task, t_outputs.logits, None)
                 out = self._online_kd(s_logits[:k], t_logits[:k], s_labels[:k], 1.0, 1)
                 t_ce, _ = student_cross_entropy(t_logits[:k], s_labels[:k])
                 if sums is not None:
                     sums["kd"] += float(out.kd_loss)
                     sums["teacher_ce"] = sums.get("teacher_ce", 0.0) + float(t_ce)
+                if self._intermediate is not None and sums is not None:  # raw sums over the real rows
+                    for name, term in zip(("hidden", "attention"),
+                                          self._intermediate.losses(s_outputs, t_outputs, inputs, 1, rows=k)):
+                        if term is not None:
+                            sums[name] = sums.get(name, 0.0) + float(term)
             elif cached is not None:
                 real = {c: v[:k] for c, v in cached.items()}
                 out = self._cached_kd(s_logits[:k], s_labels[:k], real, 1, alpha=1.0)
@@ -343,6 +407,7 @@ class DistillationTrainer(Trainer):
                 values = self.accelerator.reduce(values, reduction="sum")
             ce, kd, t_ce, n = values.tolist()
             cached_kd = bool(sums.get("cached_kd"))
+            layer_sums = self._reduce_layer_sums(sums)
         finally:
             self._eval_sums = None
         if n > 0:
@@ -355,7 +420,20 @@ class DistillationTrainer(Trainer):
                 output.metrics[f"{p}_teacher_loss"] = t_ce / n
             elif cached_kd:  # an eval set that carries cache columns: KD from the cache, no teacher CE
                 output.metrics[f"{p}_kd_loss"] = kd / n
+            for name, total in layer_sums.items():
+                output.metrics[f"{p}_{name}_loss"] = total / n
         return output
+
+    def _reduce_layer_sums(self, sums: dict) -> dict[str, float]:
+        """The evaluation's hidden / attention raw sums, summed over processes (every process calls this)."""
+        if self._intermediate is None:
+            return {}
+        names = [name for name, weight in (("hidden", self.args.hidden_weight), ("attention", self.args.attention_weight))
+                 if weight > 0]
+        values = torch.tensor([sums.get(name, 0.0) for name in names], dtype=torch.float64, device=self.args.device)
+        if self.args.world_size > 1:
+            values = self.accelerator.reduce(values, reduction="sum")
+        return dict(zip(names, values.tolist()))
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -376,6 +454,9 @@ class DistillationTrainer(Trainer):
         check_finite_weights(model)
         try:
             super()._save_checkpoint(model, trial)
+            projection = self._intermediate.projection if self._intermediate is not None else None
+            if projection is not None and self.args.should_save:  # not in model.safetensors (see intermediate)
+                save_projection(projection.state_dict(), staged)
         except OSError as e:  # out of disk: say so; the previous checkpoint was not touched
             shutil.rmtree(os.path.join(run_dir, _STAGING), ignore_errors=True)
             raise disk_full_error(e, final, last_complete_checkpoint(run_dir)) or e
@@ -399,6 +480,11 @@ class DistillationTrainer(Trainer):
             )
         self.accelerator.wait_for_everyone()
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self._intermediate is not None and self._intermediate.projection is not None:
+            load_projection(self._intermediate.projection, resume_from_checkpoint)
+
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
         """`Trainer.train`, resuming only from a checkpoint that passes `distill.checkpoints.check_checkpoint`:
         ``True`` takes the newest complete one (skipping damaged ones with a warning), a path is checked
@@ -407,6 +493,18 @@ class DistillationTrainer(Trainer):
             shutil.rmtree(os.path.join(self.args.output_dir, _STAGING), ignore_errors=True)
         resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # The projection is not in model.safetensors by design (it is loaded from its own file): not "missing".
+        load_result.missing_keys[:] = [k for k in load_result.missing_keys if not k.startswith(PROJECTION_NAME + ".")]
+        super()._issue_warnings_after_load(load_result)
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        best = self.state.best_model_checkpoint
+        if self._intermediate is not None and self._intermediate.projection is not None and best \
+                and not self.is_deepspeed_enabled:
+            load_projection(self._intermediate.projection, best)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Save the student only (safetensors); the arguments as JSON instead of a pickle."""

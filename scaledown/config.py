@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from deploy.ship import ShipConfig
 from distill.hints import did_you_mean
 
 
@@ -45,6 +46,16 @@ class StudentConfig:
     width: Optional[int] = None
     target_loss: Optional[float] = None
     flops_budget: Optional[float] = None
+    # --- student made from the teacher (distill/students/): instead of a size, `from_teacher: layers`
+    # copies the teacher blocks `layers` (indices, every_other or a count; DistilBERT), and
+    # `from_teacher: prune` prunes the teacher on calibration data from `data` (Minitron):
+    # drop_layers blocks, MLP width mlp_width, heads. The baseline starts from the same weights.
+    from_teacher: Optional[str] = None
+    layers: Any = None
+    drop_layers: int = 0
+    mlp_width: Optional[int] = None
+    heads: Optional[int] = None
+    num_samples: int = 64
 
 
 @dataclass
@@ -72,6 +83,8 @@ class PipelineConfig:
     teacher: Optional[str] = None
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillStageConfig = field(default_factory=DistillStageConfig)
+    # --- ship stage (deploy/ship.py): export, int8, bench of the student after evaluation
+    ship: ShipConfig = field(default_factory=ShipConfig)
     quick: dict = field(default_factory=dict)
 
     @property
@@ -79,7 +92,8 @@ class PipelineConfig:
         return os.path.join(self.output_root, self.name)
 
 
-_NESTED = {"ladder": LadderConfig, "fit": FitConfig, "student": StudentConfig, "distill": DistillStageConfig}
+_NESTED = {"ladder": LadderConfig, "fit": FitConfig, "student": StudentConfig, "distill": DistillStageConfig,
+           "ship": ShipConfig}
 
 
 def _build(cls, values: dict, where: str):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 from .config import PipelineConfig
 from .files import write_json_atomic
 
-STAGES = ("tokenizer", "ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate")
+STAGES = ("tokenizer", "ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate", "ship")
 
 
 def banner(text: str) -> None:
@@ -60,9 +60,14 @@ class Pipeline:
         if len(c.ladder.widths) < needed:
             raise ValueError(f"ladder.widths: fit.law={c.fit.law} needs at least {needed} rungs "
                              f"({'one held out, ' if c.fit.hold_out_largest else ''}parameters + 1 to fit).")
-        given = [x is not None for x in (c.student.width, c.student.target_loss, c.student.flops_budget)]
+        given = [x is not None for x in (c.student.width, c.student.target_loss, c.student.flops_budget,
+                                          c.student.from_teacher)]
         if sum(given) != 1:
-            raise ValueError("student: give exactly one of width, target_loss or flops_budget.")
+            raise ValueError("student: give exactly one of width, target_loss, flops_budget or from_teacher.")
+        if c.student.from_teacher is not None:
+            from .students import check_student_from_teacher
+
+            check_student_from_teacher(c.student, c.teacher, self.plans)
         if c.student.width is not None:
             teacher_width = self._teacher_width()
             if teacher_width is not None and c.student.width >= teacher_width:
@@ -182,6 +187,11 @@ class Pipeline:
         banner("report")
         seconds = time.time() - start
         summary = write_report(self, ladder, fit, teacher, student, kd, base, evaluation, seconds)
+        if self.config.ship.enabled:  # after the report, so a failed export still leaves the evaluation
+            from deploy.ship import add_ship_to_report, ship_stage
+
+            ship = self.stage("ship", lambda: ship_stage(self, teacher, kd, base))
+            summary = add_ship_to_report(self.root, summary, ship)
         self.log(f"\nreport: {os.path.join(self.root, 'report.md')}  ({seconds:.0f} s)")
         return summary
 
@@ -262,6 +272,13 @@ class Pipeline:
         vocab = int(c.data.get("tokenizer_vocab_size", 2048))
         teacher_params = _results(teacher["dir"]).get("student_params")
         tokens = int(c.distill.tokens or self.plans[0].tokens)
+        if c.student.from_teacher is not None:
+            from .students import student_from_teacher
+
+            student = student_from_teacher(self, teacher["dir"])
+            student["steps"] = max(1, tokens // (self.batch_size * self.seq_len))
+            self.log(f"student: {student['params']:,} parameters, {student['reason']}")
+            return student
         if c.student.width is not None:
             width, reason = c.student.width, "given"
         else:
@@ -301,6 +318,8 @@ class Pipeline:
         (by width), cosine schedule and evaluation interval; it is the baseline when its model
         config and step count equal the student's.
         """
+        if student.get("dir"):  # made from the teacher: no ladder rung has its weights
+            return None
         for plan in self.plans or []:
             run_dir = os.path.join(self.root, "ladder", plan.name)
             if (plan.steps == student["steps"] and _same_config(plan.config, student["config"])
@@ -329,7 +348,9 @@ class Pipeline:
                       "--temperature", str(c.distill.temperature), "--kd_kind", c.distill.kd_kind]
                      if distill else ["--alpha", "0"])
             train_run(self.train_args(seed) + [
-                "--task", "causal-lm", "--model_config", json.dumps(student["config"]),
+                "--task", "causal-lm",
+                *(["--model_name_or_path", student["dir"]] if student.get("dir") else
+                  ["--model_config", json.dumps(student["config"])]),
                 "--max_steps", str(student["steps"]), "--lr_scheduler_type", "cosine", "--output_dir", out,
                 "--eval_steps", str(eval_steps), "--save_steps", str(eval_steps),
                 *self.lr_args(student["width"]), *extra], f"{kind} seed {seed}", self.log)

@@ -30,6 +30,7 @@ DEPENDS = {
     "distill": ("tokenizer", "student", "teacher"),
     "baseline": ("tokenizer", "ladder", "student"),
     "evaluate": ("tokenizer", "teacher", "distill", "baseline"),
+    "ship": ("tokenizer", "teacher", "distill", "baseline", "evaluate"),
 }
 # Data fields that only choose how much is evaluated: not read by tokenizer training.
 _EVAL_ONLY_DATA = ("max_eval_samples", "max_test_samples", "preprocessing_num_workers")
@@ -53,15 +54,17 @@ def _own_fields(config, name: str) -> dict:
         "fit": {**flat("fit", c["fit"]), "seed": c["seed"]},
         "teacher": {"teacher": c["teacher"], "teacher_files": _teacher_files(c["teacher"])},
         "student": {**flat("student", c["student"]), "distill.tokens": c["distill"]["tokens"],
-                    **flat("ladder", ladder), "data.tokenizer_vocab_size": data.get("tokenizer_vocab_size"),
-                    "data.block_size": data.get("block_size"),
+                    **flat("ladder", ladder), **flat("data", data),  # data: pruning calibrates on it
                     "train.per_device_train_batch_size": train.get("per_device_train_batch_size")},
         "distill": {**flat("distill", c["distill"]), **flat("data", data), **flat("train", train), **run_ladder,
                     "seed": c["seed"]},
         "baseline": {"distill.seeds": c["distill"]["seeds"], "distill.tokens": c["distill"]["tokens"],
                      **flat("data", data), **flat("train", train), **run_ladder, "seed": c["seed"]},
         "evaluate": {**flat("data", data), "seed": c["seed"]},
-    }[name]
+        "ship": {**flat("ship", c.get("ship") or {}), **flat("data", data), "seed": c["seed"]},
+    }.get(name)
+    if fields is None:  # a stage this module does not know: everything counts
+        fields = {k: v for k, v in c.items() if k != "quick"}
     return json.loads(json.dumps(fields, default=str))
 
 
@@ -80,7 +83,8 @@ def stage_digest(inputs: dict, result: Any) -> str:
 
 def stage_inputs(config, name: str, digests: dict[str, str]) -> dict:
     """The inputs of stage ``name``: its own config fields and the digest of each stage it consumes."""
-    return {**_own_fields(config, name), **{f"{up} stage": digests.get(up) for up in DEPENDS[name]}}
+    upstream = DEPENDS.get(name, tuple(digests))
+    return {**_own_fields(config, name), **{f"{up} stage": digests.get(up) for up in upstream}}
 
 
 def changed_inputs(old: dict, new: dict) -> list[str]:

@@ -139,21 +139,23 @@ def _load(args):
 
 def _emit(args, result, summary=None):
     if getattr(args, "out", None):
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
+        from .atomic import write_text_atomic
+
+        write_text_atomic(args.out, json.dumps(result, indent=1))
     if args.json:
         print(json.dumps(summary if summary is not None else result, indent=1))
 
 
 def _summary_text(fit) -> str:
-    ci = fit.get("ci", {})
+    from .intervals import bootstrap_lines, format_interval
+
     lines = [f"{fit['law']} fit on {fit['n_points']} points (N = {fit['param_count']}, "
              f"{fit['loss']} delta={fit['delta']:g}, {fit['method']}): objective "
              f"{fit['objective']:.8g}, {'converged' if fit['converged'] else 'NOT converged'} "
              f"({fit['seconds']:.2f} s)"]
     for k, v in list(fit["params"].items()) + list(fit["derived"].items()):
-        band = f"  [{ci[k][0]:.5g}, {ci[k][1]:.5g}]" if k in ci else ""
-        lines.append(f"  {k:>24} = {v:.5g}{band}")
+        lines.append(f"  {k:>24} = {v:.5g}  {format_interval(fit, k)}".rstrip())
+    lines += [f"  {line}" for line in bootstrap_lines(fit)]
     if "holdout" in fit:
         h = fit["holdout"]
         lines.append(f"  holdout above {h['threshold_flops']:.3g} FLOPs: {h['n_test']} runs, "

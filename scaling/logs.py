@@ -26,6 +26,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .atomic import atomic_path, write_text_atomic
+
 __all__ = ["RUN_PARAM_COUNT", "ScalingDataError", "RunPoint", "parse_columns", "read_table", "read_run_dir",
            "load_runs", "param_count_of", "to_arrays", "write_table"]
 
@@ -453,11 +455,11 @@ def write_table(points, path):
     path = Path(path)
     rows = [p.to_dict() for p in points]
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(rows, indent=2))
+        write_text_atomic(path, json.dumps(rows, indent=2))
         return
     for r in rows:
         r["notes"] = "; ".join(f"{k}: {v}" for k, v in r["notes"].items())
-    with path.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)

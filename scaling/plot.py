@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
+
 __all__ = ["save_figure", "plot_fit", "plot_residuals", "plot_frontier", "plot_isoflop",
            "plot_envelope", "plot_all"]
 
@@ -31,7 +33,8 @@ def save_figure(fig, path) -> list:
     out = []
     for ext in (".png", ".svg"):
         target = path.with_suffix(ext)
-        fig.savefig(target, dpi=120, bbox_inches="tight")
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format=ext[1:])
         out.append(str(target))
     _plt().close(fig)
     return out

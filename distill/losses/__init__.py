@@ -7,13 +7,18 @@
 - `kernels`: the per-chunk loss-and-gradient kernels behind `chunked`.
 - `cached`: the loss against a teacher's stored top-k log-probabilities (`distill cache-teacher`).
 - `fused_head`: running a causal LM with its LM head bypassed, and the checks that make it safe.
+- `hidden`: intermediate-layer terms: hidden states (MSE / cosine, through an optional projection)
+  and MiniLM's self-attention KL, over a student -> teacher layer map.
 """
 
 from .cached import cached_distillation_loss, teacher_topk  # noqa: F401
+from .hidden import (HIDDEN_LOSSES, attention_kl_loss, default_layer_map, hidden_state_loss,  # noqa: F401
+                     position_weights)
 from .chunked import chunked_distillation_loss, fused_linear_distillation_loss  # noqa: F401
 from .logit import (KD_KINDS, DistillationLossOutput, align_vocab, check_kd_kind,  # noqa: F401
                     distillation_loss, divergence, loss_denominator, student_cross_entropy)
 
 __all__ = ["KD_KINDS", "DistillationLossOutput", "align_vocab", "check_kd_kind", "distillation_loss",
            "divergence", "loss_denominator", "student_cross_entropy", "chunked_distillation_loss",
-           "fused_linear_distillation_loss", "cached_distillation_loss", "teacher_topk"]
+           "fused_linear_distillation_loss", "cached_distillation_loss", "teacher_topk",
+           "HIDDEN_LOSSES", "attention_kl_loss", "default_layer_map", "hidden_state_loss", "position_weights"]

@@ -28,7 +28,7 @@ def calibration_data_args(source: str, num_samples: int, task: str, max_length: 
     """`DataArguments` for a calibration source: a `distill train` recipe (its data fields) or a data source.
 
     Args:
-        source: a recipe YAML; a dataset name (``builtin:docstring-topics``, a Hub id, a
+        source: a recipe YAML; a mapping of `DataArguments` fields; a dataset name (``builtin:docstring-topics``, a Hub id, a
             ``save_to_disk`` folder); or a local data file (json/jsonl/txt/csv/parquet).
         num_samples: training examples to take.
         task: the model's task; a recipe with another task is refused.
@@ -46,6 +46,8 @@ def calibration_data_args(source: str, num_samples: int, task: str, max_length: 
               "validation_split_percentage": 0}
     if max_length is not None:
         limits.update(max_seq_length=max_length, block_size=max_length)
+    if isinstance(source, dict):  # DataArguments fields, e.g. a pipeline's data block
+        return DataArguments(**{**{k: v for k, v in source.items() if k in fields}, **limits})
     if source.endswith((".yaml", ".yml")):
         if not os.path.isfile(source):
             raise FileNotFoundError(f"--calibration {source}: no such recipe file.")

@@ -49,18 +49,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
+from ..checkpoints import process_alive
 from ..losses.cached import cached_distillation_loss, teacher_topk
 from ..losses.logit import check_kd_kind
 
 CACHE_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_rest_logprob")
+logger = logging.getLogger("distill")
 MANIFEST_NAME = "teacher_cache.json"
 TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
@@ -317,9 +319,13 @@ def build_teacher_cache(
     cols = [c for c in ("input_ids", "labels") if c in dataset.column_names]
     source = dataset.select_columns(cols).with_format(None)
     features = _features(source.features, k, value_dtype)
-    os.makedirs(output_dir, exist_ok=True)
-    # Written beside output_dir (save_to_disk cannot copy a dataset into its own folder), then removed.
-    tmp_dir = tempfile.mkdtemp(prefix=".teacher-cache-", dir=os.path.dirname(os.path.abspath(output_dir)))
+    # Everything is written into a staging folder beside output_dir and renamed into place at the end,
+    # so a run killed midway leaves no cache (a rerun starts clean), never a partial one.
+    final = os.path.abspath(output_dir)
+    staging = _fresh_staging(final)
+    # The Arrow file is written beside the staging folder (save_to_disk cannot copy a dataset into its own folder).
+    tmp_dir = f"{staging}-arrow"
+    os.makedirs(tmp_dir)
     tmp = os.path.join(tmp_dir, "cache.arrow")
     writer = ArrowWriter(features=features, path=tmp)
     try:
@@ -341,10 +347,10 @@ def build_teacher_cache(
     finally:
         writer.close()
     written = Dataset.from_file(tmp)
-    written.save_to_disk(output_dir)
+    written.save_to_disk(staging)
     del written
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    tokenizer.save_pretrained(os.path.join(output_dir, TOKENIZER_DIR))
+    tokenizer.save_pretrained(os.path.join(staging, TOKENIZER_DIR))
     manifest = {
         "format_version": FORMAT_VERSION,
         "task": "causal-lm",
@@ -364,6 +370,25 @@ def build_teacher_cache(
         "positions": "shifted: row t of an example of L tokens is the teacher's prediction of token t+1 (L-1 rows)",
         "rest_bucket": "log(1 - sum of the top-k probabilities), as a log-sum-exp over the other tokens",
     }
-    with open(os.path.join(output_dir, MANIFEST_NAME), "w", encoding="utf-8") as f:
+    with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
+    if os.path.isdir(final):
+        os.rmdir(final)  # empty (checked above)
+    os.replace(staging, final)
     return TeacherCache.load(output_dir)
+
+
+def _fresh_staging(final: str) -> str:
+    """``.<name>.partial-<pid>`` beside ``final``, after removing those of runs that were killed."""
+    parent, name = os.path.split(final)
+    os.makedirs(parent, exist_ok=True)
+    prefix = f".{name}.partial-"
+    for entry in os.listdir(parent):
+        pid = entry[len(prefix):].split("-")[0]
+        if entry.startswith(prefix) and pid.isdigit() and not process_alive(int(pid)):
+            logger.warning("Removing %s, left by a teacher-cache run that was interrupted.", entry)
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    staging = os.path.join(parent, f"{prefix}{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
