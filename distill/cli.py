@@ -32,6 +32,12 @@ commands:
               distill prune --model runs/teacher --drop-layers 2 --mlp-width 256 --calibration RECIPE_OR_DATA \
                 --num-samples 64 --output_dir runs/pruned
 
+  tune      Hyperparameter search (optuna, through Trainer.hyperparameter_search) over a recipe:
+              distill tune --config RECIPE --search_space SPACE.yaml --n_trials 20 --output_dir runs/tune
+            SPACE.yaml: alpha: {low: 0.1, high: 0.9}, learning_rate: {low: 1e-4, high: 1e-2, log: true},
+            model.hidden_size: {choices: [64, 96]}. --pruner median (evaluates every --eval_steps).
+            Writes trials.json/.csv, best.yaml, objective.png; run it again to continue the study.
+
 Recipes live in recipes/ and start with the command that runs them. Outputs follow transformers'
 conventions: trainer_state.json, all_results.json, model.safetensors, README.md (model card).
 """
@@ -80,6 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             (init_student_main if command == "init-student" else prune_main)(rest)
         except (ValueError, FileNotFoundError, FileExistsError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if command == "tune":
+        from .tune import main as tune_main
+
+        try:
+            tune_main(rest)
+        except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0

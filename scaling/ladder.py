@@ -21,6 +21,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from .atomic import write_text_atomic
 from .params import count_parameters, flops_per_token
 
 KNOWN_FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "olmo")
@@ -177,6 +178,7 @@ def train_ladder(
     train_fn: Optional[Callable[[list[str]], Any]] = None,
     run_args: Optional[Callable[[RunPlan], list[str]]] = None,
     log: Callable[[str], None] = print,
+    skip_finished: bool = True,
 ) -> list[str]:
     """Train each planned run into ``out_root/<name>`` with `distill train`, skipping finished ones.
 
@@ -187,6 +189,8 @@ def train_ladder(
         train_fn: the training entry point (default `distill.train.main`); imported lazily so
             that planning needs no trainer.
         run_args: extra arguments for one run (e.g. its learning rate or evaluation interval).
+        skip_finished: skip a run whose ``all_results.json`` exists; False leaves the decision to
+            ``train_fn`` (`distill train` compares its run fingerprint).
     """
     if train_fn is None:
         from distill.train import main as train_fn
@@ -194,14 +198,13 @@ def train_ladder(
     for i, plan in enumerate(plans, 1):
         out = os.path.join(out_root, plan.name)
         dirs.append(out)
-        if is_finished(out):
+        if skip_finished and is_finished(out):
             log(f"[ladder {i}/{len(plans)}] {plan.name}: finished, skipped")
             continue
         log(f"[ladder {i}/{len(plans)}] {plan.name}: {plan.non_embedding_params:,} non-embedding params, "
             f"{plan.tokens:,} tokens, {plan.steps} steps")
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "ladder_plan.json"), "w", encoding="utf-8") as f:
-            json.dump(asdict(plan), f, indent=2)
+        write_text_atomic(os.path.join(out, "ladder_plan.json"), json.dumps(asdict(plan), indent=2))
         extra = run_args(plan) if run_args else []
         train_fn([*train_args, *extra, "--task", "causal-lm", "--alpha", "0", "--model_config", json.dumps(plan.config),
                   "--max_steps", str(plan.steps), "--lr_scheduler_type", "cosine", "--output_dir", out])
