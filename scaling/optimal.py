@@ -278,7 +278,7 @@ def envelope_analysis(params, flops, loss, run, num: int = 60, param_count=None)
     Args:
         params, flops, loss (`array-like`): every evaluation point.
         run (`list`): the run of each point (curves are grouped by it).
-        num (`int`): grid points in C.
+        num (`int`): grid points in C (log-spaced), to which every evaluated compute is added.
         param_count (`str`, *optional*): what `params` counts (`"total"` or
             `"non_embedding"`), recorded in the result so plots and tables can say it.
 
@@ -296,10 +296,12 @@ def envelope_analysis(params, flops, loss, run, num: int = 60, param_count=None)
         raise ScalingDataError("Approach 1 needs learning curves of at least two runs: read run "
                                "directories with --points all, or give a table with a run column")
     lo = max(min(c[ix].min() for ix in curves.values()), c.min())
-    grid = np.logspace(math.log10(lo), math.log10(c.max()), num)
+    # the evaluated computes themselves are on the grid, so every run's last point is reached
+    grid = np.unique(np.concatenate([np.logspace(math.log10(lo), math.log10(c.max()), num),
+                                     c[c >= lo]]))
     best_l, best_r = _lowest_curve(curves, c, l, grid)
     pts, low = [], None
-    for j in range(num):
+    for j in range(grid.size):
         if best_r[j] is not None and (low is None or best_l[j] < low["loss"]):
             size = float(n[curves[best_r[j]][0]])
             low = {"params": size, "tokens": float(grid[j] / (6 * size)),
