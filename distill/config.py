@@ -7,10 +7,10 @@ from typing import Optional, Union
 
 from transformers import TrainingArguments
 
+from .data.arguments import TASKS  # one list of tasks, shared with the data layer
 from .losses.hidden import HIDDEN_LOSSES, parse_layer_map
 from .losses.logit import KD_KINDS
 
-TASKS = ("causal-lm", "seq-cls", "image-cls")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 

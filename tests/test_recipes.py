@@ -43,7 +43,7 @@ def test_command_line_overrides_yaml(tmp_path):
 def test_unknown_yaml_key_is_an_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: causal-lm\nmodel_config: {model_type: llama}\nalpah: 0.3\n")
-    with pytest.raises(SystemExit, match="alpah.*did you mean 'alpha'"):
+    with pytest.raises(ValueError, match="alpah.*did you mean 'alpha'"):
         parse_args(["--config", str(bad)])
 
 
