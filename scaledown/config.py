@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from deploy.ship import ShipConfig
 from distill.hints import did_you_mean
 
 
@@ -82,6 +83,8 @@ class PipelineConfig:
     teacher: Optional[str] = None
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillStageConfig = field(default_factory=DistillStageConfig)
+    # --- ship stage (deploy/ship.py): export, int8, bench of the student after evaluation
+    ship: ShipConfig = field(default_factory=ShipConfig)
     quick: dict = field(default_factory=dict)
 
     @property
@@ -89,7 +92,8 @@ class PipelineConfig:
         return os.path.join(self.output_root, self.name)
 
 
-_NESTED = {"ladder": LadderConfig, "fit": FitConfig, "student": StudentConfig, "distill": DistillStageConfig}
+_NESTED = {"ladder": LadderConfig, "fit": FitConfig, "student": StudentConfig, "distill": DistillStageConfig,
+           "ship": ShipConfig}
 
 
 def _build(cls, values: dict, where: str):
