@@ -77,6 +77,22 @@ class DistillationConfig(TrainingArguments):
             How several teachers make one soft target: `mean` (the weighted average of their
             distributions at temperature T) or `most_confident` (per example, or per token for causal
             LMs, the teacher whose top probability at T = 1 is largest).
+        augment_fraction (`float`, defaults to 0.0):
+            Data-augmentation distillation: the probability that a training example is augmented on the
+            fly (in [0, 1]; 0 = off). Teacher and student see the same augmented input; on augmented
+            examples the loss is the distillation term alone. See `distill.data.augment`.
+        augmentations (`list[str]`, *optional*):
+            Which augmentations: text `token_replace`, `span_mask`, `token_drop`; images `flip`,
+            `resized_crop`, `mixup`, `cutmix`. Default: `token_replace` for text, `flip` and
+            `resized_crop` for images.
+        augment_token_prob (`float`, defaults to 0.15):
+            Per-token probability of `token_replace` and `token_drop`, and of a span start for `span_mask`.
+        augment_span_length (`int`, defaults to 3):
+            Tokens per masked span.
+        augment_crop_scale (`float`, defaults to 0.5):
+            Smallest fraction of the image area `resized_crop` keeps, in (0, 1].
+        augment_mix_alpha (`float`, defaults to 1.0):
+            Beta(a, a) parameter of `mixup` and `cutmix` (> 0).
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom modelling code from the Hub for teacher and student. Off by default.
         hidden_weight (`float`, defaults to 0.0):
@@ -158,6 +174,19 @@ class DistillationConfig(TrainingArguments):
                           "(per position, the teacher with the largest top probability).",
                   "choices": ["mean", "most_confident"]},
     )
+    # ---- data-augmentation distillation (issue 14) ----
+    augment_fraction: float = field(
+        default=0.0, metadata={"help": "Probability that a training example is augmented (teacher and student see the "
+                                       "same augmented input; KD term alone on it); 0 = off."})
+    augmentations: Optional[list[str]] = field(
+        default=None, metadata={"help": "token_replace, span_mask, token_drop (text); flip, resized_crop, mixup, "
+                                        "cutmix (images). Default: token_replace / flip + resized_crop."})
+    augment_token_prob: float = field(
+        default=0.15, metadata={"help": "Per-token probability of token_replace / token_drop, span start of span_mask."})
+    augment_span_length: int = field(default=3, metadata={"help": "Tokens per span of span_mask."})
+    augment_crop_scale: float = field(
+        default=0.5, metadata={"help": "Smallest area fraction resized_crop keeps, in (0, 1]."})
+    augment_mix_alpha: float = field(default=1.0, metadata={"help": "Beta(a, a) parameter of mixup / cutmix (> 0)."})
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Allow custom modelling code from the Hub. Off by default for safety."},
@@ -239,6 +268,7 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be a positive integer.")
         self._check_intermediate()
         self._check_teachers()
+        self._check_augmentation()
         if self.kd_fused_lm_head:
             # The fused loss uses the head weight after the forward; DDP's unused-parameter search
             # would mark an untied head unused and then fail on its gradient ("marked ready twice").
@@ -280,3 +310,26 @@ class DistillationConfig(TrainingArguments):
             if self.teacher_model_name_or_path:
                 n = 1 + len(self.extra_teachers or [])
             normalized_teacher_weights(self.teacher_weights, n)
+
+    def _check_augmentation(self) -> None:
+        """Ranges of the augmentation fields (issue 14); which augmentations fit the task is checked here
+        when `task` is set, else when the trainer knows the task."""
+        from .data.augment import check_augmentations
+
+        if not 0.0 <= self.augment_fraction <= 1.0:
+            raise ValueError(f"augment_fraction={self.augment_fraction} must be in [0, 1] (0 = no augmentation).")
+        if not 0.0 <= self.augment_token_prob <= 1.0:
+            raise ValueError(f"augment_token_prob={self.augment_token_prob} must be in [0, 1].")
+        if self.augment_span_length < 1:
+            raise ValueError(f"augment_span_length={self.augment_span_length} must be a positive integer.")
+        if not 0.0 < self.augment_crop_scale <= 1.0:
+            raise ValueError(f"augment_crop_scale={self.augment_crop_scale} must be in (0, 1].")
+        if not self.augment_mix_alpha > 0:
+            raise ValueError(f"augment_mix_alpha={self.augment_mix_alpha} must be greater than 0.")
+        check_augmentations(self.augmentations, self.task)
+        if self.augment_fraction > 0:
+            if self.alpha == 0:
+                raise ValueError("augment_fraction > 0 distils on augmented inputs and needs a teacher: set alpha > 0 "
+                                 "or augment_fraction: 0.")
+            if self.kd_fused_lm_head:
+                raise ValueError("augment_fraction > 0 is not supported with kd_fused_lm_head; set one of them off.")

@@ -229,3 +229,18 @@ def parameter_count(model: nn.Module) -> int:
     """The student's parameters without the projection (which is not part of the saved model)."""
     prefix = PROJECTION_NAME + "."
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(prefix))
+
+
+def intermediate_description(trainer) -> str:
+    """One Markdown sentence for the model card: the intermediate-layer terms and their settings."""
+    args, transfer = trainer.args, getattr(trainer, "_intermediate", None)
+    layer_map = transfer.layer_map if transfer is not None else args.hidden_layer_map
+    parts = []
+    if args.hidden_weight > 0:
+        projection = " through a learned projection (not part of this model)" if getattr(transfer, "projection", None) \
+            is not None else ""
+        parts.append(f"`{args.hidden_weight} * {args.hidden_loss}` between hidden states{projection}")
+    if args.attention_weight > 0:
+        parts.append(f"`{args.attention_weight} * KL(teacher || student)` between attention distributions (MiniLM)")
+    return ("Intermediate layers: " + " and ".join(parts) + f", student layer -> teacher layer {layer_map} "
+            "(indices of `hidden_states`: 0 = embeddings), added to the loss above.")

@@ -247,6 +247,11 @@ def _check_before_compute(model_args, data_args, args) -> None:
             )
     if model_args.model_config is not None:
         parse_model_config(model_args.model_config)
+    from .safe_loading import check_model_dir
+
+    for field_name, path in [("model_name_or_path", model_args.model_name_or_path), ("teacher_model_name_or_path", teacher)]:
+        if path and _looks_local(path):
+            check_model_dir(path, field_name, args.trust_remote_code)
 
 
 def _check_teacher_cache(path: str, args) -> None:

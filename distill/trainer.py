@@ -15,7 +15,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from .checkpoints import (check_finite_weights, disk_full_error, last_complete_checkpoint, resolve_resume,
                           write_completion_record)
 from .config import DistillationConfig
-from .intermediate import IntermediateLayerTransfer, load_projection, save_projection
+from .intermediate import PROJECTION_NAME, IntermediateLayerTransfer, load_projection, save_projection
 from .losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 from .losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
                          output_head)
@@ -26,8 +26,10 @@ from .teacher.loading import check_same_tokenizer, load_teacher
 from .teacher.placement import place_teacher
 from .teacher.cache import CACHE_COLUMNS
 from .teacher.ensemble import build_ensemble
+from .data.augment import AUGMENTED_KEY, augmented_kd_loss, augmenting_kwargs, clean_collator
 
 _STAGING = ".staging"
+_NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, *CACHE_COLUMNS)
 
 
 class DistillationTrainer(Trainer):
@@ -113,6 +115,8 @@ class DistillationTrainer(Trainer):
             kwargs = self._attach_teacher_cache(teacher_cache, teacher_model, task, args, processing_class, kwargs)
             self.kd_vocab_size = self.teacher_cache.vocab_size
         self._check_train_dataset(kwargs.get("train_dataset"), args)
+        if args.augment_fraction > 0:  # data-augmentation distillation: augmenting collator
+            kwargs = augmenting_kwargs(kwargs, task, args, processing_class, has_cache=self.teacher_cache is not None)
         # Hidden-state / attention terms: checked, and the projection attached to the student, before the
         # Trainer moves and wraps it.
         self._intermediate = None
@@ -241,7 +245,7 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         cached = {k: inputs[k] for k in CACHE_COLUMNS if k in inputs} or None
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in CACHE_COLUMNS}
+        model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}
         # kd_fused_lm_head in training: the models return hidden states, the loss applies the heads.
         fused = self._heads is not None and torch.is_grad_enabled()
         # Always through the wrapper (DDP/FSDP/DeepSpeed hooks), never `.module`.
@@ -265,7 +269,12 @@ class DistillationTrainer(Trainer):
         elif self.teacher is not None:
             t_outputs = self._teacher_outputs(model_inputs)
             teacher_logits, _ = align_logits_and_labels(self.task, t_outputs.logits, None)
-            out = self._online_kd(student_logits, teacher_logits, shifted_labels, self.args.alpha, num_items_in_batch)
+            if inputs.get(AUGMENTED_KEY) is not None and shifted_labels is not None:  # KD alone on augmented rows
+                out = augmented_kd_loss(
+                    lambda lab, a: self._online_kd(student_logits, teacher_logits, lab, a, num_items_in_batch),
+                    shifted_labels, inputs[AUGMENTED_KEY], self.args.alpha)
+            else:
+                out = self._online_kd(student_logits, teacher_logits, shifted_labels, self.args.alpha, num_items_in_batch)
         if out is not None:
             loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
         else:
@@ -321,6 +330,14 @@ class DistillationTrainer(Trainer):
 
     # ---- evaluation --------------------------------------------------------------------------
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        with clean_collator(self):  # never augment evaluation batches
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with clean_collator(self):
+            return super().get_test_dataloader(test_dataset)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Student cross-entropy (token-weighted), KD and teacher CE, accumulated for `evaluation_loop`."""
         inputs = self._prepare_inputs(inputs)
@@ -328,7 +345,7 @@ class DistillationTrainer(Trainer):
         if labels is None:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         cached = {k: inputs[k] for k in CACHE_COLUMNS if k in inputs} or None
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in CACHE_COLUMNS}
+        model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}
         extra = self._intermediate.model_kwargs() if self._intermediate is not None else {}
         with torch.no_grad(), self.compute_loss_context_manager():
             s_outputs = model(**model_inputs, **extra)
@@ -476,6 +493,18 @@ class DistillationTrainer(Trainer):
             shutil.rmtree(os.path.join(self.args.output_dir, _STAGING), ignore_errors=True)
         resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # The projection is not in model.safetensors by design (it is loaded from its own file): not "missing".
+        load_result.missing_keys[:] = [k for k in load_result.missing_keys if not k.startswith(PROJECTION_NAME + ".")]
+        super()._issue_warnings_after_load(load_result)
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        best = self.state.best_model_checkpoint
+        if self._intermediate is not None and self._intermediate.projection is not None and best \
+                and not self.is_deepspeed_enabled:
+            load_projection(self._intermediate.projection, best)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Save the student only (safetensors); the arguments as JSON instead of a pickle."""

@@ -16,7 +16,8 @@ from typing import Any, Callable, Optional
 from .config import PipelineConfig
 from .files import write_json_atomic
 
-STAGES = ("tokenizer", "ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate", "distill_ladder")
+STAGES = ("tokenizer", "ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate", "ship",
+          "distill_ladder")
 
 
 def banner(text: str) -> None:
@@ -179,6 +180,11 @@ class Pipeline:
         banner("report")
         seconds = time.time() - start
         summary = write_report(self, ladder, fit, teacher, student, kd, base, evaluation, seconds)
+        if self.config.ship.enabled:  # after the report, so a failed export still leaves the evaluation
+            from deploy.ship import add_ship_to_report, ship_stage
+
+            ship = self.stage("ship", lambda: ship_stage(self, teacher, kd, base))
+            summary = add_ship_to_report(self.root, summary, ship)
         if self.config.distill_ladder is not None and self.config.distill_ladder.enabled:  # issue 15
             from . import distill_ladder
 

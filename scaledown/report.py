@@ -6,6 +6,7 @@ import json
 import os
 
 from .files import write_json_atomic
+from .significance import kd_headline, throughput_note
 
 
 def _plt():
@@ -172,10 +173,14 @@ def write_report(pipeline, ladder, fit, teacher, student, kd, base, evaluation, 
         "kd_gain": evaluation["kd_gain"],
         "kd_improvement": evaluation["kd_improvement"],
         "seed_spread": evaluation["seed_spread"],
+        "kd_significant": evaluation.get("kd_significant"),
+        "kd_verdict": evaluation.get("kd_verdict"),
         "retention": evaluation["retention"],
         "perplexity_retention": evaluation["perplexity_retention"],
         "compression": evaluation["compression"],
         "speedup": evaluation["speedup"],
+        "speedup_iqr": evaluation.get("speedup_iqr"),
+        "throughput": evaluation.get("throughput"),
         "ladder": ladder["runs"],
         "plots": [os.path.relpath(f, root) for f in files],
         "seconds": sum(pipeline.timings.values()),
@@ -190,13 +195,21 @@ def write_report(pipeline, ladder, fit, teacher, student, kd, base, evaluation, 
     return summary
 
 
+def _speed_cell(r: dict) -> str:
+    iqr = r.get("tokens_per_second_iqr")
+    return f"{r['tokens_per_second']:,.0f}" + (f" ({iqr[0]:,.0f}-{iqr[1]:,.0f})" if iqr else "")
+
+
 def render_table(s: dict) -> str:
-    lines = ["| model | params | test loss | perplexity | tokens/s | disk (MB) |", "|---|---|---|---|---|---|"]
+    meta = s.get("throughput")
+    speed = (f"forward tok/s, median (IQR), batch {meta['batch'][0]}x{meta['batch'][1]}, {meta['threads']} threads"
+             if meta else "tokens/s")
+    lines = [f"| model | params | test loss | perplexity | {speed} | disk (MB) |", "|---|---|---|---|---|---|"]
     for name in ("teacher", "student", "baseline"):
         r = s[name]
         label = {"student": "KD student", "baseline": "baseline student"}.get(name, name)
         lines.append(f"| {label} | {r['params']:,} | {r['test_loss']:.4f} | {r['perplexity']:.2f} | "
-                     f"{r['tokens_per_second']:,.0f} | {r['disk_bytes'] / 1e6:.2f} |")
+                     f"{_speed_cell(r)} | {r['disk_bytes'] / 1e6:.2f} |")
     return "\n".join(lines)
 
 
@@ -209,19 +222,22 @@ def render_markdown(s: dict) -> str:
            + (f" ({len(s['reused_stages'])} reused by this invocation, which took {s['invocation_seconds']:.0f} s)."
               if s["reused_stages"] else "."), "",
            "## Results (held-out test split)", "", render_table(s), "",
-           f"- **KD gain:** distillation closed {100 * s['kd_gain']:.1f}% of the baseline-to-teacher gap "
-           f"(test loss {s['baseline']['test_loss']:.4f} -> {s['student']['test_loss']:.4f}; teacher "
-           f"{s['teacher']['test_loss']:.4f}).",
+           *([throughput_note(s["throughput"]), ""] if s.get("throughput") else []),
+           kd_headline(s),
            f"- **Seeds:** KD student {seeds(s['student'])}; baseline {seeds(s['baseline'])}. KD improvement "
            f"{s['kd_improvement']:.4f} vs largest seed spread {s['seed_spread']:.4f}.",
            f"- **Retention:** the student keeps {100 * s['retention']:.1f}% of the teacher's quality (loss ratio), "
            f"{100 * s['perplexity_retention']:.1f}% by perplexity, with {s['compression']:.1f}x fewer parameters "
-           f"and {s['speedup']:.1f}x the throughput.",
+           f"and {s['speedup']:.1f}x the throughput"
+           + (f" (IQR {s['speedup_iqr'][0]:.1f}x-{s['speedup_iqr'][1]:.1f}x over rounds)." if s.get("speedup_iqr") else "."),
            f"- **Student size:** width {s['student']['width']} ({s['student']['reason']}).", ""]
+    from scaling.intervals import bootstrap_lines, format_interval
+
     out += ["## Scaling fit", "",
-            f"Law `{fit['law']}`: " + ", ".join(f"{k} = {v:.4g}" + (
-                f" [{fit['ci'][k][0]:.4g}, {fit['ci'][k][1]:.4g}]" if "ci" in fit and k in fit["ci"] else "")
-                for k, v in fit["params"].items()) + f"; objective {fit['objective']:.3g} on {fit['n_points']} rungs.", ""]
+            f"Law `{fit['law']}`: " + ", ".join(f"{k} = {v:.4g} {format_interval(fit, k, 4)}".rstrip()
+                                                for k, v in fit["params"].items())
+            + f"; objective {fit['objective']:.3g} on {fit['n_points']} rungs.", ""]
+    out += [f"- {line}" for line in bootstrap_lines(fit)] + ([""] if bootstrap_lines(fit) else [])
     if h:
         out += [f"Held out the largest rung ({int(h['params']):,} {fit.get('param_count', 'total').replace('_', '-')} "
                 f"parameters) and predicted it from the "

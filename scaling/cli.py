@@ -147,14 +147,15 @@ def _emit(args, result, summary=None):
 
 
 def _summary_text(fit) -> str:
-    ci = fit.get("ci", {})
+    from .intervals import bootstrap_lines, format_interval
+
     lines = [f"{fit['law']} fit on {fit['n_points']} points (N = {fit['param_count']}, "
              f"{fit['loss']} delta={fit['delta']:g}, {fit['method']}): objective "
              f"{fit['objective']:.8g}, {'converged' if fit['converged'] else 'NOT converged'} "
              f"({fit['seconds']:.2f} s)"]
     for k, v in list(fit["params"].items()) + list(fit["derived"].items()):
-        band = f"  [{ci[k][0]:.5g}, {ci[k][1]:.5g}]" if k in ci else ""
-        lines.append(f"  {k:>24} = {v:.5g}{band}")
+        lines.append(f"  {k:>24} = {v:.5g}  {format_interval(fit, k)}".rstrip())
+    lines += [f"  {line}" for line in bootstrap_lines(fit)]
     if "holdout" in fit:
         h = fit["holdout"]
         lines.append(f"  holdout above {h['threshold_flops']:.3g} FLOPs: {h['n_test']} runs, "

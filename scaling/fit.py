@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from .intervals import bound_flags, interval_summary
 from .laws import get_law
 from .logs import ScalingDataError
 from .optimize import (LOSSES, _lbfgs, grid_starts, objective, robust_loss,
@@ -153,12 +154,14 @@ def _bootstrap_chunk(args):
 
 
 def _refit(law, n, d, loss, kind, delta, theta0, grid_points):
+    """A refit's internal vector; `None` when it failed, `False` when it did not converge."""
     try:
         check_fit_data(law, n, d, loss)
-        return fit_arrays(n, d, loss, law, kind=kind, delta=delta, starts=[theta0], top_k=2,
-                          grid_points=grid_points)["internal"]
+        res = fit_arrays(n, d, loss, law, kind=kind, delta=delta, starts=[theta0], top_k=2,
+                         grid_points=grid_points)
     except (ScalingDataError, ValueError, FloatingPointError):
         return None
+    return res["internal"] if res["converged"] else False
 
 
 def _mp_context():
@@ -193,8 +196,8 @@ def bootstrap(n, d, loss, law="chinchilla", n_boot=1000, seed=0, jobs=None, grou
         progress (`bool`): show a progress bar.
 
     Returns:
-        `dict` with `samples` (`(n_boot, p)` public parameters, NaN rows for failed refits),
-        `n_failed`, `seed`, `n`.
+        `dict` with `samples` (`(n_boot, p)` public parameters, NaN rows for refits that
+        failed or did not converge), `n_failed` (both), `n_not_converged`, `seed`, `n`.
     """
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -241,12 +244,13 @@ def bootstrap(n, d, loss, law="chinchilla", n_boot=1000, seed=0, jobs=None, grou
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     bar and bar.close()
     samples = np.full((n_boot, len(lw.param_names)), np.nan)
-    for i, th in enumerate(t for r in results for t in r):
-        if th is not None:
+    thetas = [t for r in results for t in r]
+    for i, th in enumerate(thetas):
+        if th is not None and th is not False:
             p = lw.from_internal(th)
             samples[i] = [p[k] for k in lw.param_names]
-    return {"samples": samples, "n_failed": int(np.isnan(samples[:, 0]).sum()), "seed": seed,
-            "n": n_boot}
+    return {"samples": samples, "n_failed": int(np.isnan(samples[:, 0]).sum()),
+            "n_not_converged": sum(th is False for th in thetas), "seed": seed, "n": n_boot}
 
 
 # ------------------------------------------------------------------ runs to fit.json
@@ -285,7 +289,13 @@ def fit_runs(points, law="chinchilla", method="vp", loss="huber", delta=1e-3, n_
 
     Returns:
         `dict`: `law, formula, params, objective, n_points, converged, param_count, ...`, plus
-        `ci` and `bootstrap` when bootstrapped and `holdout` when asked.
+        `ci` and `bootstrap` when bootstrapped and `holdout` when asked. `at_bound` lists
+        why the fit itself sits at an optimiser bound (empty: it does not). Intervals come
+        from converged refits only (`scaling.intervals`): `ci[k]` is `[lo, hi]` with `None`
+        for a side that reaches a bound, `ci_status[k]` is `"ok"`, `"unbounded"` or
+        `"excludes_estimate"` (explained in `ci_notes`), and `bootstrap` counts the refits
+        that failed (`n_failed`, of which `n_not_converged`) or hit a bound (`n_at_bound`,
+        `at_bound`: reason -> count).
     """
     from .logs import param_count_of, to_arrays
     from .optimal import budget_key, derived_quantities
@@ -305,6 +315,7 @@ def fit_runs(points, law="chinchilla", method="vp", loss="huber", delta=1e-3, n_
     n, d, y = arrays["params"][use], arrays["tokens"][use], arrays["loss"][use]
     check_fit_data(law, n, d, y, [s for s, u in zip(arrays["source"], use) if u])
     res = fit_arrays(n, d, y, law, method, loss, delta, progress=progress)
+    res["at_bound"] = bound_flags(lw, res["internal"], np.log(n), np.log(d))
     budgets = list(budgets) if budgets else [float(f"{arrays['flops'][use].max() * m:.2g}")
                                              for m in (1, 10, 100)]
     derived = derived_quantities(law, res["params"], budgets)
@@ -319,19 +330,15 @@ def fit_runs(points, law="chinchilla", method="vp", loss="huber", delta=1e-3, n_
         groups = runs if len(set(runs)) < len(runs) else None
         boot = bootstrap(n, d, y, law, n_bootstrap, seed, jobs, groups, loss, delta,
                          np.array(res["internal"]), progress=progress)
-        ok = boot["samples"][~np.isnan(boot["samples"][:, 0])]
-        if len(ok) < 2:
+        ok = ~np.isnan(boot["samples"][:, 0])
+        if ok.sum() < 2:
             raise ScalingDataError(f"bootstrap: {boot['n_failed']} of {n_bootstrap} refits "
                                    "failed; too few points to resample?")
-        q = 50 * (1 - level)
-        ci = {k: [float(np.percentile(ok[:, j], q)), float(np.percentile(ok[:, j], 100 - q))]
-              for j, k in enumerate(lw.param_names)}
-        der = [derived_quantities(law, dict(zip(lw.param_names, r)), budgets) for r in ok]
-        for k in derived:
-            v = np.array([x[k] for x in der])
-            ci[k] = [float(np.percentile(v, q)), float(np.percentile(v, 100 - q))]
-        out["ci"] = ci
+        honest = interval_summary(lw, boot["samples"], ok, res["params"], n, d, level,
+                                  lambda p: derived_quantities(law, p, budgets))
+        out.update({k: honest[k] for k in ("ci", "ci_status", "ci_notes")})
         out["bootstrap"] = {"n": n_bootstrap, "seed": seed, "n_failed": boot["n_failed"],
+                            "n_not_converged": boot["n_not_converged"], **honest["counts"],
                             "level": level, "resampled": "runs" if groups is not None else
                             "points", "param_names": list(lw.param_names),
                             "samples": [[None if np.isnan(v) else float(v) for v in r]

@@ -21,6 +21,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from .atomic import write_text_atomic
 from .params import count_parameters, flops_per_token
 
 KNOWN_FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "olmo")
@@ -200,8 +201,7 @@ def train_ladder(
         log(f"[ladder {i}/{len(plans)}] {plan.name}: {plan.non_embedding_params:,} non-embedding params, "
             f"{plan.tokens:,} tokens, {plan.steps} steps")
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "ladder_plan.json"), "w", encoding="utf-8") as f:
-            json.dump(asdict(plan), f, indent=2)
+        write_text_atomic(os.path.join(out, "ladder_plan.json"), json.dumps(asdict(plan), indent=2))
         extra = run_args(plan) if run_args else []
         train_fn([*train_args, *extra, "--task", "causal-lm", "--alpha", "0", "--model_config", json.dumps(plan.config),
                   "--max_steps", str(plan.steps), "--lr_scheduler_type", "cosine", "--output_dir", out])

@@ -29,7 +29,8 @@ STUDENT = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "n
 def env(**extra) -> dict:
     out = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
-    for key in ("FAULT_AT", "FAULT_MARKER", "FAULT_RECORD", "FAULT_NAN", "FAULT_ENOSPC", "FAULT_TEACHER_NAN"):
+    for key in ("FAULT_AT", "FAULT_MARKER", "FAULT_RECORD", "FAULT_NAN", "FAULT_NAN_RANK", "FAULT_ENOSPC",
+                "FAULT_RECORD_DIR", "FAULT_ARGV", "FAULT_ONLY_IN"):
         out.pop(key, None)
     out.update({k: str(v) for k, v in extra.items()})
     return out
@@ -169,3 +170,25 @@ def partial_files(out: str) -> list[str]:
         except CorruptCheckpointError as e:
             found.append(str(e))
     return found
+
+
+def pipeline_config(ws: dict, output_root: str) -> str:
+    """A `scaledown run` YAML on the workspace: 4 rungs of 4 steps, a power fit, one KD student and baseline."""
+    import yaml
+
+    config = {
+        "name": "faults", "output_root": output_root, "seed": 0, "tokenizer": ws["teacher"],
+        "data": {"dataset_name": "json", "data_files": ws["data"], "block_size": 32, "packing": True,
+                 "validation_split_percentage": 10, "max_eval_samples": 8, "max_test_samples": 8},
+        "train": {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "learning_rate": 0.01,
+                  "logging_steps": 1, "optim": "adamw_torch", "dataloader_num_workers": 0},
+        "ladder": {"base_config": {"model_type": "llama", "tie_word_embeddings": True, "max_position_embeddings": 64},
+                   "widths": [16, 32, 48, 64], "aspect_ratio": 32, "head_dim": 16, "tokens": 512, "eval_points": 2},
+        "fit": {"law": "power", "bootstrap": 0, "hold_out_largest": False},
+        "student": {"width": 32},
+        "distill": {"alpha": 0.5, "temperature": 1.0, "seeds": [0]},
+    }
+    path = os.path.join(ws["root"], "pipeline.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return path

@@ -10,9 +10,12 @@ and under torchrun the same. It patches `DistillationTrainer` in this process on
   training step, after the forward, before the backward), ``save`` (inside the checkpoint save, after the
   weights are written and before the optimizer state), ``eval`` (inside an evaluation batch),
   ``cache`` (inside `distill cache-teacher`, after N batches were written).
+- ``FAULT_RECORD_DIR=DIR``: the same, into ``DIR/<basename of output_dir>.jsonl`` (one file per training run of
+  a pipeline); ``FAULT_ARGV=PATH``: append the arguments of every `distill train` call as one JSON line.
+- ``FAULT_ONLY_IN=TEXT``: inject FAULT_AT only into training runs whose output_dir contains TEXT.
 - ``FAULT_ENOSPC=N``: the checkpoint save at step N fails with ENOSPC while writing the optimizer state.
-- ``FAULT_NAN=S1,S2,...``: the student's logits are NaN at those global steps (a forward hook);
-  ``FAULT_TEACHER_NAN=N``: the teacher's logits are NaN from its N-th batch on (0-based).
+- ``FAULT_NAN=S1,S2,...``: the student's logits are NaN at those global steps (a forward hook), on every
+  rank or only on rank ``FAULT_NAN_RANK``.
 """
 
 from __future__ import annotations
@@ -58,9 +61,26 @@ def row_ids(input_ids, attention_mask=None) -> list[str]:
     return out
 
 
-def patch_trainer() -> None:
-    import torch
+def _here(trainer) -> bool:
+    return os.environ.get("FAULT_ONLY_IN", "") in trainer.args.output_dir
 
+
+def patch_argv_log() -> None:
+    if not os.environ.get("FAULT_ARGV"):
+        return
+    import distill.train
+
+    original = distill.train.main
+
+    def main(argv=None):
+        with open(os.environ["FAULT_ARGV"], "a") as f:
+            f.write(json.dumps(list(argv if argv is not None else sys.argv[2:])) + "\n")
+        return original(argv)
+
+    distill.train.main = main
+
+
+def patch_trainer() -> None:
     from distill import trainer as trainer_module
 
     cls = trainer_module.DistillationTrainer
@@ -69,14 +89,19 @@ def patch_trainer() -> None:
     if record and _rank() > 0:
         record = f"{record}.rank{_rank()}"
     nan_steps = {int(s) for s in os.environ.get("FAULT_NAN", "").split(",") if s}
+    if os.environ.get("FAULT_NAN_RANK", str(_rank())) != str(_rank()):
+        nan_steps = set()
     enospc = int(os.environ.get("FAULT_ENOSPC", "-1"))
-    teacher_nan = int(os.environ.get("FAULT_TEACHER_NAN", "-1"))
 
     original_training_step = cls.training_step
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if record:
-            with open(record, "a") as f:
+        path = record
+        if os.environ.get("FAULT_RECORD_DIR"):
+            name = os.path.basename(os.path.normpath(self.args.output_dir))
+            path = os.path.join(os.environ["FAULT_RECORD_DIR"], f"{name}.jsonl")
+        if path:
+            with open(path, "a") as f:
                 ids = row_ids(inputs["input_ids"], inputs.get("attention_mask"))
                 f.write(json.dumps({"step": self.state.global_step, "ids": ids}) + "\n")
         return original_training_step(self, model, inputs, num_items_in_batch)
@@ -94,7 +119,7 @@ def patch_trainer() -> None:
                 hook.remove()
         else:
             result = original_compute_loss(self, model, inputs, *args, **kwargs)
-        if kind == "step" and model.training and self.state.global_step == at:
+        if kind == "step" and model.training and self.state.global_step == at and _here(self):
             _block(kind, at)
         return result
 
@@ -103,7 +128,7 @@ def patch_trainer() -> None:
     original_save_opt = cls._save_optimizer_and_scheduler
 
     def save_optimizer_and_scheduler(self, output_dir):
-        if kind == "save" and self.state.global_step == at:
+        if kind == "save" and self.state.global_step == at and _here(self):
             _block(kind, at)
         if self.state.global_step == enospc:
             with open(os.path.join(output_dir, "optimizer.pt"), "wb") as f:
@@ -116,24 +141,11 @@ def patch_trainer() -> None:
     original_prediction_step = cls.prediction_step
 
     def prediction_step(self, model, inputs, *args, **kwargs):
-        if kind == "eval" and self.state.global_step == at:
+        if kind == "eval" and self.state.global_step == at and _here(self):
             _block(kind, at)
         return original_prediction_step(self, model, inputs, *args, **kwargs)
 
     cls.prediction_step = prediction_step
-
-    if teacher_nan >= 0:
-        original_teacher_logits = cls._teacher_logits
-        calls = {"n": 0}
-
-        def teacher_logits(self, inputs, fused=False):
-            out = original_teacher_logits(self, inputs, fused)
-            calls["n"] += 1
-            if calls["n"] - 1 >= teacher_nan:
-                out = torch.full_like(out, float("nan"))
-            return out
-
-        cls._teacher_logits = teacher_logits
 
 
 def _nan_hook(model):
@@ -171,6 +183,7 @@ def main() -> int:
     program, argv = sys.argv[1], sys.argv[2:]
     patch_trainer()
     patch_cache_writer()
+    patch_argv_log()
     if program == "distill":
         from distill.cli import main as cli_main
     elif program == "scaledown":

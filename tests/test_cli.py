@@ -60,6 +60,22 @@ def test_tiny_recipe_trains(task, teachers, tmp_path):
     assert config.hidden_size < AutoConfig.from_pretrained(teachers[task]).hidden_size
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name, task, two", [("seq_cls_augment.yaml", "seq_cls", False),
+                                             ("image_cls_augment.yaml", "image_cls", False),
+                                             ("seq_cls_two_teachers.yaml", "seq_cls", True)])
+def test_augmentation_and_two_teacher_recipes_train(name, task, two, teachers, tmp_path):
+    """The offline recipes of issue 14 (data-augmentation distillation, two teachers), a few steps."""
+    out = str(tmp_path / "student")
+    extra = ["--extra_teachers", teachers[task]] if two else []
+    train_main(["--config", recipe(name), "--teacher_model_name_or_path", teachers[task], "--output_dir", out,
+                *QUICK, *extra])
+    with open(os.path.join(out, "all_results.json")) as f:
+        assert {"eval_loss", "eval_kd_loss", "eval_accuracy"} <= set(json.load(f))
+    with open(os.path.join(out, "trainer_state.json")) as f:
+        assert len([h for h in json.load(f)["log_history"] if "kd_loss" in h]) == 2
+
+
 def test_fused_lm_head_from_the_command_line(teachers, tmp_path):
     """--kd_fused_lm_head true on the tiny recipe logs the losses of the default chunked path."""
     logs = {}

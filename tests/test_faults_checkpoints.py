@@ -105,3 +105,25 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, straight
     trainer = _trainer(out, 6)
     trainer.train(resume_from_checkpoint=True)
     assert max_diff(weights(trainer.model), straight) < 1e-6
+
+
+class _RunsCode:
+    """A pickle that runs code when unpickled (what a malicious optimizer.pt could hold)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_trainer_state_files_are_loaded_without_running_pickled_code(tmp_path):
+    out = str(tmp_path / "run")
+    _trainer(out, 2).train()
+    checkpoint = os.path.join(out, "checkpoint-2")
+    marker = str(tmp_path / "code_ran")
+    torch.save({"state": _RunsCode(marker)}, os.path.join(checkpoint, "optimizer.pt"))
+    os.remove(os.path.join(checkpoint, COMPLETION_RECORD))  # a structurally valid archive, so it gets loaded
+    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+        _trainer(out, 4).train(resume_from_checkpoint=True)
+    assert not os.path.exists(marker)

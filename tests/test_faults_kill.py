@@ -22,33 +22,35 @@ def workspace(tmp_path_factory):
     return h.make_workspace(str(tmp_path_factory.mktemp("faults")))
 
 
-def _straight(ws, tmp_path, optim, ddp=False):
+def _straight(ws, tmp_path, optim, ddp=False, **faults):
     out = str(tmp_path / "straight")
     record = str(tmp_path / "straight.jsonl")
-    done = h.run(h.command(["distill", "train", *h.train_args(ws, out, optim)], ddp=ddp), FAULT_RECORD=record)
+    done = h.run(h.command(["distill", "train", *h.train_args(ws, out, optim)], ddp=ddp), FAULT_RECORD=record,
+                 **faults)
     assert done.returncode == 0, done.stderr[-3000:]
-    return out, h.read_records(record, ddp)
+    return out, h.read_records(record, ddp), done.stdout + done.stderr
 
 
-def _kill_chain(ws, tmp_path, optim, faults, ddp=False):
-    """Kill at each fault in turn (rerunning the same command), then finish; returns the comparison."""
-    straight, straight_record = _straight(ws, tmp_path, optim, ddp)
+def _kill_chain(ws, tmp_path, optim, faults, ddp=False, **always):
+    """Kill at each fault in turn (rerunning the same command), then finish; returns the comparison.
+    ``always``: fault_inject variables every attempt gets (e.g. FAULT_NAN)."""
+    straight, straight_record, output = _straight(ws, tmp_path, optim, ddp, **always)
     out = str(tmp_path / "resumed")
     cmd = h.command(["distill", "train", *h.train_args(ws, out, optim)], ddp=ddp)
     attempts = []
     for i, fault in enumerate(faults):
         record = str(tmp_path / f"attempt{i}.jsonl")
-        h.run_until_fault(cmd, fault, str(tmp_path / "marker"), FAULT_RECORD=record)
+        h.run_until_fault(cmd, fault, str(tmp_path / "marker"), FAULT_RECORD=record, **always)
         attempts.append(h.read_records(record, ddp))
         kind, step = fault.split(":")
         if kind == "save":  # killed inside the save: checkpoint-N must not exist, only its staging
             assert not os.path.exists(os.path.join(out, f"checkpoint-{step}"))
     record = str(tmp_path / "final.jsonl")
-    done = h.run(cmd, FAULT_RECORD=record)
+    done = h.run(cmd, FAULT_RECORD=record, **always)
     assert done.returncode == 0, done.stderr[-3000:]
     attempts.append(h.read_records(record, ddp))
     return {"order": h.data_order_errors(straight_record, attempts), "diff": h.weight_difference(straight, out),
-            "partial": h.partial_files(out), "out": out}
+            "partial": h.partial_files(out), "out": out, "straight_output": output}
 
 
 def _assert_exact(result, resumed_at):
@@ -73,6 +75,18 @@ def test_kill_then_resume_exactly(workspace, tmp_path, optim, faults, resumed_at
 
 
 @pytest.mark.slow
+def test_kill_under_two_process_ddp_with_a_nan_step_on_one_rank(workspace, tmp_path):
+    # 2 gloo ranks x batch 4; rank 0 alone gets NaN logits at step 3 (global_step 2): both ranks must skip it.
+    # Killed inside the save of checkpoint-4, the rerun resumes from checkpoint-2 and ends on the straight weights.
+    result = _kill_chain(workspace, tmp_path, "adamw_torch", ["save:4"], ddp=True, FAULT_NAN="2", FAULT_NAN_RANK="0")
+    _assert_exact(result, [0, 2])
+    assert result["straight_output"].count("non-finite loss or gradient norm; the step is skipped") == 2  # per rank
+    with open(os.path.join(result["out"], "trainer_state.json")) as f:
+        skipped = [h["nonfinite_step_skipped"] for h in json.load(f)["log_history"] if "nonfinite_step_skipped" in h]
+    assert skipped == [3]
+
+
+@pytest.mark.slow
 def test_teacher_cache_killed_midway_is_never_used_and_rerun_starts_clean(workspace, tmp_path):
     from distill.teacher.cache import TeacherCache
 
@@ -91,3 +105,52 @@ def test_teacher_cache_killed_midway_is_never_used_and_rerun_starts_clean(worksp
     loaded = TeacherCache.load(cache)
     assert len(loaded.dataset) == loaded.manifest["data"]["num_examples"] > 0
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".cache.partial-")]  # cleaned up
+
+
+def _contiguous(attempts):
+    """The steps a chain of attempts finally trained, each exactly once and in order."""
+    effective = []
+    for records in attempts:
+        if records:
+            effective = [r for r in effective if r["step"] < records[0]["step"]] + records
+    return [r["step"] for r in effective]
+
+
+@pytest.mark.slow
+def test_scaledown_run_killed_in_ladder_and_distillation_resumes(workspace, tmp_path):
+    from distill.train import main as train_main
+
+    config = h.pipeline_config(workspace, str(tmp_path / "runs"))
+    cmd = h.command(["scaledown", "run", "--config", config])
+    records, argv_log = tmp_path / "records", str(tmp_path / "argv.jsonl")
+    os.makedirs(records)
+    faults = [("step:3", "w32"), ("save:4", "kd_seed0")]  # mid-step in the 2nd rung; mid-save in the KD run
+    attempts = {}
+    for i, (fault, where) in enumerate(faults):
+        h.run_until_fault(cmd, fault, str(tmp_path / "marker"), FAULT_RECORD_DIR=records, FAULT_ARGV=argv_log,
+                          FAULT_ONLY_IN=where)
+        for name in os.listdir(records):
+            attempts.setdefault(name[:-6], []).append(h.read_records(str(records / name)))
+            os.remove(records / name)
+    done = h.run(cmd, FAULT_RECORD_DIR=records, FAULT_ARGV=argv_log)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in os.listdir(records):
+        attempts.setdefault(name[:-6], []).append(h.read_records(str(records / name)))
+    run = tmp_path / "runs" / "faults"
+    assert (run / "summary.json").is_file() and not (run / ".scaledown.lock").exists()
+    # w16 finished before the first kill and was never retrained; w32 resumed from checkpoint-2, the KD
+    # run (killed inside the save of checkpoint-4) from checkpoint-2; every step trained once, in order.
+    assert len(attempts["w16"]) == 1
+    assert [a[0]["step"] for a in attempts["w32"]] == [0, 2]
+    assert [a[0]["step"] for a in attempts["kd_seed0"] if a] == [0, 2]
+    for name in ("w32", "kd_seed0"):
+        assert _contiguous(attempts[name]) == [0, 1, 2, 3]
+        # The same arguments, uninterrupted, into another directory: the same weights.
+        calls = [json.loads(line) for line in open(argv_log)]
+        argv = next(a for a in calls if os.path.basename(a[a.index("--output_dir") + 1]) == name)
+        i = argv.index("--output_dir")
+        argv[i + 1] = str(tmp_path / f"straight_{name}")
+        train_main(argv)
+        resumed = str(run / ("ladder/" + name if name.startswith("w") else name))
+        assert h.weight_difference(argv[i + 1], resumed) < 1e-6
+        assert h.partial_files(resumed) == []
