@@ -107,6 +107,12 @@ def fit_and_predict(pipe, runs: list[dict], config: DistillLadderConfig, fit: di
     pipe.log(f"[distill ladder] held-out student T{h['teacher_width']}_S{h['width']}: predicted {pred['loss']:.4f}, "
              f"measured {h['loss']:.4f} ({error:+.2f}%)")
     best_teacher = _best_teacher(full, points)
+    # naive predictions of the same student, to judge the law's error against
+    same_width = [p["loss"] for i, p in enumerate(points) if i != held and p["width"] == h["width"]]
+    naive = {"supervised_law": pred["supervised_loss"],
+             "mean_of_same_width": float(sum(same_width) / len(same_width)) if same_width else None}
+    naive_err = {k: (100.0 * (v - h["loss"]) / h["loss"] if v is not None else None) for k, v in naive.items()}
+    spread = 100.0 * (max(p["loss"] for p in points) - min(p["loss"] for p in points)) / h["loss"]
     return {"form": config.form, "dfit": path, "params": full["params"], "ci": full.get("ci", {}),
             "at_bounds": full["at_bounds"], "bootstrap_note": note or note_held,
             "students": [{k: p[k] for k in ("teacher_width", "width", "params", "tokens", "teacher_loss", "loss",
@@ -114,7 +120,8 @@ def fit_and_predict(pipe, runs: list[dict], config: DistillLadderConfig, fit: di
                          for p, r in zip(points, runs)],
             "holdout": {"run": os.path.basename(runs[held]["dir"]), "teacher_width": h["teacher_width"],
                         "width": h["width"], "predicted": pred["loss"], "interval": pred.get("interval"),
-                        "actual": h["loss"], "error_pct": error},
+                        "actual": h["loss"], "error_pct": error, "naive_error_pct": naive_err,
+                        "loss_spread_pct": spread},
             "advice": best_teacher}
 
 
@@ -203,7 +210,15 @@ def markdown(result: dict) -> str:
     lines = ["", "## Distillation ladder", "",
              f"Distillation law ({result['form']} form) fitted on {len(result['students']) - 1} students, "
              f"the {h['run']} student held out: predicted {h['predicted']:.4f}, measured {h['actual']:.4f} "
-             f"(**{h['error_pct']:+.2f}%**).", "",
+             f"(**{h['error_pct']:+.2f}%**). For scale: the students' losses span {h['loss_spread_pct']:.2f}% "
+             "of it; predicting the supervised law's loss for that student errs by "
+             f"{h['naive_error_pct']['supervised_law']:+.2f}%"
+             + (f", the mean of the other students of its width by {h['naive_error_pct']['mean_of_same_width']:+.2f}%"
+                if h['naive_error_pct']['mean_of_same_width'] is not None else "") + ".", "",
+             *([f"Warning: the fit ends at optimiser bounds in {', '.join(result['at_bounds'])}: these students do "
+                "not determine those parameters (more teachers, or better-trained ones, would).", ""]
+               if result["at_bounds"] else []),
+             *([f"{result['bootstrap_note']}", ""] if result.get("bootstrap_note") else []),
              "| run | teacher width | student width | teacher loss | KD loss | supervised (ladder rung) |",
              "|---|---:|---:|---:|---:|---:|"]
     for s in result["students"]:

@@ -62,6 +62,7 @@ def test_fit_predicts_the_held_out_student(tmp_path):
     result = fit_and_predict(pipe, runs, DistillLadderConfig(bootstrap=3), {"full": sup})
     assert result["holdout"]["run"] == "T96_S48"  # the largest student with the strongest teacher
     assert abs(result["holdout"]["error_pct"]) < 0.1
+    assert set(result["holdout"]["naive_error_pct"]) == {"supervised_law", "mean_of_same_width"}
     assert {a["width"] for a in result["advice"]} == {32, 48}
     assert all(a["verdict"] in ("distill", "supervised") for a in result["advice"])
     result["plot"] = "plots/distill_ladder.png"
