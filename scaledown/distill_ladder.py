@@ -55,7 +55,7 @@ def plan_grid(config: DistillLadderConfig, widths: list) -> list[tuple[int, int]
 
 def train_grid(pipe, ladder: dict, pairs) -> list[dict]:
     """Train every KD student of the grid (skipping finished ones); returns their run records."""
-    from distill.train import main as train_main
+    from .provenance import train_run  # a finished run with the same settings is reused, a changed one retrained
 
     rungs = {r["width"]: r for r in ladder["runs"]}
     c = pipe.config
@@ -65,17 +65,14 @@ def train_grid(pipe, ladder: dict, pairs) -> list[dict]:
         run_dir = os.path.join(pipe.root, "distill_ladder", f"T{teacher_width}_S{width}")
         out.append({"teacher_width": teacher_width, "width": width, "dir": run_dir, "teacher_dir": teacher["dir"],
                     "baseline_dir": rung["dir"]})
-        if os.path.isfile(os.path.join(run_dir, "all_results.json")):
-            pipe.log(f"[distill ladder] {os.path.basename(run_dir)} finished, skipped")
-            continue
         every = str(max(1, math.ceil(rung["steps"] / max(1, c.ladder.eval_points))))
-        pipe.log(f"[distill ladder] student width {width} from teacher width {teacher_width}: {rung['steps']} steps")
         plan = next(p for p in pipe.plans if p.width == width)
-        train_main(pipe.train_args() + [
+        train_run(pipe.train_args() + [
             "--task", "causal-lm", "--model_config", json.dumps(plan.config), "--max_steps", str(rung["steps"]),
             "--lr_scheduler_type", "cosine", "--output_dir", run_dir, "--eval_steps", every, "--save_steps", every,
             *pipe.lr_args(width), "--teacher_model_name_or_path", teacher["dir"], "--alpha", str(c.distill.alpha),
-            "--temperature", str(c.distill.temperature), "--kd_kind", c.distill.kd_kind])
+            "--temperature", str(c.distill.temperature), "--kd_kind", c.distill.kd_kind],
+            f"distill ladder {os.path.basename(run_dir)}", pipe.log)
     return out
 
 
