@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .config import TASKS
+from .data.arguments import TASKS
 
 
 @dataclass(frozen=True)

@@ -24,18 +24,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="apply the config's `quick:` block: a CI-sized run")
     run.add_argument("--name", default=None, help="run name: outputs go to <output_root>/<name>")
     run.add_argument("--output-root", default=None, help="parent folder of runs (default: runs)")
+    run.add_argument("--ship", action="store_true", help="add the ship stage (ONNX export, int8, bench table) "
+                     "after evaluation, as the config's `ship: {enabled: true}` does")
+    from deploy.cli import add_deploy_commands  # export / quantize / bench / serve (argparse only)
+
+    add_deploy_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command != "run":
+        from deploy.cli import run_command
+
+        return run_command(args)
     from .config import load_pipeline_config
     from .lock import RunDirLocked, RunLock
     from .pipeline import Pipeline
 
     config_path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
     overrides = {k: v for k, v in (("name", args.name), ("output_root", args.output_root)) if v is not None}
+    if args.ship:
+        overrides["ship"] = {"enabled": True}
     try:
         config = load_pipeline_config(config_path, quick=args.quick, overrides=overrides)
         with RunLock(config.run_dir):

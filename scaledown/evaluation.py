@@ -2,8 +2,10 @@
 
 Test loss and perplexity come from each run's own `all_results.json` (token-weighted student
 cross-entropy on the test split, written by `distill train`). Throughput is measured here, side
-by side: the same batch, the same process, the models interleaved round by round, so that a
-noisy machine slows all of them alike.
+by side: the same batch, the same process, the models interleaved round by round in rotating
+order after warm-up rounds, so that a noisy machine slows all of them alike; the spread over
+rounds is reported with the median, and the speedup is the median of per-round ratios.
+Whether the KD improvement stands out of the seed noise is `scaledown.significance`'s call.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import math
 import os
 import statistics
 import time
+
+from .significance import kd_verdict
 
 
 def _results(run_dir: str) -> dict:
@@ -32,22 +36,50 @@ def model_row(run_dir: str) -> dict:
             "disk_bytes": disk_bytes(run_dir)}
 
 
-def throughput(run_dirs: dict[str, str], input_ids, rounds: int = 5) -> dict[str, float]:
-    """Forward tokens per second of each model on the same batch, measured in interleaved rounds."""
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], statistics.median(values), q[2]
+
+
+def throughput(run_dirs: dict[str, str], input_ids, rounds: int = 15, warmup_rounds: int = 3) -> dict:
+    """Forward tokens per second of each model on the same batch, measured in interleaved rounds.
+
+    Every round times one forward pass of each model (in inference mode, without a KV cache),
+    in an order that rotates from round to round, so that a busy machine slows all of them
+    alike; `warmup_rounds` untimed rounds come first (allocator, kernels, caches).
+
+    Returns:
+        `dict` with `models` (name -> `tokens_per_second` median, `iqr` [q1, q3], `min`, `max`),
+        `speedups` (name -> median and IQR of the per-round ratio of the first model's time to
+        this one's: paired, so the load of a round cancels) and what was measured: `batch`,
+        `threads`, `device`, `rounds`, `warmup_rounds`, `loadavg`.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     models = {name: AutoModelForCausalLM.from_pretrained(d, use_safetensors=True).eval() for name, d in run_dirs.items()}
+    names = list(models)
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
-        for model in models.values():  # warm-up
-            model(input_ids=input_ids)
-        for _ in range(rounds):
-            for name, model in models.items():
+        for _ in range(warmup_rounds):
+            for model in models.values():
+                model(input_ids=input_ids, use_cache=False)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 start = time.perf_counter()
-                model(input_ids=input_ids)
+                models[name](input_ids=input_ids, use_cache=False)
                 times[name].append(time.perf_counter() - start)
-    return {name: input_ids.numel() / statistics.median(t) for name, t in times.items()}
+    tokens = input_ids.numel()
+    out = {"models": {}, "speedups": {}}
+    for name, t in times.items():
+        rates = [tokens / x for x in t]
+        q1, med, q3 = _quartiles(rates)
+        out["models"][name] = {"tokens_per_second": med, "iqr": [q1, q3], "min": min(rates), "max": max(rates)}
+        q1, med, q3 = _quartiles([a / b for a, b in zip(times[names[0]], t)])
+        out["speedups"][name] = {"median": med, "iqr": [q1, q3]}
+    return {**out, "batch": list(input_ids.shape), "threads": torch.get_num_threads(),
+            "device": str(next(models[names[0]].parameters()).device), "rounds": rounds,
+            "warmup_rounds": warmup_rounds, "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def _test_batch(pipeline, batch_size: int = 8):
@@ -86,17 +118,23 @@ def evaluate_models(pipeline, teacher: dict, kd: dict, base: dict) -> dict:
     speed = throughput({"teacher": teacher["dir"], "student": kd["runs"][0]["dir"], "baseline": base["runs"][0]["dir"]},
                        batch)
     for name, row in (("teacher", teacher_row), ("student", kd_row), ("baseline", base_row)):
-        row["tokens_per_second"] = speed[name]
+        row["tokens_per_second"] = speed["models"][name]["tokens_per_second"]
+        row["tokens_per_second_iqr"] = speed["models"][name]["iqr"]
     gap = base_row["test_loss"] - teacher_row["test_loss"]
     gain = (base_row["test_loss"] - kd_row["test_loss"]) / gap if gap > 0 else float("nan")
+    improvement = base_row["test_loss"] - kd_row["test_loss"]
+    spread = max(kd_row["spread"], base_row["spread"])
     derived = {
         "kd_gain": gain,
-        "kd_improvement": base_row["test_loss"] - kd_row["test_loss"],
-        "seed_spread": max(kd_row["spread"], base_row["spread"]),
+        "kd_improvement": improvement,
+        "seed_spread": spread,
+        **kd_verdict(improvement, spread, min(len(kd["runs"]), len(base["runs"]))),
         "retention": teacher_row["test_loss"] / kd_row["test_loss"],
         "perplexity_retention": teacher_row["perplexity"] / kd_row["perplexity"],
         "compression": teacher_row["params"] / kd_row["params"],
-        "speedup": kd_row["tokens_per_second"] / teacher_row["tokens_per_second"],
+        "speedup": speed["speedups"]["student"]["median"],
+        "speedup_iqr": speed["speedups"]["student"]["iqr"],
         "throughput_batch": list(batch.shape),
+        "throughput": {k: v for k, v in speed.items() if k not in ("models", "speedups")},
     }
     return {"teacher": teacher_row, "student": kd_row, "baseline": base_row, **derived}

@@ -6,6 +6,8 @@ import json
 import os
 
 from .files import write_json_atomic
+from .provenance import effective_config, render_config_markdown
+from .significance import kd_headline, throughput_note
 
 
 def _plt():
@@ -150,6 +152,8 @@ def frontier_summary(fit: dict) -> dict:
 
 def _slim_fit(fit: dict) -> dict:
     out = {k: v for k, v in fit.items() if k not in ("bootstrap", "data")}
+    if "bootstrap" in fit:  # the refit counts, without the samples (those stay in fit.json)
+        out["bootstrap"] = {k: v for k, v in fit["bootstrap"].items() if k != "samples"}
     return out
 
 
@@ -172,16 +176,21 @@ def write_report(pipeline, ladder, fit, teacher, student, kd, base, evaluation, 
         "kd_gain": evaluation["kd_gain"],
         "kd_improvement": evaluation["kd_improvement"],
         "seed_spread": evaluation["seed_spread"],
+        "kd_significant": evaluation.get("kd_significant"),
+        "kd_verdict": evaluation.get("kd_verdict"),
         "retention": evaluation["retention"],
         "perplexity_retention": evaluation["perplexity_retention"],
         "compression": evaluation["compression"],
         "speedup": evaluation["speedup"],
+        "speedup_iqr": evaluation.get("speedup_iqr"),
+        "throughput": evaluation.get("throughput"),
         "ladder": ladder["runs"],
         "plots": [os.path.relpath(f, root) for f in files],
         "seconds": sum(pipeline.timings.values()),
         "invocation_seconds": seconds,
         "stage_seconds": pipeline.timings,
         "reused_stages": pipeline.reused,
+        "config": effective_config(pipeline.config),  # the full effective configuration (provenance.py)
     }
     write_json_atomic(os.path.join(root, "summary.json"), summary)
     with open(os.path.join(root, "report.md"), "w", encoding="utf-8") as f:
@@ -190,13 +199,21 @@ def write_report(pipeline, ladder, fit, teacher, student, kd, base, evaluation, 
     return summary
 
 
+def _speed_cell(r: dict) -> str:
+    iqr = r.get("tokens_per_second_iqr")
+    return f"{r['tokens_per_second']:,.0f}" + (f" ({iqr[0]:,.0f}-{iqr[1]:,.0f})" if iqr else "")
+
+
 def render_table(s: dict) -> str:
-    lines = ["| model | params | test loss | perplexity | tokens/s | disk (MB) |", "|---|---|---|---|---|---|"]
+    meta = s.get("throughput")
+    speed = (f"forward tok/s, median (IQR), batch {meta['batch'][0]}x{meta['batch'][1]}, {meta['threads']} threads"
+             if meta else "tokens/s")
+    lines = [f"| model | params | test loss | perplexity | {speed} | disk (MB) |", "|---|---|---|---|---|---|"]
     for name in ("teacher", "student", "baseline"):
         r = s[name]
         label = {"student": "KD student", "baseline": "baseline student"}.get(name, name)
         lines.append(f"| {label} | {r['params']:,} | {r['test_loss']:.4f} | {r['perplexity']:.2f} | "
-                     f"{r['tokens_per_second']:,.0f} | {r['disk_bytes'] / 1e6:.2f} |")
+                     f"{_speed_cell(r)} | {r['disk_bytes'] / 1e6:.2f} |")
     return "\n".join(lines)
 
 
@@ -209,14 +226,14 @@ def render_markdown(s: dict) -> str:
            + (f" ({len(s['reused_stages'])} reused by this invocation, which took {s['invocation_seconds']:.0f} s)."
               if s["reused_stages"] else "."), "",
            "## Results (held-out test split)", "", render_table(s), "",
-           f"- **KD gain:** distillation closed {100 * s['kd_gain']:.1f}% of the baseline-to-teacher gap "
-           f"(test loss {s['baseline']['test_loss']:.4f} -> {s['student']['test_loss']:.4f}; teacher "
-           f"{s['teacher']['test_loss']:.4f}).",
+           *([throughput_note(s["throughput"]), ""] if s.get("throughput") else []),
+           kd_headline(s),
            f"- **Seeds:** KD student {seeds(s['student'])}; baseline {seeds(s['baseline'])}. KD improvement "
            f"{s['kd_improvement']:.4f} vs largest seed spread {s['seed_spread']:.4f}.",
            f"- **Retention:** the student keeps {100 * s['retention']:.1f}% of the teacher's quality (loss ratio), "
            f"{100 * s['perplexity_retention']:.1f}% by perplexity, with {s['compression']:.1f}x fewer parameters "
-           f"and {s['speedup']:.1f}x the throughput.",
+           f"and {s['speedup']:.1f}x the throughput"
+           + (f" (IQR {s['speedup_iqr'][0]:.1f}x-{s['speedup_iqr'][1]:.1f}x over rounds)." if s.get("speedup_iqr") else "."),
            f"- **Student size:** width {s['student']['width']} ({s['student']['reason']}).", ""]
     from scaling.intervals import bootstrap_lines, format_interval
 
@@ -236,4 +253,6 @@ def render_markdown(s: dict) -> str:
     out += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({p})" for p in s["plots"]]
     out += ["", "## Time per stage", "", "| stage | seconds | |", "|---|---|---|"]
     out += [f"| {k} | {v:.1f} | {'reused' if k in s['reused_stages'] else ''} |" for k, v in s["stage_seconds"].items()]
+    if "config" in s:
+        out += [""] + render_config_markdown(s["config"])
     return "\n".join(out) + "\n"

@@ -94,6 +94,10 @@ def _builtin(name: str, image_size: Optional[int]):
         return corpus.python_docs_corpus()
     if name == "builtin:docstring-topics":
         return corpus.docstring_classification()
+    if name == "builtin:docstring-kind":
+        from .docstring_kind import docstring_kind_classification
+
+        return docstring_kind_classification()
     return corpus.digits_images(image_size or 32)
 
 

@@ -1,0 +1,13 @@
+"""Ship a student: ONNX export with parity, int8 quantisation, a size/latency/quality table, an HTTP server.
+
+Commands live under `scaledown` (`scaledown export|quantize|bench|serve`); see `deploy.cli`.
+Modules:
+
+- `deploy.artifacts`: reading a model directory (PyTorch or ONNX), its task, processor, labels,
+  and real inputs from the task's data.
+- `deploy.export`: `torch.onnx.export(..., dynamo=True)` plus an ONNX Runtime parity check.
+- `deploy.quantize`: torchao int8 (dynamic activations, int8 weights) and ONNX Runtime dynamic int8.
+- `deploy.runners`: one `predict(inputs) -> logits` interface over PyTorch and ONNX Runtime.
+- `deploy.bench`: the table of variants (size, latency, throughput, quality).
+- `deploy.serve`: the FastAPI app (auth, limits, metrics) and `deploy.metrics` its Prometheus text.
+"""

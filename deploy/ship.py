@@ -1,0 +1,96 @@
+"""The pipeline's `ship` stage: export, quantise and bench the distilled student beside its teacher.
+
+After evaluation, the KD student (first seed) is exported to ONNX (parity-checked) and quantised
+(torchao int8, ONNX Runtime int8); `deploy.bench` then measures teacher, KD student, baseline
+student and the three variants on the pipeline's own test data. The table goes into
+`summary.json` (`ship`) and `report.md` (a "Shipping" section), with `plots/quality_latency.png`:
+quality against batch-1 latency, one point per variant.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass
+class ShipConfig:
+    """The pipeline's `ship:` block (`scaledown run --ship` turns it on for one run)."""
+
+    enabled: bool = False
+    threads: int = 1
+    batch_size: int = 16
+    latency_samples: int = 20
+    rounds: int = 3
+    max_eval_samples: int = 64
+    # torch.compile of the torchao int8 student: the fast CPU path, but the compile takes a while.
+    compile_int8: bool = True
+
+
+def ship_stage(pipeline, teacher: dict, kd: dict, base: dict) -> dict:
+    """Run the stage; returns the bench result plus the files written (paths relative to the run)."""
+    from .bench import bench, write_bench
+    from .export import export
+    from .quantize import quantize
+
+    cfg = pipeline.config.ship
+    root = os.path.join(pipeline.root, "ship")
+    student = kd["runs"][0]["dir"]
+    onnx_dir, onnx_int8, torchao_dir = (os.path.join(root, n) for n in ("onnx-fp32", "onnx-int8", "torchao-int8"))
+    data = dict(pipeline.config.data)
+    if not os.path.isfile(os.path.join(onnx_dir, "export_report.json")):
+        export(student, onnx_dir, data=data)
+    if not os.path.isfile(os.path.join(onnx_int8, "quantize_report.json")):
+        quantize(onnx_dir, "onnx-int8", onnx_int8, data=data)
+    if not os.path.isfile(os.path.join(torchao_dir, "quantize_report.json")):
+        quantize(student, "torchao-int8", torchao_dir, data=data)
+    result = bench([student, base["runs"][0]["dir"], torchao_dir, onnx_dir, onnx_int8], teacher=teacher["dir"],
+                   names=["student pytorch-fp32", "baseline pytorch-fp32", "student pytorch-int8", "student onnx-fp32",
+                          "student onnx-int8"],
+                   data=data, threads=cfg.threads, batch_size=cfg.batch_size, latency_samples=cfg.latency_samples,
+                   rounds=cfg.rounds, max_eval_samples=cfg.max_eval_samples, compile_int8=cfg.compile_int8)
+    bench_json, bench_md = write_bench(result, os.path.join(root, "bench.json"))
+    plot = plot_quality_latency(result, os.path.join(pipeline.root, "plots", "quality_latency.png"))
+    result["files"] = [os.path.relpath(p, pipeline.root) for p in (bench_json, bench_md, plot)]
+    return result
+
+
+def plot_quality_latency(result: dict, path: str) -> str:
+    """Quality (test loss, or accuracy) against batch-1 p50 latency, one labelled point per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    metric = "accuracy" if "accuracy" in rows[0] else "loss"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        ax.plot(row["latency_p50_ms"], row[metric], "o", ms=7)
+        ax.annotate(row["variant"], (row["latency_p50_ms"], row[metric]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"latency p50 at batch 1 (ms, {result['settings']['threads']} thread(s))")
+    ax.set_ylabel("test accuracy" if metric == "accuracy" else "test loss (cross-entropy)")
+    ax.set_title("Quality against latency: teacher, students and quantised variants")
+    ax.grid(True, alpha=0.3)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def add_ship_to_report(root: str, summary: dict, ship: dict) -> dict:
+    """Put the ship table into `summary.json` and a "Shipping" section into `report.md`."""
+    from scaledown.files import write_json_atomic
+
+    from .bench import markdown_table
+
+    summary["ship"] = {k: ship[k] for k in ("reference", "rows", "settings", "machine", "files")}
+    write_json_atomic(os.path.join(root, "summary.json"), summary)
+    section = ["", "## Shipping (ONNX, int8; `scaledown bench`)", "", markdown_table(ship), "",
+               "![quality against latency](plots/quality_latency.png)", ""]
+    with open(os.path.join(root, "report.md"), "a", encoding="utf-8") as f:
+        f.write("\n".join(section))
+    return summary
