@@ -58,11 +58,14 @@ class ModelArguments:
             "help": "Build the student from teacher_model_name_or_path's blocks before training (DistilBERT "
             "style): a list such as [0, 2, 4] (command line: '0,2,4'), 'every_other', or a count n of evenly "
             "spaced blocks. Embeddings, final norm and heads are copied too. Replaces model_name_or_path / "
-            "model_config; `distill init-student` writes the same student to a directory."
+            "model_config; `distill init-student` writes the same student to a directory. With alpha 0 and no "
+            "hidden or attention term the teacher only gives the weights and is not run during training."
         },
     )
 
     def __post_init__(self):
+        if self.init_from_teacher_layers == "":  # "" from the command line clears a recipe's value
+            self.init_from_teacher_layers = None
         given = [name for name in ("model_name_or_path", "model_config", "init_from_teacher_layers")
                  if getattr(self, name) not in (None, "")]
         if len(given) > 1:
@@ -268,6 +271,12 @@ def _infer_task_name(model_args, data_args, args) -> str:
                      "source): add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
 
 
+def _teacher_only_gives_weights(model_args, args) -> bool:
+    """init_from_teacher_layers with no teacher term in the loss: the teacher is not run during training."""
+    return (model_args.init_from_teacher_layers is not None and args.alpha == 0 and not args.extra_teachers
+            and not getattr(args, "hidden_weight", 0) and not getattr(args, "attention_weight", 0))
+
+
 def _check_teacher_cache(path: str, args) -> None:
     """The cache exists and fits the run's task, temperature and teacher (tokenizer and data: in the trainer)."""
     from .teacher.cache import TeacherCache
@@ -334,7 +343,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         logger.info("Training from teacher cache %s: no teacher model is loaded.", model_args.teacher_cache)
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=None if use_cache else (
+        teacher_model=None if use_cache or _teacher_only_gives_weights(model_args, args) else (
             [args.teacher_model_name_or_path, *args.extra_teachers] if args.extra_teachers
             else args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None),
         teacher_cache=model_args.teacher_cache if use_cache else None,

@@ -27,6 +27,7 @@ from .teacher.placement import place_teacher
 from .teacher.cache import CACHE_COLUMNS
 from .teacher.ensemble import build_ensemble
 from .data.augment import AUGMENTED_KEY, augmented_kd_loss, augmenting_kwargs, clean_collator
+from .data.on_policy import check_on_policy, on_policy_batches
 
 _STAGING = ".staging"
 _NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, *CACHE_COLUMNS)
@@ -115,6 +116,7 @@ class DistillationTrainer(Trainer):
             kwargs = self._attach_teacher_cache(teacher_cache, teacher_model, task, args, processing_class, kwargs)
             self.kd_vocab_size = self.teacher_cache.vocab_size
         self._check_train_dataset(kwargs.get("train_dataset"), args)
+        check_on_policy(args, task, has_cache=self.teacher_cache is not None, tokenizer=processing_class)  # lmbda > 0
         if args.augment_fraction > 0:  # data-augmentation distillation: augmenting collator
             kwargs = augmenting_kwargs(kwargs, task, args, processing_class, has_cache=self.teacher_cache is not None)
         # Hidden-state / attention terms: checked, and the projection attached to the student, before the
@@ -197,6 +199,15 @@ class DistillationTrainer(Trainer):
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
         return count
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The step's micro-batches; on an on-policy step (``lmbda``) the student's continuations instead, with the
+        item count taken over the generated tokens."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.args.lmbda > 0 and batch_samples:
+            batch_samples = on_policy_batches(self, batch_samples)
+            num_items_in_batch = self._get_num_items_in_batch(batch_samples, device)
+        return batch_samples, num_items_in_batch
 
     def _teacher_outputs(self, inputs: dict[str, Any], fused: bool = False):
         """The teacher's outputs: ``.logits`` are its logits, or with ``fused`` its final hidden states (its head
