@@ -187,9 +187,13 @@ def test_refusals(tmp_path):
                             hidden_weight=1.0, report_to="none"), train_dataset=data)
     with pytest.raises(ValueError, match="attn_implementation='eager'"):
         make_trainer(tmp_path, tiny_llama(), teacher, data, attention_weight=1.0)
-    bert_student = eager(tiny_bert())
-    bert_student.config.attention_probs_dropout_prob = 0.1
-    with pytest.raises(ValueError, match="attention_probs_dropout_prob=0"):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    bert_student = eager(BertForSequenceClassification(BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        attention_probs_dropout_prob=0.1)))
+    bert_student.config.attention_probs_dropout_prob = 0.0  # too late: the modules were built with 0.1
+    with pytest.raises(ValueError, match="dropout 0.1 .*attention_probs_dropout_prob=0"):
         DistillationTrainer(model=bert_student, teacher_model=eager(tiny_bert(seed=1)),
                             args=DistillationConfig(output_dir=str(tmp_path), attention_weight=1.0, report_to="none"))
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -206,6 +210,10 @@ def test_teacher_cache_refused(tmp_path):
     args = DistillationConfig(output_dir=str(tmp_path), hidden_weight=1.0, report_to="none")
     with pytest.raises(ValueError, match="teacher cache holds only"):
         IntermediateLayerTransfer(args, get_task("causal-lm"), tiny_llama(), None, teacher_cache=object())
+    from distill.train import _check_teacher_cache  # `distill train`: before the cache is even opened
+
+    with pytest.raises(ValueError, match="teacher_cache does not hold"):
+        _check_teacher_cache(str(tmp_path / "no-cache-here"), args)
 
 
 def test_projection_refused_under_zero3_and_fsdp(tmp_path):
@@ -287,5 +295,12 @@ def test_two_processes_match_one_with_projection(tmp_path, one_process_reference
 
 
 def test_several_teachers_refused(tmp_path):
+    from distill.intermediate import IntermediateLayerTransfer
+    from distill.teacher.per_task import TaskTeachers
+
     with pytest.raises(ValueError, match="several teachers"):
         make_trainer(tmp_path, tiny_llama(), [tiny_llama(seed=1), tiny_llama(seed=2)], lm_dataset(4), hidden_weight=1.0)
+    args = DistillationConfig(output_dir=str(tmp_path), hidden_weight=1.0, report_to="none")
+    per_task = TaskTeachers([tiny_bert(seed=1), tiny_bert(seed=2)], [(0, 3), (3, 3)])
+    with pytest.raises(ValueError, match="one per task"):
+        IntermediateLayerTransfer(args, get_task("seq-cls"), tiny_bert(num_labels=6), per_task)

@@ -101,10 +101,13 @@ def main():
         teacher = tiny_llama(hidden=48, seed=1)
         if args.attention_weight > 0:
             teacher.set_attn_implementation("eager")
+    from helpers import word_tokenizer
+
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=args,
         train_dataset=lm_dataset(48), eval_dataset=lm_dataset(16, seed=1),  # 16 = 2 x 2 x 4: no padded rows
         data_collator=CausalLMCollator(pad_token_id=0),
+        processing_class=word_tokenizer() if args.lmbda > 0 else None,  # on-policy steps stop at its eos
     )
     trainer.train()
     trainer.save_metrics("eval", trainer.evaluate())  # the teacher's forward in prediction_step too
