@@ -7,10 +7,10 @@ from typing import Optional, Union
 
 from transformers import TrainingArguments
 
+from .data.arguments import TASKS  # one list of tasks, shared with the data layer
 from .losses.hidden import HIDDEN_LOSSES, parse_layer_map
 from .losses.logit import KD_KINDS
 
-TASKS = ("causal-lm", "seq-cls", "image-cls")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -93,6 +93,15 @@ class DistillationConfig(TrainingArguments):
             Smallest fraction of the image area `resized_crop` keeps, in (0, 1].
         augment_mix_alpha (`float`, defaults to 1.0):
             Beta(a, a) parameter of `mixup` and `cutmix` (> 0).
+        lmbda (`float`, defaults to 0.0):
+            On-policy distillation (GKD, causal-lm): the probability, in [0, 1], that an optimizer step trains on
+            continuations the student generates from each example's prompt (its masked-label part), scored by the
+            teacher, with the `kd_kind` divergence on the generated tokens alone. See `distill.data.on_policy`.
+        max_new_tokens (`int`, defaults to 128):
+            Longest continuation the student generates in an on-policy step (>= 1).
+        generation_temperature (`float`, defaults to 0.9):
+            Sampling temperature of those continuations (>= 0; 0 = greedy). Separate from `temperature`, the
+            distillation temperature.
         trust_remote_code (`bool`, defaults to `False`):
             Allow custom modelling code from the Hub for teacher and student. Off by default.
         hidden_weight (`float`, defaults to 0.0):
@@ -147,7 +156,9 @@ class DistillationConfig(TrainingArguments):
     )
     task: Optional[str] = field(
         default=None,
-        metadata={"help": "causal-lm, seq-cls or image-cls; inferred from the student when omitted."},
+        metadata={"help": "causal-lm, seq-cls or image-cls. When omitted: inferred from the student's class "
+                          "(distill train: from the saved class of the student or teacher, a teacher cache, or "
+                          "a built-in dataset source)."},
     )
     kd_chunk_size: Optional[int] = field(
         default=None,
@@ -187,6 +198,13 @@ class DistillationConfig(TrainingArguments):
     augment_crop_scale: float = field(
         default=0.5, metadata={"help": "Smallest area fraction resized_crop keeps, in (0, 1]."})
     augment_mix_alpha: float = field(default=1.0, metadata={"help": "Beta(a, a) parameter of mixup / cutmix (> 0)."})
+    # ---- on-policy distillation, GKD (issue 14) ----
+    lmbda: float = field(
+        default=0.0, metadata={"help": "Causal LM: probability in [0, 1] that a step trains on student-generated "
+                                       "continuations of the prompts, scored by the teacher (GKD); 0 = off."})
+    max_new_tokens: int = field(default=128, metadata={"help": "On-policy steps: longest generated continuation."})
+    generation_temperature: float = field(
+        default=0.9, metadata={"help": "On-policy steps: sampling temperature of the continuations (0 = greedy)."})
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Allow custom modelling code from the Hub. Off by default for safety."},
@@ -269,6 +287,7 @@ class DistillationConfig(TrainingArguments):
         self._check_intermediate()
         self._check_teachers()
         self._check_augmentation()
+        self._check_on_policy()
         if self.kd_fused_lm_head:
             # The fused loss uses the head weight after the forward; DDP's unused-parameter search
             # would mark an untied head unused and then fail on its gradient ("marked ready twice").
@@ -333,3 +352,19 @@ class DistillationConfig(TrainingArguments):
                                  "or augment_fraction: 0.")
             if self.kd_fused_lm_head:
                 raise ValueError("augment_fraction > 0 is not supported with kd_fused_lm_head; set one of them off.")
+
+    def _check_on_policy(self) -> None:
+        """The on-policy fields (issue 14); the task and tokenizer are checked by the trainer."""
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"lmbda={self.lmbda} must be in [0, 1] (the probability of an on-policy step; 0 = off).")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be a positive integer.")
+        if not self.generation_temperature >= 0:
+            raise ValueError(f"generation_temperature={self.generation_temperature} must be >= 0 (0 = greedy).")
+        if self.lmbda > 0:
+            if self.task is not None and self.task != "causal-lm":
+                raise ValueError(f"lmbda={self.lmbda} > 0 (on-policy distillation) applies to causal-lm only, not "
+                                 f"task {self.task!r}: set lmbda: 0.")
+            if self.alpha == 0:
+                raise ValueError("lmbda > 0 trains on the teacher's scores of the student's continuations and needs a "
+                                 "teacher: set alpha > 0 or lmbda: 0.")

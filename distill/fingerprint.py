@@ -156,7 +156,7 @@ def _jsonable(value: Any) -> Any:
 
 def run_fingerprint(model_args, data_args, args) -> dict:
     """The settings that determine a `distill train` run's result, as a flat mapping of field -> value."""
-    from .train import parse_model_config
+    from .model_config import parse_model_config
 
     values: dict[str, Any] = {}
     for part in (model_args, data_args):
@@ -254,6 +254,34 @@ class OutputDirState:
         _write_json_atomic(os.path.join(self.output_dir, FINGERPRINT_NAME), record)
 
 
+def compare_output_dir(output_dir: str, fingerprint: dict) -> tuple[str, list, Optional[dict]]:
+    """``(status, changes, stored)`` of ``output_dir`` against ``fingerprint``, touching nothing.
+
+    status is ``fresh`` (nothing of an earlier run there), ``finished`` or ``resume`` (the same
+    settings), or ``changed`` (other settings, or an earlier run without a fingerprint: changes empty).
+    """
+    if not _earlier_outputs(output_dir):
+        return "fresh", [], None
+    stored = read_fingerprint(output_dir)
+    if stored is None:
+        return "changed", [], None
+    changes = diff_fingerprints(stored.get("fingerprint", {}), fingerprint)
+    if changes:
+        return "changed", changes, stored
+    return ("finished" if stored.get("finished") else "resume"), [], stored
+
+
+def output_dir_status(argv: list[str]) -> tuple[str, list]:
+    """`compare_output_dir` for the `distill train` command line ``argv``, without running anything."""
+    from .train import parse_args
+
+    model_args, data_args, args = parse_args(argv)
+    if getattr(args, "overwrite_output_dir", False):
+        return "fresh", []
+    status, changes, _ = compare_output_dir(args.output_dir, run_fingerprint(model_args, data_args, args))
+    return status, changes
+
+
 def prepare_output_dir(model_args, data_args, args) -> OutputDirState:
     """Compare this run's fingerprint with the one in ``args.output_dir``, before any compute.
 
@@ -263,34 +291,28 @@ def prepare_output_dir(model_args, data_args, args) -> OutputDirState:
     """
     output_dir = args.output_dir
     fingerprint = run_fingerprint(model_args, data_args, args)
-    earlier = _earlier_outputs(output_dir)
     if getattr(args, "overwrite_output_dir", False):
+        earlier = _earlier_outputs(output_dir)
         if earlier and args.process_index == 0:
             logger.info("overwrite_output_dir: deleting the earlier run's %s in %s", ", ".join(earlier), output_dir)
             for name in earlier + [FINGERPRINT_NAME]:
                 path = os.path.join(output_dir, name)
                 shutil.rmtree(path) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
         return OutputDirState(output_dir, fingerprint, "fresh")
-    stored = read_fingerprint(output_dir)
-    if not earlier:
-        return OutputDirState(output_dir, fingerprint, "fresh")  # nothing of an earlier run to protect
+    status, changes, stored = compare_output_dir(output_dir, fingerprint)
     ways_on = ("Start afresh there with --overwrite_output_dir true (this deletes its checkpoints and results), "
                "or choose another --output_dir.")
-    if stored is None:
+    if status == "changed" and stored is None:
         raise ValueError(
-            f"output_dir={output_dir!r} holds an earlier run ({', '.join(earlier)}) without {FINGERPRINT_NAME}, "
-            f"so whether it had these settings is unknown and it is not resumed. {ways_on}")
-    changes = diff_fingerprints(stored.get("fingerprint", {}), fingerprint)
-    if changes:
+            f"output_dir={output_dir!r} holds an earlier run ({', '.join(_earlier_outputs(output_dir))}) without "
+            f"{FINGERPRINT_NAME}, so whether it had these settings is unknown and it is not resumed. {ways_on}")
+    if status == "changed":
         lines = "\n".join(f"  {name}: {_short(old)} -> {_short(new)}" for name, old, new in changes)
         raise ValueError(
             f"output_dir={output_dir!r} holds a run with different settings ({FINGERPRINT_NAME}), so it is not "
             f"resumed; changed field(s), earlier -> now:\n{lines}\n{ways_on}")
-    if stored.get("finished"):
-        results_path = os.path.join(output_dir, "all_results.json")
-        results = {}
-        if os.path.isfile(results_path):
-            with open(results_path, encoding="utf-8") as f:
-                results = json.load(f)
-        return OutputDirState(output_dir, fingerprint, "finished", results)
-    return OutputDirState(output_dir, fingerprint, "resume")
+    results = None
+    if status == "finished" and os.path.isfile(os.path.join(output_dir, "all_results.json")):
+        with open(os.path.join(output_dir, "all_results.json"), encoding="utf-8") as f:
+            results = json.load(f)
+    return OutputDirState(output_dir, fingerprint, status, results or ({} if status == "finished" else None))

@@ -53,6 +53,18 @@ def _shape(model: nn.Module, who: str) -> tuple[int, int, Optional[int]]:
     return layers, width, getattr(config, "num_attention_heads", None)
 
 
+def _attention_dropout(model: nn.Module) -> float:
+    """The largest attention-probability dropout in the model's attention modules (what their forward passes to
+    the attention function: ``attention_dropout`` in Llama/ViT, ``dropout.p`` in BERT), or from its config."""
+    rates = [getattr(model.config, name, 0) or 0 for name in _DROPOUT_FIELDS]
+    for module in model.modules():
+        if type(module).__name__.endswith("Attention"):
+            for name in ("attention_dropout", "dropout"):
+                value = getattr(module, name, 0)
+                rates.append(value.p if isinstance(value, nn.Dropout) else value if isinstance(value, float) else 0)
+    return max(rates)
+
+
 def _make_projection(student_width: int, teacher_width: int, student: nn.Module, seed: int) -> nn.Linear:
     """nn.Linear's default initialisation, drawn from its own generator so that it does not depend on (or
     move) the global random state."""
@@ -83,11 +95,11 @@ class IntermediateLayerTransfer:
                 if teacher_cache is not None else "there is no teacher"
             raise ValueError(f"hidden_weight/attention_weight > 0 need an online teacher model: {why}; "
                              "set both to 0 or pass teacher_model.")
-        from .teacher.ensemble import TeacherEnsemble
+        from .teacher.ensemble import TeacherGroup
 
-        if isinstance(teacher, TeacherEnsemble):
+        if isinstance(teacher, TeacherGroup):  # an ensemble (extra_teachers) or one teacher per task
             raise ValueError("hidden_weight/attention_weight > 0 match one teacher's layers, but several teachers "
-                             "(extra_teachers) are given: use one teacher, or set both weights to 0.")
+                             "(extra_teachers, or one per task) are given: use one teacher, or set both weights to 0.")
         (s_layers, s_width, s_heads), (t_layers, t_width, t_heads) = _shape(student, "student"), _shape(teacher, "teacher")
         self.layer_map = args.hidden_layer_map or default_layer_map(s_layers, t_layers)
         check_layer_map(self.layer_map, s_layers, t_layers)
@@ -115,14 +127,14 @@ class IntermediateLayerTransfer:
                     f"returns, but the {who} uses {implementation!r} (sdpa returns none); load it with "
                     "attn_implementation='eager' (or call model.set_attn_implementation('eager'))."
                 )
-        config = _unwrap(student).config
-        for name in _DROPOUT_FIELDS:
-            if (getattr(config, name, 0) or 0) > 0:
-                raise ValueError(
-                    f"attention_weight > 0: the student has {name}={getattr(config, name)}, and transformers returns "
-                    "the attention probabilities after dropout, which would be compared instead of the distribution; "
-                    f"set {name}=0 in the student's config."
-                )
+        dropout = _attention_dropout(_unwrap(student))
+        if dropout:
+            field = next((n for n in _DROPOUT_FIELDS if hasattr(_unwrap(student).config, n)), "attention dropout")
+            raise ValueError(
+                f"attention_weight > 0: the student's attention has dropout {dropout} ({field}), and transformers "
+                "returns the attention probabilities after dropout, which would be compared instead of the "
+                f"distribution; build the student with {field}=0 in its config."
+            )
 
     def check_placement(self, trainer) -> None:
         """Refuse a projection where the student's parameters are sharded outside its forward."""
@@ -229,3 +241,18 @@ def parameter_count(model: nn.Module) -> int:
     """The student's parameters without the projection (which is not part of the saved model)."""
     prefix = PROJECTION_NAME + "."
     return sum(p.numel() for name, p in model.named_parameters() if not name.startswith(prefix))
+
+
+def intermediate_description(trainer) -> str:
+    """One Markdown sentence for the model card: the intermediate-layer terms and their settings."""
+    args, transfer = trainer.args, getattr(trainer, "_intermediate", None)
+    layer_map = transfer.layer_map if transfer is not None else args.hidden_layer_map
+    parts = []
+    if args.hidden_weight > 0:
+        projection = " through a learned projection (not part of this model)" if getattr(transfer, "projection", None) \
+            is not None else ""
+        parts.append(f"`{args.hidden_weight} * {args.hidden_loss}` between hidden states{projection}")
+    if args.attention_weight > 0:
+        parts.append(f"`{args.attention_weight} * KL(teacher || student)` between attention distributions (MiniLM)")
+    return ("Intermediate layers: " + " and ".join(parts) + f", student layer -> teacher layer {layer_map} "
+            "(indices of `hidden_states`: 0 = embeddings), added to the loss above.")

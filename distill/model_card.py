@@ -15,6 +15,8 @@ import json
 import os
 from typing import Optional
 
+from .intermediate import intermediate_description, parameter_count
+
 _TASK_TAGS = {"causal-lm": "text-generation", "seq-cls": "text-classification", "image-cls": "image-classification"}
 _METRIC_TYPES = {"loss": "loss", "accuracy": "accuracy", "perplexity": "perplexity", "teacher_loss": "loss"}
 
@@ -108,6 +110,8 @@ def _settings_lines(trainer, teacher: str, distilled: bool, n_params: int) -> li
             lines += [f"Teachers: `{teacher}` and " + ", ".join(f"`{t}`" for t in args.extra_teachers)
                       + f", combined by `{args.teacher_ensemble}`"
                       + (f" with weights {args.teacher_weights}." if args.teacher_weights else "."), ""]
+        if getattr(args, "hidden_weight", 0) > 0 or getattr(args, "attention_weight", 0) > 0:
+            lines += [intermediate_description(trainer), ""]
         if cache is not None:
             exact = cache.k >= cache.vocab_size
             lines += [f"The teacher's targets came from an offline cache of its top-{cache.k} log-probabilities per "
@@ -136,7 +140,7 @@ def write_model_card(trainer, output_dir: str, **kwargs) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     teacher = _teacher_name(trainer)
-    n_params = sum(p.numel() for p in trainer.model.parameters())
+    n_params = parameter_count(trainer.model)  # not a hidden-state projection, which is not saved with the model
     distilled = trainer.teacher is not None or getattr(trainer, "teacher_cache", None) is not None
     dataset = kwargs.get("dataset") or kwargs.get("dataset_tags")
     dataset = dataset if isinstance(dataset, str) or dataset is None else (list(dataset) or [None])[0]

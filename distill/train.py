@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .model_config import parse_model_config  # noqa: F401  (importable from here, as before)
+
 logger = logging.getLogger("distill")
 
 
@@ -56,11 +58,14 @@ class ModelArguments:
             "help": "Build the student from teacher_model_name_or_path's blocks before training (DistilBERT "
             "style): a list such as [0, 2, 4] (command line: '0,2,4'), 'every_other', or a count n of evenly "
             "spaced blocks. Embeddings, final norm and heads are copied too. Replaces model_name_or_path / "
-            "model_config; `distill init-student` writes the same student to a directory."
+            "model_config; `distill init-student` writes the same student to a directory. With alpha 0 and no "
+            "hidden or attention term the teacher only gives the weights and is not run during training."
         },
     )
 
     def __post_init__(self):
+        if self.init_from_teacher_layers == "":  # "" from the command line clears a recipe's value
+            self.init_from_teacher_layers = None
         given = [name for name in ("model_name_or_path", "model_config", "init_from_teacher_layers")
                  if getattr(self, name) not in (None, "")]
         if len(given) > 1:
@@ -72,33 +77,19 @@ class ModelArguments:
             raise ValueError("No student: set model_name_or_path, model_config or init_from_teacher_layers.")
 
 
-def parse_model_config(value: Any) -> dict:
-    """A student config given as a mapping, a JSON string, or a path to config.json / a model dir."""
-    if isinstance(value, dict):
-        config = dict(value)
-    elif isinstance(value, str) and value.lstrip().startswith("{"):
-        try:
-            config = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"model_config is not valid JSON: {e}") from None
-    else:
-        path = os.path.join(value, "config.json") if os.path.isdir(str(value)) else str(value)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"model_config={value!r}: no such config file or model directory.")
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    if "model_type" not in config:
-        raise ValueError("model_config needs a model_type, e.g. llama, gpt2, bert or vit.")
-    return config
-
-
 def build_parser():
     from transformers import HfArgumentParser
 
     from .config import DistillationConfig
     from .data import DataArguments
 
-    return HfArgumentParser((ModelArguments, DataArguments, DistillationConfig))
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, DistillationConfig), prog="distill train",
+        usage="distill train [--config RECIPE.yaml] [--FIELD VALUE ...]   (every field below; `distill train --help`)")
+    parser.add_argument_group("recipe").add_argument(
+        "--config", metavar="RECIPE.yaml", default=None,
+        help="YAML recipe whose fields are the defaults; --FIELD VALUE on the command line overrides them.")
+    return parser
 
 
 def parse_args(argv: list[str]):
@@ -114,23 +105,29 @@ def parse_args(argv: list[str]):
             config_path = arg.split("=", 1)[1] if "=" in arg else (rest[i + 1] if i + 1 < len(rest) else None)
             del rest[i : i + (1 if "=" in arg else 2)]
             if config_path is None:
-                raise SystemExit("error: --config needs a YAML file")
+                raise ValueError("--config needs a YAML file")
             break
     parser = build_parser()
+    known = {action.dest for action in parser._actions} - {"config", "help"}
     if config_path is not None:
         if not os.path.isfile(config_path):
-            raise SystemExit(f"error: --config {config_path}: no such file")
+            raise FileNotFoundError(f"--config {config_path}: no such file")
         with open(config_path, encoding="utf-8") as f:
             recipe = yaml.safe_load(f) or {}
         if not isinstance(recipe, dict):
-            raise SystemExit(f"error: {config_path} must hold a mapping of field: value")
-        known = {action.dest for action in parser._actions}
+            raise ValueError(f"{config_path} must hold a mapping of field: value")
         unknown = sorted(set(recipe) - known)
         if unknown:
             hints = [f"{key!r}{did_you_mean(key, known)}" for key in unknown]
-            raise SystemExit(f"error: {config_path}: unknown field(s) {', '.join(hints)}")
+            raise ValueError(f"{config_path}: unknown field(s) {', '.join(hints)}")
         parser.set_defaults(**recipe)
-    return parser.parse_args_into_dataclasses(args=rest)
+    *parsed, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    if remaining:
+        options = {f"--{name}" for name in known}
+        hints = [f"{arg!r}{did_you_mean(arg.split('=', 1)[0], options)}" for arg in remaining if arg.startswith("-")]
+        raise ValueError(f"unknown command-line argument(s) {', '.join(hints or map(repr, remaining))}; "
+                         "`distill train --help` lists every field.")
+    return tuple(parsed[:3])  # the namespace left over (--config, already read) is dropped
 
 
 def _non_embedding(model) -> tuple[int, int]:
@@ -223,7 +220,7 @@ def _check_before_compute(model_args, data_args, args) -> None:
     from .teacher.loading import _looks_local
 
     if args.task is None:
-        raise ValueError("task is not set: add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
+        args.task = _infer_task_name(model_args, data_args, args)
     if model_args.teacher_cache and args.extra_teachers:
         raise ValueError("teacher_cache replaces the teacher: remove extra_teachers, or train without the cache.")
     if model_args.init_from_teacher_layers is not None:
@@ -252,6 +249,32 @@ def _check_before_compute(model_args, data_args, args) -> None:
     for field_name, path in [("model_name_or_path", model_args.model_name_or_path), ("teacher_model_name_or_path", teacher)]:
         if path and _looks_local(path):
             check_model_dir(path, field_name, args.trust_remote_code)
+
+
+def _infer_task_name(model_args, data_args, args) -> str:
+    """The task when `task` is unset: from the student's or teacher's saved class, a teacher cache, or a built-in source."""
+    from .data.arguments import BUILTIN_SOURCES
+    from .tasks import task_of_class
+
+    for path in (model_args.model_name_or_path, args.teacher_model_name_or_path):
+        config = os.path.join(os.path.expanduser(path), "config.json") if path else ""
+        if os.path.isfile(config):
+            with open(config, encoding="utf-8") as f:
+                for name in json.load(f).get("architectures") or []:
+                    if task_of_class(name):
+                        return task_of_class(name)
+    if model_args.teacher_cache:
+        return "causal-lm"
+    if data_args.dataset_name in BUILTIN_SOURCES:
+        return BUILTIN_SOURCES[data_args.dataset_name]
+    raise ValueError("task is not set and cannot be inferred (no saved student or teacher class, no built-in "
+                     "source): add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
+
+
+def _teacher_only_gives_weights(model_args, args) -> bool:
+    """init_from_teacher_layers with no teacher term in the loss: the teacher is not run during training."""
+    return (model_args.init_from_teacher_layers is not None and args.alpha == 0 and not args.extra_teachers
+            and not getattr(args, "hidden_weight", 0) and not getattr(args, "attention_weight", 0))
 
 
 def _check_teacher_cache(path: str, args) -> None:
@@ -288,6 +311,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(args.get_process_log_level())
     datasets.utils.logging.set_verbosity(args.get_process_log_level())
+    if data_args.tasks is not None:  # multi-task distillation: one student, a teacher per task
+        from .multitask import multitask_main
+
+        return multitask_main(model_args, data_args, args)
     _check_before_compute(model_args, data_args, args)
     from .fingerprint import prepare_output_dir
 
@@ -316,7 +343,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         logger.info("Training from teacher cache %s: no teacher model is loaded.", model_args.teacher_cache)
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=None if use_cache else (
+        teacher_model=None if use_cache or _teacher_only_gives_weights(model_args, args) else (
             [args.teacher_model_name_or_path, *args.extra_teachers] if args.extra_teachers
             else args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None),
         teacher_cache=model_args.teacher_cache if use_cache else None,
@@ -372,16 +399,22 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     return results
 
 
-def _print_summary(results: dict) -> None:
+def format_summary(results: dict) -> str:
+    """The results table printed after training: loss, and accuracy for classification, of student and teacher."""
     def fmt(key: str) -> str:
         value = results.get(key)
         return "-" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
 
-    rows = [("student", "student_params", "eval_loss", "test_loss")]
+    metrics = ["loss"] + (["accuracy"] if any(k.endswith("_accuracy") for k in results) else [])
+    columns = [f"{split}_{m}" for m in metrics for split in ("eval", "test")]
+    rows = [("student", "student_params", columns)]
     if "teacher_params" in results:
-        rows.append(("teacher", "teacher_params", "eval_teacher_loss", "test_teacher_loss"))
-    print("\n== distill: results ==")
-    print(f"{'model':<8} {'params':>12} {'eval_loss':>10} {'test_loss':>10}")
-    for name, params, eval_key, test_key in rows:
-        print(f"{name:<8} {fmt(params):>12} {fmt(eval_key):>10} {fmt(test_key):>10}")
-    sys.stdout.flush()
+        rows.append(("teacher", "teacher_params", [c.replace("_", "_teacher_", 1) for c in columns]))
+    lines = ["== distill: results ==", f"{'model':<8} {'params':>12} " + " ".join(f"{c:>13}" for c in columns)]
+    for name, params, keys in rows:
+        lines.append(f"{name:<8} {fmt(params):>12} " + " ".join(f"{fmt(k):>13}" for k in keys))
+    return "\n".join(lines)
+
+
+def _print_summary(results: dict) -> None:
+    print("\n" + format_summary(results), flush=True)

@@ -15,7 +15,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from .checkpoints import (check_finite_weights, disk_full_error, last_complete_checkpoint, resolve_resume,
                           write_completion_record)
 from .config import DistillationConfig
-from .intermediate import IntermediateLayerTransfer, load_projection, save_projection
+from .intermediate import PROJECTION_NAME, IntermediateLayerTransfer, load_projection, save_projection
 from .losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 from .losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
                          output_head)
@@ -27,6 +27,7 @@ from .teacher.placement import place_teacher
 from .teacher.cache import CACHE_COLUMNS
 from .teacher.ensemble import build_ensemble
 from .data.augment import AUGMENTED_KEY, augmented_kd_loss, augmenting_kwargs, clean_collator
+from .data.on_policy import check_on_policy, on_policy_batches
 
 _STAGING = ".staging"
 _NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, *CACHE_COLUMNS)
@@ -115,6 +116,7 @@ class DistillationTrainer(Trainer):
             kwargs = self._attach_teacher_cache(teacher_cache, teacher_model, task, args, processing_class, kwargs)
             self.kd_vocab_size = self.teacher_cache.vocab_size
         self._check_train_dataset(kwargs.get("train_dataset"), args)
+        check_on_policy(args, task, has_cache=self.teacher_cache is not None, tokenizer=processing_class)  # lmbda > 0
         if args.augment_fraction > 0:  # data-augmentation distillation: augmenting collator
             kwargs = augmenting_kwargs(kwargs, task, args, processing_class, has_cache=self.teacher_cache is not None)
         # Hidden-state / attention terms: checked, and the projection attached to the student, before the
@@ -197,6 +199,15 @@ class DistillationTrainer(Trainer):
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count).sum()
         return count
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The step's micro-batches; on an on-policy step (``lmbda``) the student's continuations instead, with the
+        item count taken over the generated tokens."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.args.lmbda > 0 and batch_samples:
+            batch_samples = on_policy_batches(self, batch_samples)
+            num_items_in_batch = self._get_num_items_in_batch(batch_samples, device)
+        return batch_samples, num_items_in_batch
 
     def _teacher_outputs(self, inputs: dict[str, Any], fused: bool = False):
         """The teacher's outputs: ``.logits`` are its logits, or with ``fused`` its final hidden states (its head
@@ -369,6 +380,10 @@ class DistillationTrainer(Trainer):
                 if sums is not None:
                     sums["kd"] += float(out.kd_loss)
                     sums["teacher_ce"] = sums.get("teacher_ce", 0.0) + float(t_ce)
+                    if not self.task.token_level:  # classification: the teacher's accuracy on the same rows
+                        labels_k = s_labels[:k]
+                        hits = (t_logits[:k].argmax(-1) == labels_k) & (labels_k != -100)
+                        sums["teacher_correct"] += float(hits.sum())
                 if self._intermediate is not None and sums is not None:  # raw sums over the real rows
                     for name, term in zip(("hidden", "attention"),
                                           self._intermediate.losses(s_outputs, t_outputs, inputs, 1, rows=k)):
@@ -394,18 +409,19 @@ class DistillationTrainer(Trainer):
         return batch_size
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
-        self._eval_sums = {"kd": 0.0, "ce": 0.0, "n": 0.0, "teacher_ce": 0.0}
+        self._eval_sums = {"kd": 0.0, "ce": 0.0, "n": 0.0, "teacher_ce": 0.0, "teacher_correct": 0.0}
         try:
             output = super().evaluation_loop(
                 dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
             )
             sums = self._eval_sums
             values = torch.tensor(
-                [sums["ce"], sums["kd"], sums["teacher_ce"], sums["n"]], dtype=torch.float64, device=self.args.device
+                [sums["ce"], sums["kd"], sums["teacher_ce"], sums["n"], sums["teacher_correct"]], dtype=torch.float64,
+                device=self.args.device,
             )
             if self.args.world_size > 1:
                 values = self.accelerator.reduce(values, reduction="sum")
-            ce, kd, t_ce, n = values.tolist()
+            ce, kd, t_ce, n, t_correct = values.tolist()
             cached_kd = bool(sums.get("cached_kd"))
             layer_sums = self._reduce_layer_sums(sums)
         finally:
@@ -418,6 +434,8 @@ class DistillationTrainer(Trainer):
             if self.teacher is not None:
                 output.metrics[f"{p}_kd_loss"] = kd / n
                 output.metrics[f"{p}_teacher_loss"] = t_ce / n
+                if not self.task.token_level:
+                    output.metrics[f"{p}_teacher_accuracy"] = t_correct / n
             elif cached_kd:  # an eval set that carries cache columns: KD from the cache, no teacher CE
                 output.metrics[f"{p}_kd_loss"] = kd / n
             for name, total in layer_sums.items():
@@ -493,6 +511,18 @@ class DistillationTrainer(Trainer):
             shutil.rmtree(os.path.join(self.args.output_dir, _STAGING), ignore_errors=True)
         resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # The projection is not in model.safetensors by design (it is loaded from its own file): not "missing".
+        load_result.missing_keys[:] = [k for k in load_result.missing_keys if not k.startswith(PROJECTION_NAME + ".")]
+        super()._issue_warnings_after_load(load_result)
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        best = self.state.best_model_checkpoint
+        if self._intermediate is not None and self._intermediate.projection is not None and best \
+                and not self.is_deepspeed_enabled:
+            load_projection(self._intermediate.projection, best)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Save the student only (safetensors); the arguments as JSON instead of a pickle."""

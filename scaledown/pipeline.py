@@ -1,8 +1,10 @@
 """`scaledown run`: ladder -> scaling fit -> teacher -> student size -> distillation -> baseline -> evaluation -> report.
 
-Every stage writes ``<run_dir>/stages/<stage>.json`` atomically when it finishes; a second run
-reads those and skips the stage. Every training run also skips itself when its
-``all_results.json`` exists and resumes from its last checkpoint when it was cut short.
+Every stage writes ``<run_dir>/stages/<stage>.json`` atomically when it finishes, with the inputs it
+depended on; a second run reuses the stage when those inputs are unchanged and reruns it, and the
+stages downstream of it, when they changed (scaledown/provenance.py). Every training run also
+decides by its run fingerprint: reused when finished with the same settings, resumed from its last
+checkpoint when cut short, trained afresh when its settings changed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any, Callable, Optional
 from .config import PipelineConfig
 from .files import write_json_atomic
 
-STAGES = ("tokenizer", "ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate", "ship")
+STAGES = ("tokenizer", "ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate", "ship",
+          "distill_ladder")
 
 
 def banner(text: str) -> None:
@@ -32,6 +35,7 @@ class Pipeline:
         self.root = config.run_dir
         self.timings: dict[str, float] = {}  # seconds each stage took when it ran (here or earlier)
         self.reused: list[str] = []
+        self.stage_digests: dict[str, str] = {}  # a hash of each finished stage's inputs and result
         self.plans = None
 
     # ---- checks before any compute -------------------------------------------------------
@@ -49,8 +53,12 @@ class Pipeline:
             raise ValueError("ladder: give one budget: tokens, flops, isoflop_budgets or tokens_per_param.")
         self.plans = plan_ladder(spec, vocab_size=int(c.data.get("tokenizer_vocab_size", 2048)),
                                  seq_len=self.seq_len, batch_size=self.batch_size, **budget)
-        if c.fit.law not in ("power", "chinchilla", "kaplan"):
-            raise ValueError(f"fit.law={c.fit.law!r}: use power, chinchilla or kaplan.")
+        if c.fit.law not in ("power", "chinchilla", "kaplan", "chinchilla_gamma"):
+            raise ValueError(f"fit.law={c.fit.law!r}: use power, chinchilla, chinchilla_gamma or kaplan.")
+        if c.distill_ladder is not None and c.distill_ladder.enabled:
+            from .distill_ladder import plan_grid
+
+            plan_grid(c.distill_ladder, list(c.ladder.widths))
         from scaling.laws import get_law
 
         needed = len(get_law(c.fit.law).param_names) + 1 + int(c.fit.hold_out_largest)
@@ -116,19 +124,28 @@ class Pipeline:
     # ---- stage machinery -----------------------------------------------------------------
 
     def stage(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run stage ``name``, or reuse its marker when its inputs (scaledown/provenance.py) are unchanged."""
+        from .provenance import changed_inputs, stage_digest, stage_inputs
+
         marker = os.path.join(self.root, "stages", f"{name}.json")
+        inputs = stage_inputs(self.config, name, self.stage_digests)
         if os.path.isfile(marker):
             with open(marker) as f:
-                self.log(f"[{name}] done earlier, reusing {marker}")
                 done = json.load(f)
-            self.timings[name] = done["seconds"]
-            self.reused.append(name)
-            return done["result"]
+            changes = changed_inputs(done.get("inputs") or {}, inputs) if "inputs" in done else ["no recorded inputs"]
+            if not changes:
+                self.log(f"[{name}] done earlier with the same inputs, reusing {marker}")
+                self.timings[name] = done["seconds"]
+                self.reused.append(name)
+                self.stage_digests[name] = stage_digest(inputs, done["result"])
+                return done["result"]
+            self.log(f"[{name}] {'; '.join(changes)}, rerunning")
         banner(f"stage {STAGES.index(name) + 1}/{len(STAGES)}: {name}")
         start = time.time()
         result = fn()
         self.timings[name] = time.time() - start
-        write_json_atomic(marker, {"stage": name, "seconds": self.timings[name], "result": result})
+        write_json_atomic(marker, {"stage": name, "seconds": self.timings[name], "inputs": inputs, "result": result})
+        self.stage_digests[name] = stage_digest(inputs, json.loads(json.dumps(result, default=float)))
         return result
 
     def train_args(self, seed: Optional[int] = None) -> list[str]:
@@ -180,6 +197,11 @@ class Pipeline:
 
             ship = self.stage("ship", lambda: ship_stage(self, teacher, kd, base))
             summary = add_ship_to_report(self.root, summary, ship)
+        if self.config.distill_ladder is not None and self.config.distill_ladder.enabled:  # issue 15
+            from . import distill_ladder
+
+            result = self.stage("distill_ladder", lambda: distill_ladder.run_stage(self, ladder, fit))
+            distill_ladder.append_to_report(self, result, summary)
         self.log(f"\nreport: {os.path.join(self.root, 'report.md')}  ({seconds:.0f} s)")
         return summary
 
@@ -205,8 +227,12 @@ class Pipeline:
             every = str(max(1, math.ceil(plan.steps / max(1, self.config.ladder.eval_points))))
             return [*self.lr_args(plan.width), "--eval_steps", every, "--save_steps", every]
 
+        from .provenance import train_run
+
         dirs = train_ladder(self.plans, os.path.join(self.root, "ladder"), self.train_args(), run_args=run_args,
-                            log=self.log)
+                            log=self.log, skip_finished=False,
+                            train_fn=lambda argv: train_run(argv, f"ladder {argv[argv.index('--output_dir') + 1]}",
+                                                            self.log))
         return {"runs": [{"name": p.name, "dir": d, "width": p.width, "params": p.params,
                           "non_embedding_params": p.non_embedding_params, "tokens": p.tokens, "steps": p.steps,
                           "flops": p.flops} for p, d in zip(self.plans, dirs)]}
@@ -312,7 +338,7 @@ class Pipeline:
         return None
 
     def train_students(self, student: dict, teacher: dict, distill: bool) -> dict:
-        from distill.train import main as train_main
+        from .provenance import train_run
 
         c = self.config
         kind = "kd" if distill else "baseline"
@@ -327,20 +353,17 @@ class Pipeline:
                 continue
             out = os.path.join(self.root, f"{kind}_seed{seed}")
             runs.append({"seed": seed, "dir": out})
-            if os.path.isfile(os.path.join(out, "all_results.json")):
-                self.log(f"[{kind} seed {seed}] finished, skipped")
-                continue
             self.log(f"[{kind} seed {seed}] {student['steps']} steps -> {out}")
             extra = (["--teacher_model_name_or_path", teacher["dir"], "--alpha", str(c.distill.alpha),
                       "--temperature", str(c.distill.temperature), "--kd_kind", c.distill.kd_kind]
                      if distill else ["--alpha", "0"])
-            train_main(self.train_args(seed) + [
+            train_run(self.train_args(seed) + [
                 "--task", "causal-lm",
                 *(["--model_name_or_path", student["dir"]] if student.get("dir") else
                   ["--model_config", json.dumps(student["config"])]),
                 "--max_steps", str(student["steps"]), "--lr_scheduler_type", "cosine", "--output_dir", out,
                 "--eval_steps", str(eval_steps), "--save_steps", str(eval_steps),
-                *self.lr_args(student["width"]), *extra])
+                *self.lr_args(student["width"]), *extra], f"{kind} seed {seed}", self.log)
         return {"runs": runs}
 
 

@@ -6,6 +6,7 @@ import json
 import os
 
 from .files import write_json_atomic
+from .provenance import effective_config, render_config_markdown
 from .significance import kd_headline, throughput_note
 
 
@@ -151,6 +152,8 @@ def frontier_summary(fit: dict) -> dict:
 
 def _slim_fit(fit: dict) -> dict:
     out = {k: v for k, v in fit.items() if k not in ("bootstrap", "data")}
+    if "bootstrap" in fit:  # the refit counts, without the samples (those stay in fit.json)
+        out["bootstrap"] = {k: v for k, v in fit["bootstrap"].items() if k != "samples"}
     return out
 
 
@@ -187,6 +190,7 @@ def write_report(pipeline, ladder, fit, teacher, student, kd, base, evaluation, 
         "invocation_seconds": seconds,
         "stage_seconds": pipeline.timings,
         "reused_stages": pipeline.reused,
+        "config": effective_config(pipeline.config),  # the full effective configuration (provenance.py)
     }
     write_json_atomic(os.path.join(root, "summary.json"), summary)
     with open(os.path.join(root, "report.md"), "w", encoding="utf-8") as f:
@@ -249,4 +253,6 @@ def render_markdown(s: dict) -> str:
     out += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({p})" for p in s["plots"]]
     out += ["", "## Time per stage", "", "| stage | seconds | |", "|---|---|---|"]
     out += [f"| {k} | {v:.1f} | {'reused' if k in s['reused_stages'] else ''} |" for k, v in s["stage_seconds"].items()]
+    if "config" in s:
+        out += [""] + render_config_markdown(s["config"])
     return "\n".join(out) + "\n"

@@ -178,6 +178,7 @@ def train_ladder(
     train_fn: Optional[Callable[[list[str]], Any]] = None,
     run_args: Optional[Callable[[RunPlan], list[str]]] = None,
     log: Callable[[str], None] = print,
+    skip_finished: bool = True,
 ) -> list[str]:
     """Train each planned run into ``out_root/<name>`` with `distill train`, skipping finished ones.
 
@@ -188,6 +189,8 @@ def train_ladder(
         train_fn: the training entry point (default `distill.train.main`); imported lazily so
             that planning needs no trainer.
         run_args: extra arguments for one run (e.g. its learning rate or evaluation interval).
+        skip_finished: skip a run whose ``all_results.json`` exists; False leaves the decision to
+            ``train_fn`` (`distill train` compares its run fingerprint).
     """
     if train_fn is None:
         from distill.train import main as train_fn
@@ -195,7 +198,7 @@ def train_ladder(
     for i, plan in enumerate(plans, 1):
         out = os.path.join(out_root, plan.name)
         dirs.append(out)
-        if is_finished(out):
+        if skip_finished and is_finished(out):
             log(f"[ladder {i}/{len(plans)}] {plan.name}: finished, skipped")
             continue
         log(f"[ladder {i}/{len(plans)}] {plan.name}: {plan.non_embedding_params:,} non-embedding params, "

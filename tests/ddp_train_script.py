@@ -26,21 +26,12 @@ def main():
         report_to="none", alpha=0.5, temperature=2.0, seed=0, disable_tqdm=True, ddp_find_unused_parameters=False,
         **extra,
     )
-    student, teacher = tiny_llama(seed=0), tiny_llama(hidden=48, seed=1)
-    if args.attention_weight > 0:  # attention transfer needs the probabilities: eager attention
-        student.set_attn_implementation("eager")
-        teacher.set_attn_implementation("eager")
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args,
+        model=tiny_llama(seed=0), teacher_model=tiny_llama(hidden=48, seed=1), args=args,
         train_dataset=lm_dataset(48), data_collator=CausalLMCollator(pad_token_id=0),
     )
     trainer.train()
     trainer.save_model()
-    projection = getattr(trainer._intermediate, "projection", None)
-    if projection is not None and trainer.is_world_process_zero():
-        from distill.intermediate import save_projection
-
-        save_projection(projection.state_dict(), out)
     trainer.save_state()
     if torch.distributed.is_initialized():
         from distill.cli import _finish_distributed

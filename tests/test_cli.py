@@ -48,6 +48,10 @@ def test_tiny_recipe_trains(task, teachers, tmp_path):
     for key in ("eval_loss", "eval_kd_loss", "eval_teacher_loss", "test_loss", "student_params", "teacher_params"):
         assert key in saved, key
     assert saved["teacher_params"] > saved["student_params"]
+    if task != "causal_lm":  # the teacher's accuracy on the same split, as its own run measured it (compute_metrics)
+        with open(os.path.join(teachers[task], "all_results.json")) as f:
+            assert saved["eval_teacher_accuracy"] == pytest.approx(json.load(f)["eval_accuracy"], abs=1e-9)
+        assert "eval_accuracy" in saved
     assert results["eval_loss"] == pytest.approx(saved["eval_loss"])
     with open(os.path.join(out, "trainer_state.json")) as f:
         logs = [h for h in json.load(f)["log_history"] if "loss" in h]
@@ -74,6 +78,29 @@ def test_augmentation_and_two_teacher_recipes_train(name, task, two, teachers, t
         assert {"eval_loss", "eval_kd_loss", "eval_accuracy"} <= set(json.load(f))
     with open(os.path.join(out, "trainer_state.json")) as f:
         assert len([h for h in json.load(f)["log_history"] if "kd_loss" in h]) == 2
+
+
+@pytest.mark.slow
+def test_multitask_recipe_trains(teachers, tmp_path):
+    """recipes/tiny/multitask.yaml: two tasks, each with its own teacher (sharing one tokenizer), one student."""
+    kind_teacher = str(tmp_path / "kind_teacher")
+    train_main(["--config", recipe("docstring_kind_teacher.yaml"), "--output_dir", kind_teacher,
+                "--tokenizer_name_or_path", teachers["seq_cls"], *QUICK])
+    tasks = [{"name": "topic", "dataset_name": "builtin:docstring-topics", "teacher": teachers["seq_cls"]},
+             {"name": "kind", "dataset_name": "builtin:docstring-kind", "teacher": kind_teacher, "weight": 2.0}]
+    out = str(tmp_path / "student")
+    train_main(["--config", recipe("multitask.yaml"), "--tasks", json.dumps(tasks), "--tokenizer_name_or_path",
+                teachers["seq_cls"], "--output_dir", out, *QUICK])
+    with open(os.path.join(out, "all_results.json")) as f:
+        saved = json.load(f)
+    for split in ("eval", "test"):
+        for name in ("topic", "kind"):
+            assert {f"{split}_{name}_loss", f"{split}_{name}_accuracy", f"{split}_{name}_kd_loss"} <= set(saved)
+        assert saved[f"{split}_accuracy"] == pytest.approx(
+            (saved[f"{split}_topic_accuracy"] + saved[f"{split}_kind_accuracy"]) / 2)
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    assert config["task_label_ranges"] == {"topic": [0, 6], "kind": [6, 3]} and len(config["id2label"]) == 9
 
 
 def test_fused_lm_head_from_the_command_line(teachers, tmp_path):

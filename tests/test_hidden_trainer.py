@@ -36,7 +36,7 @@ def test_gradient_accumulation_is_exact_with_projection_and_attention(tmp_path):
         student = eager(tiny_llama(seed=0))
         trainer = make_trainer(tmp_path / f"{bs}x{ga}", student, teacher, data, per_device_train_batch_size=bs,
                                gradient_accumulation_steps=ga, hidden_weight=2.0, attention_weight=1.0,
-                               hidden_loss="cosine")
+                               hidden_loss="cosine", max_steps=2)
         trainer.train()
         assert trainer._intermediate.projection is getattr(student, PROJECTION_NAME)  # 32 -> 48: trained with it
         results.append((weights(student), _logs(trainer)))
@@ -110,9 +110,19 @@ def test_final_model_has_no_projection_and_reloads(tmp_path):
     from transformers import AutoModelForCausalLM
 
     student = tiny_llama(seed=0)
-    trainer = make_trainer(tmp_path, student, tiny_llama(hidden=48, seed=1), lm_dataset(16), hidden_weight=1.0)
+    args = DistillationConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=30.0,
+                              optim="sgd", report_to="none", disable_tqdm=True, hidden_weight=1.0,
+                              eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                              load_best_model_at_end=True, metric_for_best_model="eval_loss")
+    trainer = DistillationTrainer(model=student, teacher_model=tiny_llama(hidden=48, seed=1), args=args,
+                                  train_dataset=lm_dataset(16), eval_dataset=lm_dataset(4, seed=2),
+                                  data_collator=CausalLMCollator(0))
     trainer.train()
     trainer.save_model()
+    # load_best_model_at_end brings back the best checkpoint's projection with its student (not the last one).
+    assert not trainer.state.best_model_checkpoint.endswith("checkpoint-3")
+    best = load_file(os.path.join(trainer.state.best_model_checkpoint, PROJECTION_FILE))
+    assert max_diff(best, getattr(student, PROJECTION_NAME).state_dict()) == 0.0
     saved = load_file(tmp_path / "model.safetensors")
     assert not any(PROJECTION_NAME in k for k in saved) and not (tmp_path / PROJECTION_FILE).exists()
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=True)
@@ -177,9 +187,13 @@ def test_refusals(tmp_path):
                             hidden_weight=1.0, report_to="none"), train_dataset=data)
     with pytest.raises(ValueError, match="attn_implementation='eager'"):
         make_trainer(tmp_path, tiny_llama(), teacher, data, attention_weight=1.0)
-    bert_student = eager(tiny_bert())
-    bert_student.config.attention_probs_dropout_prob = 0.1
-    with pytest.raises(ValueError, match="attention_probs_dropout_prob=0"):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    bert_student = eager(BertForSequenceClassification(BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        attention_probs_dropout_prob=0.1)))
+    bert_student.config.attention_probs_dropout_prob = 0.0  # too late: the modules were built with 0.1
+    with pytest.raises(ValueError, match="dropout 0.1 .*attention_probs_dropout_prob=0"):
         DistillationTrainer(model=bert_student, teacher_model=eager(tiny_bert(seed=1)),
                             args=DistillationConfig(output_dir=str(tmp_path), attention_weight=1.0, report_to="none"))
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -196,6 +210,10 @@ def test_teacher_cache_refused(tmp_path):
     args = DistillationConfig(output_dir=str(tmp_path), hidden_weight=1.0, report_to="none")
     with pytest.raises(ValueError, match="teacher cache holds only"):
         IntermediateLayerTransfer(args, get_task("causal-lm"), tiny_llama(), None, teacher_cache=object())
+    from distill.train import _check_teacher_cache  # `distill train`: before the cache is even opened
+
+    with pytest.raises(ValueError, match="teacher_cache does not hold"):
+        _check_teacher_cache(str(tmp_path / "no-cache-here"), args)
 
 
 def test_projection_refused_under_zero3_and_fsdp(tmp_path):
@@ -234,30 +252,55 @@ def test_model_without_hidden_states_refused(tmp_path):
         trainer.compute_loss(trainer.model, batch)
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_match_one_with_projection(tmp_path):
-    """2 gloo processes x batch 4 = 1 process x batch 8, student and projection (gradients synchronised by DDP)."""
+# ---- 2 processes (gloo) = 1 process with twice the batch, projection included ------------------
+
+_DISTRIBUTED_EXTRA = {"hidden_weight": 1.0, "attention_weight": 0.5}
+
+
+@pytest.fixture(scope="module")
+def one_process_reference(tmp_path_factory):
     import json
-    import subprocess
     import sys
 
-    from test_ddp import SCRIPT, _env, _losses
+    from test_deepspeed import SCRIPT, _run
 
-    extra = json.dumps({"hidden_weight": 1.0, "attention_weight": 0.5})
-    single, double = str(tmp_path / "single"), str(tmp_path / "double")
-    subprocess.run([sys.executable, SCRIPT, single, "8", extra], check=True, env=_env(), timeout=300)
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29537", SCRIPT, double, "4", extra],
-                   check=True, env=_env(), timeout=300)
-    for name in ("model.safetensors", PROJECTION_FILE):
-        a, b = load_file(os.path.join(single, name)), load_file(os.path.join(double, name))
-        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, name
-    assert not any(PROJECTION_NAME in k for k in load_file(os.path.join(double, "model.safetensors")))
-    for x, y in zip(_losses(single), _losses(double)):
-        for key in ("loss", "kd_loss", "ce_loss", "hidden_loss", "attention_loss"):
+    out = str(tmp_path_factory.mktemp("hidden_single") / "out")
+    return _run([sys.executable, SCRIPT, out, "8", json.dumps(_DISTRIBUTED_EXTRA)], out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup", ["ddp", "zero2"])
+def test_two_processes_match_one_with_projection(tmp_path, one_process_reference, setup):
+    """DDP averages the projection's gradients like the student's; under ZeRO-2 DeepSpeed's optimizer holds it."""
+    import json
+    import sys
+
+    from test_deepspeed import BIN, CONFIGS, SCRIPT, _losses, _read, _run, assert_same_training
+
+    extra = dict(_DISTRIBUTED_EXTRA, **({"deepspeed": os.path.join(CONFIGS, "zero2.json")} if setup == "zero2" else {}))
+    out = str(tmp_path / setup)
+    port = {"ddp": "29537", "zero2": "29538"}[setup]
+    _run([os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", port, SCRIPT, out, "4",
+          json.dumps(extra)], out)
+    assert_same_training(one_process_reference, out)
+    a, b = load_file(os.path.join(one_process_reference, PROJECTION_FILE)), load_file(os.path.join(out, PROJECTION_FILE))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert not any(PROJECTION_NAME in k for k in load_file(os.path.join(out, "model.safetensors")))
+    for x, y in zip(_losses(one_process_reference), _losses(out)):
+        for key in ("hidden_loss", "attention_loss"):
             assert x[key] == pytest.approx(y[key], abs=1e-4), key
+    ref_eval, got_eval = _read(one_process_reference, "eval_results.json"), _read(out, "eval_results.json")
+    for key in ("eval_hidden_loss", "eval_attention_loss"):
+        assert ref_eval[key] == pytest.approx(got_eval[key], abs=1e-5), key
 
 
 def test_several_teachers_refused(tmp_path):
+    from distill.intermediate import IntermediateLayerTransfer
+    from distill.teacher.per_task import TaskTeachers
+
     with pytest.raises(ValueError, match="several teachers"):
         make_trainer(tmp_path, tiny_llama(), [tiny_llama(seed=1), tiny_llama(seed=2)], lm_dataset(4), hidden_weight=1.0)
+    args = DistillationConfig(output_dir=str(tmp_path), hidden_weight=1.0, report_to="none")
+    per_task = TaskTeachers([tiny_bert(seed=1), tiny_bert(seed=2)], [(0, 3), (3, 3)])
+    with pytest.raises(ValueError, match="one per task"):
+        IntermediateLayerTransfer(args, get_task("seq-cls"), tiny_bert(num_labels=6), per_task)

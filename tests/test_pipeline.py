@@ -77,6 +77,24 @@ def test_quick_pipeline_end_to_end_and_resume(tmp_path):
     start = time.time()
     assert scaledown_main(["run", "--quick", "--config", DEMO, "--output-root", str(tmp_path)]) == 0
     assert time.time() - start < 0.5 * first
+    assert summary["config"]["distill"]["alpha"] == 0.5 and "## Configuration" in report
+    # A copy of the config with another alpha (same name) reruns distillation and what reads it, only.
+    import yaml
+
+    changed = yaml.safe_load(open(DEMO))
+    changed["distill"]["alpha"] = 0.9
+    copy = tmp_path / "alpha09.yaml"
+    copy.write_text(yaml.safe_dump(changed))
+    kd_weights = (run / "kd_seed1" / "model.safetensors").stat().st_mtime_ns
+    baseline_weights = (run / "baseline_seed1" / "model.safetensors").stat().st_mtime_ns
+    assert scaledown_main(["run", "--quick", "--config", str(copy), "--output-root", str(tmp_path)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["reused_stages"] == ["tokenizer", "ladder", "fit", "teacher", "student", "baseline"]
+    assert summary["config"]["distill"]["alpha"] == 0.9
+    assert json.loads((run / "kd_seed1" / "run_fingerprint.json").read_text())["fingerprint"]["alpha"] == 0.9
+    assert (run / "kd_seed1" / "model.safetensors").stat().st_mtime_ns != kd_weights
+    assert (run / "baseline_seed1" / "model.safetensors").stat().st_mtime_ns == baseline_weights
+    assert "alpha: 0.9" in (run / "report.md").read_text()
 
 
 @pytest.mark.parametrize("student,expected", [

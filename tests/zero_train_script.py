@@ -9,6 +9,8 @@ The extra JSON holds DistillationConfig fields (e.g. ``{"deepspeed": "accelerate
 ``teacher_path``: a saved teacher directory, loaded by the trainer itself (so under
 ZeRO-3 it must come out of ``from_pretrained`` already partitioned by ``deepspeed.zero.Init``), and
 optionally ``ensemble: true``: two teachers (the usual one and a second), combined by their mean.
+With ``attention_weight > 0`` the models use eager attention; with a hidden-state projection, rank 0
+also writes it to OUTPUT_DIR/hidden_projection.safetensors.
 Each rank writes ``placement-<rank>.json`` into OUTPUT_DIR; rank 0 also ``eval_results.json``.
 """
 
@@ -85,6 +87,9 @@ def main():
         student.config.tie_word_embeddings = False
         student.lm_head.weight = torch.nn.Parameter(student.lm_head.weight.detach().clone())
     extra.setdefault("ddp_find_unused_parameters", False)
+    if extra.get("attention_weight", 0) > 0:  # attention transfer needs the probabilities: eager attention
+        for model in [student] + (teacher if isinstance(teacher, list) else []):
+            model.set_attn_implementation("eager")
     torch.set_num_threads(1)
     args = DistillationConfig(
         output_dir=out, per_device_train_batch_size=batch, max_steps=3, learning_rate=0.5, optim="sgd",
@@ -92,15 +97,27 @@ def main():
         per_device_eval_batch_size=4, report_to="none", alpha=0.5, temperature=2.0, seed=0, disable_tqdm=True,
         **extra,
     )
+    if teacher is None:
+        teacher = tiny_llama(hidden=48, seed=1)
+        if args.attention_weight > 0:
+            teacher.set_attn_implementation("eager")
+    from helpers import word_tokenizer
+
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher or tiny_llama(hidden=48, seed=1), args=args,
+        model=student, teacher_model=teacher, args=args,
         train_dataset=lm_dataset(48), eval_dataset=lm_dataset(16, seed=1),  # 16 = 2 x 2 x 4: no padded rows
         data_collator=CausalLMCollator(pad_token_id=0),
+        processing_class=word_tokenizer() if args.lmbda > 0 else None,  # on-policy steps stop at its eos
     )
     trainer.train()
     trainer.save_metrics("eval", trainer.evaluate())  # the teacher's forward in prediction_step too
     trainer.save_model()
     trainer.save_state()
+    projection = getattr(trainer._intermediate, "projection", None)  # hidden_weight > 0, different widths
+    if projection is not None and trainer.is_world_process_zero():
+        from distill.intermediate import save_projection
+
+        save_projection(projection.state_dict(), out)
     with open(os.path.join(out, f"placement-{args.process_index}.json"), "w") as f:
         facts = placement(trainer)
         if hasattr(trainer.teacher, "members"):  # several teachers: the facts of each, placed alone

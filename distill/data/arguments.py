@@ -20,8 +20,10 @@ BUILTIN_SOURCES = {
     "builtin:python-docs": "causal-lm",
     "builtin:docstring-topics": "seq-cls",
     "builtin:digits": "image-cls",
+    "builtin:docstring-kind": "seq-cls",  # class / method / function (distill.data.docstring_kind)
 }
-DEFAULT_SOURCE = {task: name for name, task in BUILTIN_SOURCES.items()}
+DEFAULT_SOURCE = {"causal-lm": "builtin:python-docs", "seq-cls": "builtin:docstring-topics",
+                  "image-cls": "builtin:digits"}
 LOCAL_BUILDERS = ("text", "json", "csv", "parquet", "arrow", "imagefolder")
 _EXTENSION_TO_BUILDER = {"txt": "text", "text": "text", "json": "json", "jsonl": "json",
                          "csv": "csv", "parquet": "parquet", "arrow": "arrow"}
@@ -37,7 +39,8 @@ class DataArguments:
         "A Hub dataset id (e.g. 'HuggingFaceFW/fineweb-edu'); a local builder ('text', 'json', "
         "'csv', 'parquet', 'arrow', 'imagefolder') used with data_files; a folder written by "
         "save_to_disk; or an offline built-in: 'builtin:python-docs' (causal-lm), "
-        "'builtin:docstring-topics' (seq-cls), 'builtin:digits' (image-cls). Default: the "
+        "'builtin:docstring-topics' (seq-cls), 'builtin:digits' (image-cls), "
+        "'builtin:docstring-kind' (seq-cls: class, method or function). Default: the "
         "task's built-in, or the builder implied by data_files' extension.")})
     dataset_config_name: Optional[str] = field(default=None, metadata={
         "help": "Configuration (subset) of the Hub dataset, e.g. 'sample-10BT'."})
@@ -92,12 +95,20 @@ class DataArguments:
         "help": "Processes for Dataset.map (not used when streaming)."})
     shuffle_buffer_size: int = field(default=10_000, metadata={
         "help": "Streaming only: size of the buffer the train stream is shuffled in."})
+    tasks: Optional[str] = field(default=None, metadata={"help": (
+        "Multi-task distillation (seq-cls): a list of tasks, each with name, dataset_name (or "
+        "data_files), teacher, weight, and optionally label_column, text_column, text_pair_column, "
+        "max_train_samples, max_eval_samples; see distill.data.multitask. YAML list or JSON string.")})
     tokenizer_vocab_size: int = field(default=2048, metadata={"help": (
         "Vocabulary of the byte-level BPE tokenizer trained on the train split when no "
         "tokenizer is given.")})
 
     def __post_init__(self):
         self.data_files = _parse_data_files(self.data_files)
+        if self.tasks is not None:  # multi-task distillation: checked here, before any compute
+            from .multitask import parse_tasks
+
+            self.tasks = parse_tasks(self.tasks, needs_teacher=False)
         self.eval_split = self.eval_split or None  # "" from the command line means none
         self.test_split = self.test_split or None
         _check_ranges(self)

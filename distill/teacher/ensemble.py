@@ -81,7 +81,14 @@ def combine_teacher_logits(
     return temperature * torch.logsumexp(log_p + log_w, dim=0)
 
 
-class TeacherEnsemble(nn.Module):
+class TeacherGroup(nn.Module):
+    """Several frozen teachers (``members``) used as one; `place_teacher` places each member alone."""
+
+    def train(self, mode: bool = True):  # the members never leave eval mode
+        return super().train(False)
+
+
+class TeacherEnsemble(TeacherGroup):
     """Frozen teachers of the same task whose forward returns the combined target's logits.
 
     Args:
@@ -108,9 +115,6 @@ class TeacherEnsemble(nn.Module):
         self.weights = normalized_teacher_weights(weights, len(members))
         self.temperature, self.mode, self.vocab_size = temperature, mode, vocab_size
         self.config = getattr(members[0], "config", None)  # for code that reads teacher.config
-
-    def train(self, mode: bool = True):  # the members never leave eval mode
-        return super().train(False)
 
     def forward(self, **inputs):
         logits = [member(**inputs).logits for member in self.members]

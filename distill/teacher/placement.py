@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .ensemble import TeacherEnsemble
+from .ensemble import TeacherGroup
 from .loading import freeze
 
 
@@ -26,7 +26,7 @@ def place_teacher(teacher: nn.Module, trainer) -> nn.Module:
     DeepSpeed and FSDP2 both accept that order.
     """
     freeze(teacher)
-    if isinstance(teacher, TeacherEnsemble):  # several teachers: each placed like a single one
+    if isinstance(teacher, TeacherGroup):  # several teachers: each placed like a single one
         teacher.members = nn.ModuleList(place_teacher(member, trainer) for member in teacher.members)
         return teacher
     if trainer.is_deepspeed_enabled:
