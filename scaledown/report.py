@@ -152,6 +152,8 @@ def frontier_summary(fit: dict) -> dict:
 
 def _slim_fit(fit: dict) -> dict:
     out = {k: v for k, v in fit.items() if k not in ("bootstrap", "data")}
+    if "bootstrap" in fit:  # the refit counts, without the samples (those stay in fit.json)
+        out["bootstrap"] = {k: v for k, v in fit["bootstrap"].items() if k != "samples"}
     return out
 
 

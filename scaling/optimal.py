@@ -278,7 +278,7 @@ def envelope_analysis(params, flops, loss, run, num: int = 60, param_count=None)
     Args:
         params, flops, loss (`array-like`): every evaluation point.
         run (`list`): the run of each point (curves are grouped by it).
-        num (`int`): grid points in C.
+        num (`int`): grid points in C (log-spaced), to which every evaluated compute is added.
         param_count (`str`, *optional*): what `params` counts (`"total"` or
             `"non_embedding"`), recorded in the result so plots and tables can say it.
 
@@ -296,10 +296,12 @@ def envelope_analysis(params, flops, loss, run, num: int = 60, param_count=None)
         raise ScalingDataError("Approach 1 needs learning curves of at least two runs: read run "
                                "directories with --points all, or give a table with a run column")
     lo = max(min(c[ix].min() for ix in curves.values()), c.min())
-    grid = np.logspace(math.log10(lo), math.log10(c.max()), num)
+    # the evaluated computes themselves are on the grid, so every run's last point is reached
+    grid = np.unique(np.concatenate([np.logspace(math.log10(lo), math.log10(c.max()), num),
+                                     c[c >= lo]]))
     best_l, best_r = _lowest_curve(curves, c, l, grid)
     pts, low = [], None
-    for j in range(num):
+    for j in range(grid.size):
         if best_r[j] is not None and (low is None or best_l[j] < low["loss"]):
             size = float(n[curves[best_r[j]][0]])
             low = {"params": size, "tokens": float(grid[j] / (6 * size)),
@@ -352,18 +354,26 @@ def _sample_params(fit: dict):
     return [dict(zip(names, r)) for r in rows if all(math.isfinite(v) for v in r)]
 
 
-def _interval(values, level):
+def _interval(values, level, estimate, notes: dict, name: str):
+    """Percentile interval of the refits' values; a note in `notes[name]` when it misses the
+    estimate (see `scaling.intervals`)."""
+    from .intervals import percentile_intervals
+
     v = np.asarray(values, float)
     v = v[np.isfinite(v)]
-    q = 50 * (1 - level)
-    return [float(np.percentile(v, q)), float(np.percentile(v, 100 - q))]
+    res = percentile_intervals([name], v[:, None], [float(estimate)], np.zeros(v.size, bool),
+                               level)[name]
+    if res["status"] == "excludes_estimate":
+        notes[name] = res["note"]
+    return res["interval"]
 
 
 def predict_from_fit(fit: dict, params, tokens=None, level: float = 0.95) -> dict:
     """Predicted loss from a fit.json dictionary, with a bootstrap interval when available.
 
     Returns:
-        `{"loss": ..., "interval": [lo, hi]}` (interval only for bootstrapped fits).
+        `{"loss": ..., "interval": [lo, hi]}` (interval only for bootstrapped fits, from its
+        converged refits; `interval_note` says why when the interval misses the estimate).
     """
     lw = get_law(fit["law"])
     if lw.uses_tokens and tokens is None:
@@ -376,9 +386,12 @@ def predict_from_fit(fit: dict, params, tokens=None, level: float = 0.95) -> dic
            "param_count": fit.get("param_count", "total")}
     samples = _sample_params(fit)
     if samples:
+        notes = {}
         out["interval"] = _interval([float(lw.predict(p, params, tokens)) for p in samples],
-                                    level)
+                                    level, out["loss"], notes, "loss")
         out["level"] = level
+        if notes:
+            out["interval_note"] = notes["loss"]
     return out
 
 
@@ -405,7 +418,10 @@ def optimal_from_fit(fit: dict, flops: float, cost=None, level: float = 0.95) ->
     samples = _sample_params(fit)
     if samples:
         sols = [solve(p) for p in samples]
-        out["interval"] = {k: _interval([s[k] for s in sols], level)
+        notes = {}
+        out["interval"] = {k: _interval([s[k] for s in sols], level, out[k], notes, k)
                            for k in ("params", "tokens", "loss", "tokens_per_param")}
         out["level"] = level
+        if notes:
+            out["interval_notes"] = notes
     return out

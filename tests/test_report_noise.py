@@ -112,3 +112,17 @@ def test_evaluation_carries_verdict_and_throughput_conditions(model_dirs, monkey
     assert out["kd_verdict"] == "better beyond seed noise" and out["kd_significant"] is True
     assert out["throughput"]["batch"] == [2, 16] and len(out["student"]["tokens_per_second_iqr"]) == 2
     assert out["speedup_iqr"][0] <= out["speedup"] <= out["speedup_iqr"][1]
+
+
+def test_report_counts_the_refits_that_hit_a_bound():
+    from scaledown.report import _slim_fit
+
+    s = _summary([4.90, 4.91], [5.00, 5.01])
+    s["fit"] = _slim_fit({**s["fit"], "ci": {"E": [0.5, 1.5], "A": [1.0, None], "alpha": [0.1, None]},
+                          "ci_status": {"E": "ok", "A": "unbounded", "alpha": "unbounded"}, "data": {},
+                          "bootstrap": {"n": 20, "n_converged": 20, "n_failed": 0, "n_at_bound": 9, "samples": [[1]],
+                                        "at_bound": {"alpha at or above the top of its search range [0.01, 2.5]": 9}}})
+    assert "samples" not in s["fit"]["bootstrap"]
+    markdown = render_markdown(s)
+    assert "alpha = 0.3 [0.1, unbounded]" in markdown
+    assert "bootstrap: 20 refits, 11 converged inside the search ranges, 9 at a bound" in markdown

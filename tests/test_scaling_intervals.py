@@ -156,3 +156,25 @@ def test_fitted_intervals_contain_their_estimates_or_say_why(seed, noise, rungs)
         else:
             assert _contains(interval, fit["params"][k]), k
     assert all(v is None or lo_edge + 1e-3 < v < hi_edge - 1e-3 for v in fit["ci"]["alpha"])
+
+
+def test_prediction_interval_that_misses_its_estimate_says_why():
+    from scaling.optimal import predict_from_fit
+
+    params = {"E": 4.0, "A": 30.0, "alpha": 0.3}
+    rows = [[4.0, a, 0.3] for a in np.linspace(31, 40, 30)]  # every refit above the estimate
+    fit = {"law": "power", "params": params, "bootstrap": {"param_names": ["E", "A", "alpha"], "samples": rows}}
+    pred = predict_from_fit(fit, 1e5)
+    assert pred["interval"][0] > pred["loss"] and "outside the central 95%" in pred["interval_note"]
+    fit["bootstrap"]["samples"] = [[4.0, a, 0.3] for a in np.linspace(20, 40, 30)]
+    pred = predict_from_fit(fit, 1e5)
+    assert pred["interval"][0] <= pred["loss"] <= pred["interval"][1] and "interval_note" not in pred
+
+
+def test_a_fit_at_a_bound_says_so():
+    n = np.geomspace(1e4, 1e7, 6)
+    fit = fit_runs(_points(n, 30.0 * n ** -0.3), law="power")  # no irreducible loss: E's term vanishes
+    assert fit["params"]["E"] < 1e-6 and any(f.startswith("e has no effect") for f in fit["at_bound"])
+    assert bootstrap_lines(fit)[0].startswith("warning: the fit itself is at an optimiser bound")
+    inside = fit_runs(_points(n, 2.0 + 30.0 * n ** -0.3), law="power")
+    assert inside["at_bound"] == [] and bootstrap_lines(inside) == []
