@@ -11,6 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 .PHONY: demo test install clean help
 
 help:
+	@echo "make install - create .venv when missing and install the project with its test extras"
 	@echo "make demo   - size ladder -> scaling fit -> teacher -> distilled student -> report, offline on CPU"
 	@echo "make test   - run the test suite (pytest)"
 	@echo "make clean  - remove runs/ and the virtual environment"

@@ -37,8 +37,17 @@ VARIANTS = [  # (name, recipe, how the student starts)
 
 
 def train(recipe: str, root: str, out: str, args, extra: list[str]) -> dict:
+    """One `distill train` run, or the results of a finished one (a rerun of the benchmark reuses its runs)."""
+    import json
+
     from distill.train import main as train_main
 
+    done = os.path.join(root, out, "all_results.json")
+    if os.path.isfile(done) and os.path.isfile(os.path.join(root, out, "model.safetensors")):
+        with open(done) as f:
+            results = json.load(f)
+        if "test_accuracy" in results:
+            return results
     return train_main(["--config", os.path.join(RECIPES, recipe), "--output_dir", os.path.join(root, out),
                        "--max_seq_length", str(args.max_seq_length), "--disable_tqdm", "true",
                        "--logging_steps", "10", *extra])

@@ -57,9 +57,12 @@ def _finish_distributed() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if argv and argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
+    if not argv:  # a usage error, like `scaling` and `scaledown` without a command
+        print(f"error: no command given\n\n{USAGE}", file=sys.stderr)
+        return 2
     command, rest = argv[0], argv[1:]
     if command == "train":
         from .train import main as train_main

@@ -156,7 +156,9 @@ class DistillationConfig(TrainingArguments):
     )
     task: Optional[str] = field(
         default=None,
-        metadata={"help": "causal-lm, seq-cls or image-cls; inferred from the student when omitted."},
+        metadata={"help": "causal-lm, seq-cls or image-cls. When omitted: inferred from the student's class "
+                          "(distill train: from the saved class of the student or teacher, a teacher cache, or "
+                          "a built-in dataset source)."},
     )
     kd_chunk_size: Optional[int] = field(
         default=None,

@@ -95,11 +95,11 @@ class IntermediateLayerTransfer:
                 if teacher_cache is not None else "there is no teacher"
             raise ValueError(f"hidden_weight/attention_weight > 0 need an online teacher model: {why}; "
                              "set both to 0 or pass teacher_model.")
-        from .teacher.ensemble import TeacherEnsemble
+        from .teacher.ensemble import TeacherGroup
 
-        if isinstance(teacher, TeacherEnsemble):
+        if isinstance(teacher, TeacherGroup):  # an ensemble (extra_teachers) or one teacher per task
             raise ValueError("hidden_weight/attention_weight > 0 match one teacher's layers, but several teachers "
-                             "(extra_teachers) are given: use one teacher, or set both weights to 0.")
+                             "(extra_teachers, or one per task) are given: use one teacher, or set both weights to 0.")
         (s_layers, s_width, s_heads), (t_layers, t_width, t_heads) = _shape(student, "student"), _shape(teacher, "teacher")
         self.layer_map = args.hidden_layer_map or default_layer_map(s_layers, t_layers)
         check_layer_map(self.layer_map, s_layers, t_layers)

@@ -46,11 +46,10 @@ def get_task(name: str) -> TaskSpec:
     return TASK_SPECS[name]
 
 
-def infer_task(model: torch.nn.Module) -> TaskSpec:
-    """Infer the task from a model's class through transformers' auto mappings."""
+def task_of_class(name: str) -> Optional[str]:
+    """The task of a model class name (``LlamaForCausalLM`` -> causal-lm) through transformers' auto mappings."""
     from transformers.models.auto import modeling_auto as ma
 
-    name = type(model).__name__
     mappings = {
         "causal-lm": ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         "seq-cls": ma.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
@@ -60,10 +59,19 @@ def infer_task(model: torch.nn.Module) -> TaskSpec:
         for value in mapping.values():
             names = value if isinstance(value, (tuple, list)) else (value,)
             if name in names:
-                return TASK_SPECS[task]
-    raise ValueError(
-        f"Cannot infer the task from the student class {name}; set task to one of {', '.join(TASK_SPECS)}."
-    )
+                return task
+    return None
+
+
+def infer_task(model: torch.nn.Module) -> TaskSpec:
+    """Infer the task from a model's class through transformers' auto mappings."""
+    name = type(model).__name__
+    task = task_of_class(name)
+    if task is None:
+        raise ValueError(
+            f"Cannot infer the task from the student class {name}; set task to one of {', '.join(TASK_SPECS)}."
+        )
+    return TASK_SPECS[task]
 
 
 def align_logits_and_labels(

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -219,7 +220,7 @@ def _check_before_compute(model_args, data_args, args) -> None:
     from .teacher.loading import _looks_local
 
     if args.task is None:
-        raise ValueError("task is not set: add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
+        args.task = _infer_task_name(model_args, data_args, args)
     if model_args.teacher_cache and args.extra_teachers:
         raise ValueError("teacher_cache replaces the teacher: remove extra_teachers, or train without the cache.")
     if model_args.init_from_teacher_layers is not None:
@@ -248,6 +249,26 @@ def _check_before_compute(model_args, data_args, args) -> None:
     for field_name, path in [("model_name_or_path", model_args.model_name_or_path), ("teacher_model_name_or_path", teacher)]:
         if path and _looks_local(path):
             check_model_dir(path, field_name, args.trust_remote_code)
+
+
+def _infer_task_name(model_args, data_args, args) -> str:
+    """The task when `task` is unset: from the student's or teacher's saved class, a teacher cache, or a built-in source."""
+    from .data.arguments import BUILTIN_SOURCES
+    from .tasks import task_of_class
+
+    for path in (model_args.model_name_or_path, args.teacher_model_name_or_path):
+        config = os.path.join(os.path.expanduser(path), "config.json") if path else ""
+        if os.path.isfile(config):
+            with open(config, encoding="utf-8") as f:
+                for name in json.load(f).get("architectures") or []:
+                    if task_of_class(name):
+                        return task_of_class(name)
+    if model_args.teacher_cache:
+        return "causal-lm"
+    if data_args.dataset_name in BUILTIN_SOURCES:
+        return BUILTIN_SOURCES[data_args.dataset_name]
+    raise ValueError("task is not set and cannot be inferred (no saved student or teacher class, no built-in "
+                     "source): add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
 
 
 def _teacher_only_gives_weights(model_args, args) -> bool:
@@ -378,16 +399,22 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     return results
 
 
-def _print_summary(results: dict) -> None:
+def format_summary(results: dict) -> str:
+    """The results table printed after training: loss, and accuracy for classification, of student and teacher."""
     def fmt(key: str) -> str:
         value = results.get(key)
         return "-" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
 
-    rows = [("student", "student_params", "eval_loss", "test_loss")]
+    metrics = ["loss"] + (["accuracy"] if any(k.endswith("_accuracy") for k in results) else [])
+    columns = [f"{split}_{m}" for m in metrics for split in ("eval", "test")]
+    rows = [("student", "student_params", columns)]
     if "teacher_params" in results:
-        rows.append(("teacher", "teacher_params", "eval_teacher_loss", "test_teacher_loss"))
-    print("\n== distill: results ==")
-    print(f"{'model':<8} {'params':>12} {'eval_loss':>10} {'test_loss':>10}")
-    for name, params, eval_key, test_key in rows:
-        print(f"{name:<8} {fmt(params):>12} {fmt(eval_key):>10} {fmt(test_key):>10}")
-    sys.stdout.flush()
+        rows.append(("teacher", "teacher_params", [c.replace("_", "_teacher_", 1) for c in columns]))
+    lines = ["== distill: results ==", f"{'model':<8} {'params':>12} " + " ".join(f"{c:>13}" for c in columns)]
+    for name, params, keys in rows:
+        lines.append(f"{name:<8} {fmt(params):>12} " + " ".join(f"{fmt(k):>13}" for k in keys))
+    return "\n".join(lines)
+
+
+def _print_summary(results: dict) -> None:
+    print("\n" + format_summary(results), flush=True)

@@ -380,6 +380,10 @@ class DistillationTrainer(Trainer):
                 if sums is not None:
                     sums["kd"] += float(out.kd_loss)
                     sums["teacher_ce"] = sums.get("teacher_ce", 0.0) + float(t_ce)
+                    if not self.task.token_level:  # classification: the teacher's accuracy on the same rows
+                        labels_k = s_labels[:k]
+                        hits = (t_logits[:k].argmax(-1) == labels_k) & (labels_k != -100)
+                        sums["teacher_correct"] += float(hits.sum())
                 if self._intermediate is not None and sums is not None:  # raw sums over the real rows
                     for name, term in zip(("hidden", "attention"),
                                           self._intermediate.losses(s_outputs, t_outputs, inputs, 1, rows=k)):
@@ -405,18 +409,19 @@ class DistillationTrainer(Trainer):
         return batch_size
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
-        self._eval_sums = {"kd": 0.0, "ce": 0.0, "n": 0.0, "teacher_ce": 0.0}
+        self._eval_sums = {"kd": 0.0, "ce": 0.0, "n": 0.0, "teacher_ce": 0.0, "teacher_correct": 0.0}
         try:
             output = super().evaluation_loop(
                 dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
             )
             sums = self._eval_sums
             values = torch.tensor(
-                [sums["ce"], sums["kd"], sums["teacher_ce"], sums["n"]], dtype=torch.float64, device=self.args.device
+                [sums["ce"], sums["kd"], sums["teacher_ce"], sums["n"], sums["teacher_correct"]], dtype=torch.float64,
+                device=self.args.device,
             )
             if self.args.world_size > 1:
                 values = self.accelerator.reduce(values, reduction="sum")
-            ce, kd, t_ce, n = values.tolist()
+            ce, kd, t_ce, n, t_correct = values.tolist()
             cached_kd = bool(sums.get("cached_kd"))
             layer_sums = self._reduce_layer_sums(sums)
         finally:
@@ -429,6 +434,8 @@ class DistillationTrainer(Trainer):
             if self.teacher is not None:
                 output.metrics[f"{p}_kd_loss"] = kd / n
                 output.metrics[f"{p}_teacher_loss"] = t_ce / n
+                if not self.task.token_level:
+                    output.metrics[f"{p}_teacher_accuracy"] = t_correct / n
             elif cached_kd:  # an eval set that carries cache columns: KD from the cache, no teacher CE
                 output.metrics[f"{p}_kd_loss"] = kd / n
             for name, total in layer_sums.items():
@@ -462,7 +469,7 @@ class DistillationTrainer(Trainer):
         name = f"checkpoint-{self.state.global_step}"
         self._staging_dir = os.path.join(run_dir, _STAGING)
         staged, final = os.path.join(self._staging_dir, name), os.path.join(run_dir, name)
-        check_finite_weights(model)
+        check_finite_weights(model, self.accelerator if self.args.world_size > 1 else None)
         try:
             super()._save_checkpoint(model, trial)
             projection = self._intermediate.projection if self._intermediate is not None else None

@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scaledown",
         description="Size ladder -> scaling fit -> teacher -> distilled student -> evaluation report, "
-        "offline on a CPU. Every stage resumes: a second run skips what is done.",
+        "offline on a CPU. A second run reuses every stage whose inputs are unchanged and reruns the rest.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline", description="Run the pipeline of a YAML config: ladder, "

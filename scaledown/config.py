@@ -11,6 +11,8 @@ from typing import Any, Optional
 from deploy.ship import ShipConfig
 from distill.hints import did_you_mean
 
+from .distill_ladder import DistillLadderConfig
+
 
 @dataclass
 class LadderConfig:
@@ -83,6 +85,9 @@ class PipelineConfig:
     teacher: Optional[str] = None
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillStageConfig = field(default_factory=DistillStageConfig)
+    # --- distillation ladder (issue 15, scaledown/distill_ladder.py): KD students from several ladder
+    # rungs, the distillation law fitted on all but one, the held-out student predicted. Absent: off.
+    distill_ladder: Optional[DistillLadderConfig] = None
     # --- ship stage (deploy/ship.py): export, int8, bench of the student after evaluation
     ship: ShipConfig = field(default_factory=ShipConfig)
     quick: dict = field(default_factory=dict)
@@ -93,7 +98,7 @@ class PipelineConfig:
 
 
 _NESTED = {"ladder": LadderConfig, "fit": FitConfig, "student": StudentConfig, "distill": DistillStageConfig,
-           "ship": ShipConfig}
+           "distill_ladder": DistillLadderConfig, "ship": ShipConfig}
 
 
 def _build(cls, values: dict, where: str):

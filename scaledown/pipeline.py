@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional
 from .config import PipelineConfig
 from .files import write_json_atomic
 
-STAGES = ("tokenizer", "ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate", "ship")
+STAGES = ("tokenizer", "ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate", "ship",
+          "distill_ladder")
 
 
 def banner(text: str) -> None:
@@ -52,8 +53,12 @@ class Pipeline:
             raise ValueError("ladder: give one budget: tokens, flops, isoflop_budgets or tokens_per_param.")
         self.plans = plan_ladder(spec, vocab_size=int(c.data.get("tokenizer_vocab_size", 2048)),
                                  seq_len=self.seq_len, batch_size=self.batch_size, **budget)
-        if c.fit.law not in ("power", "chinchilla", "kaplan"):
-            raise ValueError(f"fit.law={c.fit.law!r}: use power, chinchilla or kaplan.")
+        if c.fit.law not in ("power", "chinchilla", "kaplan", "chinchilla_gamma"):
+            raise ValueError(f"fit.law={c.fit.law!r}: use power, chinchilla, chinchilla_gamma or kaplan.")
+        if c.distill_ladder is not None and c.distill_ladder.enabled:
+            from .distill_ladder import plan_grid
+
+            plan_grid(c.distill_ladder, list(c.ladder.widths))
         from scaling.laws import get_law
 
         needed = len(get_law(c.fit.law).param_names) + 1 + int(c.fit.hold_out_largest)
@@ -192,6 +197,11 @@ class Pipeline:
 
             ship = self.stage("ship", lambda: ship_stage(self, teacher, kd, base))
             summary = add_ship_to_report(self.root, summary, ship)
+        if self.config.distill_ladder is not None and self.config.distill_ladder.enabled:  # issue 15
+            from . import distill_ladder
+
+            result = self.stage("distill_ladder", lambda: distill_ladder.run_stage(self, ladder, fit))
+            distill_ladder.append_to_report(self, result, summary)
         self.log(f"\nreport: {os.path.join(self.root, 'report.md')}  ({seconds:.0f} s)")
         return summary
 

@@ -110,6 +110,14 @@ def _supervised_best(sup, flops, student_params=None, level=0.95):
     return o["params"], o["tokens"], o["loss"], (o.get("interval") or {}).get("loss")
 
 
+def _sides(interval):
+    """An interval's ends with unbounded (None) sides as -inf / +inf."""
+    if not interval:
+        return -math.inf, math.inf
+    lo, hi = interval
+    return (-math.inf if lo is None else lo), (math.inf if hi is None else hi)
+
+
 def _check_fits(sup, dfit):
     from .laws import get_law
 
@@ -170,7 +178,9 @@ def advise(sup, dfit, teacher_loss, flops, cost=None, student_params=None, level
            f"{ls:.4f} for supervised training (N = {ns:.3g}, D = {ds:.3g}) at {flops:.3g} FLOPs "
            f"with {cost.describe()}; {'distil' if distil else 'train from scratch'} "
            f"({gap:.4f} nats better)")
-    if iv and ls_iv and not (iv[1] < ls_iv[0] or ls_iv[1] < iv[0]):
+    lo_d, hi_d = _sides(iv)
+    lo_s, hi_s = _sides(ls_iv)
+    if iv and ls_iv and not (hi_d < lo_s or hi_s < lo_d):
         why += "; the intervals overlap, so the fits do not resolve the difference"
     elif not (iv and ls_iv):
         why += "; no intervals (bootstrap the fits with --bootstrap N to get them)"
@@ -236,8 +246,7 @@ def advise_target(sup, dfit, teacher_loss, target_loss, cost=None, student_param
     if c_sup is None and c_dis is None:
         raise ValueError(f"--target-loss {target_loss}: unreachable by either route: "
                          + "; ".join(notes))
-    ref = advise(sup, dfit, teacher_loss, c_dis if c_dis else c_sup, cost, student_params, level) \
-        if c_dis else None
+    ref = advise(sup, dfit, teacher_loss, c_dis, cost, student_params, level) if c_dis else None
     sup_at = advise(sup, dfit, teacher_loss, c_sup, cost, student_params, level) if c_sup else None
     out = {"target_loss": float(target_loss), "teacher_loss": float(teacher_loss),
            "teacher_cost": cost.mode, "students": cost.students,
@@ -271,7 +280,7 @@ def format_advice(adv: dict) -> str:
         if not r:
             return f"  {name:<12} not possible"
         iv = r.get("interval")
-        band = f"  [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else ""
+        band = ("  [" + ", ".join("unbounded" if v is None else f"{v:.4f}" for v in iv) + "]") if iv else ""
         cost = f", {flops:.3g} FLOPs" if flops else ""
         return (f"  {name:<12} N = {r['params']:.3g}, D = {r['tokens']:.3g}{cost}: loss "
                 f"{r['loss']:.4f}{band}")

@@ -119,16 +119,26 @@ def load_distill_runs(inputs, param_count: str = "non_embedding") -> list:
 
 
 # ------------------------------------------------------------------------- fitting
-def _bootstrap(arr, sup_fit, form, n_boot, seed, theta0, kind, delta):
-    """Resample students with replacement and refit from the full-data optimum; only refits
-    that converged and left every parameter off the optimiser bounds are kept."""
-    from .distill_law import DistillationForm as _F
+# parameters that move together along the law's ridge: one at a bound makes the other an artefact
+_COUPLED = {"c1": ("d1",), "d1": ("c1",)}
 
+
+def _pinned(names, at_bounds) -> list:
+    hit = set(at_bounds)
+    for k in at_bounds:
+        hit |= set(_COUPLED.get(k, ()))
+    return [k in hit for k in names]
+
+
+def _bootstrap(arr, sup_fit, form, n_boot, seed, theta0, kind, delta):
+    """Resample students with replacement and refit from the full-data optimum. Refits that failed
+    or did not converge are left out; those that ended on an optimiser bound are kept and flagged
+    (`scaling.intervals.percentile_intervals` leaves the interval open on their side)."""
     rng = np.random.default_rng(seed)
-    names = _F(form).param_names
-    samples = np.full((n_boot, len(names)), np.nan)
-    dropped = {"failed": 0, "not_converged": 0, "at_bounds": 0}
-    for i in range(n_boot):
+    names = DistillationForm(form).param_names
+    samples, pinned = [], []
+    counts = {"n_failed": 0, "n_not_converged": 0, "n_at_bound": 0}
+    for _ in range(n_boot):
         idx = rng.integers(0, arr["loss"].size, arr["loss"].size)
         cols = [arr[k][idx] for k in ("params", "tokens", "teacher_loss", "loss")]
         try:
@@ -136,15 +146,15 @@ def _bootstrap(arr, sup_fit, form, n_boot, seed, theta0, kind, delta):
             res = fit_distillation_arrays(*cols, sup_fit, form, kind, delta, starts=[theta0],
                                           top_k=2)
         except ValueError:
-            dropped["failed"] += 1
+            counts["n_failed"] += 1
             continue
         if not res["converged"]:
-            dropped["not_converged"] += 1
-        elif res["at_bounds"]:
-            dropped["at_bounds"] += 1
-        else:
-            samples[i] = [res["params"][k] for k in names]
-    return samples, dropped
+            counts["n_not_converged"] += 1
+            continue
+        counts["n_at_bound"] += bool(res["at_bounds"])
+        samples.append([res["params"][k] for k in names])
+        pinned.append(_pinned(names, res["at_bounds"]))
+    return np.array(samples, float).reshape(-1, len(names)), np.array(pinned, bool).reshape(-1, len(names)), counts
 
 
 def fit_distillation(points, sup_fit: dict, form: str = "full", loss: str = "huber",
@@ -180,18 +190,23 @@ def fit_distillation(points, sup_fit: dict, form: str = "full", loss: str = "hub
                         {"form": form, "params": res["params"], "supervised": sup_fit},
                         arr["params"], arr["tokens"], arr["teacher_loss"]).tolist()}}
     if n_bootstrap:
-        samples, dropped = _bootstrap(arr, sup_fit, form, n_bootstrap, seed,
-                                      np.array(res["internal"]), loss, delta)
-        ok = samples[~np.isnan(samples[:, 0])]
-        if len(ok) < 2:
-            raise ScalingDataError(f"bootstrap: only {len(ok)} of {n_bootstrap} refits usable "
-                                   f"({dropped}); too few students to resample")
-        q = 50 * (1 - level)
-        out["ci"] = {k: [float(np.percentile(ok[:, j], q)), float(np.percentile(ok[:, j], 100 - q))]
-                     for j, k in enumerate(fm.param_names)}
-        out["bootstrap"] = {"n": n_bootstrap, "seed": seed, "level": level, "dropped": dropped,
-                            "n_used": int(len(ok)), "param_names": list(fm.param_names),
-                            "samples": [[float(v) for v in r] for r in ok]}
+        from .intervals import percentile_intervals
+
+        samples, pinned, counts = _bootstrap(arr, sup_fit, form, n_bootstrap, seed,
+                                             np.array(res["internal"]), loss, delta)
+        if len(samples) < 2:
+            raise ScalingDataError(f"bootstrap: only {len(samples)} of {n_bootstrap} refits "
+                                   f"converged ({counts}); too few students to resample")
+        names = list(fm.param_names)
+        result = percentile_intervals(names, samples, [res["params"][k] for k in names], pinned,
+                                      level)
+        out["ci"] = {k: r["interval"] for k, r in result.items()}
+        out["ci_status"] = {k: r["status"] for k, r in result.items()}
+        out["ci_notes"] = {k: r["note"] for k, r in result.items() if r["note"]}
+        out["bootstrap"] = {"n": n_bootstrap, "seed": seed, "level": level,
+                            "n_converged": len(samples), **counts, "param_names": names,
+                            "samples": [[float(v) for v in r] for r in samples],
+                            "at_bound": [bool(r.any()) for r in pinned]}
     return out
 
 
@@ -241,11 +256,17 @@ def predict_from_dfit(dfit: dict, params, tokens, teacher_loss, level: float = 0
            "param_count": dfit.get("param_count", "as given")}
     boot = dfit.get("bootstrap") or {}
     if boot.get("samples"):
+        from .intervals import percentile_intervals
+
         names = boot["param_names"]
         preds = [float(predict_distillation({**dfit, "params": dict(zip(names, r))}, params,
                                             tokens, teacher_loss)) for r in boot["samples"]]
-        q = 50 * (1 - level)
-        out["interval"] = [float(np.percentile(preds, q)), float(np.percentile(preds, 100 - q))]
+        pinned = boot.get("at_bound") or [False] * len(preds)  # a refit at a bound: an artefact
+        res = percentile_intervals(["loss"], np.array(preds)[:, None], [loss], np.array(pinned),
+                                   level)["loss"]
+        out["interval"], out["interval_status"] = res["interval"], res["status"]
+        if res["note"]:
+            out["interval_note"] = res["note"]
         out["level"] = level
     return out
 
@@ -274,13 +295,18 @@ def cmd_fit_distillation(args) -> dict:
     if args.out:
         save_fit(dfit, args.out)
     if not args.quiet:
-        ci = dfit.get("ci", {})
+        from .intervals import format_interval
+
         lines = [f"distillation law ({dfit['form']}) on {dfit['n_points']} students: objective "
                  f"{dfit['objective']:.6g}, {'converged' if dfit['converged'] else 'NOT converged'}"
                  + (f", at bounds: {dfit['at_bounds']}" if dfit["at_bounds"] else "")]
         for k, v in dfit["params"].items():
-            band = f"  [{ci[k][0]:.5g}, {ci[k][1]:.5g}]" if k in ci else ""
-            lines.append(f"  {k:>12} = {v:.5g}{band}")
+            lines.append(f"  {k:>12} = {v:.5g}  {format_interval(dfit, k)}".rstrip())
+        boot = dfit.get("bootstrap")
+        if boot:
+            lines.append(f"bootstrap: {boot['n']} refits, {boot['n_converged']} converged "
+                         f"({boot['n_at_bound']} at a bound: their side is left open), "
+                         f"{boot['n_failed']} failed, {boot['n_not_converged']} not converged")
         print("\n".join(lines), file=sys.stderr)
     if args.json:
         print(json.dumps({k: v for k, v in dfit.items() if k not in ("bootstrap", "data")},

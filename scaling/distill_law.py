@@ -132,8 +132,8 @@ def supervised_terms(sup_fit: dict, n, d) -> dict:
     from .laws import get_law
 
     lw = get_law(sup_fit["law"])
-    n = np.asarray(n, float)
-    d = np.asarray(d, float)
+    n = np.atleast_1d(np.asarray(n, float))
+    d = np.atleast_1d(np.asarray(d, float))
     ls = np.asarray(lw.predict(sup_fit["params"], n, d if lw.uses_tokens else None), float)
     e = float(sup_fit["params"].get("E", 0.0))
     r = ls - e

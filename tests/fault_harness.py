@@ -115,6 +115,42 @@ def run_until_fault(cmd: list[str], fault: str, marker: str, timeout: float = 30
     return time.time() - start
 
 
+def straight_run(ws: dict, root: str, optim: str, ddp: bool = False, **faults) -> tuple[str, list[dict], str]:
+    """An uninterrupted run: (output dir, its records, its output)."""
+    out = os.path.join(root, "straight")
+    record = os.path.join(root, "straight.jsonl")
+    done = run(command(["distill", "train", *train_args(ws, out, optim)], ddp=ddp), FAULT_RECORD=record, **faults)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, read_records(record, ddp), done.stdout + done.stderr
+
+
+def kill_chain(ws: dict, root, optim: str, faults: list[str], ddp: bool = False, straight=None, **always) -> dict:
+    """Kill `distill train` at each fault in turn (rerunning the same command after each), let the last
+    rerun finish, and compare with a straight run (made here unless ``straight`` is given).
+
+    ``always``: fault_inject variables every attempt gets (e.g. FAULT_NAN). Returns the data-order
+    comparison, the weight difference, the partial files left and the straight run's output.
+    """
+    root = str(root)
+    straight, straight_record, output = straight or straight_run(ws, root, optim, ddp, **always)
+    out = os.path.join(root, "resumed")
+    cmd = command(["distill", "train", *train_args(ws, out, optim)], ddp=ddp)
+    attempts = []
+    for i, fault in enumerate(faults):
+        record = os.path.join(root, f"attempt{i}.jsonl")
+        run_until_fault(cmd, fault, os.path.join(root, "marker"), FAULT_RECORD=record, **always)
+        attempts.append(read_records(record, ddp))
+        kind, step = fault.split(":")
+        if kind == "save":  # killed inside the save: checkpoint-N must not exist, only its staging
+            assert not os.path.exists(os.path.join(out, f"checkpoint-{step}"))
+    record = os.path.join(root, "final.jsonl")
+    done = run(cmd, FAULT_RECORD=record, **always)
+    assert done.returncode == 0, done.stderr[-3000:]
+    attempts.append(read_records(record, ddp))
+    return {"order": data_order_errors(straight_record, attempts), "diff": weight_difference(straight, out),
+            "partial": partial_files(out), "out": out, "straight_output": output}
+
+
 def read_records(path: str, ddp: bool = False) -> list[dict]:
     """The micro-batches recorded by tests/fault_inject.py; under DDP rank 1's rows follow rank 0's per step."""
     paths = [path, f"{path}.rank1"] if ddp else [path]
@@ -128,6 +164,16 @@ def read_records(path: str, ddp: bool = False) -> list[dict]:
     return [{"step": a["step"], "ids": a["ids"] + b["ids"]} for a, b in zip(*by_rank)]
 
 
+def effective_records(attempts: list[list[dict]]) -> list[dict]:
+    """The micro-batches whose updates the final weights hold: each attempt resumed at the step of its
+    first record, undoing what earlier attempts trained at or after that step."""
+    effective: list[dict] = []
+    for records in attempts:
+        if records:
+            effective = [r for r in effective if r["step"] < records[0]["step"]] + records
+    return effective
+
+
 def data_order_errors(straight: list[dict], attempts: list[list[dict]]) -> dict:
     """Samples lost and repeated by a chain of killed attempts and reruns, against a straight run.
 
@@ -135,10 +181,7 @@ def data_order_errors(straight: list[dict], attempts: list[list[dict]]) -> dict:
     at or after that step were undone; what remains, attempt after attempt, is what the final
     weights saw. Compared as (step, sample) pairs with the straight run's sequence.
     """
-    effective: list[dict] = []
-    for records in attempts:
-        if records:
-            effective = [r for r in effective if r["step"] < records[0]["step"]] + records
+    effective = effective_records(attempts)
     want = [(r["step"], i) for r in straight for i in r["ids"]]
     got = [(r["step"], i) for r in effective for i in r["ids"]]
     lost = len(set(want) - set(got))

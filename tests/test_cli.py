@@ -48,6 +48,10 @@ def test_tiny_recipe_trains(task, teachers, tmp_path):
     for key in ("eval_loss", "eval_kd_loss", "eval_teacher_loss", "test_loss", "student_params", "teacher_params"):
         assert key in saved, key
     assert saved["teacher_params"] > saved["student_params"]
+    if task != "causal_lm":  # the teacher's accuracy on the same split, as its own run measured it (compute_metrics)
+        with open(os.path.join(teachers[task], "all_results.json")) as f:
+            assert saved["eval_teacher_accuracy"] == pytest.approx(json.load(f)["eval_accuracy"], abs=1e-9)
+        assert "eval_accuracy" in saved
     assert results["eval_loss"] == pytest.approx(saved["eval_loss"])
     with open(os.path.join(out, "trainer_state.json")) as f:
         logs = [h for h in json.load(f)["log_history"] if "loss" in h]

@@ -170,7 +170,9 @@ def test_cli_fit_and_predict_distillation(tmp_path, capsys):
                  "--form", "reduced", "--bootstrap", "12", "--out", str(out), "--quiet"]) == 0
     dfit = json.loads(out.read_text())
     assert dfit["law"] == "distillation" and dfit["form"] == "reduced" and dfit["n_points"] == 32
-    assert dfit["bootstrap"]["n_used"] >= 2
+    boot = dfit["bootstrap"]
+    assert boot["n_converged"] >= 2 and len(boot["samples"]) == len(boot["at_bound"]) == boot["n_converged"]
+    assert set(dfit["ci_status"]) == set(dfit["params"])
     capsys.readouterr()
     assert main(["predict", "--fit", str(out), "--params", "5e8", "--tokens", "5e10",
                  "--teacher-loss", "1.7"]) == 0
@@ -178,7 +180,10 @@ def test_cli_fit_and_predict_distillation(tmp_path, capsys):
     x = _features(np.array([5e8]), np.array([5e10]), np.array([1.7]),
                   supervised_terms(SUP, np.array([5e8]), np.array([5e10])))
     assert pred["loss"] == pytest.approx(DistillationForm("reduced").predict(dfit["params"], x)[0])
-    assert pred["interval"][0] <= pred["interval"][1]
+    lo, hi = pred["interval"]
+    assert pred["interval_status"] in ("ok", "unbounded", "excludes_estimate")
+    if pred["interval_status"] == "ok":
+        assert lo <= pred["loss"] <= hi
     # without the teacher loss: a clear error, not a guess
     assert main(["predict", "--fit", str(out), "--params", "5e8", "--tokens", "5e10"]) == 2
     assert "--teacher-loss" in capsys.readouterr().err
@@ -202,3 +207,32 @@ def test_reads_kd_run_directories(tmp_path):
     assert len(pts) == 1
     assert (pts[0]["params"], pts[0]["tokens"], pts[0]["teacher_loss"], pts[0]["loss"],
             pts[0]["teacher_params"]) == (1e6, 4e5, 2.1, 3.0, 4e6)
+
+
+def test_refits_at_a_bound_leave_the_interval_open():
+    """A refit that ends on an optimiser bound is kept and opens its side of the interval, instead of
+    being dropped (which would narrow the interval) or read as a value."""
+    n, d, lt, loss = _synthetic("reduced", TRUE_REDUCED, 0.002)
+    pts = [{"params": a, "tokens": b, "teacher_loss": c, "loss": e, "run": str(i), "source": str(i)}
+           for i, (a, b, c, e) in enumerate(zip(n, d, lt, loss))]
+    from scaling import distill_fit
+
+    real = distill_fit.fit_distillation_arrays
+    calls = []
+
+    def fake(*args, **kw):  # every other refit "ends at the c1 bound" with a huge c1
+        res = real(*args, **kw)
+        calls.append(1)
+        if kw.get("top_k") == 2 and len(calls) % 2:
+            res = {**res, "at_bounds": ["c1"], "params": {**res["params"], "c1": 25.0}}
+        return res
+
+    distill_fit.fit_distillation_arrays = fake
+    try:
+        dfit = fit_distillation(pts, SUP, "reduced", n_bootstrap=6)
+    finally:
+        distill_fit.fit_distillation_arrays = real
+    assert dfit["bootstrap"]["n_at_bound"] == 3
+    assert dfit["ci"]["c1"][1] is None and dfit["ci_status"]["c1"] == "unbounded"
+    assert dfit["ci"]["d1"][1] is None or dfit["ci"]["d1"][0] is None  # d1 moves with c1
+    assert None not in dfit["ci"]["c0"]

@@ -149,3 +149,19 @@ def test_teacher_content_and_data_content_count(tmp_path, monkeypatch):
     data.write_text('{"text": "a b d"}\n')
     changed = {name for name, _, _ in fp.diff_fingerprints(sampled, fp.run_fingerprint(*parse_args(argv)))}
     assert changed == {"teacher_files.model.safetensors", f"data_files_content.{data}"}
+
+
+def test_teacher_cache_run_differs_from_the_online_run(tmp_path):
+    """The issue's reproduction: the README's cached run into the online run's output_dir must not "resume" it."""
+    from distill import fingerprint as fp
+    from distill.train import parse_args
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "teacher_cache.json").write_text('{"k": 32}')
+    argv = ["--config", os.path.join(ROOT, "recipes", "tiny", "causal_lm.yaml"), "--output_dir", str(tmp_path / "o")]
+    online = fp.run_fingerprint(*parse_args(argv))
+    cached = fp.run_fingerprint(*parse_args([*argv, "--teacher_cache", str(cache)]))
+    changes = {name: (old, new) for name, old, new in fp.diff_fingerprints(online, cached)}
+    assert changes["teacher_cache"] == (None, str(cache))
+    assert changes["teacher_cache_files"][1]["teacher_cache.json"]  # its content counts too

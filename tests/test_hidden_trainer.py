@@ -295,5 +295,12 @@ def test_two_processes_match_one_with_projection(tmp_path, one_process_reference
 
 
 def test_several_teachers_refused(tmp_path):
+    from distill.intermediate import IntermediateLayerTransfer
+    from distill.teacher.per_task import TaskTeachers
+
     with pytest.raises(ValueError, match="several teachers"):
         make_trainer(tmp_path, tiny_llama(), [tiny_llama(seed=1), tiny_llama(seed=2)], lm_dataset(4), hidden_weight=1.0)
+    args = DistillationConfig(output_dir=str(tmp_path), hidden_weight=1.0, report_to="none")
+    per_task = TaskTeachers([tiny_bert(seed=1), tiny_bert(seed=2)], [(0, 3), (3, 3)])
+    with pytest.raises(ValueError, match="one per task"):
+        IntermediateLayerTransfer(args, get_task("seq-cls"), tiny_bert(num_labels=6), per_task)

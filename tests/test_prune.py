@@ -177,3 +177,20 @@ def test_prune_command_on_a_classifier(seq_cls_teacher, tmp_path):  # noqa: F811
     assert main(["prune", "--model", seq_cls_teacher, "--heads", "2", "--calibration", "builtin:docstring-topics",
                  "--output_dir", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_prune_command_on_a_vit_with_heads(tmp_path):
+    """Image calibration (builtin:digits at the model's image size, no image processor) and ViT head pruning."""
+    from transformers import ViTForImageClassification
+
+    from distill.cli import main
+
+    tiny("vit", layers=2, num_labels=10).save_pretrained(tmp_path / "vit")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(tmp_path / "vit"), "--drop-layers", "1", "--heads", "2",
+                 "--calibration", "builtin:digits", "--num-samples", "8", "--output_dir", str(out)]) == 0
+    record = json.loads((out / "pruning.json").read_text())
+    assert record["scores"]["num_tokens"] == 8 * 17  # 16 patches + [CLS] per image
+    assert len(record["scores"]["head_importance"]["0"]) == 4
+    model = ViTForImageClassification.from_pretrained(out)
+    assert model.config.num_attention_heads == 2 and model.config.num_hidden_layers == 1

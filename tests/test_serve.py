@@ -75,6 +75,25 @@ def test_bad_inputs_get_json_4xx(classifier, body, raw, status):
     assert got == status and isinstance(payload, dict) and payload["error"]["message"]
 
 
+def test_oversized_body_is_refused_unread(classifier):
+    """A Content-Length over the limit gets 413 before the body is read (none is sent here)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url, _ = classifier
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    connection.putrequest("POST", "/v1/classify")
+    for name, value in (("Content-Type", "application/json"), ("Content-Length", str(16 * 2**20 + 1)),
+                        ("Authorization", f"Bearer {KEY}")):
+        connection.putheader(name, value)
+    connection.endheaders()
+    response = connection.getresponse()
+    payload = json.loads(response.read())
+    connection.close()
+    assert response.status == 413 and "over" in payload["error"]["message"]
+
+
 def test_load_then_health_and_metrics(classifier, root):
     url, log = classifier
     result = load_test(url + "/v1/classify", {"inputs": ["Run the unit tests."] * 4}, requests=200, clients=16, key=KEY)

@@ -28,7 +28,8 @@ def tiny(model_type, layers=4, **kw):
         config = transformers.BertConfig(max_position_embeddings=32, hidden_dropout_prob=0.0,
                                          attention_probs_dropout_prob=0.0, **common, **kw)
         return transformers.BertForSequenceClassification(config)
-    config = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, num_labels=5, hidden_dropout_prob=0.0,
+    kw = {"num_labels": 5, **kw}
+    config = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_dropout_prob=0.0,
                                     attention_probs_dropout_prob=0.0, **common, **kw)
     return transformers.ViTForImageClassification(config)
 

@@ -80,11 +80,25 @@ def load_raw_datasets(data_args: DataArguments, seed: int = 42, *, task: str = "
         builder, data_files, data_dir = data_args.builder, data_args.data_files, None
         if builder == "imagefolder" and isinstance(data_files, str) and os.path.isdir(data_files):
             data_files, data_dir = None, data_args.data_files
-        raw = load_dataset(builder, data_args.dataset_config_name, data_files=data_files,
-                           data_dir=data_dir, streaming=data_args.streaming)
+        try:
+            raw = load_dataset(builder, data_args.dataset_config_name, data_files=data_files,
+                               data_dir=data_dir, streaming=data_args.streaming)
+        except (ConnectionError, TimeoutError) as err:  # the Hub unreachable, or offline mode on
+            raise ValueError(_unreachable_hub_message(builder, err)) from None
     if not isinstance(raw, (DatasetDict, IterableDatasetDict)):  # a saved single Dataset
         raw = DatasetDict({"train": raw})
     return _select_splits(raw, data_args, seed, source=name or data_args.data_files)
+
+
+def _unreachable_hub_message(name: str, err: Exception) -> str:
+    """One line that says why a Hub dataset did not load and the ways on (no traceback)."""
+    offline = [v for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "").upper() in
+               ("1", "ON", "YES", "TRUE")]
+    why = (f"offline mode is on ({' and '.join(f'{v}=1' for v in offline)}) and it is not in the local cache"
+           if offline else f"the Hub could not be reached ({type(err).__name__})")
+    return (f"dataset_name={name!r} is a Hugging Face Hub dataset and {why}: with network access, unset "
+            f"HF_DATASETS_OFFLINE/HF_HUB_OFFLINE to download it, or train offline on a built-in source "
+            f"({', '.join(sorted(BUILTIN_SOURCES))}) or local files (dataset_name: json + data_files).")
 
 
 def _builtin(name: str, image_size: Optional[int]):

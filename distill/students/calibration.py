@@ -76,6 +76,8 @@ def calibration_batches(model: nn.Module, source: str, num_samples: int, batch_s
     if positions and task.name != "image-cls":
         max_length = min(max_length or 128, positions)
     data_args = calibration_data_args(source, num_samples, task.name, max_length)
+    if task.name == "image-cls" and processing_class is None and data_args.image_size is None:
+        data_args.image_size = getattr(model.config, "image_size", None)  # the model's input size, not 32
     bundle = build_datasets(data_args, task.name, processing_class, seed=0)
     rows = list(bundle.train.take(num_samples)) if hasattr(bundle.train, "take") and not hasattr(
         bundle.train, "__len__") else [bundle.train[i] for i in range(min(num_samples, len(bundle.train)))]
