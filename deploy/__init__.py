@@ -7,7 +7,9 @@ Modules:
   and real inputs from the task's data.
 - `deploy.export`: `torch.onnx.export(..., dynamo=True)` plus an ONNX Runtime parity check.
 - `deploy.quantize`: torchao int8 (dynamic activations, int8 weights) and ONNX Runtime dynamic int8.
-- `deploy.runners`: one `predict(inputs) -> logits` interface over PyTorch and ONNX Runtime.
+- `deploy.runners`: one `runner.logits(inputs)` interface over PyTorch and ONNX Runtime.
 - `deploy.bench`: the table of variants (size, latency, throughput, quality).
-- `deploy.serve`: the FastAPI app (auth, limits, metrics) and `deploy.metrics` its Prometheus text.
+- `deploy.serve`: the FastAPI app (auth, limits, errors); `deploy.predictor` the model behind it,
+  `deploy.metrics` its Prometheus text, `deploy.loadtest` a server in a subprocess and a load client.
+- `deploy.ship`: the pipeline's `ship` stage (`scaledown run --ship`).
 """

@@ -88,6 +88,9 @@ def describe(path: str) -> ModelInfo:
         precision = "int8" if report.get("method") == "onnx-int8" else "fp32"
         task = report.get("task")
     else:
+        from distill.safe_loading import check_model_dir
+
+        check_model_dir(path, "MODEL_DIR")  # pickles only, or custom code: refused with the fix
         if not any(f.endswith(".safetensors") for f in os.listdir(path)):
             raise ValueError(f"MODEL_DIR={path!r} has neither safetensors weights nor {ONNX_FILE}; only "
                              "safetensors checkpoints are loaded (no pickles).")

@@ -52,7 +52,7 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", heade
 
 
 def create_app(predictor, api_key: Optional[str] = None, max_concurrency: int = 4, max_batch_size: int = 32,
-               max_new_tokens: int = 256):
+               max_new_tokens: int = 256, max_body_bytes: int = 16 * 2**20):
     """The FastAPI app around a loaded `deploy.predictor.Predictor`."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
@@ -94,7 +94,10 @@ def create_app(predictor, api_key: Optional[str] = None, max_concurrency: int = 
         """Auth, then the concurrency limit on inference paths, then metrics for every request."""
         start, status, entered = time.perf_counter(), 500, False
         try:
-            if not authorized(request):
+            length = request.headers.get("content-length", "0")
+            if not length.isdigit() or int(length) > max_body_bytes:
+                response = _error(413, f"The request body is over {max_body_bytes} bytes.")
+            elif not authorized(request):
                 response = _error(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
                                   "authentication_error", {"WWW-Authenticate": "Bearer"})
             elif request.url.path in INFERENCE_PATHS and not metrics.enter(max_concurrency):

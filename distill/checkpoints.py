@@ -180,16 +180,28 @@ def disk_full_error(error: OSError, checkpoint: str, previous: Optional[str]) ->
                                 f"in place of it. {kept}")
 
 
-def check_finite_weights(model) -> None:
-    """Raise FloatingPointError naming the first parameter that holds NaN or infinity."""
+def check_finite_weights(model, accelerator=None) -> None:
+    """Raise FloatingPointError naming the first parameter that holds NaN or infinity.
+
+    One device sync for the whole model; with ``accelerator`` (several processes, e.g. sharded
+    parameters) the verdict is reduced so that every rank raises together instead of one hanging.
+    """
     import torch
 
-    for name, param in model.named_parameters():
-        if param.numel() and not bool(torch.isfinite(param.detach()).all()):
-            raise FloatingPointError(
-                f"Refusing to save a checkpoint: parameter {name!r} holds NaN or infinite values. The last complete "
-                "checkpoint is left as it was."
-            )
+    named = [(name, p.detach()) for name, p in model.named_parameters() if p.numel()]
+    named = [(name, p.to_local() if hasattr(p, "to_local") else p) for name, p in named]  # DTensor shards
+    finite = [torch.isfinite(p).all() for _, p in named if p.numel()]
+    bad = torch.stack(finite).logical_not().any().float() if finite else torch.zeros(())
+    if accelerator is not None:
+        bad = accelerator.reduce(bad.reshape(1).to(accelerator.device), reduction="sum")
+    if not bool(bad.sum() > 0):
+        return
+    culprit = next((name for name, p in named if p.numel() and not bool(torch.isfinite(p).all())), None)
+    where = f"parameter {culprit!r}" if culprit else "a parameter shard on another process"
+    raise FloatingPointError(
+        f"Refusing to save a checkpoint: {where} holds NaN or infinite values. The last complete checkpoint is "
+        "left as it was."
+    )
 
 
 def resolve_resume(resume_from_checkpoint, args):

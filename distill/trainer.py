@@ -469,7 +469,7 @@ class DistillationTrainer(Trainer):
         name = f"checkpoint-{self.state.global_step}"
         self._staging_dir = os.path.join(run_dir, _STAGING)
         staged, final = os.path.join(self._staging_dir, name), os.path.join(run_dir, name)
-        check_finite_weights(model)
+        check_finite_weights(model, self.accelerator if self.args.world_size > 1 else None)
         try:
             super()._save_checkpoint(model, trial)
             projection = self._intermediate.projection if self._intermediate is not None else None

@@ -246,8 +246,7 @@ def advise_target(sup, dfit, teacher_loss, target_loss, cost=None, student_param
     if c_sup is None and c_dis is None:
         raise ValueError(f"--target-loss {target_loss}: unreachable by either route: "
                          + "; ".join(notes))
-    ref = advise(sup, dfit, teacher_loss, c_dis if c_dis else c_sup, cost, student_params, level) \
-        if c_dis else None
+    ref = advise(sup, dfit, teacher_loss, c_dis, cost, student_params, level) if c_dis else None
     sup_at = advise(sup, dfit, teacher_loss, c_sup, cost, student_params, level) if c_sup else None
     out = {"target_loss": float(target_loss), "teacher_loss": float(teacher_loss),
            "teacher_cost": cost.mode, "students": cost.students,

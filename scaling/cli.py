@@ -292,7 +292,8 @@ def cmd_ladder(args):
         print(format_plan(plans))
     if args.train:
         train_ladder(plans, args.out, ["--block_size", str(args.seq_len), "--per_device_train_batch_size",
-                                       str(args.batch_size), *args.distill_args], log=lambda m: print(m, file=sys.stderr))
+                                       str(args.batch_size), *args.distill_args], log=lambda m: print(m, file=sys.stderr),
+                     skip_finished=False)  # distill train's run fingerprint decides: reuse, resume or refuse
 
 
 def cmd_advise(args):

@@ -204,8 +204,9 @@ def train_ladder(
         log(f"[ladder {i}/{len(plans)}] {plan.name}: {plan.non_embedding_params:,} non-embedding params, "
             f"{plan.tokens:,} tokens, {plan.steps} steps")
         os.makedirs(out, exist_ok=True)
-        write_text_atomic(os.path.join(out, "ladder_plan.json"), json.dumps(asdict(plan), indent=2))
         extra = run_args(plan) if run_args else []
         train_fn([*train_args, *extra, "--task", "causal-lm", "--alpha", "0", "--model_config", json.dumps(plan.config),
                   "--max_steps", str(plan.steps), "--lr_scheduler_type", "cosine", "--output_dir", out])
+        # After training: a run refused for changed settings keeps the plan that made its results.
+        write_text_atomic(os.path.join(out, "ladder_plan.json"), json.dumps(asdict(plan), indent=2))
     return dirs

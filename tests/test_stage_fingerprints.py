@@ -78,3 +78,17 @@ def test_marker_without_inputs_is_rerun(tmp_path, monkeypatch):
     marker.write_text(json.dumps({k: v for k, v in record.items() if k != "inputs"}))
     ran, lines = run_recorded(tmp_path, monkeypatch)
     assert ran == ["fit"] and "[fit] no recorded inputs, rerunning" in lines
+
+
+def test_scaling_ladder_train_leaves_finished_rungs_to_the_run_fingerprint(tmp_path, monkeypatch):
+    """`scaling ladder --train` into rungs of an earlier ladder: each goes to `distill train`, whose fingerprint
+    reuses an unchanged finished rung and refuses a changed one, instead of skipping on all_results.json alone."""
+    from scaling.cli import main as scaling_main
+
+    (tmp_path / "w64").mkdir()
+    (tmp_path / "w64" / "all_results.json").write_text("{}")  # an earlier ladder's rung, perhaps other settings
+    calls = []
+    monkeypatch.setattr("distill.train.main", calls.append)
+    assert scaling_main(["ladder", "--base-config", '{"model_type": "llama"}', "--widths", "64,96", "--vocab-size",
+                         "512", "--tokens", "1e4", "--train", "--out", str(tmp_path)]) == 0
+    assert [c[c.index("--output_dir") + 1] for c in calls] == [str(tmp_path / "w64"), str(tmp_path / "w96")]
