@@ -19,6 +19,7 @@ The deprecated `torch.ao.quantization.quantize_dynamic` is not used.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from typing import Optional
@@ -111,8 +112,14 @@ def quantize_onnx(model_dir: str, output_dir: str, data=None, per_channel: bool 
             source = model_dir
         os.makedirs(output_dir, exist_ok=True)
         target = os.path.join(output_dir, ONNX_FILE)
-        quantize_dynamic(os.path.join(source, ONNX_FILE), target, weight_type=QuantType.QInt8,
-                         per_channel=per_channel)
+        root_logger = logging.getLogger()
+        level = root_logger.level
+        root_logger.setLevel(max(level, logging.WARNING))  # ONNX Runtime logs every tensor at INFO on root
+        try:
+            quantize_dynamic(os.path.join(source, ONNX_FILE), target, weight_type=QuantType.QInt8,
+                             per_channel=per_channel)
+        finally:
+            root_logger.setLevel(level)
         copy_model_files(source, output_dir)
         processor = load_processor(source, info.task)
         batches = parity_batches(info, processor, data)

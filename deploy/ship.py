@@ -64,11 +64,11 @@ def plot_quality_latency(result: dict, path: str) -> str:
 
     rows = result["rows"]
     metric = "accuracy" if "accuracy" in rows[0] else "loss"
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
-        ax.plot(row["latency_p50_ms"], row[metric], "o", ms=7)
-        ax.annotate(row["variant"], (row["latency_p50_ms"], row[metric]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    markers = "osD^v<>ph*"
+    for i, row in enumerate(rows):  # a legend, not labels on the points: variants of one model overlap
+        ax.plot(row["latency_p50_ms"], row[metric], markers[i % len(markers)], ms=8, alpha=0.85, label=row["variant"])
+    ax.legend(fontsize=8, loc="best")
     ax.set_xscale("log")
     ax.set_xlabel(f"latency p50 at batch 1 (ms, {result['settings']['threads']} thread(s))")
     ax.set_ylabel("test accuracy" if metric == "accuracy" else "test loss (cross-entropy)")

@@ -157,20 +157,23 @@ def test_recipe_fields_parse_and_missing_extra_teacher_is_refused_before_compute
 
 
 @pytest.mark.slow
-def test_zero3_places_each_teacher_in_its_own_sharded_engine(tmp_path):
-    """torchrun, 2 processes under ZeRO-3 with two teachers, against one process without DeepSpeed."""
+def test_zero3_two_teachers_in_sharded_engines_and_on_policy_generation(tmp_path):
+    """torchrun, 2 processes under ZeRO-3, against one process without DeepSpeed, in one launch (DeepSpeed start-up
+    is the cost): two teachers, each in its own sharded engine, and every step on-policy (greedy), so the student
+    generates with synced_gpus on its sharded parameters (tests/test_on_policy.py has the single-process checks)."""
     import json
     import os
     import sys
 
     from test_deepspeed import BIN, CONFIGS, SCRIPT, _read, _run, assert_frozen_own_engine, assert_same_training
 
+    extra = {"ensemble": True, "lmbda": 1.0, "generation_temperature": 0.0, "max_new_tokens": 5}
     reference = str(tmp_path / "single")
-    _run([sys.executable, SCRIPT, reference, "8", json.dumps({"ensemble": True})], reference)
+    _run([sys.executable, SCRIPT, reference, "8", json.dumps(extra)], reference)
     out = str(tmp_path / "zero3")
-    extra = json.dumps({"deepspeed": os.path.join(CONFIGS, "zero3.json"), "ensemble": True})
-    _run([os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", "29561", SCRIPT, out, "4", extra],
-         out)
+    extra["deepspeed"] = os.path.join(CONFIGS, "zero3.json")
+    _run([os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", "29561", SCRIPT, out, "4",
+          json.dumps(extra)], out)
     assert_same_training(reference, out)
     for rank in (0, 1):
         facts = _read(out, f"placement-{rank}.json")
