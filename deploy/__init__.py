@@ -13,3 +13,5 @@ Modules:
   `deploy.metrics` its Prometheus text, `deploy.loadtest` a server in a subprocess and a load client.
 - `deploy.ship`: the pipeline's `ship` stage (`scaledown run --ship`).
 """
+
+import distill  # noqa: E402,F401  (its import drops torchao's CUDA-kernel warnings on CPU)

@@ -2,6 +2,10 @@
 
 from typing import TYPE_CHECKING
 
+from ._quiet import silence_optional_kernel_warnings
+
+silence_optional_kernel_warnings()
+
 __all__ = ["DistillationConfig", "DistillationTrainer", "distillation_loss", "DistillationLossOutput"]
 
 if TYPE_CHECKING:

@@ -271,17 +271,6 @@ def compare_output_dir(output_dir: str, fingerprint: dict) -> tuple[str, list, O
     return ("finished" if stored.get("finished") else "resume"), [], stored
 
 
-def output_dir_status(argv: list[str]) -> tuple[str, list]:
-    """`compare_output_dir` for the `distill train` command line ``argv``, without running anything."""
-    from .train import parse_args
-
-    model_args, data_args, args = parse_args(argv)
-    if getattr(args, "overwrite_output_dir", False):
-        return "fresh", []
-    status, changes, _ = compare_output_dir(args.output_dir, run_fingerprint(model_args, data_args, args))
-    return status, changes
-
-
 def prepare_output_dir(model_args, data_args, args) -> OutputDirState:
     """Compare this run's fingerprint with the one in ``args.output_dir``, before any compute.
 

@@ -121,8 +121,8 @@ def multitask_main(model_args, data_args, args) -> dict[str, float]:
     """`distill train` for a recipe with ``tasks:`` (called by :func:`distill.train.main`)."""
     from .data import DatasetBundle
     from .data.multitask import build_multitask_datasets
-    from .tasks import accuracy_metric, get_task, make_collator
-    from .train import _build_student, _non_embedding
+    from .tasks import accuracy_metric, make_collator
+    from .modeling import build_student, parameter_counts
 
     entries = data_args.tasks
     task = _check_multitask_run(entries, model_args, args)
@@ -133,7 +133,7 @@ def multitask_main(model_args, data_args, args) -> dict[str, float]:
     for e in entries:
         for i, label in (bundles[e.name].id2label or {}).items():
             id2label[bundles[e.name].label_offset + int(i)] = f"{e.name}:{label}"
-    student = _build_student(model_args, data_args, args, task, tokenizer,
+    student = build_student(model_args, data_args, args, task, tokenizer,
                              DatasetBundle(train=mixture, num_labels=sum(r[1] for r in ranges), id2label=id2label))
     student.config.task_label_ranges = {e.name: list(r) for e, r in zip(entries, ranges)}
     split = {s: {e.name: getattr(bundles[e.name], s) for e in entries if getattr(bundles[e.name], s) is not None}
@@ -145,7 +145,7 @@ def multitask_main(model_args, data_args, args) -> dict[str, float]:
         compute_metrics=accuracy_metric())
     train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
-    total, non_embedding = _non_embedding(trainer.model)
+    total, non_embedding = parameter_counts(trainer.model)
     metrics = dict(train_result.metrics, student_params=total, student_non_embedding_params=non_embedding,
                    tasks=len(entries))
     trainer.log_metrics("train", metrics)

@@ -11,9 +11,10 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from .model_config import parse_model_config  # noqa: F401  (importable from here, as before)
+from .modeling import build_student, parameter_counts
 
 logger = logging.getLogger("distill")
 
@@ -130,20 +131,6 @@ def parse_args(argv: list[str]):
     return tuple(parsed[:3])  # the namespace left over (--config, already read) is dropped
 
 
-def _non_embedding(model) -> tuple[int, int]:
-    import torch
-
-    from .intermediate import PROJECTION_NAME
-
-    def numel(p):  # ZeRO-3 partitions parameters: ds_numel is the full size
-        return getattr(p, "ds_numel", p.numel())
-
-    # Without a hidden-state projection, which is not saved with the model.
-    total = sum(numel(p) for name, p in model.named_parameters() if not name.startswith(PROJECTION_NAME + "."))
-    embedding = sum(numel(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding))
-    return total, total - embedding
-
-
 def _load_processing_class(model_args, data_args, args, task):
     from .teacher.loading import load_tokenizer_if_present
 
@@ -174,45 +161,6 @@ def _load_processing_class(model_args, data_args, args, task):
         texts_for_tokenizer(data_args, task=task.name), vocab_size=data_args.tokenizer_vocab_size,
         model_max_length=max(1024, data_args.block_size),
     )
-
-
-def _build_student(model_args, data_args, args, task, tokenizer, bundle):
-    from transformers import AutoConfig
-
-    extra: dict[str, Any] = {}
-    if bundle.num_labels is not None:
-        extra = {"num_labels": bundle.num_labels}
-        if bundle.id2label:
-            extra["id2label"] = {int(k): v for k, v in bundle.id2label.items()}
-            extra["label2id"] = {v: int(k) for k, v in bundle.id2label.items()}
-    if args.attention_weight > 0:  # attention transfer needs the probabilities, which only eager returns
-        extra["attn_implementation"] = "eager"
-    model_class = task.model_class()
-    if model_args.init_from_teacher_layers is not None:
-        from .students.from_layers import student_from_teacher_dir
-
-        student = student_from_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers,
-                                           model_class, bundle.num_labels, args.trust_remote_code)
-        if args.attention_weight > 0:
-            student.set_attn_implementation("eager")
-        return student
-    if model_args.model_name_or_path:
-        return model_class.from_pretrained(
-            model_args.model_name_or_path, use_safetensors=True, trust_remote_code=args.trust_remote_code, **extra
-        )
-    config = parse_model_config(model_args.model_config)
-    if tokenizer is not None and hasattr(tokenizer, "get_vocab"):
-        config["vocab_size"] = len(tokenizer)
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            value = getattr(tokenizer, name, None)
-            if value is not None:
-                config[name] = value
-    if task.name == "causal-lm":
-        config.setdefault("max_position_embeddings", max(512, data_args.block_size))
-    config.update(extra)
-    model_type = config.pop("model_type")
-    attn = {"attn_implementation": config.pop("attn_implementation")} if "attn_implementation" in config else {}
-    return model_class.from_config(AutoConfig.for_model(model_type, **config), **attn)
 
 
 def _check_before_compute(model_args, data_args, args) -> None:
@@ -336,7 +284,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         args.include_num_input_tokens_seen = "non_padding"
     if task.name == "image-cls":
         args.remove_unused_columns = False
-    student = _build_student(model_args, data_args, args, task, processing_class, bundle)
+    student = build_student(model_args, data_args, args, task, processing_class, bundle)
 
     use_cache = bool(model_args.teacher_cache)
     if use_cache:
@@ -364,7 +312,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
 
-    total, non_embedding = _non_embedding(trainer.model)
+    total, non_embedding = parameter_counts(trainer.model)
     metrics = dict(train_result.metrics)
     metrics.update(
         student_params=total,
@@ -378,7 +326,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         teacher = getattr(trainer.teacher, "module", trainer.teacher)
         metrics["teacher_params"] = sum(getattr(p, "ds_numel", p.numel()) for p in teacher.parameters())
         # the teacher's N for scaling laws (issue 15: scaling fit --law distillation, advise)
-        metrics["teacher_non_embedding_params"] = _non_embedding(teacher)[1]
+        metrics["teacher_non_embedding_params"] = parameter_counts(teacher)[1]
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     results = dict(metrics)
@@ -418,3 +366,14 @@ def format_summary(results: dict) -> str:
 
 def _print_summary(results: dict) -> None:
     print("\n" + format_summary(results), flush=True)
+
+
+def output_dir_status(argv: list[str]) -> tuple[str, list]:
+    """`compare_output_dir` for the `distill train` command line ``argv``, without running anything."""
+    from .fingerprint import compare_output_dir, run_fingerprint
+
+    model_args, data_args, args = parse_args(argv)
+    if getattr(args, "overwrite_output_dir", False):
+        return "fresh", []
+    status, changes, _ = compare_output_dir(args.output_dir, run_fingerprint(model_args, data_args, args))
+    return status, changes

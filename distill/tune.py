@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 
 logger = logging.getLogger("distill")
 
@@ -310,7 +309,8 @@ def _build_trainer(model_args, data_args, args, dims, model_config, callbacks):
 
     from .data import build_datasets
     from .tasks import accuracy_metric, get_task, make_collator
-    from .train import _build_student, _load_processing_class
+    from .modeling import build_student
+    from .train import _load_processing_class
     from .trainer import DistillationTrainer
 
     task = get_task(args.task)
@@ -333,7 +333,7 @@ def _build_trainer(model_args, data_args, args, dims, model_config, callbacks):
             config = dict(model_config)
             config.update({d.name[len(MODEL_PREFIX):]: d.suggest(trial) for d in model_dims})
             margs = dataclasses.replace(model_args, model_config=config)
-        return _build_student(margs, data_args, args, task, processing_class, bundle)
+        return build_student(margs, data_args, args, task, processing_class, bundle)
 
     teacher = args.teacher_model_name_or_path
     if model_args.teacher_cache:

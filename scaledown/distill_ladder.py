@@ -111,7 +111,8 @@ def fit_and_predict(pipe, runs: list[dict], config: DistillLadderConfig, fit: di
     naive_err = {k: (100.0 * (v - h["loss"]) / h["loss"] if v is not None else None) for k, v in naive.items()}
     spread = 100.0 * (max(p["loss"] for p in points) - min(p["loss"] for p in points)) / h["loss"]
     return {"form": config.form, "dfit": path, "params": full["params"], "ci": full.get("ci", {}),
-            "at_bounds": full["at_bounds"], "bootstrap_note": note or note_held,
+            "at_bounds": full["at_bounds"], "bootstrap_note": "; ".join(f"{who}: {n}" for who, n in (("fit without the held-out student", note_held),
+                                                                       ("fit on all students", note)) if n),
             "students": [{k: p[k] for k in ("teacher_width", "width", "params", "tokens", "teacher_loss", "loss",
                                             "baseline_loss")} | {"run": os.path.basename(r["dir"])}
                          for p, r in zip(points, runs)],

@@ -110,7 +110,7 @@ def _short(value: Any, width: int = 60) -> str:
 
 def train_run(argv: list[str], label: str, log: Callable[[str], None]) -> None:
     """One `distill train` run of the pipeline, decided by its run fingerprint (see the module docstring)."""
-    from distill.fingerprint import output_dir_status
+    from distill.train import output_dir_status
     from distill.train import main as train_main
 
     status, changes = output_dir_status(argv)

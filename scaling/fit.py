@@ -355,7 +355,6 @@ def fit_runs(points, law="chinchilla", method="vp", loss="huber", delta=1e-3, n_
 def save_fit(fit: dict, path):
     """Write a fit dictionary as JSON."""
     import json
-    from pathlib import Path
 
     from .atomic import write_text_atomic
 

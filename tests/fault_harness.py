@@ -89,6 +89,27 @@ def run(cmd: list[str], timeout: float = 300, **env_extra) -> subprocess.Complet
     return subprocess.run(cmd, env=env(**env_extra), timeout=timeout, capture_output=True, text=True)
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant, as a dying machine would.
+
+    Its process group is not enough: torchrun starts each worker in a session of its own, so
+    `killpg` of the launcher left both DDP ranks blocked at the fault point, for ever.
+    """
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
 def run_until_fault(cmd: list[str], fault: str, marker: str, timeout: float = 300, **env_extra) -> float:
     """Start ``cmd`` with ``FAULT_AT=fault``; SIGKILL its process group once it blocks there. Returns seconds."""
     if os.path.exists(marker):
@@ -106,10 +127,7 @@ def run_until_fault(cmd: list[str], fault: str, marker: str, timeout: float = 30
             time.sleep(0.1)
         time.sleep(0.2)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_tree(proc.pid)
         proc.wait()
         proc.stdout.close()
     return time.time() - start

@@ -106,7 +106,7 @@ class DataArguments:
     def __post_init__(self):
         self.data_files = _parse_data_files(self.data_files)
         if self.tasks is not None:  # multi-task distillation: checked here, before any compute
-            from .multitask import parse_tasks
+            from .task_list import parse_tasks
 
             self.tasks = parse_tasks(self.tasks, needs_teacher=False)
         self.eval_split = self.eval_split or None  # "" from the command line means none
