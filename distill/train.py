@@ -163,6 +163,29 @@ def _load_processing_class(model_args, data_args, args, task):
     )
 
 
+def prepare_data(model_args, data_args, args, task):
+    """The tokenizer or image processor and the model-ready splits, checked, with the `TrainingArguments`
+    settings the task needs (token counting for text, raw columns kept for images).
+
+    Shared by `distill train` and `distill tune`.
+    """
+    import datasets
+
+    from .data import build_datasets
+
+    processing_class = _load_processing_class(model_args, data_args, args, task)
+    bundle = build_datasets(data_args, task.name, processing_class, seed=args.seed)
+    if bundle.train is None:
+        raise ValueError(f"train_split={data_args.train_split!r} gave no training data.")
+    if isinstance(bundle.train, datasets.IterableDataset) and args.max_steps <= 0:
+        raise ValueError("A streamed training set has no length: set max_steps to a positive number of steps.")
+    if task.name != "image-cls" and args.include_num_input_tokens_seen in ("no", False):
+        args.include_num_input_tokens_seen = "non_padding"
+    if task.name == "image-cls":
+        args.remove_unused_columns = False
+    return processing_class, bundle
+
+
 def _check_before_compute(model_args, data_args, args) -> None:
     """Errors a user can fix, raised before any tokenizer training, data loading or training."""
     from .teacher.loading import _looks_local
@@ -251,7 +274,6 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     import transformers
 
     from .checkpoints import last_complete_checkpoint
-    from .data import build_datasets
     from .tasks import accuracy_metric, get_task, make_collator
     from .trainer import DistillationTrainer
 
@@ -274,16 +296,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     task = get_task(args.task)
     transformers.set_seed(args.seed)
 
-    processing_class = _load_processing_class(model_args, data_args, args, task)
-    bundle = build_datasets(data_args, task.name, processing_class, seed=args.seed)
-    if bundle.train is None:
-        raise ValueError(f"train_split={data_args.train_split!r} gave no training data.")
-    if isinstance(bundle.train, datasets.IterableDataset) and args.max_steps <= 0:
-        raise ValueError("A streamed training set has no length: set max_steps to a positive number of steps.")
-    if task.name != "image-cls" and args.include_num_input_tokens_seen in ("no", False):
-        args.include_num_input_tokens_seen = "non_padding"
-    if task.name == "image-cls":
-        args.remove_unused_columns = False
+    processing_class, bundle = prepare_data(model_args, data_args, args, task)
     student = build_student(model_args, data_args, args, task, processing_class, bundle)
 
     use_cache = bool(model_args.teacher_cache)

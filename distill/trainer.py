@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 from transformers import Trainer
-from transformers.trainer_utils import rotate_checkpoints
 
-from .checkpoints import (check_finite_weights, disk_full_error, last_complete_checkpoint, resolve_resume,
-                          write_completion_record)
 from .config import DistillationConfig
-from .intermediate import PROJECTION_NAME, IntermediateLayerTransfer, load_projection, save_projection
+from .trainer_checkpoints import CheckpointingMixin
+from .trainer_evaluation import _NOT_MODEL_INPUTS, EvaluationMixin
+from .intermediate import IntermediateLayerTransfer
 from .losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 from .losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
                          output_head)
@@ -26,14 +24,12 @@ from .teacher.loading import check_same_tokenizer, load_teacher
 from .teacher.placement import place_teacher
 from .teacher.cache import CACHE_COLUMNS
 from .teacher.ensemble import build_ensemble
-from .data.augment import AUGMENTED_KEY, augmented_kd_loss, augmenting_kwargs, clean_collator
+from .data.augment import AUGMENTED_KEY, augmented_kd_loss, augmenting_kwargs
 from .data.on_policy import check_on_policy, on_policy_batches
 
-_STAGING = ".staging"
-_NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, *CACHE_COLUMNS)
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
     r"""[`~transformers.Trainer`] for knowledge distillation.
 
     The training loss is ``alpha * T^2 * D(teacher || student) + (1 - alpha) * CE(student, labels)``
@@ -338,202 +334,6 @@ class DistillationTrainer(Trainer):
                     logs["attention_loss"] = round(attention / n, 6)
             self._train_sums = self._zero_sums()
         super().log(logs, start_time)
-
-    # ---- evaluation --------------------------------------------------------------------------
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        with clean_collator(self):  # never augment evaluation batches
-            return super().get_eval_dataloader(eval_dataset)
-
-    def get_test_dataloader(self, test_dataset):
-        with clean_collator(self):
-            return super().get_test_dataloader(test_dataset)
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Student cross-entropy (token-weighted), KD and teacher CE, accumulated for `evaluation_loop`."""
-        inputs = self._prepare_inputs(inputs)
-        labels = inputs.get("labels")
-        if labels is None:
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-        cached = {k: inputs[k] for k in CACHE_COLUMNS if k in inputs} or None
-        model_inputs = {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS}
-        extra = self._intermediate.model_kwargs() if self._intermediate is not None else {}
-        with torch.no_grad(), self.compute_loss_context_manager():
-            s_outputs = model(**model_inputs, **extra)
-            logits = s_outputs.logits
-            s_logits, s_labels = align_logits_and_labels(self.task, logits, labels)
-            # Sum only real rows: accelerate pads the last batch with repeated samples.
-            k = self._real_rows(labels.shape[0])
-            ce_sum, n = ce_real, n_real = student_cross_entropy(s_logits[:k], s_labels[:k])
-            if k < labels.shape[0]:
-                ce_pad, n_pad = student_cross_entropy(s_logits[k:], s_labels[k:])
-                ce_sum, n = ce_real + ce_pad, n_real + n_pad
-            sums = self._eval_sums
-            if sums is not None:
-                sums["ce"] += float(ce_real)
-                sums["n"] += float(n_real)
-            if self.teacher is not None:
-                t_outputs = self._teacher_outputs(model_inputs)
-                t_logits, _ = align_logits_and_labels(self.task, t_outputs.logits, None)
-                out = self._online_kd(s_logits[:k], t_logits[:k], s_labels[:k], 1.0, 1)
-                t_ce, _ = student_cross_entropy(t_logits[:k], s_labels[:k])
-                if sums is not None:
-                    sums["kd"] += float(out.kd_loss)
-                    sums["teacher_ce"] = sums.get("teacher_ce", 0.0) + float(t_ce)
-                    if not self.task.token_level:  # classification: the teacher's accuracy on the same rows
-                        labels_k = s_labels[:k]
-                        hits = (t_logits[:k].argmax(-1) == labels_k) & (labels_k != -100)
-                        sums["teacher_correct"] += float(hits.sum())
-                if self._intermediate is not None and sums is not None:  # raw sums over the real rows
-                    for name, term in zip(("hidden", "attention"),
-                                          self._intermediate.losses(s_outputs, t_outputs, inputs, 1, rows=k)):
-                        if term is not None:
-                            sums[name] = sums.get(name, 0.0) + float(term)
-            elif cached is not None:
-                real = {c: v[:k] for c, v in cached.items()}
-                out = self._cached_kd(s_logits[:k], s_labels[:k], real, 1, alpha=1.0)
-                if sums is not None:
-                    sums["kd"] += float(out.kd_loss)
-                    sums["cached_kd"] = True
-        loss = (ce_sum / n.clamp(min=1)).detach()
-        if prediction_loss_only:
-            return loss, None, None
-        return loss, logits.detach(), labels
-
-    def _real_rows(self, batch_size: int) -> int:
-        """Rows of this evaluation batch that are real samples, not the repeats accelerate adds so that
-        every process gets a full last batch (`gather_for_metrics` drops the same rows)."""
-        state = self.accelerator.gradient_state
-        if self.args.world_size > 1 and state.end_of_dataloader and state.remainder > 0:
-            return max(0, min(batch_size, state.remainder - self.args.process_index * batch_size))
-        return batch_size
-
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
-        self._eval_sums = {"kd": 0.0, "ce": 0.0, "n": 0.0, "teacher_ce": 0.0, "teacher_correct": 0.0}
-        try:
-            output = super().evaluation_loop(
-                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
-            )
-            sums = self._eval_sums
-            values = torch.tensor(
-                [sums["ce"], sums["kd"], sums["teacher_ce"], sums["n"], sums["teacher_correct"]], dtype=torch.float64,
-                device=self.args.device,
-            )
-            if self.args.world_size > 1:
-                values = self.accelerator.reduce(values, reduction="sum")
-            ce, kd, t_ce, n, t_correct = values.tolist()
-            cached_kd = bool(sums.get("cached_kd"))
-            layer_sums = self._reduce_layer_sums(sums)
-        finally:
-            self._eval_sums = None
-        if n > 0:
-            p = metric_key_prefix
-            output.metrics[f"{p}_loss"] = ce / n
-            if self.task.token_level:
-                output.metrics[f"{p}_perplexity"] = float(torch.tensor(ce / n).exp())
-            if self.teacher is not None:
-                output.metrics[f"{p}_kd_loss"] = kd / n
-                output.metrics[f"{p}_teacher_loss"] = t_ce / n
-                if not self.task.token_level:
-                    output.metrics[f"{p}_teacher_accuracy"] = t_correct / n
-            elif cached_kd:  # an eval set that carries cache columns: KD from the cache, no teacher CE
-                output.metrics[f"{p}_kd_loss"] = kd / n
-            for name, total in layer_sums.items():
-                output.metrics[f"{p}_{name}_loss"] = total / n
-        return output
-
-    def _reduce_layer_sums(self, sums: dict) -> dict[str, float]:
-        """The evaluation's hidden / attention raw sums, summed over processes (every process calls this)."""
-        if self._intermediate is None:
-            return {}
-        names = [name for name, weight in (("hidden", self.args.hidden_weight), ("attention", self.args.attention_weight))
-                 if weight > 0]
-        values = torch.tensor([sums.get(name, 0.0) for name in names], dtype=torch.float64, device=self.args.device)
-        if self.args.world_size > 1:
-            values = self.accelerator.reduce(values, reduction="sum")
-        return dict(zip(names, values.tolist()))
-
-    # ---- checkpoints -------------------------------------------------------------------------
-
-    def _get_output_dir(self, trial) -> str:
-        staging = getattr(self, "_staging_dir", None)
-        return staging if staging else super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        """Write each checkpoint into a staging folder, then rename it into place.
-
-        A run killed mid-save leaves no half-written ``checkpoint-N`` behind, so resuming from the
-        last checkpoint always finds a complete one.
-        """
-        run_dir = super()._get_output_dir(trial)
-        name = f"checkpoint-{self.state.global_step}"
-        self._staging_dir = os.path.join(run_dir, _STAGING)
-        staged, final = os.path.join(self._staging_dir, name), os.path.join(run_dir, name)
-        check_finite_weights(model, self.accelerator if self.args.world_size > 1 else None)
-        try:
-            super()._save_checkpoint(model, trial)
-            projection = self._intermediate.projection if self._intermediate is not None else None
-            if projection is not None and self.args.should_save:  # not in model.safetensors (see intermediate)
-                save_projection(projection.state_dict(), staged)
-        except OSError as e:  # out of disk: say so; the previous checkpoint was not touched
-            shutil.rmtree(os.path.join(run_dir, _STAGING), ignore_errors=True)
-            raise disk_full_error(e, final, last_complete_checkpoint(run_dir)) or e
-        finally:
-            self._staging_dir = None
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            write_completion_record(staged)
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(staged, final)
-            shutil.rmtree(os.path.join(run_dir, _STAGING), ignore_errors=True)
-            best = self.state.best_model_checkpoint
-            if best and best.startswith(os.path.join(run_dir, _STAGING)):
-                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
-        self.accelerator.wait_for_everyone()
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if self._intermediate is not None and self._intermediate.projection is not None:
-            load_projection(self._intermediate.projection, resume_from_checkpoint)
-
-    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
-        """`Trainer.train`, resuming only from a checkpoint that passes `distill.checkpoints.check_checkpoint`:
-        ``True`` takes the newest complete one (skipping damaged ones with a warning), a path is checked
-        and refused with the damaged file named. Staging left by a killed save is removed first."""
-        if self.args.should_save:
-            shutil.rmtree(os.path.join(self.args.output_dir, _STAGING), ignore_errors=True)
-        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
-
-    def _issue_warnings_after_load(self, load_result) -> None:
-        # The projection is not in model.safetensors by design (it is loaded from its own file): not "missing".
-        load_result.missing_keys[:] = [k for k in load_result.missing_keys if not k.startswith(PROJECTION_NAME + ".")]
-        super()._issue_warnings_after_load(load_result)
-
-    def _load_best_model(self) -> None:
-        super()._load_best_model()
-        best = self.state.best_model_checkpoint
-        if self._intermediate is not None and self._intermediate.projection is not None and best \
-                and not self.is_deepspeed_enabled:
-            load_projection(self._intermediate.projection, best)
-
-    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
-        """Save the student only (safetensors); the arguments as JSON instead of a pickle."""
-        super().save_model(output_dir, _internal_call=_internal_call)
-        output_dir = output_dir or self.args.output_dir
-        if self.args.should_save:
-            pickled = os.path.join(output_dir, "training_args.bin")
-            if os.path.exists(pickled):
-                os.remove(pickled)
-            with open(os.path.join(output_dir, "training_args.json"), "w", encoding="utf-8") as f:
-                f.write(self.args.to_json_string())
 
     # ---- model card --------------------------------------------------------------------------
 

@@ -304,27 +304,18 @@ def _open_study(output_dir, opts):
 
 def _build_trainer(model_args, data_args, args, dims, model_config, callbacks):
     """The `distill train` pipeline up to the Trainer, with `model_init` in place of the student."""
-    import datasets
     import transformers
 
-    from .data import build_datasets
     from .tasks import accuracy_metric, get_task, make_collator
     from .modeling import build_student
-    from .train import _load_processing_class
+    from .train import prepare_data
     from .trainer import DistillationTrainer
 
     task = get_task(args.task)
     transformers.set_seed(args.seed)
-    processing_class = _load_processing_class(model_args, data_args, args, task)
-    bundle = build_datasets(data_args, task.name, processing_class, seed=args.seed)
+    processing_class, bundle = prepare_data(model_args, data_args, args, task)
     if bundle.eval is None:
         raise ValueError("distill tune needs an evaluation split: each trial's objective is its eval_loss.")
-    if isinstance(bundle.train, datasets.IterableDataset) and args.max_steps <= 0:
-        raise ValueError("A streamed training set has no length: set max_steps to a positive number of steps.")
-    if task.name != "image-cls" and args.include_num_input_tokens_seen in ("no", False):
-        args.include_num_input_tokens_seen = "non_padding"
-    if task.name == "image-cls":
-        args.remove_unused_columns = False
     model_dims = [d for d in dims if d.is_model]
 
     def model_init(trial=None):
