@@ -18,6 +18,7 @@ import time
 from typing import Optional
 
 from .artifacts import ONNX_FILE, ModelInfo, copy_model_files, describe, input_names, load_processor, load_torch_model
+from .runners import logits_module
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-5
@@ -27,26 +28,6 @@ _TRACE_BATCH = 2
 
 class ParityError(RuntimeError):
     """The exported graph's logits differ from PyTorch's by more than the tolerance."""
-
-
-def logits_module(model, task: str):
-    """A module that calls `model` with keyword inputs and returns only its logits (no KV cache)."""
-    import torch
-
-    extra = {"use_cache": False} if task == "causal-lm" else {}
-
-    class LogitsOnly(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        # Named arguments (not **inputs): torch.export maps `dynamic_shapes` onto this signature.
-        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None):
-            given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-                     "pixel_values": pixel_values}
-            return self.model(**{k: v for k, v in given.items() if v is not None}, **extra).logits
-
-    return LogitsOnly().eval()
 
 
 def _trace_inputs(batch: dict, names: list[str]) -> dict:

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import tempfile
-from typing import Optional
 
 from .artifacts import ONNX_FILE, copy_model_files, describe, disk_bytes, input_names, load_processor
 

@@ -12,6 +12,26 @@ from typing import Optional
 from .artifacts import ONNX_FILE, ModelInfo, describe, input_names, load_torch_model
 
 
+def logits_module(model, task: str):
+    """A module that calls `model` with keyword inputs and returns only its logits (no KV cache)."""
+    import torch
+
+    extra = {"use_cache": False} if task == "causal-lm" else {}
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        # Named arguments (not **inputs): torch.export maps `dynamic_shapes` onto this signature.
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None):
+            given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                     "pixel_values": pixel_values}
+            return self.model(**{k: v for k, v in given.items() if v is not None}, **extra).logits
+
+    return LogitsOnly().eval()
+
+
 class TorchRunner:
     """A PyTorch model (fp32, or torchao int8) called under `inference_mode`.
 
@@ -25,8 +45,6 @@ class TorchRunner:
 
     def __init__(self, model, task: str, names: list[str], compile: bool = False):
         import torch
-
-        from .export import logits_module
 
         self.names = names
         self.module = logits_module(model, task)

@@ -33,7 +33,9 @@ def test_public_names_import_where_they_did():
 
 def _import_graph() -> dict[str, set[str]]:
     modules = {}
-    for package in ("distill", "scaling", "scaledown"):
+    packages = sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))
+    assert {"distill", "scaling", "scaledown", "deploy"} <= set(packages), packages
+    for package in packages:
         for path in (ROOT / package).rglob("*.py"):
             name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
             modules[name.removesuffix(".__init__")] = path
