@@ -6,6 +6,15 @@ import argparse
 import json
 
 
+def _add_loading_options(parser, who: str) -> None:
+    """The options both commands share: how to load the model directory, and whether to replace output."""
+    parser.add_argument("--task", choices=["causal-lm", "seq-cls", "image-cls"], default=None,
+                        help=f"Load the {who} with this task's auto class (default: the class in its config.json).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a model already in output_dir.")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help=f"Allow custom modelling code in the {who} directory (off by default).")
+
+
 def init_student_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="distill init-student",
@@ -19,10 +28,7 @@ def init_student_main(argv: list[str]) -> None:
                         help="Teacher blocks to keep: indices '0,2,4' (one index: '3,'), 'every_other', or a count "
                         "n for n evenly spaced blocks (block i*L//n).")
     parser.add_argument("--output_dir", required=True, help="Where to write the student.")
-    parser.add_argument("--task", choices=["causal-lm", "seq-cls", "image-cls"], default=None,
-                        help="Load the teacher with this task's auto class (default: the class in its config.json).")
-    parser.add_argument("--overwrite", action="store_true", help="Replace a model already in output_dir.")
-    parser.add_argument("--trust_remote_code", action="store_true")
+    _add_loading_options(parser, "teacher")
     args = parser.parse_args(argv)
     from .from_layers import save_student_from_teacher
 
@@ -55,10 +61,7 @@ def prune_main(argv: list[str]) -> None:
     parser.add_argument("--max-length", "--max_length", dest="max_length", type=int, default=None,
                         help="Tokens per calibration text (default: 128, capped at max_position_embeddings).")
     parser.add_argument("--output_dir", "--output-dir", dest="output_dir", required=True)
-    parser.add_argument("--task", choices=["causal-lm", "seq-cls", "image-cls"], default=None,
-                        help="Load the model with this task's auto class (default: the class in its config.json).")
-    parser.add_argument("--overwrite", action="store_true", help="Replace a model already in output_dir.")
-    parser.add_argument("--trust_remote_code", action="store_true")
+    _add_loading_options(parser, "model")
     args = parser.parse_args(argv)
     from .prune import prune_model_dir
 
