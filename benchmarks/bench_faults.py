@@ -8,7 +8,7 @@ Every case runs the short `distill train` of tests/fault_harness.py (tiny Llama 
 reruns the same command until it finishes, and compares with an uninterrupted run of the same
 command: the largest weight difference, the training samples lost or repeated (sample hashes
 recorded per micro-batch), and the files left corrupt or partial (staging folders, temporary
-files, checkpoints failing `distill.checkpoints.check_checkpoint`).
+files, checkpoints failing `distill.trainer.checkpoints.check_checkpoint`).
 
 - kill points x {single process, 2-process gloo DDP} x {SGD, AdamW}: SIGKILL inside a training
   step (step 3), inside the save of checkpoint-4 (weights written, optimizer state not), inside
@@ -135,7 +135,7 @@ def _all_finite(out):
     import torch
     from safetensors.torch import load_file
 
-    from distill.checkpoints import sorted_checkpoints
+    from distill.trainer.checkpoints import sorted_checkpoints
 
     checkpoints = sorted_checkpoints(out)
     return bool(checkpoints) and all(torch.isfinite(t).all() for c in checkpoints

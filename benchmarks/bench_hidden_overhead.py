@@ -57,7 +57,7 @@ def llama(hidden, layers, heads, args, seed):
 def run(args) -> list[dict]:
     from bench_kd_overhead import make_batch
     from distill import DistillationConfig, DistillationTrainer
-    from distill.tasks import CausalLMCollator
+    from distill.trainer.tasks import CausalLMCollator
 
     th, tl = map(int, args.teacher.split("x"))
     sh, sl = map(int, args.student.split("x"))

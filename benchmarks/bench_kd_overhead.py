@@ -8,7 +8,7 @@ On the same tiny Llama teacher and student and the same batch, times, in interle
   `trainer.train()` runs for a causal LM.
 * **A" kd (fused head)**: the same with `kd_fused_lm_head=True` (logits computed chunk by chunk from
   both models' hidden states inside the loss).
-* **A' kd (plain loss)**: the same, with `distill.trainer.chunked_distillation_loss` monkeypatched to
+* **A' kd (plain loss)**: the same, with `distill.trainer.distillation_trainer.chunked_distillation_loss` monkeypatched to
   a wrapper that calls the unchunked `distill.losses.distillation_loss` (drops `chunk_size`), i.e.
   the "naive" loss that materialises full-size softmax tensors.
 * **B  reference**: a plain `transformers.Trainer.training_step` of the student on the same batch
@@ -63,7 +63,7 @@ def tiny_llama(hidden, layers, vocab, max_pos, seed):
 
 def make_batch(B, T, V, seed=0):
     """Variable-length rows (T/2..T tokens) with a masked prompt, padded by the project's collator."""
-    from distill.tasks import CausalLMCollator
+    from distill.trainer.tasks import CausalLMCollator
 
     rng = random.Random(seed)
     rows = []
@@ -82,10 +82,10 @@ def run_size(teacher_spec: str, student_spec: str, args) -> dict:
     import torch
     from transformers import Trainer, TrainingArguments
 
-    import distill.trainer as dtrainer
+    import distill.trainer.distillation_trainer as dtrainer
     from distill import DistillationConfig, DistillationTrainer
     from distill.losses import distillation_loss
-    from distill.tasks import CausalLMCollator
+    from distill.trainer.tasks import CausalLMCollator
 
     th, tl = map(int, teacher_spec.split("x"))
     sh, sl = map(int, student_spec.split("x"))

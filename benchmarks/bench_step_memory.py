@@ -4,7 +4,7 @@
 `training_step` (student forward, teacher forward, loss, backward) of a causal LM, for the three
 paths the trainer can take:
 
-* **plain loss**: `distill.trainer.chunked_distillation_loss` monkeypatched to the unchunked
+* **plain loss**: `distill.trainer.distillation_trainer.chunked_distillation_loss` monkeypatched to the unchunked
   `distill.losses.distillation_loss` (full-size float32 softmax tensors);
 * **chunked (default)**: what `trainer.train()` runs for causal LMs (`kd_chunk_size` default);
 * **fused head** (`kd_fused_lm_head=True`): both models return hidden states and the loss computes
@@ -41,10 +41,10 @@ VARIANTS = ["plain loss", "chunked (default)", "fused head"]
 def worker(args) -> dict:
     import torch
 
-    import distill.trainer as dtrainer
+    import distill.trainer.distillation_trainer as dtrainer
     from distill import DistillationConfig, DistillationTrainer
     from distill.losses import distillation_loss
-    from distill.tasks import CausalLMCollator
+    from distill.trainer.tasks import CausalLMCollator
 
     name = VARIANTS[args.worker]
     torch.set_num_threads(args.threads)

@@ -48,7 +48,7 @@ def main() -> int:
     from distill import DistillationConfig, DistillationTrainer
     from distill.data import build_datasets
     from distill.losses import distillation_loss
-    from distill.tasks import CausalLMCollator
+    from distill.trainer.tasks import CausalLMCollator
     from distill.teacher.cache import build_teacher_cache, cached_distillation_loss, teacher_topk
     from distill.train import main as train_main, parse_args
 

@@ -11,7 +11,7 @@ Modules:
 - `deploy.bench`: the table of variants (size, latency, throughput, quality).
 - `deploy.serve`: the FastAPI app (auth, limits, errors); `deploy.predictor` the model behind it,
   `deploy.metrics` its Prometheus text, `deploy.loadtest` a server in a subprocess and a load client.
-- `deploy.ship`: the pipeline's `ship` stage (`scaledown run --ship`).
+The pipeline's ship stage (`scaledown run --ship`) lives in `scaledown.ship`; `deploy` never imports `scaledown`.
 """
 
 import distill  # noqa: E402,F401  (its import drops torchao's CUDA-kernel warnings on CPU)

@@ -88,7 +88,7 @@ def describe(path: str) -> ModelInfo:
         precision = "int8" if report.get("method") == "onnx-int8" else "fp32"
         task = report.get("task")
     else:
-        from distill.safe_loading import check_model_dir
+        from distill.utils.safe_loading import check_model_dir
 
         check_model_dir(path, "MODEL_DIR")  # pickles only, or custom code: refused with the fix
         if not any(f.endswith(".safetensors") for f in os.listdir(path)):
@@ -115,7 +115,7 @@ def load_processor(path: str, task: str):
     """The tokenizer (text tasks) or image processor saved in `path`; None for images without one.
 
     Image classifiers trained on a built-in source have no processor: their pixels are resized
-    to `config.image_size` and scaled to [-1, 1] (`distill.data.prep._simple_pixels`).
+    to `config.image_size` and scaled to [-1, 1] (`distill.data.prep.simple_pixels`).
     """
     if task == "image-cls":
         if not os.path.isfile(os.path.join(path, "preprocessor_config.json")):
@@ -134,7 +134,7 @@ def load_processor(path: str, task: str):
 
 def load_torch_model(path: str, task: str):
     """The PyTorch model of a directory, from safetensors only, in eval mode."""
-    from distill.tasks import get_task
+    from distill.trainer.tasks import get_task
 
     model = get_task(task).model_class().from_pretrained(path, use_safetensors=True)
     return model.eval()
@@ -203,10 +203,10 @@ def eval_examples(info: ModelInfo, processor, data=None, limit: Optional[int] = 
     Only that split is prepared (tokenized or transformed), and only its first `limit` raw rows,
     with `distill.data`'s own per-task preparation, so the inputs are those training saw.
     """
-    from datasets import Dataset, DatasetDict
+    from datasets import Dataset
 
     from distill.data import load_raw_datasets
-    from distill.data.prep import _finish, _prepare_causal_lm, _prepare_image_cls, _prepare_seq_cls
+    from distill.data.prep import prepare_split
 
     data_args = data_arguments(data, info.task, info.config)
     raw = load_raw_datasets(data_args, seed, task=info.task)
@@ -217,14 +217,12 @@ def eval_examples(info: ModelInfo, processor, data=None, limit: Optional[int] = 
     split = raw[name]
     if limit is not None and isinstance(split, Dataset):
         split = split.select(range(min(limit, len(split))))
-    prepare = {"causal-lm": _prepare_causal_lm, "seq-cls": _prepare_seq_cls, "image-cls": _prepare_image_cls}
-    splits, _, _, transform = prepare[info.task](DatasetDict({"train": split}), data_args, processor)
-    return _finish(splits["train"], name, limit, transform, data_args, seed)
+    return prepare_split(split, name, info.task, data_args, processor, limit=limit, seed=seed)
 
 
 def model_inputs(info: ModelInfo, processor, rows: list[dict]) -> dict:
     """Collate examples (dicts from `eval_examples`) into the model's input tensors, plus `labels`."""
-    from distill.tasks import get_task, make_collator
+    from distill.trainer.tasks import get_task, make_collator
 
     batch = make_collator(get_task(info.task), processor)(rows)
     names = input_names(info)

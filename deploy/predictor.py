@@ -73,10 +73,10 @@ class Predictor:
         self.name = self.info.config.get("_name_or_path") or model_dir
         self._pixels = None
         if self.task == "image-cls" and self.processor is None:
-            from distill.data.prep import _simple_pixels
+            from distill.data.prep import simple_pixels
 
             size = self.info.config.get("image_size", 32)
-            self._pixels = _simple_pixels(size if isinstance(size, int) else size[0])
+            self._pixels = simple_pixels(size if isinstance(size, int) else size[0])
 
     # ---- classification -------------------------------------------------------------------
     def _text_batch(self, texts: list[str]) -> dict:

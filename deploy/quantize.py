@@ -57,7 +57,7 @@ def quantize_torchao(model_dir: str, output_dir: str, data=None) -> dict:
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
     from transformers import TorchAoConfig
 
-    from distill.tasks import get_task
+    from distill.trainer.tasks import get_task
 
     from .export import parity_batches
     from .runners import TorchRunner, make_runner

@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from ._quiet import silence_optional_kernel_warnings
+from distill.utils.quiet import silence_optional_kernel_warnings
 
 silence_optional_kernel_warnings()
 
@@ -11,7 +11,7 @@ __all__ = ["DistillationConfig", "DistillationTrainer", "distillation_loss", "Di
 if TYPE_CHECKING:
     from .config import DistillationConfig
     from .losses import DistillationLossOutput, distillation_loss
-    from .trainer import DistillationTrainer
+    from distill.trainer.distillation_trainer import DistillationTrainer
 
 
 def __getattr__(name):
@@ -21,7 +21,7 @@ def __getattr__(name):
 
         return DistillationConfig
     if name == "DistillationTrainer":
-        from .trainer import DistillationTrainer
+        from distill.trainer.distillation_trainer import DistillationTrainer
 
         return DistillationTrainer
     if name in ("distillation_loss", "DistillationLossOutput"):

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if command == "tune":
-        from .tune import main as tune_main
+        from distill.tune.search import main as tune_main
 
         try:
             tune_main(rest)

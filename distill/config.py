@@ -108,7 +108,7 @@ class DistillationConfig(TrainingArguments):
             Weight of the intermediate hidden-state term, added on top of the logit loss:
             ``loss = alpha * T^2 * KD + (1 - alpha) * CE + hidden_weight * hidden + attention_weight * attention``.
             When the widths differ, a learned linear projection (student -> teacher width) trains with the
-            student; it is kept in checkpoints, never in the saved model. See `distill.intermediate`.
+            student; it is kept in checkpoints, never in the saved model. See `distill.trainer.intermediate`.
         hidden_layer_map (`dict` or `str`, *optional*):
             Student layer -> teacher layer, as indices into transformers' ``hidden_states`` (0 = embedding
             output, i = output of block i), e.g. ``{1: 2, 2: 4}`` or ``"1:2,2:4"``. Default: evenly spaced,
@@ -123,7 +123,7 @@ class DistillationConfig(TrainingArguments):
             An optimizer step whose loss or gradient norm is NaN or infinite is skipped (weights and
             optimizer moments untouched, logged as `nonfinite_step_skipped`); after this many in a row
             training stops with an error naming the last good checkpoint. 0 turns the guard off. See
-            `distill.numerics`.
+            `distill.trainer.numerics`.
     """
 
     alpha: float = field(
@@ -209,21 +209,21 @@ class DistillationConfig(TrainingArguments):
         default=False,
         metadata={"help": "Allow custom modelling code from the Hub. Off by default for safety."},
     )
-    # ---- run fingerprint (distill/fingerprint.py) ----
+    # ---- run fingerprint (distill/trainer/fingerprint.py) ----
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start afresh in output_dir: delete an earlier run's checkpoints and results there "
                           "instead of resuming it (or refusing it, when its settings differ)."},
     )
 
-    # ---- fault tolerance (distill/numerics.py) ----
+    # ---- fault tolerance (distill/trainer/numerics.py) ----
     max_nonfinite_steps: int = field(
         default=10,
         metadata={"help": "Skip optimizer steps whose loss or gradient norm is NaN/inf (weights untouched, logged as "
                           "nonfinite_step_skipped); stop with an error after this many in a row. 0: no guard."},
     )
 
-    # ---- intermediate-layer distillation (hidden states, attention; distill.intermediate) ----
+    # ---- intermediate-layer distillation (hidden states, attention; distill.trainer.intermediate) ----
     hidden_weight: float = field(
         default=0.0,
         metadata={"help": "Weight of the hidden-state term added to the loss (0 = off); see hidden_layer_map."},

@@ -13,8 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .model_config import parse_model_config  # noqa: F401  (importable from here, as before)
-from .modeling import build_student, parameter_counts
+from distill.students.model_config import parse_model_config  # noqa: F401  (importable from here, as before)
+from distill.students.modeling import build_student, parameter_counts
 
 logger = logging.getLogger("distill")
 
@@ -97,7 +97,7 @@ def parse_args(argv: list[str]):
     """``--config recipe.yaml`` gives defaults; ``--field value`` overrides; unknown keys are errors."""
     import yaml
 
-    from .hints import did_you_mean
+    from distill.utils.hints import did_you_mean
 
     config_path = None
     rest = list(argv)
@@ -215,7 +215,7 @@ def _check_before_compute(model_args, data_args, args) -> None:
             )
     if model_args.model_config is not None:
         parse_model_config(model_args.model_config)
-    from .safe_loading import check_model_dir
+    from distill.utils.safe_loading import check_model_dir
 
     for field_name, path in [("model_name_or_path", model_args.model_name_or_path), ("teacher_model_name_or_path", teacher)]:
         if path and _looks_local(path):
@@ -225,7 +225,7 @@ def _check_before_compute(model_args, data_args, args) -> None:
 def _infer_task_name(model_args, data_args, args) -> str:
     """The task when `task` is unset: from the student's or teacher's saved class, a teacher cache, or a built-in source."""
     from .data.arguments import BUILTIN_SOURCES
-    from .tasks import task_of_class
+    from distill.trainer.tasks import task_of_class
 
     for path in (model_args.model_name_or_path, args.teacher_model_name_or_path):
         config = os.path.join(os.path.expanduser(path), "config.json") if path else ""
@@ -273,20 +273,20 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     import datasets
     import transformers
 
-    from .checkpoints import last_complete_checkpoint
-    from .tasks import accuracy_metric, get_task, make_collator
-    from .trainer import DistillationTrainer
+    from distill.trainer.checkpoints import last_complete_checkpoint
+    from distill.trainer.tasks import accuracy_metric, get_task, make_collator
+    from distill.trainer.distillation_trainer import DistillationTrainer
 
     model_args, data_args, args = parse_args(sys.argv[2:] if argv is None else argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
     transformers.utils.logging.set_verbosity(args.get_process_log_level())
     datasets.utils.logging.set_verbosity(args.get_process_log_level())
     if data_args.tasks is not None:  # multi-task distillation: one student, a teacher per task
-        from .multitask import multitask_main
+        from distill.trainer.multitask import multitask_main
 
         return multitask_main(model_args, data_args, args)
     _check_before_compute(model_args, data_args, args)
-    from .fingerprint import prepare_output_dir
+    from distill.trainer.fingerprint import prepare_output_dir
 
     output_state = prepare_output_dir(model_args, data_args, args)  # refuses changed settings, before compute
     if output_state.action == "finished":
@@ -383,7 +383,7 @@ def _print_summary(results: dict) -> None:
 
 def output_dir_status(argv: list[str]) -> tuple[str, list]:
     """`compare_output_dir` for the `distill train` command line ``argv``, without running anything."""
-    from .fingerprint import compare_output_dir, run_fingerprint
+    from distill.trainer.fingerprint import compare_output_dir, run_fingerprint
 
     model_args, data_args, args = parse_args(argv)
     if getattr(args, "overwrite_output_dir", False):

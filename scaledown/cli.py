@@ -26,6 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-root", default=None, help="parent folder of runs (default: runs)")
     run.add_argument("--ship", action="store_true", help="add the ship stage (ONNX export, int8, bench table) "
                      "after evaluation, as the config's `ship: {enabled: true}` does")
+    from scaling.cli import add_ladder_arguments  # argparse only
+
+    ladder = sub.add_parser("ladder", help="plan and train a ladder of model sizes",
+                            description="The plan of `scaling ladder` (same arguments), then each rung trained "
+                            "with `distill train` (alpha 0) into OUT/<rung>. A finished rung with the same "
+                            "settings is reused, a broken one resumes. Arguments after `--` go to `distill train`.")
+    add_ladder_arguments(ladder)
+    ladder.add_argument("--out", default="runs/ladder", help="parent folder of the rung directories")
+    ladder.add_argument("distill_args", nargs="*", help="after `--`: extra `distill train` arguments (data, lr...)")
     from deploy.cli import add_deploy_commands  # export / quantize / bench / serve (argparse only)
 
     add_deploy_commands(sub)
@@ -35,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command == "ladder":
+        from .ladder import cmd_ladder
+
+        try:
+            cmd_ladder(args)
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.command != "run":
         from deploy.cli import run_command
 

@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from deploy.ship import ShipConfig
-from distill.hints import did_you_mean
+from scaledown.ship import ShipConfig
+from distill.utils.hints import did_you_mean
 
 from .distill_ladder import DistillLadderConfig
 
@@ -88,7 +88,7 @@ class PipelineConfig:
     # --- distillation ladder (issue 15, scaledown/distill_ladder.py): KD students from several ladder
     # rungs, the distillation law fitted on all but one, the held-out student predicted. Absent: off.
     distill_ladder: Optional[DistillLadderConfig] = None
-    # --- ship stage (deploy/ship.py): export, int8, bench of the student after evaluation
+    # --- ship stage (scaledown/ship.py): export, int8, bench of the student after evaluation
     ship: ShipConfig = field(default_factory=ShipConfig)
     quick: dict = field(default_factory=dict)
 

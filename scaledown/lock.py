@@ -85,7 +85,7 @@ class RunLock:
             return {}
 
     def _stale_reason(self, holder: Optional[dict]) -> Optional[str]:
-        from distill.checkpoints import process_alive
+        from distill.trainer.checkpoints import process_alive
 
         if holder is None:
             return "it was removed meanwhile"

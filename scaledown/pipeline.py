@@ -193,7 +193,7 @@ class Pipeline:
         seconds = time.time() - start
         summary = write_report(self, ladder, fit, teacher, student, kd, base, evaluation, seconds)
         if self.config.ship.enabled:  # after the report, so a failed export still leaves the evaluation
-            from deploy.ship import add_ship_to_report, ship_stage
+            from scaledown.ship import add_ship_to_report, ship_stage
 
             ship = self.stage("ship", lambda: ship_stage(self, teacher, kd, base))
             summary = add_ship_to_report(self.root, summary, ship)
@@ -219,7 +219,9 @@ class Pipeline:
         return {"path": self.tokenizer_dir, "trained": True, "vocab_size": len(tokenizer)}
 
     def train_ladder(self) -> dict:
-        from scaling.ladder import format_plan, train_ladder
+        from scaling.ladder import format_plan
+
+        from .ladder import train_ladder
 
         self.log(format_plan(self.plans))
 

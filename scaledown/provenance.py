@@ -9,7 +9,7 @@ stages that consume it rerun too, and only those: changing ``distill.alpha`` rer
 evaluation and the report, not the ladder, the fit or the baseline.
 
 Inside a rerun stage, every `distill train` run still decides for itself with its run fingerprint
-(`distill.fingerprint`): a run whose own settings are unchanged and finished is reused, one whose
+(`distill.trainer.fingerprint`): a run whose own settings are unchanged and finished is reused, one whose
 settings changed is trained afresh (``--overwrite_output_dir true``), and an interrupted one resumes.
 """
 
@@ -71,7 +71,7 @@ def _own_fields(config, name: str) -> dict:
 def _teacher_files(teacher):
     if not teacher:
         return None
-    from distill.fingerprint import path_fingerprint
+    from distill.trainer.fingerprint import path_fingerprint
 
     return path_fingerprint(teacher, model_files_only=True)
 

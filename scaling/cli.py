@@ -104,11 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="read runs and print or write the table")
     _add_inputs(p)
 
-    p = sub.add_parser("ladder", help="plan (and train) a ladder of model sizes from one base config",
+    p = sub.add_parser("ladder", help="plan a ladder of model sizes from one base config",
                        description="Sizes by width with a stated shape rule (depth = width / aspect ratio, "
-                       "fixed head size, MLP = ratio x width). Prints the run plan before any training; with "
-                       "--train, trains each rung with `distill train` (alpha 0) into OUT/<rung>, skipping "
-                       "finished runs and resuming broken ones. Arguments after `--` go to `distill train`.")
+                       "fixed head size, MLP = ratio x width). Prints the run plan; `scaledown ladder` takes the "
+                       "same arguments and trains each rung.")
+    add_ladder_arguments(p)
+    return parser
+
+
+def add_ladder_arguments(p) -> None:
+    """The ladder-planning arguments, shared by `scaling ladder` (plan) and `scaledown ladder` (plan and train)."""
     p.add_argument("--base-config", required=True,
                    help='JSON mapping with model_type, e.g. \'{"model_type": "llama"}\', or a config.json path')
     p.add_argument("--widths", required=True, help="comma-separated hidden sizes, e.g. 64,96,128")
@@ -123,11 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--flops", type=float, help="one compute budget: D = C / 6N")
     budget.add_argument("--isoflop", help="comma-separated compute budgets: every budget x every size")
     budget.add_argument("--tokens-per-param", type=float, help="D = ratio x N (e.g. 20)")
-    p.add_argument("--train", action="store_true", help="train the rungs after printing the plan")
-    p.add_argument("--out", default="runs/ladder", help="parent folder of the rung directories")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("distill_args", nargs="*", help="after `--`: extra `distill train` arguments (data, lr...)")
-    return parser
 
 
 def _load(args):
@@ -270,10 +271,9 @@ def cmd_runs(args):
         print(json.dumps([p.to_dict() for p in points], indent=1))
 
 
-def cmd_ladder(args):
-    from dataclasses import asdict
-
-    from .ladder import LadderSpec, format_plan, plan_ladder, train_ladder
+def ladder_plans_from_args(args) -> list:
+    """The run plans of a parsed `ladder` command line (see :func:`add_ladder_arguments`)."""
+    from .ladder import LadderSpec, plan_ladder
 
     base = args.base_config
     if base.lstrip().startswith("{"):
@@ -283,17 +283,21 @@ def cmd_ladder(args):
         base = json.loads(path.read_text())
     spec = LadderSpec(base_config=base, widths=[int(w) for w in args.widths.split(",")],
                       aspect_ratio=args.aspect_ratio, head_dim=args.head_dim, mlp_ratio=args.mlp_ratio)
-    plans = plan_ladder(spec, vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size,
-                        tokens=args.tokens, flops=args.flops, tokens_per_param=args.tokens_per_param,
-                        isoflop_budgets=[float(x) for x in args.isoflop.split(",")] if args.isoflop else None)
-    if args.json:
-        print(json.dumps([asdict(p) for p in plans], indent=1))
-    else:
-        print(format_plan(plans))
-    if args.train:
-        train_ladder(plans, args.out, ["--block_size", str(args.seq_len), "--per_device_train_batch_size",
-                                       str(args.batch_size), *args.distill_args], log=lambda m: print(m, file=sys.stderr),
-                     skip_finished=False)  # distill train's run fingerprint decides: reuse, resume or refuse
+    return plan_ladder(spec, vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size,
+                       tokens=args.tokens, flops=args.flops, tokens_per_param=args.tokens_per_param,
+                       isoflop_budgets=[float(x) for x in args.isoflop.split(",")] if args.isoflop else None)
+
+
+def print_ladder_plan(plans, as_json: bool = False) -> None:
+    from dataclasses import asdict
+
+    from .ladder import format_plan
+
+    print(json.dumps([asdict(p) for p in plans], indent=1) if as_json else format_plan(plans))
+
+
+def cmd_ladder(args):
+    print_ladder_plan(ladder_plans_from_args(args), as_json=args.json)
 
 
 def cmd_advise(args):

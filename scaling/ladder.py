@@ -1,4 +1,4 @@
-"""A ladder of model sizes from one base config, its run plan, and training each rung.
+"""A ladder of model sizes from one base config and its run plan (`scaledown ladder` trains it).
 
 Shape rule (stated, so a ladder can be reproduced): for a width ``d``
 
@@ -8,9 +8,8 @@ Shape rule (stated, so a ladder can be reproduced): for a width ``d``
   parameter count of a 4x plain MLP).
 
 Each rung's budget is given as tokens, as FLOPs (``D = C / 6N``), or as an IsoFLOP grid (every
-budget x every size). Training goes through `distill train` (alpha 0: no teacher) with a cosine
-schedule whose length is the rung's own horizon, as Chinchilla did. Finished runs
-(``all_results.json`` present) are skipped; broken ones resume from their last checkpoint.
+budget x every size). Training is not done here (`scaling` only plans and fits): `scaledown.ladder`
+trains each rung with `distill train`.
 """
 
 from __future__ import annotations
@@ -19,9 +18,8 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
-from .atomic import write_text_atomic
 from .params import count_parameters, flops_per_token
 
 KNOWN_FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "gpt_neox", "olmo")
@@ -164,49 +162,3 @@ def format_plan(plans: Sequence[RunPlan]) -> str:
         lines.append(f"| {p.name} | {p.width} | {layers} | {p.params:,} | {p.non_embedding_params:,} | "
                      f"{p.tokens:,} | {p.steps} | {p.flops_6nd:.3g} | {p.flops:.3g} |")
     return "\n".join(lines)
-
-
-def is_finished(output_dir: str) -> bool:
-    return os.path.isfile(os.path.join(output_dir, "all_results.json"))
-
-
-def train_ladder(
-    plans: Sequence[RunPlan],
-    out_root: str,
-    train_args: Sequence[str],
-    *,
-    train_fn: Optional[Callable[[list[str]], Any]] = None,
-    run_args: Optional[Callable[[RunPlan], list[str]]] = None,
-    log: Callable[[str], None] = print,
-    skip_finished: bool = True,
-) -> list[str]:
-    """Train each planned run into ``out_root/<name>`` with `distill train`, skipping finished ones.
-
-    Args:
-        plans: from :func:`plan_ladder`.
-        out_root: parent directory of the run directories.
-        train_args: the remaining `distill train` arguments (data, batch, learning rate...).
-        train_fn: the training entry point (default `distill.train.main`); imported lazily so
-            that planning needs no trainer.
-        run_args: extra arguments for one run (e.g. its learning rate or evaluation interval).
-        skip_finished: skip a run whose ``all_results.json`` exists; False leaves the decision to
-            ``train_fn`` (`distill train` compares its run fingerprint).
-    """
-    if train_fn is None:
-        from distill.train import main as train_fn
-    dirs = []
-    for i, plan in enumerate(plans, 1):
-        out = os.path.join(out_root, plan.name)
-        dirs.append(out)
-        if skip_finished and is_finished(out):
-            log(f"[ladder {i}/{len(plans)}] {plan.name}: finished, skipped")
-            continue
-        log(f"[ladder {i}/{len(plans)}] {plan.name}: {plan.non_embedding_params:,} non-embedding params, "
-            f"{plan.tokens:,} tokens, {plan.steps} steps")
-        os.makedirs(out, exist_ok=True)
-        extra = run_args(plan) if run_args else []
-        train_fn([*train_args, *extra, "--task", "causal-lm", "--alpha", "0", "--model_config", json.dumps(plan.config),
-                  "--max_steps", str(plan.steps), "--lr_scheduler_type", "cosine", "--output_dir", out])
-        # After training: a run refused for changed settings keeps the plan that made its results.
-        write_text_atomic(os.path.join(out, "ladder_plan.json"), json.dumps(asdict(plan), indent=2))
-    return dirs

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import torch  # noqa: E402
 
 from distill import DistillationConfig, DistillationTrainer  # noqa: E402
-from distill.tasks import CausalLMCollator  # noqa: E402
+from distill.trainer.tasks import CausalLMCollator  # noqa: E402
 from helpers import lm_dataset, tiny_llama  # noqa: E402
 
 

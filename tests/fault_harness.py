@@ -219,7 +219,7 @@ def weight_difference(a_dir: str, b_dir: str) -> float:
 
 def partial_files(out: str) -> list[str]:
     """Anything a killed save could leave: staging folders, temporary files, checkpoints that fail the check."""
-    from distill.checkpoints import CorruptCheckpointError, check_checkpoint, sorted_checkpoints
+    from distill.trainer.checkpoints import CorruptCheckpointError, check_checkpoint, sorted_checkpoints
 
     found = []
     for root, dirs, files in os.walk(out):

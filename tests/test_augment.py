@@ -10,7 +10,7 @@ import torch
 from distill import DistillationConfig, DistillationTrainer
 from distill.data.augment import AugmentingCollator, augmented_kd_loss, check_augmentations
 from distill.losses import distillation_loss
-from distill.tasks import CausalLMCollator
+from distill.trainer.tasks import CausalLMCollator
 from helpers import lm_dataset, max_diff, tiny_llama, weights, word_tokenizer
 from test_losses import ref_loss
 

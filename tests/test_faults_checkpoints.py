@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from distill import DistillationConfig, DistillationTrainer
-from distill.checkpoints import (COMPLETION_RECORD, CorruptCheckpointError, check_checkpoint,
+from distill.trainer.checkpoints import (COMPLETION_RECORD, CorruptCheckpointError, check_checkpoint,
                                  last_complete_checkpoint)
-from distill.tasks import CausalLMCollator
+from distill.trainer.tasks import CausalLMCollator
 from helpers import lm_dataset, max_diff, tiny_llama, weights
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from distill import DistillationConfig, DistillationTrainer
-from distill.checkpoints import check_checkpoint
-from distill.numerics import NonFiniteTrainingError, TeacherNonFiniteError
-from distill.tasks import CausalLMCollator
+from distill.trainer.checkpoints import check_checkpoint
+from distill.trainer.numerics import NonFiniteTrainingError, TeacherNonFiniteError
+from distill.trainer.tasks import CausalLMCollator
 from helpers import lm_dataset, max_diff, tiny_llama, weights
 
 

@@ -41,7 +41,7 @@ def test_pickled_teacher_or_student_is_refused_with_how_to_convert(workspace, tm
     assert not os.path.exists(tmp_path / "out")  # refused before any compute
 
     from distill.config import DistillationConfig
-    from distill.tasks import get_task
+    from distill.trainer.tasks import get_task
     from distill.teacher.loading import load_teacher
 
     with pytest.raises(ValueError, match="only pickled weights"):

@@ -83,7 +83,7 @@ def test_finished_run_is_not_trained_again(finished_run, data_file, monkeypatch)
     before = snapshot(finished_run)
     saved = json.loads((finished_run / "all_results.json").read_text())
     monkeypatch.setattr("distill.data.build_datasets", fail_if_called)
-    # Fields that cannot change the result do not count (see distill.fingerprint.IGNORED_FIELDS).
+    # Fields that cannot change the result do not count (see distill.trainer.fingerprint.IGNORED_FIELDS).
     results = train_main(run_args(finished_run, data_file, "--logging_steps", "7", "--per_device_eval_batch_size", "3",
                                   "--report_to", "none", "--save_steps", "5", "--eval_strategy", "steps"))
     assert results == saved

@@ -10,7 +10,7 @@ import torch
 
 from distill import DistillationConfig, DistillationTrainer
 from distill.losses.fused_head import fused_head_problem
-from distill.tasks import CausalLMCollator, get_task
+from distill.trainer.tasks import CausalLMCollator, get_task
 from helpers import lm_dataset, max_diff, tiny_llama, weights, word_tokenizer
 
 

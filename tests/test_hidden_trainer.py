@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from distill import DistillationConfig, DistillationTrainer
-from distill.intermediate import PROJECTION_FILE, PROJECTION_NAME
-from distill.tasks import CausalLMCollator, get_task, make_collator
+from distill.trainer.intermediate import PROJECTION_FILE, PROJECTION_NAME
+from distill.trainer.tasks import CausalLMCollator, get_task, make_collator
 from helpers import lm_dataset, max_diff, tiny_llama, weights
 from test_hidden_losses import ref_hidden, ref_weights
 from test_tasks import _PadTokenizer, cls_dataset, image_dataset, tiny_bert, tiny_vit
@@ -205,7 +205,7 @@ def test_refusals(tmp_path):
 
 
 def test_teacher_cache_refused(tmp_path):
-    from distill.intermediate import IntermediateLayerTransfer
+    from distill.trainer.intermediate import IntermediateLayerTransfer
 
     args = DistillationConfig(output_dir=str(tmp_path), hidden_weight=1.0, report_to="none")
     with pytest.raises(ValueError, match="teacher cache holds only"):
@@ -295,7 +295,7 @@ def test_two_processes_match_one_with_projection(tmp_path, one_process_reference
 
 
 def test_several_teachers_refused(tmp_path):
-    from distill.intermediate import IntermediateLayerTransfer
+    from distill.trainer.intermediate import IntermediateLayerTransfer
     from distill.teacher.per_task import TaskTeachers
 
     with pytest.raises(ValueError, match="several teachers"):

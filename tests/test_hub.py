@@ -81,7 +81,7 @@ def test_push_to_hub_uploads_safetensors_and_a_full_card(tmp_path, monkeypatch):
 
 
 def test_card_base_model_and_datasets_are_hub_ids_only():
-    from distill.model_card import _is_hub_id
+    from distill.utils.model_card import _is_hub_id
 
     assert _is_hub_id("sentence-transformers/all-MiniLM-L6-v2") and _is_hub_id("gpt2")
     for name in ("builtin:python-docs", "/tmp/teacher", "./runs/teacher", "a/b/c", "", None):

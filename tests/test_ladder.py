@@ -8,7 +8,8 @@ import os
 import pytest
 
 from scaling.cli import main as scaling_main
-from scaling.ladder import LadderSpec, plan_ladder, rung_config, train_ladder
+from scaledown.ladder import train_ladder
+from scaling.ladder import LadderSpec, plan_ladder, rung_config
 from scaling.params import count_parameters
 
 BASE = {"model_type": "llama", "tie_word_embeddings": True}

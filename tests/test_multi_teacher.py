@@ -8,7 +8,7 @@ import torch
 
 from distill import DistillationConfig, DistillationTrainer
 from distill.losses import chunked_distillation_loss, distillation_loss
-from distill.tasks import CausalLMCollator
+from distill.trainer.tasks import CausalLMCollator
 from distill.teacher.ensemble import TeacherEnsemble, combine_teacher_logits
 from helpers import lm_dataset, max_diff, tiny_llama, weights
 from test_losses import _kl_rows, _log_softmax, _np, make_batch

@@ -14,7 +14,7 @@ from distill import DistillationConfig
 from distill.data import DataArguments
 from distill.data.multitask import parse_tasks
 from distill.losses import distillation_loss
-from distill.multitask import MultiTaskDistillationTrainer
+from distill.trainer.multitask import MultiTaskDistillationTrainer
 from distill.teacher.per_task import TaskTeachers, mask_to_tasks
 from helpers import max_diff, weights
 from test_losses import _log_softmax, _np
@@ -114,7 +114,7 @@ def collate(features):
 
 
 def make_trainer(tmp_path, student, teachers, **overrides):
-    from distill.tasks import accuracy_metric
+    from distill.trainer.tasks import accuracy_metric
 
     kw = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2, learning_rate=0.5, optim="sgd",
               lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0, logging_steps=1,

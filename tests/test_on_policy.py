@@ -10,7 +10,7 @@ import torch
 from distill import DistillationConfig, DistillationTrainer
 from distill.data.on_policy import generate_continuations, split_prompts, step_is_on_policy
 from distill.losses import distillation_loss
-from distill.tasks import CausalLMCollator
+from distill.trainer.tasks import CausalLMCollator
 from helpers import lm_dataset, max_diff, tiny_llama, weights, word_tokenizer
 
 

@@ -30,7 +30,7 @@ def readme_commands() -> list[tuple[list[str], str]]:
 @pytest.mark.slow
 def test_readme_commands_in_order_never_reuse_other_results(tmp_path, monkeypatch, capsys):
     from distill.cli import main as distill_main
-    from distill.fingerprint import read_fingerprint, run_fingerprint
+    from distill.trainer.fingerprint import read_fingerprint, run_fingerprint
     from distill.train import parse_args
 
     rng = random.Random(0)

@@ -13,7 +13,7 @@ from deploy_models import save_causal_lm
 
 @pytest.mark.slow
 def test_ship_stage_table_plot_and_report(tmp_path):
-    from deploy.ship import ShipConfig, add_ship_to_report, ship_stage
+    from scaledown.ship import ShipConfig, add_ship_to_report, ship_stage
 
     teacher, student, baseline = (save_causal_lm(str(tmp_path / n), seed=s)
                                   for n, s in (("teacher", 0), ("student", 1), ("baseline", 2)))

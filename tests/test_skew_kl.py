@@ -173,7 +173,7 @@ def test_trainer_gradient_accumulation_is_exact(tmp_path, kind):
 def test_trainer_evaluates_the_skew_kl_it_was_given(tmp_path):
     """eval_kd_loss is T^2 * the token mean of KL(p || a p + (1-a) q), the float64 numpy reference."""
     from helpers import lm_dataset, tiny_llama
-    from distill.tasks import CausalLMCollator
+    from distill.trainer.tasks import CausalLMCollator
     from test_trainer import make_trainer
 
     data = lm_dataset(12, seed=3)

@@ -80,15 +80,15 @@ def test_marker_without_inputs_is_rerun(tmp_path, monkeypatch):
     assert ran == ["fit"] and "[fit] no recorded inputs, rerunning" in lines
 
 
-def test_scaling_ladder_train_leaves_finished_rungs_to_the_run_fingerprint(tmp_path, monkeypatch):
-    """`scaling ladder --train` into rungs of an earlier ladder: each goes to `distill train`, whose fingerprint
+def test_scaledown_ladder_leaves_finished_rungs_to_the_run_fingerprint(tmp_path, monkeypatch):
+    """`scaledown ladder` into rungs of an earlier ladder: each goes to `distill train`, whose fingerprint
     reuses an unchanged finished rung and refuses a changed one, instead of skipping on all_results.json alone."""
-    from scaling.cli import main as scaling_main
+    from scaledown.cli import main as scaledown_main
 
     (tmp_path / "w64").mkdir()
     (tmp_path / "w64" / "all_results.json").write_text("{}")  # an earlier ladder's rung, perhaps other settings
     calls = []
     monkeypatch.setattr("distill.train.main", calls.append)
-    assert scaling_main(["ladder", "--base-config", '{"model_type": "llama"}', "--widths", "64,96", "--vocab-size",
-                         "512", "--tokens", "1e4", "--train", "--out", str(tmp_path)]) == 0
+    assert scaledown_main(["ladder", "--base-config", '{"model_type": "llama"}', "--widths", "64,96", "--vocab-size",
+                           "512", "--tokens", "1e4", "--out", str(tmp_path)]) == 0
     assert [c[c.index("--output_dir") + 1] for c in calls] == [str(tmp_path / "w64"), str(tmp_path / "w96")]

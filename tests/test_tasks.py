@@ -7,7 +7,7 @@ import torch
 from datasets import Dataset
 
 from distill import DistillationConfig, DistillationTrainer
-from distill.tasks import get_task, infer_task, make_collator
+from distill.trainer.tasks import get_task, infer_task, make_collator
 from distill.teacher import check_same_tokenizer
 from helpers import max_diff, tiny_llama, weights
 

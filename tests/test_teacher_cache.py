@@ -10,7 +10,7 @@ import torch
 
 from distill import DistillationConfig, DistillationTrainer
 from distill.losses import distillation_loss
-from distill.tasks import CausalLMCollator
+from distill.trainer.tasks import CausalLMCollator
 from distill.teacher.cache import (
     CACHE_COLUMNS, MANIFEST_NAME, TeacherCache, TeacherCacheCollator, build_teacher_cache, cached_distillation_loss,
     teacher_topk,

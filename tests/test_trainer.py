@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distill import DistillationConfig, DistillationTrainer
-from distill.tasks import CausalLMCollator
+from distill.trainer.tasks import CausalLMCollator
 from helpers import lm_dataset, max_diff, tiny_llama, weights
 
 

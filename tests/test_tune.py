@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from distill.config import DistillationConfig
-from distill.tune import main as tune_main
-from distill.tune import parse_search_space
+from distill.tune.search import main as tune_main
+from distill.tune.search import parse_search_space
 
 STUDENT = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
            "num_attention_heads": 4, "num_key_value_heads": 4, "tie_word_embeddings": True}

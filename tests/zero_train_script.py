@@ -22,9 +22,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
-import distill.trainer as trainer_module  # noqa: E402
+import distill.trainer.distillation_trainer as trainer_module  # noqa: E402
 from distill import DistillationConfig, DistillationTrainer  # noqa: E402
-from distill.tasks import CausalLMCollator  # noqa: E402
+from distill.trainer.tasks import CausalLMCollator  # noqa: E402
 from helpers import lm_dataset, tiny_llama  # noqa: E402
 
 _AT_LOAD = {}
@@ -115,7 +115,7 @@ def main():
     trainer.save_state()
     projection = getattr(trainer._intermediate, "projection", None)  # hidden_weight > 0, different widths
     if projection is not None and trainer.is_world_process_zero():
-        from distill.intermediate import save_projection
+        from distill.trainer.intermediate import save_projection
 
         save_projection(projection.state_dict(), out)
     with open(os.path.join(out, f"placement-{args.process_index}.json"), "w") as f:

@@ -38,7 +38,7 @@ def build(out: str, batch: int, bf16: bool = False):
     from helpers import lm_dataset, tiny_llama
 
     from distill import DistillationConfig, DistillationTrainer
-    from distill.tasks import CausalLMCollator
+    from distill.trainer.tasks import CausalLMCollator
 
     args = DistillationConfig(
         output_dir=out, per_device_train_batch_size=batch, per_device_eval_batch_size=batch, max_steps=STEPS,

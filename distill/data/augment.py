@@ -248,7 +248,7 @@ def augmenting_kwargs(kwargs: dict, task, args, processing_class, *, has_cache: 
     collator = kwargs.get("data_collator")
     if not isinstance(collator, AugmentingCollator):
         if collator is None:
-            from ..tasks import make_collator
+            from distill.trainer.tasks import make_collator
 
             collator = make_collator(task, processing_class)
         collator = AugmentingCollator(

@@ -6,7 +6,7 @@
   into `block_size` blocks, and label prompt tokens `IGNORE_INDEX`.
 - `_prepare_seq_cls` (with `_cls_text_columns`, run_glue's choice of text columns): tokenize
   and truncate to `max_seq_length`, map labels to ids (`_label_info`, `_label_ids`).
-- `_prepare_image_cls` (with `_simple_pixels` / `_processor_pixels`): a lazy pixel transform.
+- `_prepare_image_cls` (with `simple_pixels` / `_processor_pixels`): a lazy pixel transform.
 
 Each preparer returns `(splits, num_labels, id2label, transform)`; `_finish` then applies
 max_*_samples and the transform, checks that no split is empty and shuffles a train stream.
@@ -240,7 +240,7 @@ def _prepare_image_cls(raw, data_args: DataArguments, image_processor: Any):
         _require_column(_columns(ds), image_col, "image_column", split)
     num_labels, id2label, mapping = _label_info(raw, data_args.label_column)
     to_pixels = (_processor_pixels(image_processor) if image_processor is not None
-                 else _simple_pixels(data_args.image_size or 32))
+                 else simple_pixels(data_args.image_size or 32))
     label_col = data_args.label_column
 
     def transform(batch: dict) -> dict:
@@ -255,7 +255,7 @@ def _prepare_image_cls(raw, data_args: DataArguments, image_processor: Any):
     return splits, num_labels, id2label, None
 
 
-def _simple_pixels(size: int) -> Callable:
+def simple_pixels(size: int) -> Callable:
     """Resize to size x size, scale to [0, 1], normalize with mean 0.5 / std 0.5 -> [-1, 1]."""
     import numpy as np
     import torch
@@ -284,3 +284,14 @@ def _processor_pixels(image_processor: Any) -> Callable:
         return list(pixels.to(dtype=torch.float32))
 
     return to_pixels
+
+
+def prepare_split(split, split_name: str, task: str, data_args: DataArguments, processing_class: Any,
+                  limit: Optional[int] = None, seed: int = 0):
+    """One raw split prepared exactly as training prepares it (tokenized, grouped or given its pixel
+    transform), for code outside training that must feed the model what training saw (`deploy`)."""
+    from datasets import DatasetDict
+
+    prepare = {"causal-lm": _prepare_causal_lm, "seq-cls": _prepare_seq_cls, "image-cls": _prepare_image_cls}
+    splits, _, _, transform = prepare[task](DatasetDict({"train": split}), data_args, processing_class)
+    return _finish(splits["train"], split_name, limit, transform, data_args, seed)

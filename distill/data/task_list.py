@@ -33,7 +33,7 @@ class TaskEntry:
 
 def parse_tasks(value: Any, *, needs_teacher: bool = True) -> list[TaskEntry]:
     """The `tasks` recipe field as :class:`TaskEntry` objects, with a clear error for each bad entry."""
-    from ..hints import did_you_mean
+    from distill.utils.hints import did_you_mean
 
     if isinstance(value, str):
         import json

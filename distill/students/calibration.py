@@ -69,7 +69,7 @@ def calibration_batches(model: nn.Module, source: str, num_samples: int, batch_s
     model's ``max_position_embeddings``.
     """
     from ..data import build_datasets
-    from ..tasks import infer_task, make_collator
+    from distill.trainer.tasks import infer_task, make_collator
 
     task = infer_task(model)
     positions = getattr(model.config, "max_position_embeddings", None)

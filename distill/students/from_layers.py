@@ -133,7 +133,7 @@ def load_model_dir(path: str, task: Optional[str] = None, trust_remote_code: boo
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"{path!r} is not a model directory (no config.json there).")
     if task is not None:
-        from ..tasks import get_task
+        from distill.trainer.tasks import get_task
 
         model_class = get_task(task).model_class()
     else:

@@ -41,7 +41,7 @@ Limitations: causal LM only (the loss's memory use is described in :mod:`distill
 ``distill cache-teacher`` caches the training split only, so evaluation under a cache reports the
 student's CE (``eval_kd_loss`` only if an eval set carries cache columns, no ``eval_teacher_loss``);
 the training temperature must equal the cached one (the rest bucket cannot be re-tempered); the
-model card (distill/model_card.py keys on ``trainer.teacher``) does not yet say the student was
+model card (distill/utils/model_card.py keys on ``trainer.teacher``) does not yet say the student was
 distilled from a cache.
 """
 
@@ -57,7 +57,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..checkpoints import process_alive
+from distill.trainer.checkpoints import process_alive
 from ..losses.cached import cached_distillation_loss, teacher_topk
 from ..losses.logit import check_kd_kind
 
@@ -302,7 +302,7 @@ def build_teacher_cache(
     from datasets import Dataset
     from datasets.arrow_writer import ArrowWriter
 
-    from ..tasks import CausalLMCollator
+    from distill.trainer.tasks import CausalLMCollator
 
     if value_dtype not in VALUE_DTYPES:
         raise ValueError(f"cache_dtype={value_dtype!r} is unknown: use one of {', '.join(VALUE_DTYPES)}.")

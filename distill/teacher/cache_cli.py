@@ -63,7 +63,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     import transformers
 
     from ..data import build_datasets
-    from ..tasks import get_task
+    from distill.trainer.tasks import get_task
     from .loading import check_same_tokenizer, load_teacher
     from ..train import _check_before_compute, _load_processing_class, parse_args
 

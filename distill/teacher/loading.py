@@ -36,7 +36,7 @@ def load_teacher(path: str, task, args) -> tuple[nn.Module, Any]:
                 f"teacher_model_name_or_path={path!r} is not a model directory (no config.json there). "
                 "Point it at a directory written by save_pretrained / `distill train`, or at a Hub id."
             )
-        from ..safe_loading import check_model_dir
+        from distill.utils.safe_loading import check_model_dir
 
         check_model_dir(path, "teacher_model_name_or_path", args.trust_remote_code)
     dtype = _DTYPES.get(args.teacher_dtype, "auto")

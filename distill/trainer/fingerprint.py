@@ -156,7 +156,7 @@ def _jsonable(value: Any) -> Any:
 
 def run_fingerprint(model_args, data_args, args) -> dict:
     """The settings that determine a `distill train` run's result, as a flat mapping of field -> value."""
-    from .model_config import parse_model_config
+    from distill.students.model_config import parse_model_config
 
     values: dict[str, Any] = {}
     for part in (model_args, data_args):

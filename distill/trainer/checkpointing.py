@@ -9,15 +9,15 @@ from typing import Optional
 
 from transformers.trainer_utils import rotate_checkpoints
 
-from .checkpoints import (check_finite_weights, disk_full_error, last_complete_checkpoint, resolve_resume,
+from distill.trainer.checkpoints import (check_finite_weights, disk_full_error, last_complete_checkpoint, resolve_resume,
                           write_completion_record)
-from .intermediate import PROJECTION_NAME, load_projection, save_projection
+from distill.trainer.intermediate import PROJECTION_NAME, load_projection, save_projection
 
 _STAGING = ".staging"
 
 
 class CheckpointingMixin:
-    """`Trainer` overrides for saving and resuming; mixed into `distill.trainer.DistillationTrainer`."""
+    """`Trainer` overrides for saving and resuming; mixed into `distill.trainer.distillation_trainer.DistillationTrainer`."""
 
     def _get_output_dir(self, trial) -> str:
         staging = getattr(self, "_staging_dir", None)
@@ -68,7 +68,7 @@ class CheckpointingMixin:
             load_projection(self._intermediate.projection, resume_from_checkpoint)
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
-        """`Trainer.train`, resuming only from a checkpoint that passes `distill.checkpoints.check_checkpoint`:
+        """`Trainer.train`, resuming only from a checkpoint that passes `distill.trainer.checkpoints.check_checkpoint`:
         ``True`` takes the newest complete one (skipping damaged ones with a warning), a path is checked
         and refused with the damaged file named. Staging left by a killed save is removed first."""
         if self.args.should_save:

@@ -29,9 +29,9 @@ class ShipConfig:
 
 def ship_stage(pipeline, teacher: dict, kd: dict, base: dict) -> dict:
     """Run the stage; returns the bench result plus the files written (paths relative to the run)."""
-    from .bench import bench, write_bench
-    from .export import export
-    from .quantize import quantize
+    from deploy.bench import bench, write_bench
+    from deploy.export import export
+    from deploy.quantize import quantize
 
     cfg = pipeline.config.ship
     root = os.path.join(pipeline.root, "ship")
@@ -83,9 +83,9 @@ def plot_quality_latency(result: dict, path: str) -> str:
 
 def add_ship_to_report(root: str, summary: dict, ship: dict) -> dict:
     """Put the ship table into `summary.json` and a "Shipping" section into `report.md`."""
-    from scaledown.files import write_json_atomic
+    from .files import write_json_atomic
 
-    from .bench import markdown_table
+    from deploy.bench import markdown_table
 
     summary["ship"] = {k: ship[k] for k in ("reference", "rows", "settings", "machine", "files")}
     write_json_atomic(os.path.join(root, "summary.json"), summary)

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import torch
 
-from .data.augment import AUGMENTED_KEY, clean_collator
-from .losses.logit import student_cross_entropy
-from .tasks import align_logits_and_labels
-from .teacher.cache import CACHE_COLUMNS
+from distill.data.augment import AUGMENTED_KEY, clean_collator
+from distill.losses.logit import student_cross_entropy
+from distill.trainer.tasks import align_logits_and_labels
+from distill.teacher.cache import CACHE_COLUMNS
 
 _NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, *CACHE_COLUMNS)
 
 
 class EvaluationMixin:
-    """`Trainer` overrides for evaluation; mixed into `distill.trainer.DistillationTrainer`."""
+    """`Trainer` overrides for evaluation; mixed into `distill.trainer.distillation_trainer.DistillationTrainer`."""
 
     def get_eval_dataloader(self, eval_dataset=None):
         with clean_collator(self):  # never augment evaluation batches

@@ -1,13 +1,13 @@
 """The student model of a `distill train` run: how it is built, and its parameter counts.
 
-Shared by `distill.train`, multi-task runs (`distill.multitask`) and `distill tune`'s `model_init`.
+Shared by `distill.train`, multi-task runs (`distill.trainer.multitask`) and `distill tune`'s `model_init`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .model_config import parse_model_config
+from distill.students.model_config import parse_model_config
 
 
 def build_student(model_args, data_args, args, task, tokenizer, bundle):
@@ -24,7 +24,7 @@ def build_student(model_args, data_args, args, task, tokenizer, bundle):
         extra["attn_implementation"] = "eager"
     model_class = task.model_class()
     if model_args.init_from_teacher_layers is not None:
-        from .students.from_layers import student_from_teacher_dir
+        from distill.students.from_layers import student_from_teacher_dir
 
         student = student_from_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers,
                                            model_class, bundle.num_labels, args.trust_remote_code)
@@ -54,7 +54,7 @@ def parameter_counts(model) -> tuple[int, int]:
     """``(total, non_embedding)`` parameters of the student (ZeRO-3 aware), without a hidden-state projection."""
     import torch
 
-    from .intermediate import PROJECTION_NAME
+    from distill.trainer.intermediate import PROJECTION_NAME
 
     def numel(p):  # ZeRO-3 partitions parameters: ds_numel is the full size
         return getattr(p, "ds_numel", p.numel())

@@ -79,7 +79,7 @@ def parse_search_space(space: dict, args, model_config=None) -> list[Dimension]:
             `model_config`, an empty or inverted range, `log` with `low <= 0`, no choices, unknown
             keys in an entry, or a value the field's own checks refuse (e.g. alpha above 1).
     """
-    from .hints import did_you_mean
+    from distill.utils.hints import did_you_mean
 
     if not isinstance(space, dict) or not space:
         raise ValueError("search space: expected a non-empty mapping of field: {low, high} or {choices}")
@@ -216,8 +216,8 @@ def main(argv: list[str], callbacks=None) -> dict:
     """
     import yaml
 
-    from .train import _check_before_compute, parse_args, parse_model_config
-    from .tune_report import write_reports
+    from distill.train import _check_before_compute, parse_args, parse_model_config
+    from distill.tune.report import write_reports
 
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
@@ -306,10 +306,10 @@ def _build_trainer(model_args, data_args, args, dims, model_config, callbacks):
     """The `distill train` pipeline up to the Trainer, with `model_init` in place of the student."""
     import transformers
 
-    from .tasks import accuracy_metric, get_task, make_collator
-    from .modeling import build_student
-    from .train import prepare_data
-    from .trainer import DistillationTrainer
+    from distill.trainer.tasks import accuracy_metric, get_task, make_collator
+    from distill.students.modeling import build_student
+    from distill.train import prepare_data
+    from distill.trainer.distillation_trainer import DistillationTrainer
 
     task = get_task(args.task)
     transformers.set_seed(args.seed)

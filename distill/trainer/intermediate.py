@@ -29,7 +29,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .losses.hidden import attention_kl_loss, check_layer_map, default_layer_map, hidden_state_loss, position_weights
+from distill.losses.hidden import attention_kl_loss, check_layer_map, default_layer_map, hidden_state_loss, position_weights
 
 PROJECTION_NAME = "distill_hidden_projection"
 PROJECTION_FILE = "hidden_projection.safetensors"
@@ -95,7 +95,7 @@ class IntermediateLayerTransfer:
                 if teacher_cache is not None else "there is no teacher"
             raise ValueError(f"hidden_weight/attention_weight > 0 need an online teacher model: {why}; "
                              "set both to 0 or pass teacher_model.")
-        from .teacher.ensemble import TeacherGroup
+        from distill.teacher.ensemble import TeacherGroup
 
         if isinstance(teacher, TeacherGroup):  # an ensemble (extra_teachers) or one teacher per task
             raise ValueError("hidden_weight/attention_weight > 0 match one teacher's layers, but several teachers "

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Optional
 
-from .intermediate import intermediate_description, parameter_count
+from distill.trainer.intermediate import intermediate_description, parameter_count
 
 _TASK_TAGS = {"causal-lm": "text-generation", "seq-cls": "text-classification", "image-cls": "image-classification"}
 _METRIC_TYPES = {"loss": "loss", "accuracy": "accuracy", "perplexity": "perplexity", "teacher_loss": "loss"}

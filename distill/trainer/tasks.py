@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .data.arguments import TASKS
+from distill.data.arguments import TASKS
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def accuracy_metric() -> Callable:
     """`compute_metrics` for classification, through the project's offline `evaluate` script."""
     import evaluate
 
-    metric = evaluate.load(os.path.join(os.path.dirname(__file__), "metrics", "accuracy.py"))
+    metric = evaluate.load(os.path.join(os.path.dirname(os.path.dirname(__file__)), "metrics", "accuracy.py"))
 
     def compute_metrics(eval_pred) -> dict[str, float]:
         logits, labels = eval_pred.predictions, eval_pred.label_ids

@@ -10,22 +10,22 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from .config import DistillationConfig
-from .trainer_checkpoints import CheckpointingMixin
-from .trainer_evaluation import _NOT_MODEL_INPUTS, EvaluationMixin
-from .intermediate import IntermediateLayerTransfer
-from .losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
-from .losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
+from distill.config import DistillationConfig
+from distill.trainer.checkpointing import CheckpointingMixin
+from distill.trainer.evaluation import _NOT_MODEL_INPUTS, EvaluationMixin
+from distill.trainer.intermediate import IntermediateLayerTransfer
+from distill.losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
+from distill.losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
                          output_head)
-from .numerics import check_teacher_logits, install_nonfinite_guard
-from .losses.logit import distillation_loss, loss_denominator, student_cross_entropy
-from .tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, infer_task
-from .teacher.loading import check_same_tokenizer, load_teacher
-from .teacher.placement import place_teacher
-from .teacher.cache import CACHE_COLUMNS
-from .teacher.ensemble import build_ensemble
-from .data.augment import AUGMENTED_KEY, augmented_kd_loss, augmenting_kwargs
-from .data.on_policy import check_on_policy, on_policy_batches
+from distill.trainer.numerics import check_teacher_logits, install_nonfinite_guard
+from distill.losses.logit import distillation_loss, loss_denominator, student_cross_entropy
+from distill.trainer.tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, infer_task
+from distill.teacher.loading import check_same_tokenizer, load_teacher
+from distill.teacher.placement import place_teacher
+from distill.teacher.cache import CACHE_COLUMNS
+from distill.teacher.ensemble import build_ensemble
+from distill.data.augment import AUGMENTED_KEY, augmented_kd_loss, augmenting_kwargs
+from distill.data.on_policy import check_on_policy, on_policy_batches
 
 
 
@@ -134,8 +134,8 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
     # ---- input checks ------------------------------------------------------------------------
 
     def _attach_teacher_cache(self, cache, teacher_model, task, args, processing_class, kwargs) -> dict:
-        from .tasks import make_collator
-        from .teacher.cache import TeacherCache, TeacherCacheCollator
+        from distill.trainer.tasks import make_collator
+        from distill.teacher.cache import TeacherCache, TeacherCacheCollator
 
         if teacher_model is not None:
             raise ValueError("Give either teacher_model or teacher_cache, not both: a cache replaces the teacher.")
@@ -240,7 +240,7 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
         )
 
     def _cached_kd(self, s_logits, s_labels, cached, num_items_in_batch, **extra):
-        from .losses.cached import cached_distillation_loss
+        from distill.losses.cached import cached_distillation_loss
 
         ids, logprobs, rest = (cached[c] for c in CACHE_COLUMNS)
         return cached_distillation_loss(
@@ -339,7 +339,7 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
 
     def create_model_card(self, *args, **kwargs) -> None:
         """Write ``README.md`` describing the distillation (teacher, loss, hyper-parameters, results)."""
-        from .model_card import write_model_card
+        from distill.utils.model_card import write_model_card
 
         if self.is_world_process_zero():
             write_model_card(self, self.args.output_dir, **kwargs)

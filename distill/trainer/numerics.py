@@ -65,7 +65,7 @@ class NonFiniteGuard(TrainerCallback):
         state.log_history.append({"nonfinite_step_skipped": step, "nonfinite_consecutive": self.consecutive,
                                   "step": step})
         if self.consecutive >= args.max_nonfinite_steps:
-            from .checkpoints import last_complete_checkpoint
+            from distill.trainer.checkpoints import last_complete_checkpoint
 
             last = last_complete_checkpoint(args.output_dir, need_optimizer=not args.save_only_model)
             raise NonFiniteTrainingError(

@@ -21,8 +21,8 @@ import logging
 import os
 from typing import Any, Optional, Sequence
 
-from .data.multitask import TASK_ID_KEY
-from .trainer import DistillationTrainer
+from distill.data.multitask import TASK_ID_KEY
+from distill.trainer.distillation_trainer import DistillationTrainer
 
 logger = logging.getLogger("distill")
 
@@ -42,9 +42,9 @@ class MultiTaskDistillationTrainer(DistillationTrainer):
 
     def __init__(self, model=None, teachers: Optional[Sequence[Any]] = None, *, task_names: Sequence[str],
                  label_ranges: Sequence[tuple[int, int]], args=None, **kwargs):
-        from .tasks import get_task
-        from .teacher.loading import load_teacher
-        from .teacher.per_task import TaskTeachers
+        from distill.trainer.tasks import get_task
+        from distill.teacher.loading import load_teacher
+        from distill.teacher.per_task import TaskTeachers
 
         if args is not None and (args.extra_teachers or args.augment_fraction > 0 or args.kd_fused_lm_head):
             raise ValueError("Multi-task distillation takes one teacher per task: extra_teachers, augment_fraction > 0 "
@@ -66,7 +66,7 @@ class MultiTaskDistillationTrainer(DistillationTrainer):
         model.register_forward_hook(self._mask_student_logits)
 
     def _mask_student_logits(self, module, inputs, output):
-        from .teacher.per_task import mask_to_tasks
+        from distill.teacher.per_task import mask_to_tasks
 
         if self._task_ids is not None:
             output.logits = mask_to_tasks(output.logits, self._task_ids, self.label_ranges)
@@ -119,10 +119,10 @@ class MultiTaskDistillationTrainer(DistillationTrainer):
 
 def multitask_main(model_args, data_args, args) -> dict[str, float]:
     """`distill train` for a recipe with ``tasks:`` (called by :func:`distill.train.main`)."""
-    from .data import DatasetBundle
-    from .data.multitask import build_multitask_datasets
-    from .tasks import accuracy_metric, make_collator
-    from .modeling import build_student, parameter_counts
+    from distill.data import DatasetBundle
+    from distill.data.multitask import build_multitask_datasets
+    from distill.trainer.tasks import accuracy_metric, make_collator
+    from distill.students.modeling import build_student, parameter_counts
 
     entries = data_args.tasks
     task = _check_multitask_run(entries, model_args, args)
@@ -164,8 +164,8 @@ def multitask_main(model_args, data_args, args) -> dict[str, float]:
 
 def _check_multitask_run(entries, model_args, args):
     """Errors a user can fix, before any compute: task kind, teachers present and on disk."""
-    from .tasks import get_task
-    from .teacher.loading import _looks_local
+    from distill.trainer.tasks import get_task
+    from distill.teacher.loading import _looks_local
 
     if args.task not in (None, "seq-cls"):
         raise ValueError(f"tasks: multi-task distillation supports text classification (task: seq-cls), not {args.task!r}.")
@@ -185,7 +185,7 @@ def _shared_tokenizer(entries, model_args, args):
     """The one tokenizer of the student and every teacher (given, or the first teacher's); refuses others."""
     from transformers import AutoTokenizer
 
-    from .teacher.loading import load_tokenizer_if_present
+    from distill.teacher.loading import load_tokenizer_if_present
 
     tokenizer = None
     if model_args.tokenizer_name_or_path:
