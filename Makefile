@@ -8,12 +8,14 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install clean help
+.PHONY: demo test lint format install clean help
 
 help:
 	@echo "make install - create .venv when missing and install the project with its test extras"
 	@echo "make demo   - size ladder -> scaling fit -> teacher -> distilled student -> report, offline on CPU"
-	@echo "make test   - run the test suite (pytest)"
+	@echo "make test   - lint (ruff) and run the test suite (pytest)"
+	@echo "make lint   - ruff check and ruff format --check"
+	@echo "make format - ruff format and ruff check --fix"
 	@echo "make clean  - remove runs/ and the virtual environment"
 
 $(STAMP): pyproject.toml Makefile
@@ -34,7 +36,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/scaledown run --config recipes/pipeline/demo.yaml
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
 	$(BIN)/python -m pytest -q --timeout=900
 
 clean:

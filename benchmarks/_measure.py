@@ -42,8 +42,13 @@ def run_worker(script: str, index: int, flags: list[str]) -> dict:
     env = dict(os.environ, **MALLOC_ENV)
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, script, "--worker", str(index), *flags], env=env, capture_output=True,
-                         text=True, check=False)
+    res = subprocess.run(
+        [sys.executable, script, "--worker", str(index), *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if res.returncode != 0:
         sys.exit(f"{os.path.basename(script)} worker {index} failed:\n{res.stderr[-4000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -34,12 +34,20 @@ sys.path.insert(0, ROOT)
 from _measure import write_results  # noqa: E402
 
 TASKS = {
-    "digits": dict(prefix="image_cls", augment={
-        "aug-kd": ["--augmentations", "resized_crop", "mixup", "--augment_crop_scale", "0.6"],
-        "aug-kd-mild": ["--augmentations", "resized_crop", "--augment_crop_scale", "0.85"]}),
-    "docstring-topics": dict(prefix="seq_cls", augment={
-        "aug-kd": ["--augmentations", "token_replace", "token_drop", "--augment_token_prob", "0.1"],
-        "aug-kd-mild": ["--augmentations", "token_replace", "--augment_token_prob", "0.05"]}),
+    "digits": dict(
+        prefix="image_cls",
+        augment={
+            "aug-kd": ["--augmentations", "resized_crop", "mixup", "--augment_crop_scale", "0.6"],
+            "aug-kd-mild": ["--augmentations", "resized_crop", "--augment_crop_scale", "0.85"],
+        },
+    ),
+    "docstring-topics": dict(
+        prefix="seq_cls",
+        augment={
+            "aug-kd": ["--augmentations", "token_replace", "token_drop", "--augment_token_prob", "0.1"],
+            "aug-kd-mild": ["--augmentations", "token_replace", "--augment_token_prob", "0.05"],
+        },
+    ),
 }
 METHODS = ("baseline", "kd", "aug-kd", "aug-kd-mild")
 
@@ -62,7 +70,9 @@ def labelled_subset(prefix: str, fraction: float, out: str) -> tuple[str, int]:
 
     task = "image-cls" if prefix == "image_cls" else "seq-cls"
     source = "builtin:digits" if task == "image-cls" else "builtin:docstring-topics"
-    raw = load_raw_datasets(DataArguments(dataset_name=source, image_size=16 if task == "image-cls" else None), task=task)
+    raw = load_raw_datasets(
+        DataArguments(dataset_name=source, image_size=16 if task == "image-cls" else None), task=task
+    )
     n = max(1, int(round(fraction * len(raw["train"]))))
     raw["train"] = raw["train"].shuffle(seed=0).select(range(n))
     path = os.path.join(out, f"{prefix}_labelled_{fraction:g}")
@@ -71,7 +81,9 @@ def labelled_subset(prefix: str, fraction: float, out: str) -> tuple[str, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--label-fraction", type=float, default=0.15)
     parser.add_argument("--student-steps", type=int, default=300)
@@ -86,16 +98,35 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)  # a shared machine
-    common = ["--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "50", "--report_to", "none",
-              "--eval_strategy", "no"]
+    common = [
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--logging_steps",
+        "50",
+        "--report_to",
+        "none",
+        "--eval_strategy",
+        "no",
+    ]
     rows = []
     for name in args.tasks:
         spec = TASKS[name]
         prefix = spec["prefix"]
         teacher = os.path.join(args.out, f"{prefix}_teacher")
         if not os.path.isfile(os.path.join(teacher, "all_results.json")):
-            run(["--config", recipe(f"{prefix}_teacher"), "--output_dir", teacher, "--max_steps",
-                 str(args.teacher_steps), *common])
+            run(
+                [
+                    "--config",
+                    recipe(f"{prefix}_teacher"),
+                    "--output_dir",
+                    teacher,
+                    "--max_steps",
+                    str(args.teacher_steps),
+                    *common,
+                ]
+            )
         with open(os.path.join(teacher, "all_results.json")) as f:
             teacher_acc = json.load(f).get("test_accuracy")
         labelled, n_labels = labelled_subset(prefix, args.label_fraction, args.out)
@@ -103,17 +134,46 @@ def main() -> int:
         for seed in args.seeds:
             for method in METHODS:
                 out = os.path.join(args.out, f"{prefix}_{method}_seed{seed}")
-                extra = (["--alpha", "0", "--teacher_model_name_or_path", ""] if method == "baseline"
-                         else ["--teacher_model_name_or_path", teacher])
+                extra = (
+                    ["--alpha", "0", "--teacher_model_name_or_path", ""]
+                    if method == "baseline"
+                    else ["--teacher_model_name_or_path", teacher]
+                )
                 if method.startswith("aug-kd"):
                     extra += ["--augment_fraction", str(args.augment_fraction), *spec["augment"][method]]
                 start, load = time.time(), os.getloadavg()[0]
-                results = run(["--config", recipe(prefix), "--output_dir", out, "--max_steps", str(args.student_steps),
-                               "--dataset_name", labelled, "--seed", str(seed), "--overwrite_output_dir", "true",
-                               *tok, *common, *extra])
-                rows.append(dict(task=name, method=method, seed=seed, labels=n_labels, teacher_accuracy=teacher_acc,
-                                 test_accuracy=results["test_accuracy"], test_loss=results["test_loss"],
-                                 seconds=round(time.time() - start, 1), loadavg=round(load, 2)))
+                results = run(
+                    [
+                        "--config",
+                        recipe(prefix),
+                        "--output_dir",
+                        out,
+                        "--max_steps",
+                        str(args.student_steps),
+                        "--dataset_name",
+                        labelled,
+                        "--seed",
+                        str(seed),
+                        "--overwrite_output_dir",
+                        "true",
+                        *tok,
+                        *common,
+                        *extra,
+                    ]
+                )
+                rows.append(
+                    dict(
+                        task=name,
+                        method=method,
+                        seed=seed,
+                        labels=n_labels,
+                        teacher_accuracy=teacher_acc,
+                        test_accuracy=results["test_accuracy"],
+                        test_loss=results["test_loss"],
+                        seconds=round(time.time() - start, 1),
+                        loadavg=round(load, 2),
+                    )
+                )
                 print(json.dumps(rows[-1]), flush=True)
     table = summarize(rows, args)
     write_results("augment_kd", args, rows, table)
@@ -122,10 +182,13 @@ def main() -> int:
 
 
 def summarize(rows: list[dict], args) -> str:
-    lines = [f"Test accuracy, student trained on a random {args.label_fraction:.0%} of the training split "
-             f"({args.student_steps} steps, seeds {args.seeds}): mean over seeds (min-max).", "",
-             "| task | labelled examples | teacher | baseline | KD | augmentation KD | mild augmentation KD |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Test accuracy, student trained on a random {args.label_fraction:.0%} of the training split "
+        f"({args.student_steps} steps, seeds {args.seeds}): mean over seeds (min-max).",
+        "",
+        "| task | labelled examples | teacher | baseline | KD | augmentation KD | mild augmentation KD |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for task in dict.fromkeys(r["task"] for r in rows):
         cells = []
         for method in METHODS:
@@ -135,8 +198,11 @@ def summarize(rows: list[dict], args) -> str:
         teacher = first["teacher_accuracy"]
         lines.append(f"| {task} | {first['labels']} | {teacher:.3f} | " + " | ".join(cells) + " |")
     loads = [r["loadavg"] for r in rows]
-    lines += ["", "Load average during the runs: "
-                  f"{min(loads):.1f}-{max(loads):.1f} (shared machine; accuracies do not depend on it)."]
+    lines += [
+        "",
+        "Load average during the runs: "
+        f"{min(loads):.1f}-{max(loads):.1f} (shared machine; accuracies do not depend on it).",
+    ]
     return "\n".join(lines)
 
 

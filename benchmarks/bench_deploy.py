@@ -48,25 +48,64 @@ def main() -> int:
 
     student = os.path.join(a.work_dir, "minilm-topics")
     if not os.path.isfile(os.path.join(student, "model.safetensors")):
-        train_main(["--task", "seq-cls", "--alpha", "0", "--model_name_or_path", minilm_dir(),
-                    "--dataset_name", "builtin:docstring-topics", "--max_seq_length", "128", "--output_dir", student,
-                    "--max_steps", str(a.steps), "--per_device_train_batch_size", "16", "--learning_rate", "2e-4",
-                    "--warmup_steps", "5", "--logging_steps", "5", "--eval_strategy", "no", "--save_strategy", "no",
-                    "--seed", "0", "--report_to", "none", "--disable_tqdm", "true"])
-    onnx_dir, onnx_int8, torchao_dir = (os.path.join(a.work_dir, n) for n in ("onnx", "onnx-int8", "torchao-int8"))
+        train_main(
+            [
+                "--task",
+                "seq-cls",
+                "--alpha",
+                "0",
+                "--model_name_or_path",
+                minilm_dir(),
+                "--dataset_name",
+                "builtin:docstring-topics",
+                "--max_seq_length",
+                "128",
+                "--output_dir",
+                student,
+                "--max_steps",
+                str(a.steps),
+                "--per_device_train_batch_size",
+                "16",
+                "--learning_rate",
+                "2e-4",
+                "--warmup_steps",
+                "5",
+                "--logging_steps",
+                "5",
+                "--eval_strategy",
+                "no",
+                "--save_strategy",
+                "no",
+                "--seed",
+                "0",
+                "--report_to",
+                "none",
+                "--disable_tqdm",
+                "true",
+            ]
+        )
+    onnx_dir, onnx_int8, torchao_dir = (
+        os.path.join(a.work_dir, n) for n in ("onnx", "onnx-int8", "torchao-int8")
+    )
     if not os.path.isfile(os.path.join(onnx_dir, "export_report.json")):
         export(student, onnx_dir)
     if not os.path.isfile(os.path.join(onnx_int8, "quantize_report.json")):
         quantize(onnx_dir, "onnx-int8", onnx_int8)
     if not os.path.isfile(os.path.join(torchao_dir, "quantize_report.json")):
         quantize(student, "torchao-int8", torchao_dir)
-    result = bench([student, torchao_dir, onnx_dir, onnx_int8], threads=a.threads,
-                   latency_samples=a.latency_samples, rounds=a.rounds)
+    result = bench(
+        [student, torchao_dir, onnx_dir, onnx_int8],
+        threads=a.threads,
+        latency_samples=a.latency_samples,
+        rounds=a.rounds,
+    )
     rows = {r["variant"]: r for r in result["rows"]}
     goal = rows["onnx-int8"]
-    result["goal"] = {"onnx_int8_speedup_batch1": goal["speedup_batch1"],
-                      "accuracy_delta_points": goal["accuracy_delta_points"],
-                      "met": goal["speedup_batch1"] >= 2 and abs(goal["accuracy_delta_points"]) <= 1}
+    result["goal"] = {
+        "onnx_int8_speedup_batch1": goal["speedup_batch1"],
+        "accuracy_delta_points": goal["accuracy_delta_points"],
+        "met": goal["speedup_batch1"] >= 2 and abs(goal["accuracy_delta_points"]) <= 1,
+    }
     with open(os.path.join(onnx_dir, "export_report.json")) as f:
         result["export_max_abs_diff"] = json.load(f)["max_abs_diff"]
     write_bench(result, os.path.join(HERE, "results", "deploy_minilm.json"))

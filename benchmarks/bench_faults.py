@@ -47,10 +47,19 @@ RESUMED_FROM = {"step": 2, "save": 2, "eval": 4}
 
 def _row(case, mode, optim, faults, resumed, result=None, **extra):
     order = (result or {}).get("order", {})
-    return {"case": case, "mode": mode, "optimizer": optim, "faults": faults, "resumed": int(bool(resumed)),
-            "max_weight_diff": (result or {}).get("diff"), "lost": order.get("lost", 0),
-            "repeated": order.get("repeated", 0), "corrupt_files": len((result or {}).get("partial", [])),
-            "load_avg_1m": round(os.getloadavg()[0], 2), **extra}
+    return {
+        "case": case,
+        "mode": mode,
+        "optimizer": optim,
+        "faults": faults,
+        "resumed": int(bool(resumed)),
+        "max_weight_diff": (result or {}).get("diff"),
+        "lost": order.get("lost", 0),
+        "repeated": order.get("repeated", 0),
+        "corrupt_files": len((result or {}).get("partial", [])),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        **extra,
+    }
 
 
 def kill_cases(ws, root, modes, optims):
@@ -66,8 +75,17 @@ def kill_cases(ws, root, modes, optims):
                 start = time.time()
                 result = h.kill_chain(ws, case_root, optim, faults, ddp=mode == "ddp", straight=straight)
                 resumed = result["order"]["resumed_at"][-1] == RESUMED_FROM[kind]
-                rows.append(_row(f"kill in {kind}", mode, optim, len(faults), resumed, result,
-                                 seconds=round(time.time() - start, 1)))
+                rows.append(
+                    _row(
+                        f"kill in {kind}",
+                        mode,
+                        optim,
+                        len(faults),
+                        resumed,
+                        result,
+                        seconds=round(time.time() - start, 1),
+                    )
+                )
                 print(rows[-1], flush=True)
     return rows
 
@@ -77,9 +95,11 @@ def _truncate(path):
         f.truncate(os.path.getsize(path) // 2)
 
 
-DAMAGE = {"safetensors cut short": ("model.safetensors", _truncate),
-          "optimizer.pt missing": ("optimizer.pt", os.remove),
-          "trainer_state.json cut": ("trainer_state.json", _truncate)}
+DAMAGE = {
+    "safetensors cut short": ("model.safetensors", _truncate),
+    "optimizer.pt missing": ("optimizer.pt", os.remove),
+    "trainer_state.json cut": ("trainer_state.json", _truncate),
+}
 
 
 def corruption_cases(ws, root):
@@ -98,9 +118,11 @@ def corruption_cases(ws, root):
         done = h.run(cmd, FAULT_RECORD=final)
         warned = "Skipping checkpoint" in done.stderr and name in done.stderr
         attempts = [h.read_records(first), h.read_records(final)]
-        result = {"order": h.data_order_errors(straight_record, attempts),
-                  "diff": h.weight_difference(straight, out) if done.returncode == 0 else None,
-                  "partial": h.partial_files(out)}
+        result = {
+            "order": h.data_order_errors(straight_record, attempts),
+            "diff": h.weight_difference(straight, out) if done.returncode == 0 else None,
+            "partial": h.partial_files(out),
+        }
         ok = done.returncode == 0 and warned and result["order"]["resumed_at"][-1] == 2
         rows.append(_row(f"corrupt: {case}", "single", "sgd", 2, ok, result))
         print(rows[-1], flush=True)
@@ -116,17 +138,31 @@ def nan_cases(ws, root, modes):
         result = h.kill_chain(ws, case_root, "adamw_torch", ["save:4"], ddp=mode == "ddp", **nan)
         skipped = result["straight_output"].count("the step is skipped")
         ok = result["order"]["resumed_at"][-1] == 2 and skipped == (2 if mode == "ddp" else 1)
-        rows.append(_row("NaN at step 3 + kill in save", mode, "adamw_torch", 2, ok, result,
-                         skipped_per_rank=skipped))
+        rows.append(
+            _row("NaN at step 3 + kill in save", mode, "adamw_torch", 2, ok, result, skipped_per_rank=skipped)
+        )
         print(rows[-1], flush=True)
     case_root = os.path.join(root, "nan-stop")
     out = os.path.join(case_root, "out")
-    done = h.run(h.command(["distill", "train", *h.train_args(ws, out, "sgd", steps=10),
-                            "--max_nonfinite_steps", "3"]), FAULT_NAN=",".join(map(str, range(2, 10))))
+    done = h.run(
+        h.command(
+            ["distill", "train", *h.train_args(ws, out, "sgd", steps=10), "--max_nonfinite_steps", "3"]
+        ),
+        FAULT_NAN=",".join(map(str, range(2, 10))),
+    )
     stopped = done.returncode != 0 and "Stopped at step 5: the last 3 optimizer steps" in done.stderr
-    rows.append(_row("NaN from step 3 on, max_nonfinite_steps=3", "single", "sgd", 1, False,
-                     {"partial": h.partial_files(out)}, stopped_with_error=stopped,
-                     finite_checkpoints=_all_finite(out)))
+    rows.append(
+        _row(
+            "NaN from step 3 on, max_nonfinite_steps=3",
+            "single",
+            "sgd",
+            1,
+            False,
+            {"partial": h.partial_files(out)},
+            stopped_with_error=stopped,
+            finite_checkpoints=_all_finite(out),
+        )
+    )
     print(rows[-1], flush=True)
     return rows
 
@@ -138,8 +174,11 @@ def _all_finite(out):
     from distill.trainer.checkpoints import sorted_checkpoints
 
     checkpoints = sorted_checkpoints(out)
-    return bool(checkpoints) and all(torch.isfinite(t).all() for c in checkpoints
-                                     for t in load_file(os.path.join(c, "model.safetensors")).values())
+    return bool(checkpoints) and all(
+        torch.isfinite(t).all()
+        for c in checkpoints
+        for t in load_file(os.path.join(c, "model.safetensors")).values()
+    )
 
 
 def disk_full_case(ws, root):
@@ -150,24 +189,42 @@ def disk_full_case(ws, root):
     cmd = h.command(["distill", "train", *h.train_args(ws, out, "adamw_torch")])
     first, final = os.path.join(case_root, "first.jsonl"), os.path.join(case_root, "final.jsonl")
     failed = h.run(cmd, FAULT_ENOSPC="4", FAULT_RECORD=first)
-    said_so = failed.returncode != 0 and "Out of disk space" in failed.stderr and "checkpoint-2 is intact" in failed.stderr
+    said_so = (
+        failed.returncode != 0
+        and "Out of disk space" in failed.stderr
+        and "checkpoint-2 is intact" in failed.stderr
+    )
     done = h.run(cmd, FAULT_RECORD=final)
-    result = {"order": h.data_order_errors(straight_record, [h.read_records(first), h.read_records(final)]),
-              "diff": h.weight_difference(straight, out), "partial": h.partial_files(out)}
-    row = _row("disk full while saving", "single", "adamw_torch", 1,
-               done.returncode == 0 and result["order"]["resumed_at"][-1] == 2, result, error_said_so=said_so)
+    result = {
+        "order": h.data_order_errors(straight_record, [h.read_records(first), h.read_records(final)]),
+        "diff": h.weight_difference(straight, out),
+        "partial": h.partial_files(out),
+    }
+    row = _row(
+        "disk full while saving",
+        "single",
+        "adamw_torch",
+        1,
+        done.returncode == 0 and result["order"]["resumed_at"][-1] == 2,
+        result,
+        error_said_so=said_so,
+    )
     print(row, flush=True)
     return [row]
 
 
 def table(rows) -> str:
-    lines = ["| case | mode | optimizer | faults injected | resumed | max weight diff | lost | repeated | corrupt files |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        "| case | mode | optimizer | faults injected | resumed | max weight diff | lost | repeated | corrupt files |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         diff = "-" if r["max_weight_diff"] is None else f"{r['max_weight_diff']:.1e}"
         resumed = "yes" if r["resumed"] else ("stopped with error" if r.get("stopped_with_error") else "NO")
-        lines.append(f"| {r['case']} | {r['mode']} | {r['optimizer']} | {r['faults']} | {resumed} | {diff} | "
-                     f"{r['lost']} | {r['repeated']} | {r['corrupt_files']} |")
+        lines.append(
+            f"| {r['case']} | {r['mode']} | {r['optimizer']} | {r['faults']} | {resumed} | {diff} | "
+            f"{r['lost']} | {r['repeated']} | {r['corrupt_files']} |"
+        )
     return "\n".join(lines)
 
 

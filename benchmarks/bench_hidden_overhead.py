@@ -48,14 +48,26 @@ def llama(hidden, layers, heads, args, seed):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=args.V, hidden_size=hidden, intermediate_size=int(8 / 3 * hidden) // 8 * 8, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=args.T, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2, tie_word_embeddings=True))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=args.V,
+            hidden_size=hidden,
+            intermediate_size=int(8 / 3 * hidden) // 8 * 8,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            max_position_embeddings=args.T,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=True,
+        )
+    )
 
 
 def run(args) -> list[dict]:
     from bench_kd_overhead import make_batch
+
     from distill import DistillationConfig, DistillationTrainer
     from distill.trainer.tasks import CausalLMCollator
 
@@ -72,11 +84,27 @@ def run(args) -> list[dict]:
         student.set_attn_implementation(implementation)
         teacher.set_attn_implementation(implementation)
         config = DistillationConfig(
-            output_dir=tmp, per_device_train_batch_size=args.B, learning_rate=1e-4, optim="adamw_torch",
-            lr_scheduler_type="constant", max_grad_norm=0.0, report_to="none", save_strategy="no", seed=0,
-            disable_tqdm=True, alpha=0.5, temperature=2.0, **extra)
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config,
-                                      train_dataset=[{"input_ids": [3, 4]}], data_collator=CausalLMCollator(0))
+            output_dir=tmp,
+            per_device_train_batch_size=args.B,
+            learning_rate=1e-4,
+            optim="adamw_torch",
+            lr_scheduler_type="constant",
+            max_grad_norm=0.0,
+            report_to="none",
+            save_strategy="no",
+            seed=0,
+            disable_tqdm=True,
+            alpha=0.5,
+            temperature=2.0,
+            **extra,
+        )
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=config,
+            train_dataset=[{"input_ids": [3, 4]}],
+            data_collator=CausalLMCollator(0),
+        )
         trainer.create_optimizer_and_scheduler(num_training_steps=10**6)
         trainers[name] = trainer
 
@@ -95,8 +123,16 @@ def run(args) -> list[dict]:
                 times[name].append(time.perf_counter() - t0)
     shutil.rmtree(tmp, ignore_errors=True)
     base = statistics.median(times["logit KD (sdpa)"])
-    return [dict(variant=name, median_ms=1e3 * statistics.median(ts), min_ms=1e3 * min(ts), n=len(ts),
-                 ratio=statistics.median(ts) / base) for name, ts in times.items()]
+    return [
+        dict(
+            variant=name,
+            median_ms=1e3 * statistics.median(ts),
+            min_ms=1e3 * min(ts),
+            n=len(ts),
+            ratio=statistics.median(ts) / base,
+        )
+        for name, ts in times.items()
+    ]
 
 
 def main() -> None:
@@ -112,7 +148,6 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     import torch
-
     from _measure import write_results
 
     torch.set_num_threads(args.threads)
@@ -120,11 +155,16 @@ def main() -> None:
     rows = run(args)
     load = [round(x, 2) for x in (load_before[0], os.getloadavg()[0])]
     table = "\n".join(
-        [f"B={args.B}, T={args.T}, V={args.V}, teacher {args.teacher} -> student {args.student} (hidden x layers, "
-         f"{args.heads} heads), {args.threads} "
-         f"thread(s), load average {load[0]} -> {load[1]} (1 min)", "",
-         "| variant | median ms/step | ratio |", "|---|---:|---:|"]
-        + [f"| {r['variant']} | {r['median_ms']:.1f} | {r['ratio']:.2f}x |" for r in rows])
+        [
+            f"B={args.B}, T={args.T}, V={args.V}, teacher {args.teacher} -> student {args.student} (hidden x layers, "
+            f"{args.heads} heads), {args.threads} "
+            f"thread(s), load average {load[0]} -> {load[1]} (1 min)",
+            "",
+            "| variant | median ms/step | ratio |",
+            "|---|---:|---:|",
+        ]
+        + [f"| {r['variant']} | {r['median_ms']:.1f} | {r['ratio']:.2f}x |" for r in rows]
+    )
     args.load_average = load
     write_results("hidden_overhead", args, rows, table)
     print(table)

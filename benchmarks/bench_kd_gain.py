@@ -18,7 +18,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=os.path.join(HERE, "..", "recipes", "pipeline", "demo.yaml"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--output-root", default="runs")
@@ -29,18 +31,30 @@ def main() -> int:
     config = load_pipeline_config(args.config, quick=args.quick, overrides={"output_root": args.output_root})
     summary = Pipeline(config).run()
     rows = [("teacher", 0, summary["teacher"]["test_loss"])]
-    rows += [("KD student", s["dir"].rsplit("seed", 1)[-1], s["test_loss"]) for s in summary["student"]["seeds"]]
-    rows += [("baseline", s["dir"].rsplit("seed", 1)[-1], s["test_loss"]) for s in summary["baseline"]["seeds"]]
+    rows += [
+        ("KD student", s["dir"].rsplit("seed", 1)[-1], s["test_loss"]) for s in summary["student"]["seeds"]
+    ]
+    rows += [
+        ("baseline", s["dir"].rsplit("seed", 1)[-1], s["test_loss"]) for s in summary["baseline"]["seeds"]
+    ]
     h = summary["holdout_prediction"] or {}
     result = {
         "rows": [{"model": m, "seed": int(s), "test_loss": loss} for m, s, loss in rows],
-        "kd_improvement": summary["kd_improvement"], "seed_spread": summary["seed_spread"],
-        "kd_gain": summary["kd_gain"], "holdout_error_pct": h.get("error_pct"), "seconds": summary["seconds"],
+        "kd_improvement": summary["kd_improvement"],
+        "seed_spread": summary["seed_spread"],
+        "kd_gain": summary["kd_gain"],
+        "holdout_error_pct": h.get("error_pct"),
+        "seconds": summary["seconds"],
     }
-    md = ["| model | seed | test loss |", "|---|---|---|"] + [f"| {m} | {s} | {loss:.4f} |" for m, s, loss in rows]
-    md += ["", f"KD improvement over baseline (mean of seeds): {result['kd_improvement']:.4f}; largest seed spread: "
-           f"{result['seed_spread']:.4f}; KD gain: {100 * result['kd_gain']:.1f}% of the baseline-to-teacher gap.",
-           f"Held-out rung predicted within {h.get('error_pct', float('nan')):+.2f}%."]
+    md = ["| model | seed | test loss |", "|---|---|---|"] + [
+        f"| {m} | {s} | {loss:.4f} |" for m, s, loss in rows
+    ]
+    md += [
+        "",
+        f"KD improvement over baseline (mean of seeds): {result['kd_improvement']:.4f}; largest seed spread: "
+        f"{result['seed_spread']:.4f}; KD gain: {100 * result['kd_gain']:.1f}% of the baseline-to-teacher gap.",
+        f"Held-out rung predicted within {h.get('error_pct', float('nan')):+.2f}%.",
+    ]
     out = os.path.join(HERE, "results")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "kd_gain.json"), "w") as f:

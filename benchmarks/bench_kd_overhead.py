@@ -54,9 +54,17 @@ def tiny_llama(hidden, layers, vocab, max_pos, seed):
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=int(8 / 3 * hidden) // 8 * 8,
-        num_hidden_layers=layers, num_attention_heads=max(1, hidden // 32), num_key_value_heads=max(1, hidden // 32),
-        max_position_embeddings=max_pos, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=int(8 / 3 * hidden) // 8 * 8,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 32),
+        num_key_value_heads=max(1, hidden // 32),
+        max_position_embeddings=max_pos,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config).float()
 
@@ -72,8 +80,10 @@ def make_batch(B, T, V, seed=0):
         ids = [rng.randrange(3, V) for _ in range(n)]
         p = rng.randint(0, n // 4)
         rows.append({"input_ids": ids, "labels": [-100] * p + ids[p:]})
-    rows[0] = {"input_ids": rows[0]["input_ids"] + [3] * (T - len(rows[0]["input_ids"])),
-               "labels": rows[0]["labels"] + [3] * (T - len(rows[0]["labels"]))}  # one full-length row
+    rows[0] = {
+        "input_ids": rows[0]["input_ids"] + [3] * (T - len(rows[0]["input_ids"])),
+        "labels": rows[0]["labels"] + [3] * (T - len(rows[0]["labels"])),
+    }  # one full-length row
     return CausalLMCollator(pad_token_id=0)(rows)
 
 
@@ -97,18 +107,35 @@ def run_size(teacher_spec: str, student_spec: str, args) -> dict:
 
     tmp = tempfile.mkdtemp(prefix="kd_overhead_")
     common = dict(
-        output_dir=tmp, per_device_train_batch_size=args.B, learning_rate=1e-4, optim="adamw_torch",
-        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0, report_to="none", save_strategy="no",
-        seed=0, disable_tqdm=True, use_cpu=True,
+        output_dir=tmp,
+        per_device_train_batch_size=args.B,
+        learning_rate=1e-4,
+        optim="adamw_torch",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        use_cpu=True,
     )
     collator = CausalLMCollator(pad_token_id=0)
     dummy = [{"input_ids": [3, 4], "labels": [3, 4]}]
 
     def kd_trainer(fused=False):
         s = copy.deepcopy(student0)
-        cfg = DistillationConfig(alpha=0.5, temperature=2.0, kd_kind="forward_kl", kd_chunk_size=args.chunk,
-                                 kd_fused_lm_head=fused, **common)
-        tr = DistillationTrainer(model=s, teacher_model=teacher, args=cfg, train_dataset=dummy, data_collator=collator)
+        cfg = DistillationConfig(
+            alpha=0.5,
+            temperature=2.0,
+            kd_kind="forward_kl",
+            kd_chunk_size=args.chunk,
+            kd_fused_lm_head=fused,
+            **common,
+        )
+        tr = DistillationTrainer(
+            model=s, teacher_model=teacher, args=cfg, train_dataset=dummy, data_collator=collator
+        )
         tr.create_optimizer_and_scheduler(num_training_steps=10**6)
         return tr
 
@@ -180,12 +207,28 @@ def run_size(teacher_spec: str, student_spec: str, args) -> dict:
     rows = []
     for name, ts in list(times.items()) + list(comp.items()):
         med = statistics.median(ts)
-        rows.append(dict(variant=name, median_ms=1e3 * med, min_ms=1e3 * min(ts), n=len(ts), ratio=med / base,
-                         first_loss=first_loss.get(name)))
+        rows.append(
+            dict(
+                variant=name,
+                median_ms=1e3 * med,
+                min_ms=1e3 * min(ts),
+                n=len(ts),
+                ratio=med / base,
+                first_loss=first_loss.get(name),
+            )
+        )
     shutil.rmtree(tmp, ignore_errors=True)
-    return dict(teacher=teacher_spec, student=student_spec, teacher_params=n_params(teacher),
-                student_params=n_params(student0), num_items=num_items, rows=rows, ratio=rows[0]["ratio"],
-                fused_ratio=rows[1]["ratio"], target_met=rows[0]["ratio"] <= 1.05)
+    return dict(
+        teacher=teacher_spec,
+        student=student_spec,
+        teacher_params=n_params(teacher),
+        student_params=n_params(student0),
+        num_items=num_items,
+        rows=rows,
+        ratio=rows[0]["ratio"],
+        fused_ratio=rows[1]["ratio"],
+        target_met=rows[0]["ratio"] <= 1.05,
+    )
 
 
 def main() -> None:
@@ -193,12 +236,17 @@ def main() -> None:
     p.add_argument("--B", type=int, default=8)
     p.add_argument("--T", type=int, default=128)
     p.add_argument("--V", type=int, default=4096)
-    p.add_argument("--sizes", default="256x4:128x2,512x4:256x4",
-                   help="comma-separated teacher:student pairs, each hidden x layers")
+    p.add_argument(
+        "--sizes",
+        default="256x4:128x2,512x4:256x4",
+        help="comma-separated teacher:student pairs, each hidden x layers",
+    )
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--chunk", type=int, default=None, help="kd_chunk_size (default: the trainer's, default_chunk_size)")
+    p.add_argument(
+        "--chunk", type=int, default=None, help="kd_chunk_size (default: the trainer's, default_chunk_size)"
+    )
     args = p.parse_args()
 
     import torch
@@ -220,22 +268,36 @@ def main() -> None:
         f"Median of {args.rounds} interleaved rounds after {args.warmup} warm-up; ratio = median / median of "
         f"'student CE + teacher fwd'. Target: kd (chunked) <= 1.05x."
     )
-    lines = [header, "", "| teacher -> student (params) | step | median ms | min ms | vs reference |",
-             "|---|---|---:|---:|---:|"]
+    lines = [
+        header,
+        "",
+        "| teacher -> student (params) | step | median ms | min ms | vs reference |",
+        "|---|---|---:|---:|---:|",
+    ]
     for res in results:
-        label = (f"{res['teacher']} ({res['teacher_params'] / 1e6:.2f}M) -> {res['student']} "
-                 f"({res['student_params'] / 1e6:.2f}M)")
+        label = (
+            f"{res['teacher']} ({res['teacher_params'] / 1e6:.2f}M) -> {res['student']} "
+            f"({res['student_params'] / 1e6:.2f}M)"
+        )
         for r in res["rows"]:
-            lines.append(f"| {label} | {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['ratio']:.3f}x |")
+            lines.append(
+                f"| {label} | {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['ratio']:.3f}x |"
+            )
     lines.append("")
     for res in results:
-        lines.append(f"- {res['teacher']} -> {res['student']}: KD overhead {res['ratio']:.3f}x, target <= 1.05x "
-                     f"{'MET' if res['target_met'] else 'NOT MET'}; with kd_fused_lm_head {res['fused_ratio']:.3f}x.")
+        lines.append(
+            f"- {res['teacher']} -> {res['student']}: KD overhead {res['ratio']:.3f}x, target <= 1.05x "
+            f"{'MET' if res['target_met'] else 'NOT MET'}; with kd_fused_lm_head {res['fused_ratio']:.3f}x."
+        )
     table = "\n".join(lines)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = dict(vars(args), python=platform.python_version(), torch=torch.__version__, machine=platform.machine())
+    meta = dict(
+        vars(args), python=platform.python_version(), torch=torch.__version__, machine=platform.machine()
+    )
     out = dict(config=meta, target=1.05, results=results)
-    stem = "kd_overhead" if args.chunk is None else f"kd_overhead_chunk{args.chunk}"  # keep the default's table
+    stem = (
+        "kd_overhead" if args.chunk is None else f"kd_overhead_chunk{args.chunk}"
+    )  # keep the default's table
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2))
     (RESULTS / f"{stem}.md").write_text(table + "\n")
     print(table)

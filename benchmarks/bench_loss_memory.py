@@ -36,7 +36,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import reset_peak, run_worker, status_kib, write_results  # noqa: E402
 
-
 # (name, family, chunk_size): family "logits" starts from logits, "hidden" from hidden states.
 VARIANTS = [
     ("naive", "logits", None),
@@ -52,8 +51,8 @@ def worker(args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from distill.losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
     from distill.losses import distillation_loss
+    from distill.losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 
     name, family, chunk = VARIANTS[args.worker]
     B, T, V, H = args.B, args.T, args.V, args.H
@@ -80,15 +79,17 @@ def worker(args) -> dict:
         if name == "naive":
             out = distillation_loss(x["s"], x["t"], x["labels"], **kw)
         elif name == "chunked":
-            out = chunked_distillation_loss(x["s"], x["t"], x["labels"],
-                                            chunk_size=None if chunk == "auto" else chunk, **kw)
+            out = chunked_distillation_loss(
+                x["s"], x["t"], x["labels"], chunk_size=None if chunk == "auto" else chunk, **kw
+            )
         elif name == "naive + LM head":
             with torch.no_grad():
                 t_logits = F.linear(x["ht"], x["wt"])
             out = distillation_loss(F.linear(x["hs"], x["ws"]), t_logits, x["labels"], **kw)
         else:
-            out = fused_linear_distillation_loss(x["hs"], x["ws"], x["ht"], x["wt"], x["labels"],
-                                                 chunk_size=chunk, **kw)
+            out = fused_linear_distillation_loss(
+                x["hs"], x["ws"], x["ht"], x["wt"], x["labels"], chunk_size=chunk, **kw
+            )
         out.loss.backward()
         return out.loss.item()
 
@@ -119,8 +120,16 @@ def worker(args) -> dict:
         t0 = time.perf_counter()
         step(x)
         times.append(time.perf_counter() - t0)
-    return dict(variant=name, family=family, chunk_size=chunk, peak_mib=peak_kib / 1024,
-                time_s=min(times), loss=loss, method=method, threads=torch.get_num_threads())
+    return dict(
+        variant=name,
+        family=family,
+        chunk_size=chunk,
+        peak_mib=peak_kib / 1024,
+        time_s=min(times),
+        loss=loss,
+        method=method,
+        threads=torch.get_num_threads(),
+    )
 
 
 def main() -> None:

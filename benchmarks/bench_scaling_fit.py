@@ -34,8 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "fixtures" / "scaling" / "chinchilla_epoch_svg_extracted.csv"
-TARGET = {"objective": 0.00101827, "E": 1.8172, "A": 477.84, "B": 2143.86, "alpha": 0.3473,
-          "beta": 0.3672}
+TARGET = {"objective": 0.00101827, "E": 1.8172, "A": 477.84, "B": 2143.86, "alpha": 0.3473, "beta": 0.3672}
 
 
 def load_epoch():
@@ -59,9 +58,15 @@ def epoch_style_grid(n, d, loss, max_starts=None):
         pred = logsumexp([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)], axis=0)
         return np.sum(huber(1e-3, pred - log_l))
 
-    grid = list(itertools.product(np.arange(0, 25.1, 5), np.arange(0, 25.1, 5),
-                                  np.arange(-1, 1.01, 0.5), np.arange(0, 2.01, 0.5),
-                                  np.arange(0, 2.01, 0.5)))
+    grid = list(
+        itertools.product(
+            np.arange(0, 25.1, 5),
+            np.arange(0, 25.1, 5),
+            np.arange(-1, 1.01, 0.5),
+            np.arange(0, 2.01, 0.5),
+            np.arange(0, 2.01, 0.5),
+        )
+    )
     if max_starts:
         grid = grid[:: max(1, len(grid) // max_starts)][:max_starts]
     best = None
@@ -70,9 +75,15 @@ def epoch_style_grid(n, d, loss, max_starts=None):
         if best is None or res.fun < best.fun:
             best = res
     a, b, e, alpha, beta = best.x
-    return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)),
-            "alpha": float(alpha), "beta": float(beta), "objective": float(best.fun),
-            "starts": len(grid)}
+    return {
+        "E": float(np.exp(e)),
+        "A": float(np.exp(a)),
+        "B": float(np.exp(b)),
+        "alpha": float(alpha),
+        "beta": float(beta),
+        "objective": float(best.fun),
+        "starts": len(grid),
+    }
 
 
 def timed(fn, repeat=1):
@@ -85,34 +96,55 @@ def timed(fn, repeat=1):
 
 
 def row(name, res, seconds, note=""):
-    return {"method": name, "seconds": seconds, "objective": res["objective"],
-            **{k: res[k] for k in ("E", "A", "B", "alpha", "beta")}, "note": note}
+    return {
+        "method": name,
+        "seconds": seconds,
+        "objective": res["objective"],
+        **{k: res[k] for k in ("E", "A", "B", "alpha", "beta")},
+        "note": note,
+    }
 
 
 def markdown(rows, boot, ratio, cores):
-    head = ("| method | time (s) | objective | E | A | B | alpha | beta | note |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")
-    body = "".join(f"| {r['method']} | {r['seconds']:.2f} | {r['objective']:.8f} | {r['E']:.4f} "
-                   f"| {r['A']:.2f} | {r['B']:.2f} | {r['alpha']:.4f} | {r['beta']:.4f} "
-                   f"| {r['note']} |\n" for r in rows)
+    head = (
+        "| method | time (s) | objective | E | A | B | alpha | beta | note |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    body = "".join(
+        f"| {r['method']} | {r['seconds']:.2f} | {r['objective']:.8f} | {r['E']:.4f} "
+        f"| {r['A']:.2f} | {r['B']:.2f} | {r['alpha']:.4f} | {r['beta']:.4f} "
+        f"| {r['note']} |\n"
+        for r in rows
+    )
     t = TARGET
-    body += (f"| Epoch AI (published) | ~128 | {t['objective']:.8f} | {t['E']} | {t['A']} "
-             f"| {t['B']} | {t['alpha']} | {t['beta']} | DESIGN.md section 4 |\n")
+    body += (
+        f"| Epoch AI (published) | ~128 | {t['objective']:.8f} | {t['E']} | {t['A']} "
+        f"| {t['B']} | {t['alpha']} | {t['beta']} | DESIGN.md section 4 |\n"
+    )
     tail = f"\nSpeed-up of vp over the Epoch-style grid: **{ratio:.0f}x** ({cores} cores).\n"
     if boot:
-        tail += (f"Bootstrap: {boot['n']} refits in **{boot['seconds']:.1f} s** on "
-                 f"{boot['jobs']} processes ({boot['n_failed']} failed); 95% intervals: "
-                 + ", ".join(f"{k} [{lo:.4g}, {hi:.4g}]" for k, (lo, hi) in boot["ci"].items())
-                 + ".\n")
+        tail += (
+            f"Bootstrap: {boot['n']} refits in **{boot['seconds']:.1f} s** on "
+            f"{boot['jobs']} processes ({boot['n_failed']} failed); 95% intervals: "
+            + ", ".join(f"{k} [{lo:.4g}, {hi:.4g}]" for k, (lo, hi) in boot["ci"].items())
+            + ".\n"
+        )
     return head + body + tail
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline-starts", type=int, help="subsample the 4,500 Epoch starts "
-                        "(the baseline time is then extrapolated to 4,500 and marked so)")
-    parser.add_argument("--analytic-grid", action="store_true",
-                        help="also time scaledown's --method grid (analytic gradients)")
+    parser.add_argument(
+        "--baseline-starts",
+        type=int,
+        help="subsample the 4,500 Epoch starts "
+        "(the baseline time is then extrapolated to 4,500 and marked so)",
+    )
+    parser.add_argument(
+        "--analytic-grid",
+        action="store_true",
+        help="also time scaledown's --method grid (analytic gradients)",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000, help="refits (0: skip)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
@@ -125,12 +157,24 @@ def main(argv=None):
     with single_thread_blas():
         fit_arrays(n, d, loss)  # warm-up: imports and caches
         vp, t_vp = timed(lambda: fit_arrays(n, d, loss, method="vp"), repeat=3)
-        rows.append(row("scaledown vp", {**vp["params"], "objective": vp["objective"]}, t_vp,
-                        f"VP grid + {vp['n_starts']} L-BFGS start(s), best of 3 runs"))
+        rows.append(
+            row(
+                "scaledown vp",
+                {**vp["params"], "objective": vp["objective"]},
+                t_vp,
+                f"VP grid + {vp['n_starts']} L-BFGS start(s), best of 3 runs",
+            )
+        )
         if args.analytic_grid:
             g, t_g = timed(lambda: fit_arrays(n, d, loss, method="grid"))
-            rows.append(row("scaledown grid", {**g["params"], "objective": g["objective"]}, t_g,
-                            f"{g['n_starts']} starts, analytic gradients"))
+            rows.append(
+                row(
+                    "scaledown grid",
+                    {**g["params"], "objective": g["objective"]},
+                    t_g,
+                    f"{g['n_starts']} starts, analytic gradients",
+                )
+            )
         base, t_base = timed(lambda: epoch_style_grid(n, d, loss, args.baseline_starts))
     note = f"{base['starts']} starts, finite differences"
     if base["starts"] < 4500:
@@ -140,27 +184,42 @@ def main(argv=None):
     ratio = t_base / t_vp
     boot_info = None
     if args.bootstrap:
-        b, t_b = timed(lambda: bootstrap(n, d, loss, n_boot=args.bootstrap, seed=0, jobs=cores,
-                                         theta0=np.array(vp["internal"])))
+        b, t_b = timed(
+            lambda: bootstrap(
+                n, d, loss, n_boot=args.bootstrap, seed=0, jobs=cores, theta0=np.array(vp["internal"])
+            )
+        )
         ok = b["samples"][~np.isnan(b["samples"][:, 0])]
         names = ("E", "A", "B", "alpha", "beta")
-        boot_info = {"n": args.bootstrap, "seconds": t_b, "jobs": cores,
-                     "n_failed": b["n_failed"], "ci": {k: np.percentile(ok[:, j], [2.5, 97.5])
-                                                       .tolist() for j, k in enumerate(names)}}
-    bars = {"objective <= 0.0010183": vp["objective"] <= 0.0010183,
-            "alpha, beta, E within 0.5%": all(abs(vp["params"][k] / TARGET[k] - 1) <= 0.005
-                                              for k in ("alpha", "beta", "E")),
-            "A, B within 3%": all(abs(vp["params"][k] / TARGET[k] - 1) <= 0.03 for k in "AB"),
-            "vp fit < 5 s": t_vp < 5,
-            "1000 bootstrap refits < 60 s": bool(boot_info and boot_info["n"] >= 1000
-                                                 and boot_info["seconds"] < 60)}
+        boot_info = {
+            "n": args.bootstrap,
+            "seconds": t_b,
+            "jobs": cores,
+            "n_failed": b["n_failed"],
+            "ci": {k: np.percentile(ok[:, j], [2.5, 97.5]).tolist() for j, k in enumerate(names)},
+        }
+    bars = {
+        "objective <= 0.0010183": vp["objective"] <= 0.0010183,
+        "alpha, beta, E within 0.5%": all(
+            abs(vp["params"][k] / TARGET[k] - 1) <= 0.005 for k in ("alpha", "beta", "E")
+        ),
+        "A, B within 3%": all(abs(vp["params"][k] / TARGET[k] - 1) <= 0.03 for k in "AB"),
+        "vp fit < 5 s": t_vp < 5,
+        "1000 bootstrap refits < 60 s": bool(
+            boot_info and boot_info["n"] >= 1000 and boot_info["seconds"] < 60
+        ),
+    }
     md = markdown(rows, boot_info, ratio, cores)
     md += "\nBars: " + ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in bars.items()) + "\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"rows": rows, "speedup": ratio, "bootstrap": boot_info, "bars": bars,
-              "machine": {"cores": cores, "python": platform.python_version(),
-                          "platform": platform.platform()}}
+    result = {
+        "rows": rows,
+        "speedup": ratio,
+        "bootstrap": boot_info,
+        "bars": bars,
+        "machine": {"cores": cores, "python": platform.python_version(), "platform": platform.platform()},
+    }
     (out / "bench_scaling_fit.json").write_text(json.dumps(result, indent=1))
     (out / "bench_scaling_fit.md").write_text(md)
     print(md)

@@ -37,6 +37,7 @@ def main() -> int:
     a = p.parse_args()
 
     from _measure import write_results
+
     from deploy.loadtest import load_test, request, running_server
     from distill.data.corpus import docstring_classification
 
@@ -47,22 +48,44 @@ def main() -> int:
     for name, path, flags in (("pytorch-fp32", a.model_dir, []), ("onnx-int8", a.onnx_dir, ["--onnx"])):
         for limit in [int(c) for c in a.concurrency.split(",")]:
             load_before = os.getloadavg()[0]
-            with running_server(path, "--api-key-env", "SCALEDOWN_BENCH_KEY", "--max-concurrency", str(limit),
-                                "--threads", str(a.threads), *flags, env=env) as url:
+            with running_server(
+                path,
+                "--api-key-env",
+                "SCALEDOWN_BENCH_KEY",
+                "--max-concurrency",
+                str(limit),
+                "--threads",
+                str(a.threads),
+                *flags,
+                env=env,
+            ) as url:
                 request(url + "/v1/classify", {"inputs": [text]}, key=key)  # warm-up
                 result = load_test(url + "/v1/classify", {"inputs": [text]}, a.requests, a.clients, key=key)
                 healthy = request(url + "/health")[0] == 200
-            rows.append({"variant": name, "max_concurrency": limit, **result, "health_after": healthy,
-                         "loadavg_before": load_before, "loadavg_after": os.getloadavg()[0]})
+            rows.append(
+                {
+                    "variant": name,
+                    "max_concurrency": limit,
+                    **result,
+                    "health_after": healthy,
+                    "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg()[0],
+                }
+            )
             print(rows[-1], flush=True)
-    lines = ["| variant | max concurrency | statuses | p50 ms (200s) | p95 ms (200s) | p50 ms (all) | p95 ms (all) "
-             "| requests/s | /health after | load avg |", "|---|---:|---|---:|---:|---:|---:|---:|---|---|"]
+    lines = [
+        "| variant | max concurrency | statuses | p50 ms (200s) | p95 ms (200s) | p50 ms (all) | p95 ms (all) "
+        "| requests/s | /health after | load avg |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---|",
+    ]
     for r in rows:
         statuses = ", ".join(f"{k}: {v}" for k, v in r["status_counts"].items())
-        lines.append(f"| {r['variant']} | {r['max_concurrency']} | {statuses} | {r['p50_ms_ok']:.1f} | "
-                     f"{r['p95_ms_ok']:.1f} | {r['p50_ms_all']:.1f} | {r['p95_ms_all']:.1f} | "
-                     f"{r['requests_per_second']:.1f} | {'200' if r['health_after'] else 'FAILED'} | "
-                     f"{r['loadavg_before']:.1f}-{r['loadavg_after']:.1f} |")
+        lines.append(
+            f"| {r['variant']} | {r['max_concurrency']} | {statuses} | {r['p50_ms_ok']:.1f} | "
+            f"{r['p95_ms_ok']:.1f} | {r['p50_ms_all']:.1f} | {r['p95_ms_all']:.1f} | "
+            f"{r['requests_per_second']:.1f} | {'200' if r['health_after'] else 'FAILED'} | "
+            f"{r['loadavg_before']:.1f}-{r['loadavg_after']:.1f} |"
+        )
     table = "\n".join(lines)
     print(table)
     write_results("serve_load", a, rows, table)

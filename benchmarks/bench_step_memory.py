@@ -55,13 +55,26 @@ def worker(args) -> dict:
     teacher = tiny_llama(th, tl, args.V, args.T, seed=1)
     student = tiny_llama(sh, sl, args.V, args.T, seed=0)
     config = DistillationConfig(
-        output_dir=tempfile.mkdtemp(prefix="step_memory_"), per_device_train_batch_size=args.B, alpha=0.5,
-        temperature=2.0, kd_kind="forward_kl", kd_fused_lm_head=name == "fused head", optim="sgd",
-        learning_rate=1e-4, report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True,
+        output_dir=tempfile.mkdtemp(prefix="step_memory_"),
+        per_device_train_batch_size=args.B,
+        alpha=0.5,
+        temperature=2.0,
+        kd_kind="forward_kl",
+        kd_fused_lm_head=name == "fused head",
+        optim="sgd",
+        learning_rate=1e-4,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
     )
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config,
-                                  train_dataset=[{"input_ids": [3, 4], "labels": [3, 4]}],
-                                  data_collator=CausalLMCollator(pad_token_id=0))
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=config,
+        train_dataset=[{"input_ids": [3, 4], "labels": [3, 4]}],
+        data_collator=CausalLMCollator(pad_token_id=0),
+    )
     batch = make_batch(args.B, args.T, args.V)
     n_items = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))
 
@@ -83,7 +96,9 @@ def worker(args) -> dict:
         t0 = time.perf_counter()
         step(batch, n_items)
         times.append(time.perf_counter() - t0)
-    return dict(variant=name, peak_mib=peak_mib, time_s=min(times), loss=loss, threads=torch.get_num_threads())
+    return dict(
+        variant=name, peak_mib=peak_mib, time_s=min(times), loss=loss, threads=torch.get_num_threads()
+    )
 
 
 def main() -> None:
@@ -118,10 +133,17 @@ def main() -> None:
         f"growth during the step (VmHWM after clear_refs), fresh process per variant, {rows[0]['threads']} CPU "
         f"threads; time = best of {args.repeats}."
     )
-    lines = [header, "", "| loss path | peak MiB | vs plain | time s | vs plain | loss |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        header,
+        "",
+        "| loss path | peak MiB | vs plain | time s | vs plain | loss |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['peak_mib']:.0f} | {r['mem_ratio']:.2f}x | {r['time_s']:.2f} | "
-                     f"{r['time_ratio']:.2f}x | {r['loss']:.6f} |")
+        lines.append(
+            f"| {r['variant']} | {r['peak_mib']:.0f} | {r['mem_ratio']:.2f}x | {r['time_s']:.2f} | "
+            f"{r['time_ratio']:.2f}x | {r['loss']:.6f} |"
+        )
     table = "\n".join(lines)
     write_results("step_memory", args, rows, table)
     print(table)

@@ -87,6 +87,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # ---- worker (runs in either environment; imports `distill` only for our side) ---------------------
 
+
 def worker(args) -> dict:
     import torch
     from datasets import Dataset
@@ -106,8 +107,11 @@ def worker(args) -> dict:
 
     def collate_with_prompts(rows):  # TRL generates from `prompts` / `prompt_attention_mask`
         batch = collate(rows)
-        return dict(batch, prompts=batch["input_ids"][:, :args.prompt_len],
-                    prompt_attention_mask=batch["attention_mask"][:, :args.prompt_len])
+        return dict(
+            batch,
+            prompts=batch["input_ids"][:, : args.prompt_len],
+            prompt_attention_mask=batch["attention_mask"][:, : args.prompt_len],
+        )
 
     on_policy = args.lmbda > 0
     continuations = capture_continuations(student, eos_id=tok.eos_token_id) if on_policy else []
@@ -121,21 +125,51 @@ def worker(args) -> dict:
 
     timer = Timer()
     common = dict(
-        output_dir=str(work / f"out-{args.worker}"), per_device_train_batch_size=args.B, gradient_accumulation_steps=1,
-        max_steps=args.warmup + args.steps, learning_rate=1e-4, optim="adamw_torch", lr_scheduler_type="constant",
-        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none",
-        seed=0, data_seed=0, disable_tqdm=True, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        remove_unused_columns=False, dataloader_num_workers=0,
+        output_dir=str(work / f"out-{args.worker}"),
+        per_device_train_batch_size=args.B,
+        gradient_accumulation_steps=1,
+        max_steps=args.warmup + args.steps,
+        learning_rate=1e-4,
+        optim="adamw_torch",
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
     )
     if args.worker == "ours":
         sys.path.insert(0, str(ROOT))
         from distill import DistillationConfig, DistillationTrainer
 
-        cfg = DistillationConfig(alpha=1.0, temperature=1.0, kd_kind="forward_kl", lmbda=args.lmbda,
-                                 max_new_tokens=args.max_new_tokens,
-                                 generation_temperature=args.generation_temperature, **common)
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=dataset,
-                                      processing_class=tok, data_collator=collate, callbacks=[timer])
+        cfg = DistillationConfig(
+            alpha=1.0,
+            temperature=1.0,
+            kd_kind="forward_kl",
+            lmbda=args.lmbda,
+            max_new_tokens=args.max_new_tokens,
+            generation_temperature=args.generation_temperature,
+            **common,
+        )
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=cfg,
+            train_dataset=dataset,
+            processing_class=tok,
+            data_collator=collate,
+            callbacks=[timer],
+        )
         import distill
 
         version = getattr(distill, "__version__", "repo")
@@ -145,11 +179,24 @@ def worker(args) -> dict:
 
         # GKDConfig.temperature is only the sampling temperature of on-policy generation (always do_sample=True).
         sampling_t = (args.generation_temperature or NEAR_GREEDY_TEMPERATURE) if on_policy else 1.0
-        cfg = GKDConfig(lmbda=args.lmbda, beta=0.0, seq_kd=False, temperature=sampling_t, max_length=args.T,
-                        max_new_tokens=args.max_new_tokens, **common)
-        trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=dataset,
-                             processing_class=tok, data_collator=collate_with_prompts if on_policy else collate,
-                             callbacks=[timer])
+        cfg = GKDConfig(
+            lmbda=args.lmbda,
+            beta=0.0,
+            seq_kd=False,
+            temperature=sampling_t,
+            max_length=args.T,
+            max_new_tokens=args.max_new_tokens,
+            **common,
+        )
+        trainer = GKDTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=cfg,
+            train_dataset=dataset,
+            processing_class=tok,
+            data_collator=collate_with_prompts if on_policy else collate,
+            callbacks=[timer],
+        )
         version = trl.__version__
 
     # Loss on the first batch, untrained student, through the trainer's own training code path. On-policy, the
@@ -179,19 +226,31 @@ def worker(args) -> dict:
             raise RuntimeError(f"{len(continuations)} generate() calls for {args.warmup + args.steps} steps")
         per_step = [sum(len(c) for c in step) for step in continuations]
         generated = dict(
-            generated_tokens_per_step=per_step, generated_tokens_per_s=sum(per_step[args.warmup:]) / timed,
-            continuation_digests=[hashlib.sha1(json.dumps(step).encode()).hexdigest() for step in continuations],
+            generated_tokens_per_step=per_step,
+            generated_tokens_per_s=sum(per_step[args.warmup :]) / timed,
+            continuation_digests=[
+                hashlib.sha1(json.dumps(step).encode()).hexdigest() for step in continuations
+            ],
             first_step_continuations=continuations[0],
             rows_stopped_by_eos=sum(c[-1] == tok.eos_token_id for step in continuations for c in step if c),
             pad_tokens_generated=sum(c.count(tok.pad_token_id) for step in continuations for c in step),
         )
         first_loss = losses[0]
     return dict(
-        side=args.worker, version=version, torch=torch.__version__, first_batch_loss=first_loss, **generated,
-        step_losses=losses, steps_timed=args.steps, seconds=timed, steps_per_s=args.steps / timed,
-        tokens_per_s=args.steps * tokens / timed, train_wall_s=wall,
+        side=args.worker,
+        version=version,
+        torch=torch.__version__,
+        first_batch_loss=first_loss,
+        **generated,
+        step_losses=losses,
+        steps_timed=args.steps,
+        seconds=timed,
+        steps_per_s=args.steps / timed,
+        tokens_per_s=args.steps * tokens / timed,
+        train_wall_s=wall,
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        train_growth_mib=None if growth_kib is None else growth_kib / 1024, threads=torch.get_num_threads(),
+        train_growth_mib=None if growth_kib is None else growth_kib / 1024,
+        threads=torch.get_num_threads(),
     )
 
 
@@ -208,7 +267,7 @@ def capture_continuations(model, eos_id: int) -> list:
         out = original(*a, **kw)
         sequences = out.sequences if hasattr(out, "sequences") else out
         rows = []
-        for cont in sequences[:, kw["input_ids"].shape[1]:].tolist():
+        for cont in sequences[:, kw["input_ids"].shape[1] :].tolist():
             rows.append(cont[: cont.index(eos_id) + 1] if eos_id in cont else cont)
         calls.append(rows)
         return out
@@ -219,18 +278,29 @@ def capture_continuations(model, eos_id: int) -> list:
 
 # ---- driver (project venv) -------------------------------------------------------------------------
 
+
 def ensure_trl_venv(venv: Path, trl_version: str, torch_version: str) -> tuple[Path | None, str]:
     """Return (python, log); create the venv and install TRL when it has none."""
     py = venv / "bin" / "python"
-    probe = [str(py), "-c", "import trl, torch, transformers; print(trl.__version__, torch.__version__, transformers.__version__)"]
+    probe = [
+        str(py),
+        "-c",
+        "import trl, torch, transformers; print(trl.__version__, torch.__version__, transformers.__version__)",
+    ]
     if py.exists():
         r = subprocess.run(probe, capture_output=True, text=True)
         if r.returncode == 0:
             return py, "reused: " + r.stdout.strip()
     log = []
     for cmd in (
-        [sys.executable if not hasattr(sys, "base_prefix") else os.path.join(sys.base_prefix, "bin", "python3"),
-         "-m", "venv", str(venv)],
+        [
+            sys.executable
+            if not hasattr(sys, "base_prefix")
+            else os.path.join(sys.base_prefix, "bin", "python3"),
+            "-m",
+            "venv",
+            str(venv),
+        ],
         [str(py), "-m", "pip", "install", "-q", f"torch=={torch_version}", f"trl=={trl_version}"],
     ):
         print("+", " ".join(cmd), flush=True)
@@ -254,18 +324,33 @@ def build_inputs(work: Path, args) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, args.V)}}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
-                                  pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="t3")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t3")),
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="t3",
+    )
 
     def llama(spec, seed):
         hidden, layers = map(int, spec.split("x"))
         torch.manual_seed(seed)
-        return LlamaForCausalLM(LlamaConfig(
-            vocab_size=args.V, hidden_size=hidden, intermediate_size=int(8 / 3 * hidden) // 8 * 8,
-            num_hidden_layers=layers, num_attention_heads=max(1, hidden // 32), num_key_value_heads=max(1, hidden // 32),
-            max_position_embeddings=args.T, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
-            initializer_range=0.1,  # sharper random distributions: a KL well away from 0
-        ))
+        return LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=args.V,
+                hidden_size=hidden,
+                intermediate_size=int(8 / 3 * hidden) // 8 * 8,
+                num_hidden_layers=layers,
+                num_attention_heads=max(1, hidden // 32),
+                num_key_value_heads=max(1, hidden // 32),
+                max_position_embeddings=args.T,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+                tie_word_embeddings=True,
+                initializer_range=0.1,  # sharper random distributions: a KL well away from 0
+            )
+        )
 
     for name, spec, seed in (("teacher", args.teacher, 1), ("student", args.student, 0)):
         model = llama(spec, seed)
@@ -289,24 +374,39 @@ def build_inputs(work: Path, args) -> None:
 
 def write_on_policy(args, config: dict, venv_log: str, runs: dict, stem: str) -> None:
     """The lmbda = 1 comparison: continuations, losses while they are identical, throughput, memory."""
-    first = {side: runs[side][0] for side in ("ours", "trl")}  # continuations and losses: round 0 of each side
-    digests = [a == b for a, b in zip(first["ours"]["continuation_digests"], first["trl"]["continuation_digests"])]
-    same_steps = digests.index(False) if False in digests else len(digests)  # leading steps with equal continuations
+    first = {
+        side: runs[side][0] for side in ("ours", "trl")
+    }  # continuations and losses: round 0 of each side
+    digests = [
+        a == b for a, b in zip(first["ours"]["continuation_digests"], first["trl"]["continuation_digests"])
+    ]
+    same_steps = (
+        digests.index(False) if False in digests else len(digests)
+    )  # leading steps with equal continuations
     diffs = [abs(a - b) for a, b in zip(first["ours"]["step_losses"], first["trl"]["step_losses"])]
     loss_diff = diffs[0]
     same_diff = max(diffs[:same_steps]) if same_steps else None
     stopped = {s: first[s]["rows_stopped_by_eos"] for s in first}
-    best = {s: dict(steps_per_s=max(r["steps_per_s"] for r in runs[s]),
-                    generated_tokens_per_s=max(r["generated_tokens_per_s"] for r in runs[s]),
-                    peak_rss_mib=min(r["peak_rss_mib"] for r in runs[s])) for s in first}
+    best = {
+        s: dict(
+            steps_per_s=max(r["steps_per_s"] for r in runs[s]),
+            generated_tokens_per_s=max(r["generated_tokens_per_s"] for r in runs[s]),
+            peak_rss_mib=min(r["peak_rss_mib"] for r in runs[s]),
+        )
+        for s in first
+    }
     ratio = {k: best["ours"][k] / best["trl"][k] for k in best["ours"]}
     greedy = args.generation_temperature == 0
     loss_ok = same_steps > 0 and loss_diff <= 1e-4 * max(1.0, abs(first["trl"]["first_batch_loss"]))
     header = (
         f"On-policy (lmbda = 1): teacher {args.teacher}, student {args.student} (hidden x layers, Llama), B={args.B}, "
         f"V={args.V}, prompts of {args.prompt_len} tokens, continuations of at most {args.max_new_tokens} tokens, "
-        + (f"greedy (ours: generation_temperature=0; TRL, which always samples: temperature={NEAR_GREEDY_TEMPERATURE}, "
-           "top_k=0)" if greedy else f"sampled at temperature {args.generation_temperature} on both sides")
+        + (
+            f"greedy (ours: generation_temperature=0; TRL, which always samples: temperature={NEAR_GREEDY_TEMPERATURE}, "
+            "top_k=0)"
+            if greedy
+            else f"sampled at temperature {args.generation_temperature} on both sides"
+        )
         + f"; loss forward KL at T=1 on the continuation tokens (ours: alpha=1, kd_kind=forward_kl; TRL GKDTrainer: "
         f"beta=0); AdamW lr 1e-4, float32, {args.threads} CPU thread(s), torch {config['torch']}, TRL "
         f"{first['trl']['version']}. Throughput: {args.steps} `train()` steps after {args.warmup} warm-up, best of "
@@ -315,14 +415,17 @@ def write_on_policy(args, config: dict, venv_log: str, runs: dict, stem: str) ->
     )
     n = len(digests)
     lines = [
-        header, "",
+        header,
+        "",
         "| | scaledown DistillationTrainer | TRL GKDTrainer | ours / TRL | note |",
         "|---|---:|---:|---:|---|",
         f"| steps whose generated continuations are identical on both sides | | | {sum(digests)} of {n} | "
         f"leading run of equal steps: {same_steps} |",
         f"| loss, step 1 (untrained student, its own continuations) | {first['ours']['first_batch_loss']:.6f} | "
         f"{first['trl']['first_batch_loss']:.6f} | diff {loss_diff:.1e} | "
-        + (f"equal: {'met' if loss_ok else 'NOT met'} |" if greedy else "different samples: magnitude only |"),
+        + (
+            f"equal: {'met' if loss_ok else 'NOT met'} |" if greedy else "different samples: magnitude only |"
+        ),
         f"| max logged-loss diff over the {same_steps} leading steps with equal continuations | | | "
         f"{'-' if same_diff is None else f'{same_diff:.1e}'} | |",
         f"| rows whose continuation stopped at eos (all steps) | {stopped['ours']} | {stopped['trl']} | | "
@@ -335,10 +438,19 @@ def write_on_policy(args, config: dict, venv_log: str, runs: dict, stem: str) ->
         f"{ratio['peak_rss_mib']:.2f}x | |",
     ]
     table = "\n".join(lines)
-    out = dict(config=config, venv=venv_log, best=best, ratios=ratio, runs=runs, identical_continuation_steps=digests,
-               leading_identical_steps=same_steps, first_step_loss_abs_diff=loss_diff,
-               max_step_loss_abs_diff_while_identical=same_diff, rows_stopped_by_eos=stopped,
-               targets=dict(equal_first_step_loss=loss_ok if greedy else None))
+    out = dict(
+        config=config,
+        venv=venv_log,
+        best=best,
+        ratios=ratio,
+        runs=runs,
+        identical_continuation_steps=digests,
+        leading_identical_steps=same_steps,
+        first_step_loss_abs_diff=loss_diff,
+        max_step_loss_abs_diff_while_identical=same_diff,
+        rows_stopped_by_eos=stopped,
+        targets=dict(equal_first_step_loss=loss_ok if greedy else None),
+    )
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2))
     (RESULTS / f"{stem}.md").write_text(table + "\n")
     print(table)
@@ -357,18 +469,37 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--lmbda", type=float, choices=[0.0, 1.0], default=0.0,
-                   help="1: on-policy, both trainers train on the student's own continuations of the prompts")
-    p.add_argument("--prompt-len", dest="prompt_len", type=int, default=16, help="on-policy: prompt tokens per row")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=64,
-                   help="on-policy: longest continuation (every row's reference completion has this length)")
-    p.add_argument("--generation-temperature", dest="generation_temperature", type=float, default=0.0,
-                   help=f"on-policy: 0 = greedy (TRL, which always samples: temperature {NEAR_GREEDY_TEMPERATURE})")
+    p.add_argument(
+        "--lmbda",
+        type=float,
+        choices=[0.0, 1.0],
+        default=0.0,
+        help="1: on-policy, both trainers train on the student's own continuations of the prompts",
+    )
+    p.add_argument(
+        "--prompt-len", dest="prompt_len", type=int, default=16, help="on-policy: prompt tokens per row"
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        dest="max_new_tokens",
+        type=int,
+        default=64,
+        help="on-policy: longest continuation (every row's reference completion has this length)",
+    )
+    p.add_argument(
+        "--generation-temperature",
+        dest="generation_temperature",
+        type=float,
+        default=0.0,
+        help=f"on-policy: 0 = greedy (TRL, which always samples: temperature {NEAR_GREEDY_TEMPERATURE})",
+    )
     p.add_argument("--worker", choices=["ours", "trl"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.lmbda > 0 and args.prompt_len + args.max_new_tokens > args.T:
-        p.error(f"--prompt-len {args.prompt_len} + --max-new-tokens {args.max_new_tokens} must be <= --T {args.T}")
+        p.error(
+            f"--prompt-len {args.prompt_len} + --max-new-tokens {args.max_new_tokens} must be <= --T {args.T}"
+        )
 
     if args.worker is not None:
         print("RESULT " + json.dumps(worker(args)))
@@ -377,10 +508,20 @@ def main() -> None:
     import torch
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "vs_trl" if args.lmbda == 0 else "vs_trl_onpolicy" if args.generation_temperature == 0 else "vs_trl_onpolicy_sampled"
+    stem = (
+        "vs_trl"
+        if args.lmbda == 0
+        else "vs_trl_onpolicy"
+        if args.generation_temperature == 0
+        else "vs_trl_onpolicy_sampled"
+    )
     config = {k: v for k, v in vars(args).items() if k not in ("worker", "workdir")}
-    config.update(python=platform.python_version(), machine=platform.machine(), torch=torch.__version__,
-                  loadavg_start=os.getloadavg())
+    config.update(
+        python=platform.python_version(),
+        machine=platform.machine(),
+        torch=torch.__version__,
+        loadavg_start=os.getloadavg(),
+    )
     trl_py, venv_log = ensure_trl_venv(Path(args.venv), args.trl_version, torch.__version__.split("+")[0])
     print("TRL venv:", venv_log.splitlines()[0] if venv_log else "", flush=True)
     if trl_py is None:
@@ -389,8 +530,7 @@ def main() -> None:
         (RESULTS / f"{stem}.md").write_text(msg + "\n")
         sys.exit(msg)
 
-    env = dict(os.environ, **MALLOC_ENV,
-               TOKENIZERS_PARALLELISM="false", PYTHONPATH="")
+    env = dict(os.environ, **MALLOC_ENV, TOKENIZERS_PARALLELISM="false", PYTHONPATH="")
     runs: dict[str, list[dict]] = {"ours": [], "trl": []}
     errors = {}
     with tempfile.TemporaryDirectory(prefix="bench_vs_trl_") as tmp:
@@ -401,21 +541,36 @@ def main() -> None:
                 if side in errors:
                     continue
                 cmd = [py, os.path.abspath(__file__), "--worker", side, "--workdir", str(work)] + [
-                    f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (
-                        "B", "T", "V", "steps", "warmup", "threads", "lmbda", "prompt_len", "max_new_tokens",
-                        "generation_temperature")]
+                    f"--{k.replace('_', '-')}={getattr(args, k)}"
+                    for k in (
+                        "B",
+                        "T",
+                        "V",
+                        "steps",
+                        "warmup",
+                        "threads",
+                        "lmbda",
+                        "prompt_len",
+                        "max_new_tokens",
+                        "generation_temperature",
+                    )
+                ]
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
                 lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
                 if res.returncode != 0 or not lines:
                     errors[side] = res.stderr[-3000:]
                     print(f"{side} worker failed:\n{res.stderr[-3000:]}", file=sys.stderr)
                     continue
-                runs[side].append(json.loads(lines[-1][len("RESULT "):]))
+                runs[side].append(json.loads(lines[-1][len("RESULT ") :]))
                 runs[side][-1]["loadavg"] = os.getloadavg()
                 print(f"round {r} {side}: {runs[side][-1]['steps_per_s']:.2f} steps/s", flush=True)
     if errors:
-        msg = "A side failed; no comparison written.\n\n" + "\n".join(f"{k}:\n```\n{v}\n```" for k, v in errors.items())
-        (RESULTS / f"{stem}.json").write_text(json.dumps(dict(config=config, error=errors, runs=runs), indent=2))
+        msg = "A side failed; no comparison written.\n\n" + "\n".join(
+            f"{k}:\n```\n{v}\n```" for k, v in errors.items()
+        )
+        (RESULTS / f"{stem}.json").write_text(
+            json.dumps(dict(config=config, error=errors, runs=runs), indent=2)
+        )
         (RESULTS / f"{stem}.md").write_text(msg + "\n")
         sys.exit(msg)
 
@@ -426,10 +581,15 @@ def main() -> None:
     def best(side):
         rs = runs[side]
         return dict(
-            version=rs[0]["version"], first_batch_loss=rs[0]["first_batch_loss"], step_losses=rs[0]["step_losses"],
-            steps_per_s=max(r["steps_per_s"] for r in rs), tokens_per_s=max(r["tokens_per_s"] for r in rs),
+            version=rs[0]["version"],
+            first_batch_loss=rs[0]["first_batch_loss"],
+            step_losses=rs[0]["step_losses"],
+            steps_per_s=max(r["steps_per_s"] for r in rs),
+            tokens_per_s=max(r["tokens_per_s"] for r in rs),
             peak_rss_mib=min(r["peak_rss_mib"] for r in rs),
-            train_growth_mib=min((r["train_growth_mib"] for r in rs if r["train_growth_mib"] is not None), default=None),
+            train_growth_mib=min(
+                (r["train_growth_mib"] for r in rs if r["train_growth_mib"] is not None), default=None
+            ),
         )
 
     ours, trl = best("ours"), best("trl")
@@ -437,10 +597,18 @@ def main() -> None:
     traj_diff = max(abs(a - b) for a, b in zip(ours["step_losses"], trl["step_losses"]))
     thr = ours["steps_per_s"] / trl["steps_per_s"]
     mem = ours["peak_rss_mib"] / trl["peak_rss_mib"]
-    growth = (ours["train_growth_mib"] / trl["train_growth_mib"]) if ours["train_growth_mib"] and trl["train_growth_mib"] else None
+    growth = (
+        (ours["train_growth_mib"] / trl["train_growth_mib"])
+        if ours["train_growth_mib"] and trl["train_growth_mib"]
+        else None
+    )
     loss_ok = loss_diff <= 1e-4 * max(1.0, abs(trl["first_batch_loss"]))
-    targets = dict(equal_loss=loss_ok, throughput_ge_1=thr >= 1.0, peak_memory_le_1=mem <= 1.0,
-                   train_growth_le_1=None if growth is None else growth <= 1.0)
+    targets = dict(
+        equal_loss=loss_ok,
+        throughput_ge_1=thr >= 1.0,
+        peak_memory_le_1=mem <= 1.0,
+        train_growth_le_1=None if growth is None else growth <= 1.0,
+    )
     header = (
         f"Teacher {args.teacher}, student {args.student} (hidden x layers, Llama), B={args.B}, T={args.T}, "
         f"V={args.V}; forward KL at T=1, no CE (ours: alpha=1, temperature=1; TRL GKDTrainer: lmbda=0, beta=0); "
@@ -450,7 +618,8 @@ def main() -> None:
     )
     fmt = lambda x: "-" if x is None else f"{x:.1f}"  # noqa: E731
     lines = [
-        header, "",
+        header,
+        "",
         "| | scaledown DistillationTrainer | TRL GKDTrainer | ours / TRL | target |",
         "|---|---:|---:|---:|---|",
         f"| loss, first batch (untrained student) | {ours['first_batch_loss']:.6f} | {trl['first_batch_loss']:.6f} | "
@@ -465,9 +634,19 @@ def main() -> None:
         f"{'-' if growth is None else f'{growth:.2f}x'} | |",
     ]
     table = "\n".join(lines)
-    out = dict(config=config, venv=venv_log, ours=ours, trl=trl, runs=runs, first_batch_loss_abs_diff=loss_diff,
-               max_step_loss_abs_diff=traj_diff, throughput_ratio=thr, peak_rss_ratio=mem, train_growth_ratio=growth,
-               targets=targets)
+    out = dict(
+        config=config,
+        venv=venv_log,
+        ours=ours,
+        trl=trl,
+        runs=runs,
+        first_batch_loss_abs_diff=loss_diff,
+        max_step_loss_abs_diff=traj_diff,
+        throughput_ratio=thr,
+        peak_rss_ratio=mem,
+        train_growth_ratio=growth,
+        targets=targets,
+    )
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2))
     (RESULTS / f"{stem}.md").write_text(table + "\n")
     print(table)

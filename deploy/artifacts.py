@@ -69,12 +69,16 @@ def task_from_architectures(architectures: list[str]) -> Optional[str]:
 def describe(path: str) -> ModelInfo:
     """Read a PyTorch or ONNX model directory; raise a `ValueError` naming what is missing."""
     if not os.path.isdir(path):
-        raise ValueError(f"MODEL_DIR={path!r} is not a directory: pass a folder written by `distill train`, "
-                         "`save_pretrained` or `scaledown export`.")
+        raise ValueError(
+            f"MODEL_DIR={path!r} is not a directory: pass a folder written by `distill train`, "
+            "`save_pretrained` or `scaledown export`."
+        )
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
-        raise ValueError(f"MODEL_DIR={path!r} has no config.json: pass a folder written by `distill train`, "
-                         "`save_pretrained` or `scaledown export`.")
+        raise ValueError(
+            f"MODEL_DIR={path!r} has no config.json: pass a folder written by `distill train`, "
+            "`save_pretrained` or `scaledown export`."
+        )
     with open(config_path) as f:
         config = json.load(f)
     report: dict = {}
@@ -92,23 +96,29 @@ def describe(path: str) -> ModelInfo:
 
         check_model_dir(path, "MODEL_DIR")  # pickles only, or custom code: refused with the fix
         if not any(f.endswith(".safetensors") for f in os.listdir(path)):
-            raise ValueError(f"MODEL_DIR={path!r} has neither safetensors weights nor {ONNX_FILE}; only "
-                             "safetensors checkpoints are loaded (no pickles).")
+            raise ValueError(
+                f"MODEL_DIR={path!r} has neither safetensors weights nor {ONNX_FILE}; only "
+                "safetensors checkpoints are loaded (no pickles)."
+            )
         fmt = "pytorch"
         quant = config.get("quantization_config") or {}
         precision = "int8" if quant.get("quant_method") == "torchao" else "fp32"
         task = None
     task = task or task_from_architectures(config.get("architectures") or [])
     if task is None:
-        raise ValueError(f"Cannot tell the task of {path!r} from config.json's architectures "
-                         f"{config.get('architectures')}: scaledown ships causal LMs, sequence classifiers "
-                         "and image classifiers.")
+        raise ValueError(
+            f"Cannot tell the task of {path!r} from config.json's architectures "
+            f"{config.get('architectures')}: scaledown ships causal LMs, sequence classifiers "
+            "and image classifiers."
+        )
     return ModelInfo(path=path, task=task, format=fmt, precision=precision, config=config, report=report)
 
 
 def disk_bytes(path: str) -> int:
     """Bytes of the weight files in a directory (safetensors, ONNX graph and external data)."""
-    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(WEIGHT_SUFFIXES))
+    return sum(
+        os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(WEIGHT_SUFFIXES)
+    )
 
 
 def load_processor(path: str, task: str):
@@ -127,8 +137,10 @@ def load_processor(path: str, task: str):
 
     tokenizer = load_tokenizer_if_present(path)
     if tokenizer is None:
-        raise ValueError(f"{path!r} has no tokenizer files (tokenizer.json / tokenizer_config.json / vocab.txt); "
-                         "save the tokenizer beside the model (`tokenizer.save_pretrained(MODEL_DIR)`).")
+        raise ValueError(
+            f"{path!r} has no tokenizer files (tokenizer.json / tokenizer_config.json / vocab.txt); "
+            "save the tokenizer beside the model (`tokenizer.save_pretrained(MODEL_DIR)`)."
+        )
     return tokenizer
 
 
@@ -148,7 +160,11 @@ def copy_model_files(source: str, dest: str) -> None:
     skip = WEIGHT_SUFFIXES + ("_report.json", "all_results.json", "trainer_state.json", "README.md")
     for name in os.listdir(source):
         full = os.path.join(source, name)
-        if os.path.isfile(full) and name.endswith((".json", ".txt", ".model", ".jinja")) and not name.endswith(skip):
+        if (
+            os.path.isfile(full)
+            and name.endswith((".json", ".txt", ".model", ".jinja"))
+            and not name.endswith(skip)
+        ):
             shutil.copy2(full, os.path.join(dest, name))
 
 
@@ -196,8 +212,7 @@ def data_arguments(data, task: str, config: dict, **overrides):
     return DataArguments(**values)
 
 
-def eval_examples(info: ModelInfo, processor, data=None, limit: Optional[int] = None,
-                  seed: int = 0):
+def eval_examples(info: ModelInfo, processor, data=None, limit: Optional[int] = None, seed: int = 0):
     """The test split (else the validation split) of the task's data, as model-ready examples.
 
     Only that split is prepared (tokenized or transformed), and only its first `limit` raw rows,
@@ -212,8 +227,10 @@ def eval_examples(info: ModelInfo, processor, data=None, limit: Optional[int] = 
     raw = load_raw_datasets(data_args, seed, task=info.task)
     name = "test" if "test" in raw else "validation" if "validation" in raw else None
     if name is None:
-        raise ValueError(f"The data {data_args.dataset_name!r} has neither a test nor a validation split to "
-                         "measure on; set test_split / eval_split in the recipe.")
+        raise ValueError(
+            f"The data {data_args.dataset_name!r} has neither a test nor a validation split to "
+            "measure on; set test_split / eval_split in the recipe."
+        )
     split = raw[name]
     if limit is not None and isinstance(split, Dataset):
         split = split.select(range(min(limit, len(split))))

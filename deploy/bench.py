@@ -93,25 +93,40 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def _variant_inputs(info: ModelInfo, data: Optional[str], limit: Optional[int], batch_size: int,
-                    latency_samples: int) -> tuple[list, list, dict]:
+def _variant_inputs(
+    info: ModelInfo, data: Optional[str], limit: Optional[int], batch_size: int, latency_samples: int
+) -> tuple[list, list, dict]:
     processor = load_processor(info.path, info.task)
     examples = eval_examples(info, processor, data, limit=limit)
     rows = [examples[i] for i in range(len(examples))]
-    batches = [model_inputs(info, processor, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+    batches = [
+        model_inputs(info, processor, rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)
+    ]
     singles = [model_inputs(info, processor, [row]) for row in rows[:latency_samples]]
     throughput = model_inputs(info, processor, (rows * math.ceil(batch_size / len(rows)))[:batch_size])
     return batches, singles, throughput
 
 
-def _variants(model_dirs: list[str], names: Optional[list[str]], teacher: Optional[str], threads: int,
-              compile_int8: bool, inputs) -> list[Variant]:
+def _variants(
+    model_dirs: list[str],
+    names: Optional[list[str]],
+    teacher: Optional[str],
+    threads: int,
+    compile_int8: bool,
+    inputs,
+) -> list[Variant]:
     variants: list[Variant] = []
-    entries = list(zip(model_dirs, names or [None] * len(model_dirs))) + ([(teacher, "teacher")] if teacher else [])
+    entries = list(zip(model_dirs, names or [None] * len(model_dirs))) + (
+        [(teacher, "teacher")] if teacher else []
+    )
     for path, given in entries:
         info = describe(path)
         batches, singles, tp = inputs(info)
-        modes = [False, True] if (info.format, info.precision) == ("pytorch", "int8") and compile_int8 else [False]
+        modes = (
+            [False, True]
+            if (info.format, info.precision) == ("pytorch", "int8") and compile_int8
+            else [False]
+        )
         for compiled in modes:
             name = (given or info.variant) + ("+compile" if compiled else "")
             if any(v.name == name for v in variants):
@@ -121,9 +136,19 @@ def _variants(model_dirs: list[str], names: Optional[list[str]], teacher: Option
     return variants
 
 
-def bench(model_dirs: list[str], *, data=None, teacher: Optional[str] = None, names: Optional[list[str]] = None,
-          threads: int = 1, batch_size: int = 32, latency_samples: int = 50, rounds: int = 5,
-          max_eval_samples: Optional[int] = None, compile_int8: bool = True) -> dict:
+def bench(
+    model_dirs: list[str],
+    *,
+    data=None,
+    teacher: Optional[str] = None,
+    names: Optional[list[str]] = None,
+    threads: int = 1,
+    batch_size: int = 32,
+    latency_samples: int = 50,
+    rounds: int = 5,
+    max_eval_samples: Optional[int] = None,
+    compile_int8: bool = True,
+) -> dict:
     """Measure every variant; the first of `model_dirs` is the reference (the fp32 student).
 
     Args:
@@ -146,34 +171,66 @@ def bench(model_dirs: list[str], *, data=None, teacher: Optional[str] = None, na
     tasks = {i.task for i in infos}
     if len(tasks) != 1:
         raise ValueError(f"All directories must be models of one task; got {sorted(tasks)}.")
-    for name, value in (("threads", threads), ("batch_size", batch_size), ("latency_samples", latency_samples),
-                        ("rounds", rounds)):
+    for name, value in (
+        ("threads", threads),
+        ("batch_size", batch_size),
+        ("latency_samples", latency_samples),
+        ("rounds", rounds),
+    ):
         if value < 1:
             raise ValueError(f"--{name} must be at least 1, got {value}.")
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
-    variants = _variants(model_dirs, names, teacher, threads, compile_int8,
-                         lambda info: _variant_inputs(info, data, max_eval_samples, batch_size, latency_samples))
+    variants = _variants(
+        model_dirs,
+        names,
+        teacher,
+        threads,
+        compile_int8,
+        lambda info: _variant_inputs(info, data, max_eval_samples, batch_size, latency_samples),
+    )
     quality = {v.name: _quality(v.info, v.runner, v.batches) for v in variants}
     latency = _interleaved(variants, lambda v, i: v.singles[i], min(len(v.singles) for v in variants))
     rounds_times = _interleaved(variants, lambda v, i: v.throughput_batch, rounds, warmup=1)
     rows = []
     for v in variants:
         lat = latency[v.name]
-        rows.append({
-            "variant": v.name, "dir": os.path.abspath(v.info.path), "format": v.info.format,
-            "precision": v.info.precision, "task": v.info.task, "disk_bytes": disk_bytes(v.info.path),
-            "latency_p50_ms": 1e3 * statistics.median(lat), "latency_p95_ms": 1e3 * _percentile(lat, 95),
-            "throughput_per_s": batch_size / statistics.median(rounds_times[v.name]), **quality[v.name],
-        })
+        rows.append(
+            {
+                "variant": v.name,
+                "dir": os.path.abspath(v.info.path),
+                "format": v.info.format,
+                "precision": v.info.precision,
+                "task": v.info.task,
+                "disk_bytes": disk_bytes(v.info.path),
+                "latency_p50_ms": 1e3 * statistics.median(lat),
+                "latency_p95_ms": 1e3 * _percentile(lat, 95),
+                "throughput_per_s": batch_size / statistics.median(rounds_times[v.name]),
+                **quality[v.name],
+            }
+        )
     _add_ratios(rows)
     return {
-        "reference": rows[0]["variant"], "task": infos[0].task, "rows": rows,
-        "settings": {"threads": threads, "batch_size": batch_size, "latency_samples": len(latency[rows[0]["variant"]]),
-                     "rounds": rounds, "data": data if not isinstance(data, dict) else dict(data), "max_eval_samples": max_eval_samples},
-        "machine": {"loadavg_before": load_before, "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count(),
-                    "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
-                    "onnxruntime": _version("onnxruntime"), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "reference": rows[0]["variant"],
+        "task": infos[0].task,
+        "rows": rows,
+        "settings": {
+            "threads": threads,
+            "batch_size": batch_size,
+            "latency_samples": len(latency[rows[0]["variant"]]),
+            "rounds": rounds,
+            "data": data if not isinstance(data, dict) else dict(data),
+            "max_eval_samples": max_eval_samples,
+        },
+        "machine": {
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "onnxruntime": _version("onnxruntime"),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
     }
 
 
@@ -203,20 +260,29 @@ def markdown_table(result: dict) -> str:
     rows = result["rows"]
     classifier = "accuracy" in rows[0]
     quality_head = "accuracy | Δ points" if classifier else "loss | perplexity | Δ loss"
-    lines = [f"| variant | size MB | size × | p50 ms (batch 1) | p95 ms | speedup × | throughput /s "
-             f"(batch {result['settings']['batch_size']}) | throughput × | {quality_head} |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" * (2 if classifier else 3))]
+    lines = [
+        f"| variant | size MB | size × | p50 ms (batch 1) | p95 ms | speedup × | throughput /s "
+        f"(batch {result['settings']['batch_size']}) | throughput × | {quality_head} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" * (2 if classifier else 3)),
+    ]
     for r in rows:
-        quality = (f"{r['accuracy']:.4f} | {r['accuracy_delta_points']:+.2f}" if classifier
-                   else f"{r['loss']:.4f} | {r['perplexity']:.2f} | {r['loss_delta']:+.4f}")
-        lines.append(f"| {r['variant']} | {r['disk_bytes'] / 1e6:.2f} | {r['size_ratio']:.2f} | "
-                     f"{r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | {r['speedup_batch1']:.2f} | "
-                     f"{r['throughput_per_s']:.1f} | {r['throughput_ratio']:.2f} | {quality} |")
+        quality = (
+            f"{r['accuracy']:.4f} | {r['accuracy_delta_points']:+.2f}"
+            if classifier
+            else f"{r['loss']:.4f} | {r['perplexity']:.2f} | {r['loss_delta']:+.4f}"
+        )
+        lines.append(
+            f"| {r['variant']} | {r['disk_bytes'] / 1e6:.2f} | {r['size_ratio']:.2f} | "
+            f"{r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | {r['speedup_batch1']:.2f} | "
+            f"{r['throughput_per_s']:.1f} | {r['throughput_ratio']:.2f} | {quality} |"
+        )
     m, s = result["machine"], result["settings"]
     lines.append("")
-    lines.append(f"Ratios against `{result['reference']}`. {s['threads']} thread(s), {s['latency_samples']} batch-1 "
-                 f"examples, {s['rounds']} throughput rounds, interleaved; load average "
-                 f"{m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after, on {m['cpu_count']} CPUs.")
+    lines.append(
+        f"Ratios against `{result['reference']}`. {s['threads']} thread(s), {s['latency_samples']} batch-1 "
+        f"examples, {s['rounds']} throughput rounds, interleaved; load average "
+        f"{m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after, on {m['cpu_count']} CPUs."
+    )
     return "\n".join(lines)
 
 

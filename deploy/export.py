@@ -17,7 +17,15 @@ import os
 import time
 from typing import Optional
 
-from .artifacts import ONNX_FILE, ModelInfo, copy_model_files, describe, input_names, load_processor, load_torch_model
+from .artifacts import (
+    ONNX_FILE,
+    ModelInfo,
+    copy_model_files,
+    describe,
+    input_names,
+    load_processor,
+    load_torch_model,
+)
 from .runners import logits_module
 
 DEFAULT_ATOL = 1e-4
@@ -56,12 +64,25 @@ def export_onnx_graph(model, info: ModelInfo, sample: dict, path: str, opset: Op
     if len(dynamic) > 1 and "pixel_values" not in dynamic:  # one shared sequence dim for all text inputs
         seq = dynamic[names[0]][1]
         dynamic = {name: {0: batch_dim, 1: seq} for name in names}
-    program = torch.onnx.export(logits_module(model, info.task), (), kwargs=_trace_inputs(sample, names), dynamo=True,
-                                dynamic_shapes={n: dynamic[n] for n in names}, input_names=names, output_names=["logits"],
-                                opset_version=opset, verbose=False, report=False)
+    program = torch.onnx.export(
+        logits_module(model, info.task),
+        (),
+        kwargs=_trace_inputs(sample, names),
+        dynamo=True,
+        dynamic_shapes={n: dynamic[n] for n in names},
+        input_names=names,
+        output_names=["logits"],
+        opset_version=opset,
+        verbose=False,
+        report=False,
+    )
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.5 * 2**30
     program.save(path, external_data=large)
-    return next(o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain in ("", "ai.onnx"))
+    return next(
+        o.version
+        for o in onnx.load(path, load_external_data=False).opset_import
+        if o.domain in ("", "ai.onnx")
+    )
 
 
 def _compare(info: ModelInfo, reference, candidate, attention_mask) -> float:
@@ -86,19 +107,23 @@ def parity_batches(info: ModelInfo, processor, data, sizes=(1, 3, 8)) -> list[di
     batches, start = [], 0
     for size in sizes:
         if start + size <= len(rows):
-            batches.append(model_inputs(info, processor, rows[start:start + size]))
+            batches.append(model_inputs(info, processor, rows[start : start + size]))
         start += size
     if not batches:
         batches.append(model_inputs(info, processor, rows))
     if info.task != "image-cls":
         lengths = (5, 17, 40)
-        ragged = [{k: (v[:n] if isinstance(v, list) else v) for k, v in row.items()}
-                  for row, n in zip(rows * 3, lengths)]
+        ragged = [
+            {k: (v[:n] if isinstance(v, list) else v) for k, v in row.items()}
+            for row, n in zip(rows * 3, lengths)
+        ]
         batches.append(model_inputs(info, processor, ragged))
     return batches
 
 
-def check_parity(model, info: ModelInfo, onnx_path: str, batches: list[dict], atol: float, rtol: float) -> dict:
+def check_parity(
+    model, info: ModelInfo, onnx_path: str, batches: list[dict], atol: float, rtol: float
+) -> dict:
     """Run PyTorch and ONNX Runtime on the same batches; raise `ParityError` over the tolerance."""
     import torch
 
@@ -114,15 +139,26 @@ def check_parity(model, info: ModelInfo, onnx_path: str, batches: list[dict], at
         candidate = session.logits(inputs)
         diff = _compare(info, reference, candidate, batch.get("attention_mask"))
         allowed = atol + rtol * float(abs(reference).max())
-        shapes.append({k: list(v.shape) for k, v in inputs.items()} | {"max_abs_diff": diff, "tolerance": allowed})
+        shapes.append(
+            {k: list(v.shape) for k, v in inputs.items()} | {"max_abs_diff": diff, "tolerance": allowed}
+        )
         if not diff <= allowed:  # also catches NaN
-            raise ParityError(f"ONNX Runtime's logits differ from PyTorch's by {diff:.3g} (> tolerance {allowed:.3g}) "
-                              f"on inputs of shape {shapes[-1]}; the export of {info.path!r} is wrong.")
+            raise ParityError(
+                f"ONNX Runtime's logits differ from PyTorch's by {diff:.3g} (> tolerance {allowed:.3g}) "
+                f"on inputs of shape {shapes[-1]}; the export of {info.path!r} is wrong."
+            )
     return {"max_abs_diff": max(s["max_abs_diff"] for s in shapes), "shapes_tested": shapes}
 
 
-def export(model_dir: str, output_dir: str, *, data=None, opset: Optional[int] = None,
-           atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> dict:
+def export(
+    model_dir: str,
+    output_dir: str,
+    *,
+    data=None,
+    opset: Optional[int] = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+) -> dict:
     """Export a PyTorch model directory to `output_dir/model.onnx`, check parity, write the report.
 
     Returns:
@@ -133,10 +169,14 @@ def export(model_dir: str, output_dir: str, *, data=None, opset: Optional[int] =
 
     info = describe(model_dir)
     if info.format != "pytorch":
-        raise ValueError(f"{model_dir!r} is already an ONNX directory; export takes a PyTorch model directory.")
+        raise ValueError(
+            f"{model_dir!r} is already an ONNX directory; export takes a PyTorch model directory."
+        )
     if info.precision != "fp32":
-        raise ValueError(f"{model_dir!r} holds torchao int8 weights, which the ONNX exporter cannot translate; "
-                         "export the fp32 model, then `scaledown quantize OUT --method onnx-int8`.")
+        raise ValueError(
+            f"{model_dir!r} holds torchao int8 weights, which the ONNX exporter cannot translate; "
+            "export the fp32 model, then `scaledown quantize OUT --method onnx-int8`."
+        )
     processor = load_processor(model_dir, info.task)
     batches = parity_batches(info, processor, data)
     model = load_torch_model(model_dir, info.task)
@@ -150,12 +190,25 @@ def export(model_dir: str, output_dir: str, *, data=None, opset: Optional[int] =
     if processor is not None:
         processor.save_pretrained(output_dir)
     report = {
-        "format": "onnx", "method": "export", "task": info.task, "source": os.path.abspath(model_dir),
-        "onnx_file": ONNX_FILE, "opset": opset_used, "input_names": input_names(info), "output_names": ["logits"],
-        "dynamic_axes": {n: (["batch"] if n == "pixel_values" else ["batch", "sequence"]) for n in input_names(info)},
-        **parity, "atol": atol, "rtol": rtol, "export_seconds": round(seconds, 2),
-        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-        "kv_cache": False, "data": data if isinstance(data, (str, type(None))) else dict(data),
+        "format": "onnx",
+        "method": "export",
+        "task": info.task,
+        "source": os.path.abspath(model_dir),
+        "onnx_file": ONNX_FILE,
+        "opset": opset_used,
+        "input_names": input_names(info),
+        "output_names": ["logits"],
+        "dynamic_axes": {
+            n: (["batch"] if n == "pixel_values" else ["batch", "sequence"]) for n in input_names(info)
+        },
+        **parity,
+        "atol": atol,
+        "rtol": rtol,
+        "export_seconds": round(seconds, 2),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "kv_cache": False,
+        "data": data if isinstance(data, (str, type(None))) else dict(data),
     }
     with open(os.path.join(output_dir, "export_report.json"), "w") as f:
         json.dump(report, f, indent=2)

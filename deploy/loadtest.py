@@ -27,14 +27,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request(url: str, body: Optional[dict] = None, key: Optional[str] = None, raw: Optional[bytes] = None,
-            timeout: float = 60.0) -> tuple[int, dict | str]:
+def request(
+    url: str,
+    body: Optional[dict] = None,
+    key: Optional[str] = None,
+    raw: Optional[bytes] = None,
+    timeout: float = 60.0,
+) -> tuple[int, dict | str]:
     """One HTTP request; returns (status, parsed JSON or text). POST when a body is given."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     headers = {"Content-Type": "application/json"} if data is not None else {}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data is not None else "GET")
+    req = urllib.request.Request(
+        url, data=data, headers=headers, method="POST" if data is not None else "GET"
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
             status, text = response.status, response.read().decode()
@@ -47,15 +54,32 @@ def request(url: str, body: Optional[dict] = None, key: Optional[str] = None, ra
 
 
 @contextlib.contextmanager
-def running_server(model_dir: str, *flags: str, env: Optional[dict] = None, startup_timeout: float = 180.0,
-                   log_path: Optional[str] = None) -> Iterator[str]:
+def running_server(
+    model_dir: str,
+    *flags: str,
+    env: Optional[dict] = None,
+    startup_timeout: float = 180.0,
+    log_path: Optional[str] = None,
+) -> Iterator[str]:
     """`python -m scaledown serve MODEL_DIR --host 127.0.0.1 --port <free> FLAGS`; yields the base URL.
 
     Waits for `/health` to answer 200; stops the server (SIGTERM, then SIGKILL) on exit.
     """
     port = free_port()
-    command = [sys.executable, "-m", "scaledown", "serve", model_dir, "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "warning", *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "scaledown",
+        "serve",
+        model_dir,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *flags,
+    ]
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
@@ -63,7 +87,9 @@ def running_server(model_dir: str, *flags: str, env: Optional[dict] = None, star
         deadline = time.monotonic() + startup_timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"scaledown serve exited with status {process.returncode} before answering.")
+                raise RuntimeError(
+                    f"scaledown serve exited with status {process.returncode} before answering."
+                )
             try:
                 if request(url + "/health", timeout=2)[0] == 200:
                     break
@@ -84,8 +110,11 @@ def running_server(model_dir: str, *flags: str, env: Optional[dict] = None, star
             log.close()
 
 
-def load_test(url: str, body: dict, requests: int = 200, clients: int = 16, key: Optional[str] = None) -> dict:
+def load_test(
+    url: str, body: dict, requests: int = 200, clients: int = 16, key: Optional[str] = None
+) -> dict:
     """`requests` POSTs of `body` from `clients` concurrent threads: status counts and latency percentiles."""
+
     def one(_):
         start = time.perf_counter()
         try:
@@ -105,7 +134,15 @@ def load_test(url: str, body: dict, requests: int = 200, clients: int = 16, key:
     def pct(values, q):
         return 1e3 * values[min(len(values) - 1, max(0, int(round(q / 100 * len(values))) - 1))]
 
-    return {"requests": requests, "clients": clients, "status_counts": {str(k): v for k, v in sorted(statuses.items())},
-            "p50_ms_ok": pct(ok, 50), "p95_ms_ok": pct(ok, 95), "p50_ms_all": pct(every, 50),
-            "p95_ms_all": pct(every, 95), "mean_ms_all": 1e3 * statistics.fmean(every),
-            "wall_seconds": wall, "requests_per_second": requests / wall}
+    return {
+        "requests": requests,
+        "clients": clients,
+        "status_counts": {str(k): v for k, v in sorted(statuses.items())},
+        "p50_ms_ok": pct(ok, 50),
+        "p95_ms_ok": pct(ok, 95),
+        "p50_ms_all": pct(every, 50),
+        "p95_ms_all": pct(every, 95),
+        "mean_ms_all": 1e3 * statistics.fmean(every),
+        "wall_seconds": wall,
+        "requests_per_second": requests / wall,
+    }

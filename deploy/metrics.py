@@ -51,21 +51,35 @@ class ServerMetrics:
     def render(self) -> str:
         p = self.prefix
         with self._lock:
-            lines = [f"# HELP {p}_requests_total HTTP requests by method, path and status code.",
-                     f"# TYPE {p}_requests_total counter"]
+            lines = [
+                f"# HELP {p}_requests_total HTTP requests by method, path and status code.",
+                f"# TYPE {p}_requests_total counter",
+            ]
             for (method, path, status), n in sorted(self.requests.items()):
                 lines.append(f'{p}_requests_total{{method="{method}",path="{path}",status="{status}"}} {n}')
-            lines += [f"# HELP {p}_request_duration_seconds Time from request to response, by path.",
-                      f"# TYPE {p}_request_duration_seconds histogram"]
+            lines += [
+                f"# HELP {p}_request_duration_seconds Time from request to response, by path.",
+                f"# TYPE {p}_request_duration_seconds histogram",
+            ]
             for path in sorted(self.bucket_counts):
                 for bound, n in zip(LATENCY_BUCKETS, self.bucket_counts[path]):
                     lines.append(f'{p}_request_duration_seconds_bucket{{path="{path}",le="{bound}"}} {n}')
-                lines.append(f'{p}_request_duration_seconds_bucket{{path="{path}",le="+Inf"}} '
-                             f"{self.latency_count[path]}")
-                lines.append(f'{p}_request_duration_seconds_sum{{path="{path}"}} {self.latency_sum[path]:.6f}')
-                lines.append(f'{p}_request_duration_seconds_count{{path="{path}"}} {self.latency_count[path]}')
-            lines += [f"# HELP {p}_in_flight_requests Inference requests being processed now.",
-                      f"# TYPE {p}_in_flight_requests gauge", f"{p}_in_flight_requests {self.in_flight}",
-                      f"# HELP {p}_rejected_requests_total Requests refused with 503 over --max-concurrency.",
-                      f"# TYPE {p}_rejected_requests_total counter", f"{p}_rejected_requests_total {self.rejected}"]
+                lines.append(
+                    f'{p}_request_duration_seconds_bucket{{path="{path}",le="+Inf"}} '
+                    f"{self.latency_count[path]}"
+                )
+                lines.append(
+                    f'{p}_request_duration_seconds_sum{{path="{path}"}} {self.latency_sum[path]:.6f}'
+                )
+                lines.append(
+                    f'{p}_request_duration_seconds_count{{path="{path}"}} {self.latency_count[path]}'
+                )
+            lines += [
+                f"# HELP {p}_in_flight_requests Inference requests being processed now.",
+                f"# TYPE {p}_in_flight_requests gauge",
+                f"{p}_in_flight_requests {self.in_flight}",
+                f"# HELP {p}_rejected_requests_total Requests refused with 503 over --max-concurrency.",
+                f"# TYPE {p}_rejected_requests_total counter",
+                f"{p}_rejected_requests_total {self.rejected}",
+            ]
         return "\n".join(lines) + "\n"

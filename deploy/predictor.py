@@ -34,12 +34,16 @@ def decode_image(value: str, index: int):
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise InputError(f"inputs[{index}] is not valid base64; send each image as base64-encoded PNG/JPEG bytes.")
+        raise InputError(
+            f"inputs[{index}] is not valid base64; send each image as base64-encoded PNG/JPEG bytes."
+        ) from None
     try:
         image = Image.open(io.BytesIO(raw))
         image.load()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        raise InputError(f"inputs[{index}] is not an image (PNG, JPEG, ... bytes in base64).", status=415)
+        raise InputError(
+            f"inputs[{index}] is not an image (PNG, JPEG, ... bytes in base64).", status=415
+        ) from None
     return image.convert("RGB")
 
 
@@ -54,11 +58,18 @@ class Predictor:
         max_input_chars: the longest text input or prompt accepted.
     """
 
-    def __init__(self, model_dir: str, use_onnx: bool = False, threads: Optional[int] = None,
-                 max_input_chars: int = 20_000):
+    def __init__(
+        self,
+        model_dir: str,
+        use_onnx: bool = False,
+        threads: Optional[int] = None,
+        max_input_chars: int = 20_000,
+    ):
         self.info = describe(model_dir)
         if use_onnx and self.info.format != "onnx":
-            raise ValueError(f"--onnx given but {model_dir!r} has no model.onnx: run `scaledown export` first.")
+            raise ValueError(
+                f"--onnx given but {model_dir!r} has no model.onnx: run `scaledown export` first."
+            )
         if not use_onnx and self.info.format == "onnx":
             raise ValueError(f"{model_dir!r} holds an ONNX graph: add --onnx to serve it with ONNX Runtime.")
         if threads:
@@ -84,11 +95,16 @@ class Predictor:
 
         for i, text in enumerate(texts):
             if len(text) > self.max_input_chars:
-                raise InputError(f"inputs[{i}] has {len(text)} characters, over --max-input-chars "
-                                 f"{self.max_input_chars}.", status=413)
+                raise InputError(
+                    f"inputs[{i}] has {len(text)} characters, over --max-input-chars {self.max_input_chars}.",
+                    status=413,
+                )
         limit = self.info.config.get("max_position_embeddings", 512)
-        batch = dict(self.processor(texts, padding=True, truncation=True, max_length=min(limit, 512),
-                                    return_tensors="pt"))
+        batch = dict(
+            self.processor(
+                texts, padding=True, truncation=True, max_length=min(limit, 512), return_tensors="pt"
+            )
+        )
         if "token_type_ids" in input_names(self.info) and "token_type_ids" not in batch:
             batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
         return batch
@@ -115,20 +131,31 @@ class Predictor:
         out = []
         for row in probs:
             best = np.argsort(-row, kind="stable")[:k]
-            out.append([{"label": self.labels.get(int(i), str(int(i))), "score": float(row[i])} for i in best])
+            out.append(
+                [{"label": self.labels.get(int(i), str(int(i))), "score": float(row[i])} for i in best]
+            )
         return out
 
     # ---- completion -----------------------------------------------------------------------
-    def complete(self, prompt: str, max_tokens: int, temperature: float, top_p: float,
-                 stop: list[str], seed: Optional[int]) -> dict:
+    def complete(
+        self,
+        prompt: str,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop: list[str],
+        seed: Optional[int],
+    ) -> dict:
         """Continue `prompt`; returns text, finish reason and token counts (OpenAI's `usage`)."""
         import torch
 
         if self.task != "causal-lm":
             raise InputError("This model is a classifier: use POST /v1/classify.", status=400)
         if len(prompt) > self.max_input_chars:
-            raise InputError(f"prompt has {len(prompt)} characters, over --max-input-chars {self.max_input_chars}.",
-                             status=413)
+            raise InputError(
+                f"prompt has {len(prompt)} characters, over --max-input-chars {self.max_input_chars}.",
+                status=413,
+            )
         ids = self.processor(prompt, return_tensors="pt")["input_ids"]
         if ids.shape[1] == 0:
             bos = self.processor.bos_token_id
@@ -137,8 +164,11 @@ class Predictor:
             ids = torch.tensor([[bos]])
         window = self.info.config.get("max_position_embeddings")
         if window and ids.shape[1] + max_tokens > window:
-            raise InputError(f"prompt ({ids.shape[1]} tokens) + max_tokens ({max_tokens}) exceeds the model's "
-                             f"context of {window} tokens.", status=413)
+            raise InputError(
+                f"prompt ({ids.shape[1]} tokens) + max_tokens ({max_tokens}) exceeds the model's "
+                f"context of {window} tokens.",
+                status=413,
+            )
         new = self._generate(ids, max_tokens, temperature, top_p, seed)
         text = self.processor.decode(new, skip_special_tokens=True)
         eos = self.processor.eos_token_id
@@ -147,11 +177,19 @@ class Predictor:
             cut = text.find(s) if s else -1
             if cut >= 0:
                 text, finish = text[:cut], "stop"
-        return {"text": text, "finish_reason": finish,
-                "usage": {"prompt_tokens": int(ids.shape[1]), "completion_tokens": len(new),
-                          "total_tokens": int(ids.shape[1]) + len(new)}}
+        return {
+            "text": text,
+            "finish_reason": finish,
+            "usage": {
+                "prompt_tokens": int(ids.shape[1]),
+                "completion_tokens": len(new),
+                "total_tokens": int(ids.shape[1]) + len(new),
+            },
+        }
 
-    def _generate(self, ids, max_tokens: int, temperature: float, top_p: float, seed: Optional[int]) -> list[int]:
+    def _generate(
+        self, ids, max_tokens: int, temperature: float, top_p: float, seed: Optional[int]
+    ) -> list[int]:
         """New token ids (ending with eos when the model stopped)."""
         import torch
 
@@ -161,15 +199,23 @@ class Predictor:
             with torch.inference_mode():
                 if seed is not None:
                     torch.manual_seed(seed)  # generate samples from the global generator
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                                     do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                                     top_p=top_p if temperature > 0 else None, pad_token_id=eos)
-            new = out[0, ids.shape[1]:].tolist()
-            return new[:new.index(eos) + 1] if eos in new else new
+                out = model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_tokens,
+                    do_sample=temperature > 0,
+                    temperature=temperature if temperature > 0 else None,
+                    top_p=top_p if temperature > 0 else None,
+                    pad_token_id=eos,
+                )
+            new = out[0, ids.shape[1] :].tolist()
+            return new[: new.index(eos) + 1] if eos in new else new
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         new: list[int] = []
         for _ in range(max_tokens):  # ONNX: no KV cache, the whole sequence each step
-            logits = torch.from_numpy(self.runner.logits({"input_ids": ids, "attention_mask": torch.ones_like(ids)}))
+            logits = torch.from_numpy(
+                self.runner.logits({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+            )
             token = _sample(logits[0, -1].double(), temperature, top_p, generator)
             new.append(token)
             if token == eos:

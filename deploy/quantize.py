@@ -40,15 +40,21 @@ def _agreement(info, reference, candidate, batch) -> dict:
     if info.task == "causal-lm":
         mask = np.asarray(batch["attention_mask"], dtype=bool)
         same, diff = same[mask], diff[mask]
-    return {"max_abs_diff": float(diff.max()), "top1_agreement": float(same.mean()), "compared": int(same.size)}
+    return {
+        "max_abs_diff": float(diff.max()),
+        "top1_agreement": float(same.mean()),
+        "compared": int(same.size),
+    }
 
 
 def _compare_runners(info, fp32_runner, int8_runner, batches) -> dict:
     rows = [_agreement(info, fp32_runner.logits(b), int8_runner.logits(b), b) for b in batches]
     compared = sum(r["compared"] for r in rows)
-    return {"max_abs_diff": max(r["max_abs_diff"] for r in rows),
-            "top1_agreement": sum(r["top1_agreement"] * r["compared"] for r in rows) / compared,
-            "compared": compared}
+    return {
+        "max_abs_diff": max(r["max_abs_diff"] for r in rows),
+        "top1_agreement": sum(r["top1_agreement"] * r["compared"] for r in rows) / compared,
+        "compared": compared,
+    }
 
 
 def quantize_torchao(model_dir: str, output_dir: str, data=None) -> dict:
@@ -64,14 +70,21 @@ def quantize_torchao(model_dir: str, output_dir: str, data=None) -> dict:
 
     info = describe(model_dir)
     if info.format != "pytorch" or info.precision != "fp32":
-        raise ValueError(f"--method torchao-int8 takes an fp32 PyTorch model directory; {model_dir!r} is "
-                         f"{info.variant}.")
+        raise ValueError(
+            f"--method torchao-int8 takes an fp32 PyTorch model directory; {model_dir!r} is {info.variant}."
+        )
     processor = load_processor(model_dir, info.task)
     batches = parity_batches(info, processor, data)
     config = TorchAoConfig(quant_type=Int8DynamicActivationInt8WeightConfig())
-    model = get_task(info.task).model_class().from_pretrained(
-        model_dir, use_safetensors=True, quantization_config=config, dtype=torch.float32).eval()
-    quantized = sum(type(m.weight).__name__ == "Int8Tensor" for m in model.modules() if isinstance(m, torch.nn.Linear))
+    model = (
+        get_task(info.task)
+        .model_class()
+        .from_pretrained(model_dir, use_safetensors=True, quantization_config=config, dtype=torch.float32)
+        .eval()
+    )
+    quantized = sum(
+        type(m.weight).__name__ == "Int8Tensor" for m in model.modules() if isinstance(m, torch.nn.Linear)
+    )
     if quantized == 0:
         raise RuntimeError(f"torchao quantised no nn.Linear layer of {model_dir!r}; nothing to save.")
     model.save_pretrained(output_dir, safe_serialization=True)
@@ -80,14 +93,24 @@ def quantize_torchao(model_dir: str, output_dir: str, data=None) -> dict:
         processor.save_pretrained(output_dir)
     model.config.save_pretrained(output_dir)  # the copy above must not drop quantization_config
     reloaded = describe(output_dir)
-    comparison = _compare_runners(info, make_runner(info), TorchRunner(model, info.task, input_names(info)), batches)
-    return _write_report(output_dir, {
-        "method": "torchao-int8", "task": info.task, "source": os.path.abspath(model_dir),
-        "config": "Int8DynamicActivationInt8WeightConfig", "quantized_linear_layers": quantized,
-        "format": "safetensors (torchao Int8Tensor flattened; reload with from_pretrained)",
-        "reloads_as": reloaded.variant, **comparison,
-        "disk_bytes": disk_bytes(output_dir), "source_disk_bytes": disk_bytes(model_dir),
-    })
+    comparison = _compare_runners(
+        info, make_runner(info), TorchRunner(model, info.task, input_names(info)), batches
+    )
+    return _write_report(
+        output_dir,
+        {
+            "method": "torchao-int8",
+            "task": info.task,
+            "source": os.path.abspath(model_dir),
+            "config": "Int8DynamicActivationInt8WeightConfig",
+            "quantized_linear_layers": quantized,
+            "format": "safetensors (torchao Int8Tensor flattened; reload with from_pretrained)",
+            "reloads_as": reloaded.variant,
+            **comparison,
+            "disk_bytes": disk_bytes(output_dir),
+            "source_disk_bytes": disk_bytes(model_dir),
+        },
+    )
 
 
 def quantize_onnx(model_dir: str, output_dir: str, data=None, per_channel: bool = True) -> dict:
@@ -115,8 +138,9 @@ def quantize_onnx(model_dir: str, output_dir: str, data=None, per_channel: bool 
         level = root_logger.level
         root_logger.setLevel(max(level, logging.WARNING))  # ONNX Runtime logs every tensor at INFO on root
         try:
-            quantize_dynamic(os.path.join(source, ONNX_FILE), target, weight_type=QuantType.QInt8,
-                             per_channel=per_channel)
+            quantize_dynamic(
+                os.path.join(source, ONNX_FILE), target, weight_type=QuantType.QInt8, per_channel=per_channel
+            )
         finally:
             root_logger.setLevel(level)
         copy_model_files(source, output_dir)
@@ -125,11 +149,21 @@ def quantize_onnx(model_dir: str, output_dir: str, data=None, per_channel: bool 
         comparison = _compare_runners(info, OnnxRunner(source), OnnxRunner(target), batches)
         source_bytes = disk_bytes(source)
     export_report = {k: info.report.get(k) for k in ("opset", "input_names", "output_names", "dynamic_axes")}
-    return _write_report(output_dir, {
-        "method": "onnx-int8", "task": info.task, "source": os.path.abspath(model_dir),
-        "weight_type": "QInt8", "activation_type": "QUInt8 (dynamic)", "per_channel": per_channel,
-        **export_report, **comparison, "disk_bytes": disk_bytes(output_dir), "source_disk_bytes": source_bytes,
-    })
+    return _write_report(
+        output_dir,
+        {
+            "method": "onnx-int8",
+            "task": info.task,
+            "source": os.path.abspath(model_dir),
+            "weight_type": "QInt8",
+            "activation_type": "QUInt8 (dynamic)",
+            "per_channel": per_channel,
+            **export_report,
+            **comparison,
+            "disk_bytes": disk_bytes(output_dir),
+            "source_disk_bytes": source_bytes,
+        },
+    )
 
 
 def _write_report(output_dir: str, report: dict) -> dict:

@@ -25,8 +25,12 @@ def logits_module(model, task: str):
 
         # Named arguments (not **inputs): torch.export maps `dynamic_shapes` onto this signature.
         def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, pixel_values=None):
-            given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-                     "pixel_values": pixel_values}
+            given = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "token_type_ids": token_type_ids,
+                "pixel_values": pixel_values,
+            }
             return self.model(**{k: v for k, v in given.items() if v is not None}, **extra).logits
 
     return LogitsOnly().eval()

@@ -51,8 +51,14 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", heade
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
 
 
-def create_app(predictor, api_key: Optional[str] = None, max_concurrency: int = 4, max_batch_size: int = 32,
-               max_new_tokens: int = 256, max_body_bytes: int = 16 * 2**20):
+def create_app(
+    predictor,
+    api_key: Optional[str] = None,
+    max_concurrency: int = 4,
+    max_batch_size: int = 32,
+    max_new_tokens: int = 256,
+    max_body_bytes: int = 16 * 2**20,
+):
     """The FastAPI app around a loaded `deploy.predictor.Predictor`."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
@@ -98,11 +104,19 @@ def create_app(predictor, api_key: Optional[str] = None, max_concurrency: int = 
             if not length.isdigit() or int(length) > max_body_bytes:
                 response = _error(413, f"The request body is over {max_body_bytes} bytes.")
             elif not authorized(request):
-                response = _error(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
-                                  "authentication_error", {"WWW-Authenticate": "Bearer"})
+                response = _error(
+                    401,
+                    "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                    "authentication_error",
+                    {"WWW-Authenticate": "Bearer"},
+                )
             elif request.url.path in INFERENCE_PATHS and not metrics.enter(max_concurrency):
-                response = _error(503, f"Server busy: {max_concurrency} requests in flight (--max-concurrency); "
-                                  "retry later.", "overloaded_error", {"Retry-After": "1"})
+                response = _error(
+                    503,
+                    f"Server busy: {max_concurrency} requests in flight (--max-concurrency); retry later.",
+                    "overloaded_error",
+                    {"Retry-After": "1"},
+                )
             else:
                 entered = request.url.path in INFERENCE_PATHS
                 response = await call_next(request)
@@ -119,8 +133,9 @@ def create_app(predictor, api_key: Optional[str] = None, max_concurrency: int = 
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error(400, "The body is not valid JSON.")
-        detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
-                           for e in errors)
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}" for e in errors
+        )
         return _error(422, detail or "Invalid request.")
 
     @app.exception_handler(StarletteHTTPException)
@@ -141,14 +156,19 @@ def create_app(predictor, api_key: Optional[str] = None, max_concurrency: int = 
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": predictor.name, "object": "model", "owned_by": "scaledown"}]}
+        return {
+            "object": "list",
+            "data": [{"id": predictor.name, "object": "model", "owned_by": "scaledown"}],
+        }
 
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest):
         if not body.inputs:
             raise InputError("inputs is empty: send at least one text or image.")
         if len(body.inputs) > max_batch_size:
-            raise InputError(f"inputs has {len(body.inputs)} items, over --max-batch-size {max_batch_size}.", 413)
+            raise InputError(
+                f"inputs has {len(body.inputs)} items, over --max-batch-size {max_batch_size}.", 413
+            )
         predictions = await run_in_threadpool(predictor.classify, body.inputs, body.top_k)
         return {"predictions": predictions}
 
@@ -166,13 +186,21 @@ def create_app(predictor, api_key: Optional[str] = None, max_concurrency: int = 
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         for index, prompt in enumerate(prompts):
-            out = await run_in_threadpool(predictor.complete, prompt, body.max_tokens, body.temperature, body.top_p,
-                                          stop, body.seed)
-            choices.append({"text": out["text"], "index": index, "logprobs": None,
-                            "finish_reason": out["finish_reason"]})
+            out = await run_in_threadpool(
+                predictor.complete, prompt, body.max_tokens, body.temperature, body.top_p, stop, body.seed
+            )
+            choices.append(
+                {"text": out["text"], "index": index, "logprobs": None, "finish_reason": out["finish_reason"]}
+            )
             usage = {k: usage[k] + out["usage"][k] for k in usage}
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": body.model or predictor.name, "choices": choices, "usage": usage}
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.model or predictor.name,
+            "choices": choices,
+            "usage": usage,
+        }
 
     return app
 
@@ -183,13 +211,17 @@ def main(args) -> int:
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env, "")
         if not api_key:
-            print(f"error: --api-key-env {args.api_key_env}: that environment variable is unset or empty.",
-                  file=sys.stderr)
+            print(
+                f"error: --api-key-env {args.api_key_env}: that environment variable is unset or empty.",
+                file=sys.stderr,
+            )
             return 2
     if api_key is None and not is_loopback(args.host) and not args.insecure:
-        print(f"error: --host {args.host} is not a loopback address and no API key is configured: set "
-              "--api-key-env NAME (and export NAME=<key>), or pass --insecure to serve without access control.",
-              file=sys.stderr)
+        print(
+            f"error: --host {args.host} is not a loopback address and no API key is configured: set "
+            "--api-key-env NAME (and export NAME=<key>), or pass --insecure to serve without access control.",
+            file=sys.stderr,
+        )
         return 2
     for name in ("max_concurrency", "max_batch_size", "max_input_chars", "max_new_tokens"):
         if getattr(args, name) < 1:
@@ -200,14 +232,27 @@ def main(args) -> int:
     from .predictor import Predictor
 
     try:
-        predictor = Predictor(args.model_dir, use_onnx=args.onnx, threads=args.threads,
-                              max_input_chars=args.max_input_chars)
+        predictor = Predictor(
+            args.model_dir, use_onnx=args.onnx, threads=args.threads, max_input_chars=args.max_input_chars
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    app = create_app(predictor, api_key=api_key, max_concurrency=args.max_concurrency,
-                     max_batch_size=args.max_batch_size, max_new_tokens=args.max_new_tokens)
-    logger.info("Serving %s (%s, %s) on %s:%d, auth %s", args.model_dir, predictor.task, predictor.info.variant,
-                args.host, args.port, "on" if api_key else "off")
+    app = create_app(
+        predictor,
+        api_key=api_key,
+        max_concurrency=args.max_concurrency,
+        max_batch_size=args.max_batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
+    logger.info(
+        "Serving %s (%s, %s) on %s:%d, auth %s",
+        args.model_dir,
+        predictor.task,
+        predictor.info.variant,
+        args.host,
+        args.port,
+        "on" if api_key else "off",
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -9,9 +9,10 @@ silence_optional_kernel_warnings()
 __all__ = ["DistillationConfig", "DistillationTrainer", "distillation_loss", "DistillationLossOutput"]
 
 if TYPE_CHECKING:
+    from distill.trainer.distillation_trainer import DistillationTrainer
+
     from .config import DistillationConfig
     from .losses import DistillationLossOutput, distillation_loss
-    from distill.trainer.distillation_trainer import DistillationTrainer
 
 
 def __getattr__(name):

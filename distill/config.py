@@ -144,7 +144,9 @@ class DistillationConfig(TrainingArguments):
     # ---- skew KL (issue 14) ----
     skew_alpha: float = field(
         default=0.1,
-        metadata={"help": "Skew a of skew_forward_kl / skew_reverse_kl, in [0, 1); 0 = plain KL (DistiLLM: 0.1)."},
+        metadata={
+            "help": "Skew a of skew_forward_kl / skew_reverse_kl, in [0, 1); 0 = plain KL (DistiLLM: 0.1)."
+        },
     )
     teacher_model_name_or_path: Optional[str] = field(
         default=None,
@@ -156,9 +158,11 @@ class DistillationConfig(TrainingArguments):
     )
     task: Optional[str] = field(
         default=None,
-        metadata={"help": "causal-lm, seq-cls or image-cls. When omitted: inferred from the student's class "
-                          "(distill train: from the saved class of the student or teacher, a teacher cache, or "
-                          "a built-in dataset source)."},
+        metadata={
+            "help": "causal-lm, seq-cls or image-cls. When omitted: inferred from the student's class "
+            "(distill train: from the saved class of the student or teacher, a teacher cache, or "
+            "a built-in dataset source)."
+        },
     )
     kd_chunk_size: Optional[int] = field(
         default=None,
@@ -166,45 +170,74 @@ class DistillationConfig(TrainingArguments):
     )
     kd_fused_lm_head: bool = field(
         default=False,
-        metadata={"help": "Causal LM: compute logits chunk by chunk from hidden states inside the KD loss, so "
-                          "no full [B, T, V] logits exist in training (not under ZeRO-3 or FSDP)."},
+        metadata={
+            "help": "Causal LM: compute logits chunk by chunk from hidden states inside the KD loss, so "
+            "no full [B, T, V] logits exist in training (not under ZeRO-3 or FSDP)."
+        },
     )
     # ---- multi-teacher (issue 14) ----
     extra_teachers: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "Further teachers for the same task, after teacher_model_name_or_path (same tokenizer)."},
+        metadata={
+            "help": "Further teachers for the same task, after teacher_model_name_or_path (same tokenizer)."
+        },
     )
     teacher_weights: Optional[list[float]] = field(
         default=None,
-        metadata={"help": "One weight per teacher (the first teacher, then extra_teachers) for teacher_ensemble=mean; "
-                          "non-negative, positive sum. Default: equal."},
+        metadata={
+            "help": "One weight per teacher (the first teacher, then extra_teachers) for teacher_ensemble=mean; "
+            "non-negative, positive sum. Default: equal."
+        },
     )
     teacher_ensemble: str = field(
         default="mean",
-        metadata={"help": "Several teachers: mean (weighted average of their distributions) or most_confident "
-                          "(per position, the teacher with the largest top probability).",
-                  "choices": ["mean", "most_confident"]},
+        metadata={
+            "help": "Several teachers: mean (weighted average of their distributions) or most_confident "
+            "(per position, the teacher with the largest top probability).",
+            "choices": ["mean", "most_confident"],
+        },
     )
     # ---- data-augmentation distillation (issue 14) ----
     augment_fraction: float = field(
-        default=0.0, metadata={"help": "Probability that a training example is augmented (teacher and student see the "
-                                       "same augmented input; KD term alone on it); 0 = off."})
+        default=0.0,
+        metadata={
+            "help": "Probability that a training example is augmented (teacher and student see the "
+            "same augmented input; KD term alone on it); 0 = off."
+        },
+    )
     augmentations: Optional[list[str]] = field(
-        default=None, metadata={"help": "token_replace, span_mask, token_drop (text); flip, resized_crop, mixup, "
-                                        "cutmix (images). Default: token_replace / flip + resized_crop."})
+        default=None,
+        metadata={
+            "help": "token_replace, span_mask, token_drop (text); flip, resized_crop, mixup, "
+            "cutmix (images). Default: token_replace / flip + resized_crop."
+        },
+    )
     augment_token_prob: float = field(
-        default=0.15, metadata={"help": "Per-token probability of token_replace / token_drop, span start of span_mask."})
+        default=0.15,
+        metadata={"help": "Per-token probability of token_replace / token_drop, span start of span_mask."},
+    )
     augment_span_length: int = field(default=3, metadata={"help": "Tokens per span of span_mask."})
     augment_crop_scale: float = field(
-        default=0.5, metadata={"help": "Smallest area fraction resized_crop keeps, in (0, 1]."})
-    augment_mix_alpha: float = field(default=1.0, metadata={"help": "Beta(a, a) parameter of mixup / cutmix (> 0)."})
+        default=0.5, metadata={"help": "Smallest area fraction resized_crop keeps, in (0, 1]."}
+    )
+    augment_mix_alpha: float = field(
+        default=1.0, metadata={"help": "Beta(a, a) parameter of mixup / cutmix (> 0)."}
+    )
     # ---- on-policy distillation, GKD (issue 14) ----
     lmbda: float = field(
-        default=0.0, metadata={"help": "Causal LM: probability in [0, 1] that a step trains on student-generated "
-                                       "continuations of the prompts, scored by the teacher (GKD); 0 = off."})
-    max_new_tokens: int = field(default=128, metadata={"help": "On-policy steps: longest generated continuation."})
+        default=0.0,
+        metadata={
+            "help": "Causal LM: probability in [0, 1] that a step trains on student-generated "
+            "continuations of the prompts, scored by the teacher (GKD); 0 = off."
+        },
+    )
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "On-policy steps: longest generated continuation."}
+    )
     generation_temperature: float = field(
-        default=0.9, metadata={"help": "On-policy steps: sampling temperature of the continuations (0 = greedy)."})
+        default=0.9,
+        metadata={"help": "On-policy steps: sampling temperature of the continuations (0 = greedy)."},
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Allow custom modelling code from the Hub. Off by default for safety."},
@@ -212,47 +245,66 @@ class DistillationConfig(TrainingArguments):
     # ---- run fingerprint (distill/trainer/fingerprint.py) ----
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Start afresh in output_dir: delete an earlier run's checkpoints and results there "
-                          "instead of resuming it (or refusing it, when its settings differ)."},
+        metadata={
+            "help": "Start afresh in output_dir: delete an earlier run's checkpoints and results there "
+            "instead of resuming it (or refusing it, when its settings differ)."
+        },
     )
 
     # ---- fault tolerance (distill/trainer/numerics.py) ----
     max_nonfinite_steps: int = field(
         default=10,
-        metadata={"help": "Skip optimizer steps whose loss or gradient norm is NaN/inf (weights untouched, logged as "
-                          "nonfinite_step_skipped); stop with an error after this many in a row. 0: no guard."},
+        metadata={
+            "help": "Skip optimizer steps whose loss or gradient norm is NaN/inf (weights untouched, logged as "
+            "nonfinite_step_skipped); stop with an error after this many in a row. 0: no guard."
+        },
     )
 
     # ---- intermediate-layer distillation (hidden states, attention; distill.trainer.intermediate) ----
     hidden_weight: float = field(
         default=0.0,
-        metadata={"help": "Weight of the hidden-state term added to the loss (0 = off); see hidden_layer_map."},
+        metadata={
+            "help": "Weight of the hidden-state term added to the loss (0 = off); see hidden_layer_map."
+        },
     )
     hidden_layer_map: Union[dict, str, None] = field(
         default=None,
-        metadata={"help": "Student -> teacher layer indices of hidden_states (0 = embeddings), e.g. '1:2,2:4'; "
-                          "default: evenly spaced blocks."},
+        metadata={
+            "help": "Student -> teacher layer indices of hidden_states (0 = embeddings), e.g. '1:2,2:4'; "
+            "default: evenly spaced blocks."
+        },
     )
     hidden_loss: str = field(
         default="mse",
-        metadata={"help": "Hidden-state distance: mse (TinyBERT) or cosine (DistilBERT).", "choices": list(HIDDEN_LOSSES)},
+        metadata={
+            "help": "Hidden-state distance: mse (TinyBERT) or cosine (DistilBERT).",
+            "choices": list(HIDDEN_LOSSES),
+        },
     )
     attention_weight: float = field(
         default=0.0,
-        metadata={"help": "Weight of MiniLM attention KL on the mapped blocks (0 = off; needs eager attention)."},
+        metadata={
+            "help": "Weight of MiniLM attention KL on the mapped blocks (0 = off; needs eager attention)."
+        },
     )
 
     def _check_intermediate(self) -> None:
         for name in ("hidden_weight", "attention_weight"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value >= 0 and value == value and value != float("inf")):
+            if not (
+                isinstance(value, (int, float)) and value >= 0 and value == value and value != float("inf")
+            ):
                 raise ValueError(f"{name}={value} must be a finite number >= 0 (0 turns the term off).")
         if self.hidden_loss not in HIDDEN_LOSSES:
-            raise ValueError(f"hidden_loss={self.hidden_loss!r} is unknown: use one of {', '.join(HIDDEN_LOSSES)}.")
+            raise ValueError(
+                f"hidden_loss={self.hidden_loss!r} is unknown: use one of {', '.join(HIDDEN_LOSSES)}."
+            )
         self.hidden_layer_map = parse_layer_map(self.hidden_layer_map)
         if self.hidden_layer_map is not None and self.hidden_weight == 0 and self.attention_weight == 0:
-            raise ValueError("hidden_layer_map is set but hidden_weight and attention_weight are 0, so it would be "
-                             "ignored: set hidden_weight (or attention_weight) > 0, or drop hidden_layer_map.")
+            raise ValueError(
+                "hidden_layer_map is set but hidden_weight and attention_weight are 0, so it would be "
+                "ignored: set hidden_weight (or attention_weight) > 0, or drop hidden_layer_map."
+            )
         if self.hidden_weight > 0 or self.attention_weight > 0:
             # A projection (and the mapped layers' outputs) are used after the forward, where DDP's search
             # for unused parameters cannot see them.
@@ -281,7 +333,9 @@ class DistillationConfig(TrainingArguments):
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is unknown: use one of {', '.join(TASKS)}.")
         if self.max_nonfinite_steps < 0:
-            raise ValueError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be >= 0 (0 turns the guard off).")
+            raise ValueError(
+                f"max_nonfinite_steps={self.max_nonfinite_steps} must be >= 0 (0 turns the guard off)."
+            )
         if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
             raise ValueError(f"kd_chunk_size={self.kd_chunk_size} must be a positive integer.")
         self._check_intermediate()
@@ -315,16 +369,22 @@ class DistillationConfig(TrainingArguments):
         from .teacher.ensemble import ENSEMBLE_MODES, normalized_teacher_weights
 
         if self.teacher_ensemble not in ENSEMBLE_MODES:
-            raise ValueError(f"teacher_ensemble={self.teacher_ensemble!r} is unknown: use one of "
-                             f"{', '.join(ENSEMBLE_MODES)}.")
+            raise ValueError(
+                f"teacher_ensemble={self.teacher_ensemble!r} is unknown: use one of "
+                f"{', '.join(ENSEMBLE_MODES)}."
+            )
         if self.extra_teachers and not self.teacher_model_name_or_path:
             raise ValueError("extra_teachers needs teacher_model_name_or_path (the first teacher) as well.")
         if self.extra_teachers and self.kd_fused_lm_head:
-            raise ValueError("kd_fused_lm_head works with one teacher only; set it to false for extra_teachers.")
+            raise ValueError(
+                "kd_fused_lm_head works with one teacher only; set it to false for extra_teachers."
+            )
         if self.teacher_weights is not None:
             if self.teacher_ensemble != "mean":
-                raise ValueError("teacher_weights apply to teacher_ensemble='mean' only; remove them for "
-                                 f"{self.teacher_ensemble}.")
+                raise ValueError(
+                    "teacher_weights apply to teacher_ensemble='mean' only; remove them for "
+                    f"{self.teacher_ensemble}."
+                )
             n = len(self.teacher_weights)
             if self.teacher_model_name_or_path:
                 n = 1 + len(self.extra_teachers or [])
@@ -336,7 +396,9 @@ class DistillationConfig(TrainingArguments):
         from .data.augment import check_augmentations
 
         if not 0.0 <= self.augment_fraction <= 1.0:
-            raise ValueError(f"augment_fraction={self.augment_fraction} must be in [0, 1] (0 = no augmentation).")
+            raise ValueError(
+                f"augment_fraction={self.augment_fraction} must be in [0, 1] (0 = no augmentation)."
+            )
         if not 0.0 <= self.augment_token_prob <= 1.0:
             raise ValueError(f"augment_token_prob={self.augment_token_prob} must be in [0, 1].")
         if self.augment_span_length < 1:
@@ -348,23 +410,35 @@ class DistillationConfig(TrainingArguments):
         check_augmentations(self.augmentations, self.task)
         if self.augment_fraction > 0:
             if self.alpha == 0:
-                raise ValueError("augment_fraction > 0 distils on augmented inputs and needs a teacher: set alpha > 0 "
-                                 "or augment_fraction: 0.")
+                raise ValueError(
+                    "augment_fraction > 0 distils on augmented inputs and needs a teacher: set alpha > 0 "
+                    "or augment_fraction: 0."
+                )
             if self.kd_fused_lm_head:
-                raise ValueError("augment_fraction > 0 is not supported with kd_fused_lm_head; set one of them off.")
+                raise ValueError(
+                    "augment_fraction > 0 is not supported with kd_fused_lm_head; set one of them off."
+                )
 
     def _check_on_policy(self) -> None:
         """The on-policy fields (issue 14); the task and tokenizer are checked by the trainer."""
         if not 0.0 <= self.lmbda <= 1.0:
-            raise ValueError(f"lmbda={self.lmbda} must be in [0, 1] (the probability of an on-policy step; 0 = off).")
+            raise ValueError(
+                f"lmbda={self.lmbda} must be in [0, 1] (the probability of an on-policy step; 0 = off)."
+            )
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be a positive integer.")
         if not self.generation_temperature >= 0:
-            raise ValueError(f"generation_temperature={self.generation_temperature} must be >= 0 (0 = greedy).")
+            raise ValueError(
+                f"generation_temperature={self.generation_temperature} must be >= 0 (0 = greedy)."
+            )
         if self.lmbda > 0:
             if self.task is not None and self.task != "causal-lm":
-                raise ValueError(f"lmbda={self.lmbda} > 0 (on-policy distillation) applies to causal-lm only, not "
-                                 f"task {self.task!r}: set lmbda: 0.")
+                raise ValueError(
+                    f"lmbda={self.lmbda} > 0 (on-policy distillation) applies to causal-lm only, not "
+                    f"task {self.task!r}: set lmbda: 0."
+                )
             if self.alpha == 0:
-                raise ValueError("lmbda > 0 trains on the teacher's scores of the student's continuations and needs a "
-                                 "teacher: set alpha > 0 or lmbda: 0.")
+                raise ValueError(
+                    "lmbda > 0 trains on the teacher's scores of the student's continuations and needs a "
+                    "teacher: set alpha > 0 or lmbda: 0."
+                )

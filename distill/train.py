@@ -30,7 +30,7 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Build the student from scratch: a mapping (YAML) or JSON string with model_type and "
-            "config fields, e.g. '{\"model_type\": \"llama\", \"hidden_size\": 64}', or a config.json path. "
+            'config fields, e.g. \'{"model_type": "llama", "hidden_size": 64}\', or a config.json path. '
             "vocab_size, num_labels and token ids are filled in from the data."
         },
     )
@@ -42,7 +42,8 @@ class ModelArguments:
         },
     )
     image_processor_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Image processor for image-cls. Default: the student's, else the teacher's."}
+        default=None,
+        metadata={"help": "Image processor for image-cls. Default: the student's, else the teacher's."},
     )
     teacher_cache: Optional[str] = field(
         default=None,
@@ -67,8 +68,11 @@ class ModelArguments:
     def __post_init__(self):
         if self.init_from_teacher_layers == "":  # "" from the command line clears a recipe's value
             self.init_from_teacher_layers = None
-        given = [name for name in ("model_name_or_path", "model_config", "init_from_teacher_layers")
-                 if getattr(self, name) not in (None, "")]
+        given = [
+            name
+            for name in ("model_name_or_path", "model_config", "init_from_teacher_layers")
+            if getattr(self, name) not in (None, "")
+        ]
         if len(given) > 1:
             raise ValueError(
                 f"Give one student source: model_name_or_path (a pretrained student), model_config (a student "
@@ -85,11 +89,16 @@ def build_parser():
     from .data import DataArguments
 
     parser = HfArgumentParser(
-        (ModelArguments, DataArguments, DistillationConfig), prog="distill train",
-        usage="distill train [--config RECIPE.yaml] [--FIELD VALUE ...]   (every field below; `distill train --help`)")
+        (ModelArguments, DataArguments, DistillationConfig),
+        prog="distill train",
+        usage="distill train [--config RECIPE.yaml] [--FIELD VALUE ...]   (every field below; `distill train --help`)",
+    )
     parser.add_argument_group("recipe").add_argument(
-        "--config", metavar="RECIPE.yaml", default=None,
-        help="YAML recipe whose fields are the defaults; --FIELD VALUE on the command line overrides them.")
+        "--config",
+        metavar="RECIPE.yaml",
+        default=None,
+        help="YAML recipe whose fields are the defaults; --FIELD VALUE on the command line overrides them.",
+    )
     return parser
 
 
@@ -125,9 +134,15 @@ def parse_args(argv: list[str]):
     *parsed, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
     if remaining:
         options = {f"--{name}" for name in known}
-        hints = [f"{arg!r}{did_you_mean(arg.split('=', 1)[0], options)}" for arg in remaining if arg.startswith("-")]
-        raise ValueError(f"unknown command-line argument(s) {', '.join(hints or map(repr, remaining))}; "
-                         "`distill train --help` lists every field.")
+        hints = [
+            f"{arg!r}{did_you_mean(arg.split('=', 1)[0], options)}"
+            for arg in remaining
+            if arg.startswith("-")
+        ]
+        raise ValueError(
+            f"unknown command-line argument(s) {', '.join(hints or map(repr, remaining))}; "
+            "`distill train --help` lists every field."
+        )
     return tuple(parsed[:3])  # the namespace left over (--config, already read) is dropped
 
 
@@ -141,24 +156,31 @@ def _load_processing_class(model_args, data_args, args, task):
         from transformers import AutoImageProcessor
 
         for name in [model_args.image_processor_name_or_path] + candidates:
-            if name and (not os.path.isdir(name) or os.path.isfile(os.path.join(name, "preprocessor_config.json"))):
+            if name and (
+                not os.path.isdir(name) or os.path.isfile(os.path.join(name, "preprocessor_config.json"))
+            ):
                 return AutoImageProcessor.from_pretrained(name, trust_remote_code=args.trust_remote_code)
         return None
     if model_args.tokenizer_name_or_path:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path, trust_remote_code=args.trust_remote_code)
+        return AutoTokenizer.from_pretrained(
+            model_args.tokenizer_name_or_path, trust_remote_code=args.trust_remote_code
+        )
     for name in candidates:
         if name:
             tokenizer = load_tokenizer_if_present(name, trust_remote_code=args.trust_remote_code)
             if tokenizer is not None:
                 return tokenizer
-    from .data.corpus import train_bpe_tokenizer
     from .data import texts_for_tokenizer
+    from .data.corpus import train_bpe_tokenizer
 
-    logger.info("No tokenizer given: training a %d-token BPE on the training split.", data_args.tokenizer_vocab_size)
+    logger.info(
+        "No tokenizer given: training a %d-token BPE on the training split.", data_args.tokenizer_vocab_size
+    )
     return train_bpe_tokenizer(
-        texts_for_tokenizer(data_args, task=task.name), vocab_size=data_args.tokenizer_vocab_size,
+        texts_for_tokenizer(data_args, task=task.name),
+        vocab_size=data_args.tokenizer_vocab_size,
         model_max_length=max(1024, data_args.block_size),
     )
 
@@ -178,7 +200,9 @@ def prepare_data(model_args, data_args, args, task):
     if bundle.train is None:
         raise ValueError(f"train_split={data_args.train_split!r} gave no training data.")
     if isinstance(bundle.train, datasets.IterableDataset) and args.max_steps <= 0:
-        raise ValueError("A streamed training set has no length: set max_steps to a positive number of steps.")
+        raise ValueError(
+            "A streamed training set has no length: set max_steps to a positive number of steps."
+        )
     if task.name != "image-cls" and args.include_num_input_tokens_seen in ("no", False):
         args.include_num_input_tokens_seen = "non_padding"
     if task.name == "image-cls":
@@ -193,7 +217,9 @@ def _check_before_compute(model_args, data_args, args) -> None:
     if args.task is None:
         args.task = _infer_task_name(model_args, data_args, args)
     if model_args.teacher_cache and args.extra_teachers:
-        raise ValueError("teacher_cache replaces the teacher: remove extra_teachers, or train without the cache.")
+        raise ValueError(
+            "teacher_cache replaces the teacher: remove extra_teachers, or train without the cache."
+        )
     if model_args.init_from_teacher_layers is not None:
         from .students.from_layers import check_layers_of_teacher_dir
 
@@ -207,8 +233,14 @@ def _check_before_compute(model_args, data_args, args) -> None:
             f"alpha={args.alpha} needs a teacher: set teacher_model_name_or_path, or alpha: 0 to train "
             "on labels alone."
         )
-    for field_name, path in [("teacher_model_name_or_path", teacher)] + [("extra_teachers", t) for t in args.extra_teachers or []]:
-        if path and _looks_local(path) and not os.path.isfile(os.path.join(os.path.expanduser(path), "config.json")):
+    for field_name, path in [("teacher_model_name_or_path", teacher)] + [
+        ("extra_teachers", t) for t in args.extra_teachers or []
+    ]:
+        if (
+            path
+            and _looks_local(path)
+            and not os.path.isfile(os.path.join(os.path.expanduser(path), "config.json"))
+        ):
             raise FileNotFoundError(
                 f"{field_name}: {path!r} is not a model directory (no config.json there). "
                 "Train or download the teacher first, or point at a Hub id."
@@ -217,15 +249,19 @@ def _check_before_compute(model_args, data_args, args) -> None:
         parse_model_config(model_args.model_config)
     from distill.utils.safe_loading import check_model_dir
 
-    for field_name, path in [("model_name_or_path", model_args.model_name_or_path), ("teacher_model_name_or_path", teacher)]:
+    for field_name, path in [
+        ("model_name_or_path", model_args.model_name_or_path),
+        ("teacher_model_name_or_path", teacher),
+    ]:
         if path and _looks_local(path):
             check_model_dir(path, field_name, args.trust_remote_code)
 
 
 def _infer_task_name(model_args, data_args, args) -> str:
     """The task when `task` is unset: from the student's or teacher's saved class, a teacher cache, or a built-in source."""
-    from .data.arguments import BUILTIN_SOURCES
     from distill.trainer.tasks import task_of_class
+
+    from .data.arguments import BUILTIN_SOURCES
 
     for path in (model_args.model_name_or_path, args.teacher_model_name_or_path):
         config = os.path.join(os.path.expanduser(path), "config.json") if path else ""
@@ -238,14 +274,21 @@ def _infer_task_name(model_args, data_args, args) -> str:
         return "causal-lm"
     if data_args.dataset_name in BUILTIN_SOURCES:
         return BUILTIN_SOURCES[data_args.dataset_name]
-    raise ValueError("task is not set and cannot be inferred (no saved student or teacher class, no built-in "
-                     "source): add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe.")
+    raise ValueError(
+        "task is not set and cannot be inferred (no saved student or teacher class, no built-in "
+        "source): add `task: causal-lm`, `seq-cls` or `image-cls` to the recipe."
+    )
 
 
 def _teacher_only_gives_weights(model_args, args) -> bool:
     """init_from_teacher_layers with no teacher term in the loss: the teacher is not run during training."""
-    return (model_args.init_from_teacher_layers is not None and args.alpha == 0 and not args.extra_teachers
-            and not getattr(args, "hidden_weight", 0) and not getattr(args, "attention_weight", 0))
+    return (
+        model_args.init_from_teacher_layers is not None
+        and args.alpha == 0
+        and not args.extra_teachers
+        and not getattr(args, "hidden_weight", 0)
+        and not getattr(args, "attention_weight", 0)
+    )
 
 
 def _check_teacher_cache(path: str, args) -> None:
@@ -261,7 +304,11 @@ def _check_teacher_cache(path: str, args) -> None:
     cache.check_settings(temperature=args.temperature, task=args.task)
     teacher = args.teacher_model_name_or_path
     cached = cache.manifest.get("teacher")
-    if teacher and cached and os.path.normpath(os.path.expanduser(teacher)) != os.path.normpath(os.path.expanduser(cached)):
+    if (
+        teacher
+        and cached
+        and os.path.normpath(os.path.expanduser(teacher)) != os.path.normpath(os.path.expanduser(cached))
+    ):
         raise ValueError(
             f"teacher_model_name_or_path={teacher!r} differs from the teacher of teacher_cache {path!r} (manifest "
             f"field teacher: {cached!r}). Drop one of them, or rebuild the cache with this teacher."
@@ -274,11 +321,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
     import transformers
 
     from distill.trainer.checkpoints import last_complete_checkpoint
-    from distill.trainer.tasks import accuracy_metric, get_task, make_collator
     from distill.trainer.distillation_trainer import DistillationTrainer
+    from distill.trainer.tasks import accuracy_metric, get_task, make_collator
 
     model_args, data_args, args = parse_args(sys.argv[2:] if argv is None else argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if args.should_log else logging.WARNING)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if args.should_log else logging.WARNING,
+    )
     transformers.utils.logging.set_verbosity(args.get_process_log_level())
     datasets.utils.logging.set_verbosity(args.get_process_log_level())
     if data_args.tasks is not None:  # multi-task distillation: one student, a teacher per task
@@ -290,8 +340,12 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
 
     output_state = prepare_output_dir(model_args, data_args, args)  # refuses changed settings, before compute
     if output_state.action == "finished":
-        logger.info("%s already holds a finished run with these settings (%s): nothing to do. "
-                    "--overwrite_output_dir true trains it again.", args.output_dir, "run_fingerprint.json")
+        logger.info(
+            "%s already holds a finished run with these settings (%s): nothing to do. "
+            "--overwrite_output_dir true trains it again.",
+            args.output_dir,
+            "run_fingerprint.json",
+        )
         return output_state.results
     task = get_task(args.task)
     transformers.set_seed(args.seed)
@@ -304,9 +358,15 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         logger.info("Training from teacher cache %s: no teacher model is loaded.", model_args.teacher_cache)
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=None if use_cache or _teacher_only_gives_weights(model_args, args) else (
-            [args.teacher_model_name_or_path, *args.extra_teachers] if args.extra_teachers
-            else args.teacher_model_name_or_path if args.alpha > 0 or args.teacher_model_name_or_path else None),
+        teacher_model=None
+        if use_cache or _teacher_only_gives_weights(model_args, args)
+        else (
+            [args.teacher_model_name_or_path, *args.extra_teachers]
+            if args.extra_teachers
+            else args.teacher_model_name_or_path
+            if args.alpha > 0 or args.teacher_model_name_or_path
+            else None
+        ),
         teacher_cache=model_args.teacher_cache if use_cache else None,
         args=args,
         train_dataset=bundle.train,
@@ -331,7 +391,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         student_params=total,
         student_non_embedding_params=non_embedding,
         train_tokens=int(trainer.state.num_input_tokens_seen or 0),
-        global_batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        global_batch_size=args.per_device_train_batch_size
+        * args.gradient_accumulation_steps
+        * args.world_size,
     )
     if task.token_level:
         metrics["block_size"] = data_args.block_size
@@ -362,6 +424,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
 
 def format_summary(results: dict) -> str:
     """The results table printed after training: loss, and accuracy for classification, of student and teacher."""
+
     def fmt(key: str) -> str:
         value = results.get(key)
         return "-" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.4f}")
@@ -371,7 +434,10 @@ def format_summary(results: dict) -> str:
     rows = [("student", "student_params", columns)]
     if "teacher_params" in results:
         rows.append(("teacher", "teacher_params", [c.replace("_", "_teacher_", 1) for c in columns]))
-    lines = ["== distill: results ==", f"{'model':<8} {'params':>12} " + " ".join(f"{c:>13}" for c in columns)]
+    lines = [
+        "== distill: results ==",
+        f"{'model':<8} {'params':>12} " + " ".join(f"{c:>13}" for c in columns),
+    ]
     for name, params, keys in rows:
         lines.append(f"{name:<8} {fmt(params):>12} " + " ".join(f"{fmt(k):>13}" for k in keys))
     return "\n".join(lines)

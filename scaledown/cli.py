@@ -16,25 +16,41 @@ def build_parser() -> argparse.ArgumentParser:
         "offline on a CPU. A second run reuses every stage whose inputs are unchanged and reruns the rest.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the pipeline", description="Run the pipeline of a YAML config: ladder, "
-                         "fit (largest rung held out and predicted), teacher, student size, distillation, baseline, "
-                         "evaluation and report in <output_root>/<name>/ (summary.json, report.md, plots/).")
-    run.add_argument("--config", default=None,
-                     help=f"pipeline YAML (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)")
+    run = sub.add_parser(
+        "run",
+        help="run the pipeline",
+        description="Run the pipeline of a YAML config: ladder, "
+        "fit (largest rung held out and predicted), teacher, student size, distillation, baseline, "
+        "evaluation and report in <output_root>/<name>/ (summary.json, report.md, plots/).",
+    )
+    run.add_argument(
+        "--config",
+        default=None,
+        help=f"pipeline YAML (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)",
+    )
     run.add_argument("--quick", action="store_true", help="apply the config's `quick:` block: a CI-sized run")
     run.add_argument("--name", default=None, help="run name: outputs go to <output_root>/<name>")
     run.add_argument("--output-root", default=None, help="parent folder of runs (default: runs)")
-    run.add_argument("--ship", action="store_true", help="add the ship stage (ONNX export, int8, bench table) "
-                     "after evaluation, as the config's `ship: {enabled: true}` does")
+    run.add_argument(
+        "--ship",
+        action="store_true",
+        help="add the ship stage (ONNX export, int8, bench table) "
+        "after evaluation, as the config's `ship: {enabled: true}` does",
+    )
     from scaling.cli import add_ladder_arguments  # argparse only
 
-    ladder = sub.add_parser("ladder", help="plan and train a ladder of model sizes",
-                            description="The plan of `scaling ladder` (same arguments), then each rung trained "
-                            "with `distill train` (alpha 0) into OUT/<rung>. A finished rung with the same "
-                            "settings is reused, a broken one resumes. Arguments after `--` go to `distill train`.")
+    ladder = sub.add_parser(
+        "ladder",
+        help="plan and train a ladder of model sizes",
+        description="The plan of `scaling ladder` (same arguments), then each rung trained "
+        "with `distill train` (alpha 0) into OUT/<rung>. A finished rung with the same "
+        "settings is reused, a broken one resumes. Arguments after `--` go to `distill train`.",
+    )
     add_ladder_arguments(ladder)
     ladder.add_argument("--out", default="runs/ladder", help="parent folder of the rung directories")
-    ladder.add_argument("distill_args", nargs="*", help="after `--`: extra `distill train` arguments (data, lr...)")
+    ladder.add_argument(
+        "distill_args", nargs="*", help="after `--`: extra `distill train` arguments (data, lr...)"
+    )
     from deploy.cli import add_deploy_commands  # export / quantize / bench / serve (argparse only)
 
     add_deploy_commands(sub)

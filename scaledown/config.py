@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from scaledown.ship import ShipConfig
 from distill.utils.hints import did_you_mean
+from scaledown.ship import ShipConfig
 
 from .distill_ladder import DistillLadderConfig
 
@@ -76,8 +76,14 @@ class PipelineConfig:
     name: str = "demo"
     output_root: str = "runs"
     seed: int = 0
-    data: dict = field(default_factory=lambda: {"dataset_name": "builtin:python-docs", "block_size": 128,
-                                                "packing": True, "tokenizer_vocab_size": 2048})
+    data: dict = field(
+        default_factory=lambda: {
+            "dataset_name": "builtin:python-docs",
+            "block_size": 128,
+            "packing": True,
+            "tokenizer_vocab_size": 2048,
+        }
+    )
     tokenizer: Optional[str] = None
     train: dict = field(default_factory=dict)
     ladder: LadderConfig = field(default_factory=LadderConfig)
@@ -97,8 +103,14 @@ class PipelineConfig:
         return os.path.join(self.output_root, self.name)
 
 
-_NESTED = {"ladder": LadderConfig, "fit": FitConfig, "student": StudentConfig, "distill": DistillStageConfig,
-           "distill_ladder": DistillLadderConfig, "ship": ShipConfig}
+_NESTED = {
+    "ladder": LadderConfig,
+    "fit": FitConfig,
+    "student": StudentConfig,
+    "distill": DistillStageConfig,
+    "distill_ladder": DistillLadderConfig,
+    "ship": ShipConfig,
+}
 
 
 def _build(cls, values: dict, where: str):
@@ -122,7 +134,9 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_pipeline_config(path: Optional[str] = None, quick: bool = False, overrides: Optional[dict] = None) -> PipelineConfig:
+def load_pipeline_config(
+    path: Optional[str] = None, quick: bool = False, overrides: Optional[dict] = None
+) -> PipelineConfig:
     """Read a pipeline YAML (or the defaults), apply its ``quick:`` block when asked, and validate."""
     import yaml
 
@@ -145,5 +159,9 @@ def load_pipeline_config(path: Optional[str] = None, quick: bool = False, overri
         values[key] = _build(_NESTED[key], value, key) if key in _NESTED else value
     config = PipelineConfig(**values)
     if isinstance(config.data, dict):
-        config.data = {**PipelineConfig().data, **config.data} if "dataset_name" not in config.data and "data_files" not in config.data else dict(config.data)
+        config.data = (
+            {**PipelineConfig().data, **config.data}
+            if "dataset_name" not in config.data and "data_files" not in config.data
+            else dict(config.data)
+        )
     return config

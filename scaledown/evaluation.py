@@ -25,15 +25,23 @@ def _results(run_dir: str) -> dict:
 
 
 def disk_bytes(run_dir: str) -> int:
-    return sum(os.path.getsize(os.path.join(run_dir, f)) for f in os.listdir(run_dir) if f.endswith(".safetensors"))
+    return sum(
+        os.path.getsize(os.path.join(run_dir, f)) for f in os.listdir(run_dir) if f.endswith(".safetensors")
+    )
 
 
 def model_row(run_dir: str) -> dict:
     r = _results(run_dir)
     loss = r.get("test_loss", r.get("eval_loss"))
-    return {"dir": run_dir, "params": r["student_params"], "non_embedding_params": r.get("student_non_embedding_params"),
-            "test_loss": loss, "perplexity": math.exp(loss), "eval_loss": r.get("eval_loss"),
-            "disk_bytes": disk_bytes(run_dir)}
+    return {
+        "dir": run_dir,
+        "params": r["student_params"],
+        "non_embedding_params": r.get("student_non_embedding_params"),
+        "test_loss": loss,
+        "perplexity": math.exp(loss),
+        "eval_loss": r.get("eval_loss"),
+        "disk_bytes": disk_bytes(run_dir),
+    }
 
 
 def _quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -57,7 +65,10 @@ def throughput(run_dirs: dict[str, str], input_ids, rounds: int = 15, warmup_rou
     import torch
     from transformers import AutoModelForCausalLM
 
-    models = {name: AutoModelForCausalLM.from_pretrained(d, use_safetensors=True).eval() for name, d in run_dirs.items()}
+    models = {
+        name: AutoModelForCausalLM.from_pretrained(d, use_safetensors=True).eval()
+        for name, d in run_dirs.items()
+    }
     names = list(models)
     times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
@@ -65,7 +76,7 @@ def throughput(run_dirs: dict[str, str], input_ids, rounds: int = 15, warmup_rou
             for model in models.values():
                 model(input_ids=input_ids, use_cache=False)
         for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 start = time.perf_counter()
                 models[name](input_ids=input_ids, use_cache=False)
                 times[name].append(time.perf_counter() - start)
@@ -74,12 +85,23 @@ def throughput(run_dirs: dict[str, str], input_ids, rounds: int = 15, warmup_rou
     for name, t in times.items():
         rates = [tokens / x for x in t]
         q1, med, q3 = _quartiles(rates)
-        out["models"][name] = {"tokens_per_second": med, "iqr": [q1, q3], "min": min(rates), "max": max(rates)}
+        out["models"][name] = {
+            "tokens_per_second": med,
+            "iqr": [q1, q3],
+            "min": min(rates),
+            "max": max(rates),
+        }
         q1, med, q3 = _quartiles([a / b for a, b in zip(times[names[0]], t)])
         out["speedups"][name] = {"median": med, "iqr": [q1, q3]}
-    return {**out, "batch": list(input_ids.shape), "threads": torch.get_num_threads(),
-            "device": str(next(models[names[0]].parameters()).device), "rounds": rounds,
-            "warmup_rounds": warmup_rounds, "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    return {
+        **out,
+        "batch": list(input_ids.shape),
+        "threads": torch.get_num_threads(),
+        "device": str(next(models[names[0]].parameters()).device),
+        "rounds": rounds,
+        "warmup_rounds": warmup_rounds,
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
 
 
 def _test_batch(pipeline, batch_size: int = 8):
@@ -115,8 +137,10 @@ def evaluate_models(pipeline, teacher: dict, kd: dict, base: dict) -> dict:
     kd_row = _mean_row([model_row(r["dir"]) for r in kd["runs"]])
     base_row = _mean_row([model_row(r["dir"]) for r in base["runs"]])
     batch = _test_batch(pipeline)
-    speed = throughput({"teacher": teacher["dir"], "student": kd["runs"][0]["dir"], "baseline": base["runs"][0]["dir"]},
-                       batch)
+    speed = throughput(
+        {"teacher": teacher["dir"], "student": kd["runs"][0]["dir"], "baseline": base["runs"][0]["dir"]},
+        batch,
+    )
     for name, row in (("teacher", teacher_row), ("student", kd_row), ("baseline", base_row)):
         row["tokens_per_second"] = speed["models"][name]["tokens_per_second"]
         row["tokens_per_second_iqr"] = speed["models"][name]["iqr"]

@@ -52,12 +52,30 @@ def train_ladder(
         if skip_finished and is_finished(out):
             log(f"[ladder {i}/{len(plans)}] {plan.name}: finished, skipped")
             continue
-        log(f"[ladder {i}/{len(plans)}] {plan.name}: {plan.non_embedding_params:,} non-embedding params, "
-            f"{plan.tokens:,} tokens, {plan.steps} steps")
+        log(
+            f"[ladder {i}/{len(plans)}] {plan.name}: {plan.non_embedding_params:,} non-embedding params, "
+            f"{plan.tokens:,} tokens, {plan.steps} steps"
+        )
         os.makedirs(out, exist_ok=True)
         extra = run_args(plan) if run_args else []
-        train_fn([*train_args, *extra, "--task", "causal-lm", "--alpha", "0", "--model_config", json.dumps(plan.config),
-                  "--max_steps", str(plan.steps), "--lr_scheduler_type", "cosine", "--output_dir", out])
+        train_fn(
+            [
+                *train_args,
+                *extra,
+                "--task",
+                "causal-lm",
+                "--alpha",
+                "0",
+                "--model_config",
+                json.dumps(plan.config),
+                "--max_steps",
+                str(plan.steps),
+                "--lr_scheduler_type",
+                "cosine",
+                "--output_dir",
+                out,
+            ]
+        )
         # After training: a run refused for changed settings keeps the plan that made its results.
         write_text_atomic(os.path.join(out, "ladder_plan.json"), json.dumps(asdict(plan), indent=2))
     return dirs
@@ -69,6 +87,16 @@ def cmd_ladder(args) -> None:
 
     plans = ladder_plans_from_args(args)
     print_ladder_plan(plans, as_json=args.json)
-    train_ladder(plans, args.out, ["--block_size", str(args.seq_len), "--per_device_train_batch_size",
-                                   str(args.batch_size), *args.distill_args], log=lambda m: print(m, file=sys.stderr),
-                 skip_finished=False)  # distill train's run fingerprint decides: reuse, resume or refuse
+    train_ladder(
+        plans,
+        args.out,
+        [
+            "--block_size",
+            str(args.seq_len),
+            "--per_device_train_batch_size",
+            str(args.batch_size),
+            *args.distill_args,
+        ],
+        log=lambda m: print(m, file=sys.stderr),
+        skip_finished=False,
+    )  # distill train's run fingerprint decides: reuse, resume or refuse

@@ -18,8 +18,18 @@ from typing import Any, Callable, Optional
 from .config import PipelineConfig
 from .files import write_json_atomic
 
-STAGES = ("tokenizer", "ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate", "ship",
-          "distill_ladder")
+STAGES = (
+    "tokenizer",
+    "ladder",
+    "fit",
+    "teacher",
+    "student",
+    "distill",
+    "baseline",
+    "evaluate",
+    "ship",
+    "distill_ladder",
+)
 
 
 def banner(text: str) -> None:
@@ -51,8 +61,13 @@ class Pipeline:
         budget = self._budget_kwargs()
         if not budget:
             raise ValueError("ladder: give one budget: tokens, flops, isoflop_budgets or tokens_per_param.")
-        self.plans = plan_ladder(spec, vocab_size=int(c.data.get("tokenizer_vocab_size", 2048)),
-                                 seq_len=self.seq_len, batch_size=self.batch_size, **budget)
+        self.plans = plan_ladder(
+            spec,
+            vocab_size=int(c.data.get("tokenizer_vocab_size", 2048)),
+            seq_len=self.seq_len,
+            batch_size=self.batch_size,
+            **budget,
+        )
         if c.fit.law not in ("power", "chinchilla", "kaplan", "chinchilla_gamma"):
             raise ValueError(f"fit.law={c.fit.law!r}: use power, chinchilla, chinchilla_gamma or kaplan.")
         if c.distill_ladder is not None and c.distill_ladder.enabled:
@@ -63,10 +78,14 @@ class Pipeline:
 
         needed = len(get_law(c.fit.law).param_names) + 1 + int(c.fit.hold_out_largest)
         if len(c.ladder.widths) < needed:
-            raise ValueError(f"ladder.widths: fit.law={c.fit.law} needs at least {needed} rungs "
-                             f"({'one held out, ' if c.fit.hold_out_largest else ''}parameters + 1 to fit).")
-        given = [x is not None for x in (c.student.width, c.student.target_loss, c.student.flops_budget,
-                                          c.student.from_teacher)]
+            raise ValueError(
+                f"ladder.widths: fit.law={c.fit.law} needs at least {needed} rungs "
+                f"({'one held out, ' if c.fit.hold_out_largest else ''}parameters + 1 to fit)."
+            )
+        given = [
+            x is not None
+            for x in (c.student.width, c.student.target_loss, c.student.flops_budget, c.student.from_teacher)
+        ]
         if sum(given) != 1:
             raise ValueError("student: give exactly one of width, target_loss, flops_budget or from_teacher.")
         if c.student.from_teacher is not None:
@@ -80,23 +99,38 @@ class Pipeline:
                     f"student.width={c.student.width} is not smaller than the teacher's width ({teacher_width}): "
                     "a student must be smaller than its teacher."
                 )
-            LadderSpec(base_config=c.ladder.base_config, widths=[c.student.width], aspect_ratio=c.ladder.aspect_ratio,
-                       head_dim=c.ladder.head_dim, mlp_ratio=c.ladder.mlp_ratio)
+            LadderSpec(
+                base_config=c.ladder.base_config,
+                widths=[c.student.width],
+                aspect_ratio=c.ladder.aspect_ratio,
+                head_dim=c.ladder.head_dim,
+                mlp_ratio=c.ladder.mlp_ratio,
+            )
         if c.teacher is not None and not os.path.isfile(os.path.join(c.teacher, "config.json")):
             raise FileNotFoundError(f"teacher={c.teacher!r} is not a model directory (no config.json).")
         if not c.distill.seeds:
             raise ValueError("distill.seeds must list at least one seed (two to measure the spread).")
         from distill.config import DistillationConfig  # ranges of alpha, temperature, kd_kind
 
-        DistillationConfig(output_dir=self.root, alpha=c.distill.alpha, temperature=c.distill.temperature,
-                           kd_kind=c.distill.kd_kind, report_to="none")
+        DistillationConfig(
+            output_dir=self.root,
+            alpha=c.distill.alpha,
+            temperature=c.distill.temperature,
+            kd_kind=c.distill.kd_kind,
+            report_to="none",
+        )
 
     def ladder_spec(self):
         from scaling.ladder import LadderSpec
 
         c = self.config.ladder
-        return LadderSpec(base_config=dict(c.base_config), widths=list(c.widths), aspect_ratio=c.aspect_ratio,
-                          head_dim=c.head_dim, mlp_ratio=c.mlp_ratio)
+        return LadderSpec(
+            base_config=dict(c.base_config),
+            widths=list(c.widths),
+            aspect_ratio=c.aspect_ratio,
+            head_dim=c.head_dim,
+            mlp_ratio=c.mlp_ratio,
+        )
 
     def _budget_kwargs(self) -> dict:
         c = self.config.ladder
@@ -132,7 +166,11 @@ class Pipeline:
         if os.path.isfile(marker):
             with open(marker) as f:
                 done = json.load(f)
-            changes = changed_inputs(done.get("inputs") or {}, inputs) if "inputs" in done else ["no recorded inputs"]
+            changes = (
+                changed_inputs(done.get("inputs") or {}, inputs)
+                if "inputs" in done
+                else ["no recorded inputs"]
+            )
             if not changes:
                 self.log(f"[{name}] done earlier with the same inputs, reusing {marker}")
                 self.timings[name] = done["seconds"]
@@ -144,7 +182,9 @@ class Pipeline:
         start = time.time()
         result = fn()
         self.timings[name] = time.time() - start
-        write_json_atomic(marker, {"stage": name, "seconds": self.timings[name], "inputs": inputs, "result": result})
+        write_json_atomic(
+            marker, {"stage": name, "seconds": self.timings[name], "inputs": inputs, "result": result}
+        )
         self.stage_digests[name] = stage_digest(inputs, json.loads(json.dumps(result, default=float)))
         return result
 
@@ -156,9 +196,22 @@ class Pipeline:
             if value is None:
                 continue
             args += [f"--{key}", json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
-        args += ["--tokenizer_name_or_path", self.tokenizer_dir, "--seed", str(c.seed if seed is None else seed),
-                 "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "steps",
-                 "--save_total_limit", "1", "--eval_strategy", "steps"]
+        args += [
+            "--tokenizer_name_or_path",
+            self.tokenizer_dir,
+            "--seed",
+            str(c.seed if seed is None else seed),
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--save_strategy",
+            "steps",
+            "--save_total_limit",
+            "1",
+            "--eval_strategy",
+            "steps",
+        ]
         return args
 
     def lr_args(self, width: int) -> list[str]:
@@ -208,12 +261,15 @@ class Pipeline:
     def make_tokenizer(self) -> dict:
         if self.config.tokenizer:
             return {"path": self.config.tokenizer, "trained": False}
-        from distill.data.corpus import train_bpe_tokenizer
         from distill.data import DataArguments, texts_for_tokenizer
+        from distill.data.corpus import train_bpe_tokenizer
 
         data_args = DataArguments(**self.config.data)
-        tokenizer = train_bpe_tokenizer(texts_for_tokenizer(data_args), vocab_size=data_args.tokenizer_vocab_size,
-                                        model_max_length=max(1024, data_args.block_size))
+        tokenizer = train_bpe_tokenizer(
+            texts_for_tokenizer(data_args),
+            vocab_size=data_args.tokenizer_vocab_size,
+            model_max_length=max(1024, data_args.block_size),
+        )
         tokenizer.save_pretrained(self.tokenizer_dir)
         self.log(f"trained a {len(tokenizer)}-token BPE tokenizer -> {self.tokenizer_dir}")
         return {"path": self.tokenizer_dir, "trained": True, "vocab_size": len(tokenizer)}
@@ -231,13 +287,30 @@ class Pipeline:
 
         from .provenance import train_run
 
-        dirs = train_ladder(self.plans, os.path.join(self.root, "ladder"), self.train_args(), run_args=run_args,
-                            log=self.log, skip_finished=False,
-                            train_fn=lambda argv: train_run(argv, f"ladder {argv[argv.index('--output_dir') + 1]}",
-                                                            self.log))
-        return {"runs": [{"name": p.name, "dir": d, "width": p.width, "params": p.params,
-                          "non_embedding_params": p.non_embedding_params, "tokens": p.tokens, "steps": p.steps,
-                          "flops": p.flops} for p, d in zip(self.plans, dirs)]}
+        dirs = train_ladder(
+            self.plans,
+            os.path.join(self.root, "ladder"),
+            self.train_args(),
+            run_args=run_args,
+            log=self.log,
+            skip_finished=False,
+            train_fn=lambda argv: train_run(argv, f"ladder {argv[argv.index('--output_dir') + 1]}", self.log),
+        )
+        return {
+            "runs": [
+                {
+                    "name": p.name,
+                    "dir": d,
+                    "width": p.width,
+                    "params": p.params,
+                    "non_embedding_params": p.non_embedding_params,
+                    "tokens": p.tokens,
+                    "steps": p.steps,
+                    "flops": p.flops,
+                }
+                for p, d in zip(self.plans, dirs)
+            ]
+        }
 
     def fit_ladder(self, ladder: dict) -> dict:
         from scaling.fit import fit_runs
@@ -253,11 +326,18 @@ class Pipeline:
             held = fit_runs(points, law=c.law, holdout_above=threshold)
             row = held["holdout"]["points"][0]
             run = next((os.path.basename(p.run) for p in points if p.flops == row["flops"]), None)
-            result["holdout"] = {"fit": {k: held[k] for k in ("law", "params", "objective", "n_points")},
-                                 "run": run, "params": row["params"], "predicted": row["predicted"],
-                                 "actual": row["loss"], "error_pct": row["error_pct"]}
-            self.log(f"held-out rung {run}: predicted {row['predicted']:.4f}, measured {row['loss']:.4f} "
-                     f"({row['error_pct']:+.2f}%)")
+            result["holdout"] = {
+                "fit": {k: held[k] for k in ("law", "params", "objective", "n_points")},
+                "run": run,
+                "params": row["params"],
+                "predicted": row["predicted"],
+                "actual": row["loss"],
+                "error_pct": row["error_pct"],
+            }
+            self.log(
+                f"held-out rung {run}: predicted {row['predicted']:.4f}, measured {row['loss']:.4f} "
+                f"({row['error_pct']:+.2f}%)"
+            )
         params = result["full"]["params"]
         self.log("fit: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
         from scaling.fit import save_fit
@@ -265,8 +345,10 @@ class Pipeline:
         save_fit(result["full"], os.path.join(self.root, "fit.json"))
         # Learning curves of every rung, for the compute-optimal frontier (Approach 1).
         curve = load_runs(dirs, points="all", param_count=c.param_count)
-        result["curves"] = [{"run": p.run, "params": p.params, "tokens": p.tokens, "flops": p.flops, "loss": p.loss}
-                            for p in curve]
+        result["curves"] = [
+            {"run": p.run, "params": p.params, "tokens": p.tokens, "flops": p.flops, "loss": p.loss}
+            for p in curve
+        ]
         return result
 
     def pick_teacher(self, ladder: dict) -> dict:
@@ -300,28 +382,47 @@ class Pipeline:
                 from scaling.laws import predict
 
                 full = fit["full"]
-                ok = [w for w, n in sized if float(predict(full["law"], full["params"], n[c.fit.param_count], tokens))
-                      <= c.student.target_loss]
+                ok = [
+                    w
+                    for w, n in sized
+                    if float(predict(full["law"], full["params"], n[c.fit.param_count], tokens))
+                    <= c.student.target_loss
+                ]
                 if not ok:
-                    raise ValueError(f"student.target_loss={c.student.target_loss}: no width below the teacher's "
-                                     "reaches it according to the fit; raise the target.")
+                    raise ValueError(
+                        f"student.target_loss={c.student.target_loss}: no width below the teacher's "
+                        "reaches it according to the fit; raise the target."
+                    )
                 width, reason = ok[0], f"smallest width predicted to reach loss {c.student.target_loss}"
             else:
                 cost = [(w, (6 * n["non_embedding"] + 2 * (teacher_params or 0)) * tokens) for w, n in sized]
                 ok = [w for w, f in cost if f <= c.student.flops_budget]
                 if not ok:
-                    raise ValueError(f"student.flops_budget={c.student.flops_budget:.3g} is too small for the "
-                                     "smallest student plus the teacher's forward passes.")
-                width, reason = ok[-1], f"largest width within {c.student.flops_budget:.3g} FLOPs (teacher included)"
+                    raise ValueError(
+                        f"student.flops_budget={c.student.flops_budget:.3g} is too small for the "
+                        "smallest student plus the teacher's forward passes."
+                    )
+                width, reason = (
+                    ok[-1],
+                    f"largest width within {c.student.flops_budget:.3g} FLOPs (teacher included)",
+                )
         config = rung_config(spec, width, vocab)
         counts = count_parameters(config)
         if teacher_params and counts["total"] >= teacher_params:
-            raise ValueError(f"The student ({counts['total']:,} parameters) is not smaller than the teacher "
-                             f"({teacher_params:,}).")
+            raise ValueError(
+                f"The student ({counts['total']:,} parameters) is not smaller than the teacher "
+                f"({teacher_params:,})."
+            )
         steps = max(1, tokens // (self.batch_size * self.seq_len))
         self.log(f"student: width {width} ({counts['total']:,} parameters), {reason}")
-        return {"width": width, "config": config, "params": counts["total"],
-                "non_embedding_params": counts["non_embedding"], "steps": steps, "reason": reason}
+        return {
+            "width": width,
+            "config": config,
+            "params": counts["total"],
+            "non_embedding_params": counts["non_embedding"],
+            "steps": steps,
+            "reason": reason,
+        }
 
     def _ladder_twin(self, student: dict) -> Optional[str]:
         """The finished ladder rung that a baseline at the pipeline seed would repeat, if any.
@@ -334,8 +435,11 @@ class Pipeline:
             return None
         for plan in self.plans or []:
             run_dir = os.path.join(self.root, "ladder", plan.name)
-            if (plan.steps == student["steps"] and _same_config(plan.config, student["config"])
-                    and os.path.isfile(os.path.join(run_dir, "all_results.json"))):
+            if (
+                plan.steps == student["steps"]
+                and _same_config(plan.config, student["config"])
+                and os.path.isfile(os.path.join(run_dir, "all_results.json"))
+            ):
                 return run_dir
         return None
 
@@ -356,16 +460,46 @@ class Pipeline:
             out = os.path.join(self.root, f"{kind}_seed{seed}")
             runs.append({"seed": seed, "dir": out})
             self.log(f"[{kind} seed {seed}] {student['steps']} steps -> {out}")
-            extra = (["--teacher_model_name_or_path", teacher["dir"], "--alpha", str(c.distill.alpha),
-                      "--temperature", str(c.distill.temperature), "--kd_kind", c.distill.kd_kind]
-                     if distill else ["--alpha", "0"])
-            train_run(self.train_args(seed) + [
-                "--task", "causal-lm",
-                *(["--model_name_or_path", student["dir"]] if student.get("dir") else
-                  ["--model_config", json.dumps(student["config"])]),
-                "--max_steps", str(student["steps"]), "--lr_scheduler_type", "cosine", "--output_dir", out,
-                "--eval_steps", str(eval_steps), "--save_steps", str(eval_steps),
-                *self.lr_args(student["width"]), *extra], f"{kind} seed {seed}", self.log)
+            extra = (
+                [
+                    "--teacher_model_name_or_path",
+                    teacher["dir"],
+                    "--alpha",
+                    str(c.distill.alpha),
+                    "--temperature",
+                    str(c.distill.temperature),
+                    "--kd_kind",
+                    c.distill.kd_kind,
+                ]
+                if distill
+                else ["--alpha", "0"]
+            )
+            train_run(
+                self.train_args(seed)
+                + [
+                    "--task",
+                    "causal-lm",
+                    *(
+                        ["--model_name_or_path", student["dir"]]
+                        if student.get("dir")
+                        else ["--model_config", json.dumps(student["config"])]
+                    ),
+                    "--max_steps",
+                    str(student["steps"]),
+                    "--lr_scheduler_type",
+                    "cosine",
+                    "--output_dir",
+                    out,
+                    "--eval_steps",
+                    str(eval_steps),
+                    "--save_steps",
+                    str(eval_steps),
+                    *self.lr_args(student["width"]),
+                    *extra,
+                ],
+                f"{kind} seed {seed}",
+                self.log,
+            )
         return {"runs": runs}
 
 
@@ -376,4 +510,3 @@ def _same_config(a: dict, b: dict) -> bool:
 def _results(run_dir: str) -> dict:
     with open(os.path.join(run_dir, "all_results.json")) as f:
         return json.load(f)
-

@@ -34,7 +34,11 @@ DEPENDS = {
 }
 # Data fields that only choose how much is evaluated: not read by tokenizer training.
 _EVAL_ONLY_DATA = ("max_eval_samples", "max_test_samples", "preprocessing_num_workers")
-_RUN_LADDER_FIELDS = ("widths", "lr_inverse_width", "eval_points")  # the learning rate and eval cadence of a run
+_RUN_LADDER_FIELDS = (
+    "widths",
+    "lr_inverse_width",
+    "eval_points",
+)  # the learning rate and eval cadence of a run
 
 
 def _digest(value: Any) -> str:
@@ -48,18 +52,35 @@ def _own_fields(config, name: str) -> dict:
     run_ladder = {f"ladder.{k}": ladder[k] for k in _RUN_LADDER_FIELDS}
     flat = lambda prefix, block: {f"{prefix}.{k}": v for k, v in block.items()}  # noqa: E731
     fields: dict[str, Any] = {
-        "tokenizer": {**flat("data", {k: v for k, v in data.items() if k not in _EVAL_ONLY_DATA}),
-                      "tokenizer": c["tokenizer"]},
+        "tokenizer": {
+            **flat("data", {k: v for k, v in data.items() if k not in _EVAL_ONLY_DATA}),
+            "tokenizer": c["tokenizer"],
+        },
         "ladder": {**flat("data", data), **flat("train", train), **flat("ladder", ladder), "seed": c["seed"]},
         "fit": {**flat("fit", c["fit"]), "seed": c["seed"]},
         "teacher": {"teacher": c["teacher"], "teacher_files": _teacher_files(c["teacher"])},
-        "student": {**flat("student", c["student"]), "distill.tokens": c["distill"]["tokens"],
-                    **flat("ladder", ladder), **flat("data", data),  # data: pruning calibrates on it
-                    "train.per_device_train_batch_size": train.get("per_device_train_batch_size")},
-        "distill": {**flat("distill", c["distill"]), **flat("data", data), **flat("train", train), **run_ladder,
-                    "seed": c["seed"]},
-        "baseline": {"distill.seeds": c["distill"]["seeds"], "distill.tokens": c["distill"]["tokens"],
-                     **flat("data", data), **flat("train", train), **run_ladder, "seed": c["seed"]},
+        "student": {
+            **flat("student", c["student"]),
+            "distill.tokens": c["distill"]["tokens"],
+            **flat("ladder", ladder),
+            **flat("data", data),  # data: pruning calibrates on it
+            "train.per_device_train_batch_size": train.get("per_device_train_batch_size"),
+        },
+        "distill": {
+            **flat("distill", c["distill"]),
+            **flat("data", data),
+            **flat("train", train),
+            **run_ladder,
+            "seed": c["seed"],
+        },
+        "baseline": {
+            "distill.seeds": c["distill"]["seeds"],
+            "distill.tokens": c["distill"]["tokens"],
+            **flat("data", data),
+            **flat("train", train),
+            **run_ladder,
+            "seed": c["seed"],
+        },
         "evaluate": {**flat("data", data), "seed": c["seed"]},
         "ship": {**flat("ship", c.get("ship") or {}), **flat("data", data), "seed": c["seed"]},
     }.get(name)
@@ -110,16 +131,18 @@ def _short(value: Any, width: int = 60) -> str:
 
 def train_run(argv: list[str], label: str, log: Callable[[str], None]) -> None:
     """One `distill train` run of the pipeline, decided by its run fingerprint (see the module docstring)."""
-    from distill.train import output_dir_status
     from distill.train import main as train_main
+    from distill.train import output_dir_status
 
     status, changes = output_dir_status(argv)
     if status == "finished":
         log(f"[{label}] finished earlier with the same settings, reused")
         return
     if status == "changed":
-        why = ", ".join(f"{name} {_short(old)} → {_short(new)}" for name, old, new in changes[:4]) or \
-            "no run fingerprint"
+        why = (
+            ", ".join(f"{name} {_short(old)} → {_short(new)}" for name, old, new in changes[:4])
+            or "no run fingerprint"
+        )
         log(f"[{label}] settings changed ({why}{', ...' if len(changes) > 4 else ''}): training afresh")
         argv = [*argv, "--overwrite_output_dir", "true"]
     elif status == "resume":
@@ -137,5 +160,13 @@ def render_config_markdown(config: dict) -> list[str]:
     import yaml
 
     shown = {k: v for k, v in config.items() if k != "quick"}
-    return ["## Configuration", "", "The effective configuration of this run (defaults and `--quick` applied):", "",
-            "```yaml", yaml.safe_dump(shown, sort_keys=False, default_flow_style=None).rstrip(), "```", ""]
+    return [
+        "## Configuration",
+        "",
+        "The effective configuration of this run (defaults and `--quick` applied):",
+        "",
+        "```yaml",
+        yaml.safe_dump(shown, sort_keys=False, default_flow_style=None).rstrip(),
+        "```",
+        "",
+    ]

@@ -28,8 +28,11 @@ def plot_learning_curves(teacher: dict, kd: dict, base: dict, path: str) -> str:
     """Held-out cross-entropy against training tokens for teacher, KD students and baselines."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = [("teacher", [teacher["dir"]], "black"), ("KD student", [r["dir"] for r in kd["runs"]], "tab:blue"),
-              ("baseline", [r["dir"] for r in base["runs"]], "tab:orange")]
+    styles = [
+        ("teacher", [teacher["dir"]], "black"),
+        ("KD student", [r["dir"] for r in kd["runs"]], "tab:blue"),
+        ("baseline", [r["dir"] for r in base["runs"]], "tab:orange"),
+    ]
     for label, dirs, color in styles:
         for i, run_dir in enumerate(dirs):
             history = _log_history(run_dir)
@@ -37,11 +40,24 @@ def plot_learning_curves(teacher: dict, kd: dict, base: dict, path: str) -> str:
             train = [h for h in history if "ce_loss" in h and "num_input_tokens_seen" in h]
             name = label if i == 0 else None
             if evals:
-                ax.plot([h["num_input_tokens_seen"] for h in evals], [h["eval_loss"] for h in evals], "o-",
-                        color=color, label=f"{name} (validation)" if name else None, alpha=0.9 - 0.3 * i)
+                ax.plot(
+                    [h["num_input_tokens_seen"] for h in evals],
+                    [h["eval_loss"] for h in evals],
+                    "o-",
+                    color=color,
+                    label=f"{name} (validation)" if name else None,
+                    alpha=0.9 - 0.3 * i,
+                )
             if train:
-                ax.plot([h["num_input_tokens_seen"] for h in train], [h["ce_loss"] for h in train], "-",
-                        color=color, alpha=0.3, lw=1, label=f"{name} (train CE)" if name else None)
+                ax.plot(
+                    [h["num_input_tokens_seen"] for h in train],
+                    [h["ce_loss"] for h in train],
+                    "-",
+                    color=color,
+                    alpha=0.3,
+                    lw=1,
+                    label=f"{name} (train CE)" if name else None,
+                )
     ax.set_xlabel("training tokens")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title("Learning curves")
@@ -66,29 +82,61 @@ def plot_fit_with_holdout(fit: dict, path: str) -> str:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     grid = np.geomspace(n.min() / 1.5, n.max() * 3, 100)
     tokens = np.full_like(grid, np.median(data["tokens"]))
-    ax.plot(grid, predict(full["law"], full["params"], grid, tokens), "-", color="tab:blue", label="fit on all rungs")
+    ax.plot(
+        grid,
+        predict(full["law"], full["params"], grid, tokens),
+        "-",
+        color="tab:blue",
+        label="fit on all rungs",
+    )
     if "ci" in full and "bootstrap" in full:
-        samples = [dict(zip(full["bootstrap"]["param_names"], s)) for s in full["bootstrap"]["samples"] if None not in s]
+        samples = [
+            dict(zip(full["bootstrap"]["param_names"], s))
+            for s in full["bootstrap"]["samples"]
+            if None not in s
+        ]
         if samples:
             curves = np.array([predict(full["law"], s, grid, tokens) for s in samples])
-            ax.fill_between(grid, np.percentile(curves, 2.5, 0), np.percentile(curves, 97.5, 0), color="tab:blue",
-                            alpha=0.15, label="95% bootstrap band")
+            ax.fill_between(
+                grid,
+                np.percentile(curves, 2.5, 0),
+                np.percentile(curves, 97.5, 0),
+                color="tab:blue",
+                alpha=0.15,
+                label="95% bootstrap band",
+            )
     ax.plot(n, loss, "o", color="black", label="ladder rungs (validation loss)")
     if "holdout" in fit:
         h = fit["holdout"]
         held = fit["holdout"]["fit"]
-        ax.plot(grid, predict(held["law"], held["params"], grid, tokens), "--", color="tab:red",
-                label="fit without the largest rung")
-        ax.plot([h["params"]], [h["predicted"]], "x", color="tab:red", ms=10,
-                label=f"predicted {h['predicted']:.3f} vs measured {h['actual']:.3f} ({h['error_pct']:+.1f}%)")
+        ax.plot(
+            grid,
+            predict(held["law"], held["params"], grid, tokens),
+            "--",
+            color="tab:red",
+            label="fit without the largest rung",
+        )
+        ax.plot(
+            [h["params"]],
+            [h["predicted"]],
+            "x",
+            color="tab:red",
+            ms=10,
+            label=f"predicted {h['predicted']:.3f} vs measured {h['actual']:.3f} ({h['error_pct']:+.1f}%)",
+        )
     span = loss.max() - loss.min()
-    ax.set_ylim(loss.min() - 0.6 * span - 0.02, loss.max() + 0.6 * span + 0.02)  # keep the band from hiding the data
+    ax.set_ylim(
+        loss.min() - 0.6 * span - 0.02, loss.max() + 0.6 * span + 0.02
+    )  # keep the band from hiding the data
     ax.set_xscale("log")
     ax.set_xlabel(f"{full.get('param_count', 'total').replace('_', '-')} parameters N")
     ax.set_ylabel("validation loss")
     p = full["params"]
-    ax.set_title(f"L(N) = {p.get('E', 0):.2f} + {p.get('A', 0):.3g} N^-{p.get('alpha', 0):.3f}"
-                 if full["law"] == "power" else f"{full['law']} fit")
+    ax.set_title(
+        f"L(N) = {p.get('E', 0):.2f} + {p.get('A', 0):.3g} N^-{p.get('alpha', 0):.3f}"
+        if full["law"] == "power"
+        else f"{full['law']} fit"
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -105,9 +153,13 @@ def frontier_envelope(fit: dict) -> dict:
     from scaling.optimal import envelope_analysis
 
     curves = fit["curves"]
-    return envelope_analysis(np.array([c["params"] for c in curves], float), np.array([c["flops"] for c in curves], float),
-                             np.array([c["loss"] for c in curves], float), [c["run"] for c in curves],
-                             param_count=fit["full"].get("param_count"))
+    return envelope_analysis(
+        np.array([c["params"] for c in curves], float),
+        np.array([c["flops"] for c in curves], float),
+        np.array([c["loss"] for c in curves], float),
+        [c["run"] for c in curves],
+        param_count=fit["full"].get("param_count"),
+    )
 
 
 def plot_frontier(fit: dict, path: str) -> str:
@@ -119,14 +171,31 @@ def plot_frontier(fit: dict, path: str) -> str:
     cmap = plt.get_cmap("viridis")
     for i, run in enumerate(runs):
         pts = sorted((c for c in curves if c["run"] == run), key=lambda c: c["flops"])
-        ax.plot([c["flops"] for c in pts], [c["loss"] for c in pts], "o-", ms=3, color=cmap(i / max(1, len(runs) - 1)),
-                label=f"{os.path.basename(run)} (N={int(pts[0]['params']):,})")
+        ax.plot(
+            [c["flops"] for c in pts],
+            [c["loss"] for c in pts],
+            "o-",
+            ms=3,
+            color=cmap(i / max(1, len(runs) - 1)),
+            label=f"{os.path.basename(run)} (N={int(pts[0]['params']):,})",
+        )
     try:
         env = frontier_envelope(fit)
         pts = env["points"]
-        label = f"frontier (N* ∝ C^{env['a']:.2f}, N = {env['param_count'].replace('_', '-')})" if "a" in env else "frontier"
-        ax.plot([p["flops"] for p in pts], [p["loss"] for p in pts], "-", color="tab:red", lw=2.5, alpha=0.6,
-                label=label)
+        label = (
+            f"frontier (N* ∝ C^{env['a']:.2f}, N = {env['param_count'].replace('_', '-')})"
+            if "a" in env
+            else "frontier"
+        )
+        ax.plot(
+            [p["flops"] for p in pts],
+            [p["loss"] for p in pts],
+            "-",
+            color="tab:red",
+            lw=2.5,
+            alpha=0.6,
+            label=label,
+        )
     except Exception as e:  # too few points for an envelope: show the curves alone
         ax.text(0.02, 0.02, f"no envelope: {e}", transform=ax.transAxes, fontsize=7)
     ax.set_xscale("log")
@@ -161,9 +230,11 @@ def write_report(pipeline, ladder, fit, teacher, student, kd, base, evaluation, 
     root = pipeline.root
     plots = os.path.join(root, "plots")
     os.makedirs(plots, exist_ok=True)
-    files = [plot_fit_with_holdout(fit, os.path.join(plots, "scaling_fit.png")),
-             plot_learning_curves(teacher, kd, base, os.path.join(plots, "learning_curves.png")),
-             plot_frontier(fit, os.path.join(plots, "frontier.png"))]
+    files = [
+        plot_fit_with_holdout(fit, os.path.join(plots, "scaling_fit.png")),
+        plot_learning_curves(teacher, kd, base, os.path.join(plots, "learning_curves.png")),
+        plot_frontier(fit, os.path.join(plots, "frontier.png")),
+    ]
     holdout = fit.get("holdout")
     summary = {
         "name": pipeline.config.name,
@@ -172,7 +243,8 @@ def write_report(pipeline, ladder, fit, teacher, student, kd, base, evaluation, 
         "baseline": evaluation["baseline"],
         "fit": _slim_fit(fit["full"]),
         "frontier": frontier_summary(fit),
-        "holdout_prediction": holdout and {k: holdout[k] for k in ("run", "params", "predicted", "actual", "error_pct")},
+        "holdout_prediction": holdout
+        and {k: holdout[k] for k in ("run", "params", "predicted", "actual", "error_pct")},
         "kd_gain": evaluation["kd_gain"],
         "kd_improvement": evaluation["kd_improvement"],
         "seed_spread": evaluation["seed_spread"],
@@ -206,14 +278,22 @@ def _speed_cell(r: dict) -> str:
 
 def render_table(s: dict) -> str:
     meta = s.get("throughput")
-    speed = (f"forward tok/s, median (IQR), batch {meta['batch'][0]}x{meta['batch'][1]}, {meta['threads']} threads"
-             if meta else "tokens/s")
-    lines = [f"| model | params | test loss | perplexity | {speed} | disk (MB) |", "|---|---|---|---|---|---|"]
+    speed = (
+        f"forward tok/s, median (IQR), batch {meta['batch'][0]}x{meta['batch'][1]}, {meta['threads']} threads"
+        if meta
+        else "tokens/s"
+    )
+    lines = [
+        f"| model | params | test loss | perplexity | {speed} | disk (MB) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in ("teacher", "student", "baseline"):
         r = s[name]
         label = {"student": "KD student", "baseline": "baseline student"}.get(name, name)
-        lines.append(f"| {label} | {r['params']:,} | {r['test_loss']:.4f} | {r['perplexity']:.2f} | "
-                     f"{_speed_cell(r)} | {r['disk_bytes'] / 1e6:.2f} |")
+        lines.append(
+            f"| {label} | {r['params']:,} | {r['test_loss']:.4f} | {r['perplexity']:.2f} | "
+            f"{_speed_cell(r)} | {r['disk_bytes'] / 1e6:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -221,38 +301,65 @@ def render_markdown(s: dict) -> str:
     h = s["holdout_prediction"]
     seeds = lambda r: ", ".join(f"{x['test_loss']:.4f}" for x in r["seeds"])  # noqa: E731
     fit = s["fit"]
-    out = [f"# scaledown report: {s['name']}", "",
-           f"Ladder -> scaling fit -> teacher -> distilled student: {s['seconds']:.0f} s of stages"
-           + (f" ({len(s['reused_stages'])} reused by this invocation, which took {s['invocation_seconds']:.0f} s)."
-              if s["reused_stages"] else "."), "",
-           "## Results (held-out test split)", "", render_table(s), "",
-           *([throughput_note(s["throughput"]), ""] if s.get("throughput") else []),
-           kd_headline(s),
-           f"- **Seeds:** KD student {seeds(s['student'])}; baseline {seeds(s['baseline'])}. KD improvement "
-           f"{s['kd_improvement']:.4f} vs largest seed spread {s['seed_spread']:.4f}.",
-           f"- **Retention:** the student keeps {100 * s['retention']:.1f}% of the teacher's quality (loss ratio), "
-           f"{100 * s['perplexity_retention']:.1f}% by perplexity, with {s['compression']:.1f}x fewer parameters "
-           f"and {s['speedup']:.1f}x the throughput"
-           + (f" (IQR {s['speedup_iqr'][0]:.1f}x-{s['speedup_iqr'][1]:.1f}x over rounds)." if s.get("speedup_iqr") else "."),
-           f"- **Student size:** width {s['student']['width']} ({s['student']['reason']}).", ""]
+    out = [
+        f"# scaledown report: {s['name']}",
+        "",
+        f"Ladder -> scaling fit -> teacher -> distilled student: {s['seconds']:.0f} s of stages"
+        + (
+            f" ({len(s['reused_stages'])} reused by this invocation, which took {s['invocation_seconds']:.0f} s)."
+            if s["reused_stages"]
+            else "."
+        ),
+        "",
+        "## Results (held-out test split)",
+        "",
+        render_table(s),
+        "",
+        *([throughput_note(s["throughput"]), ""] if s.get("throughput") else []),
+        kd_headline(s),
+        f"- **Seeds:** KD student {seeds(s['student'])}; baseline {seeds(s['baseline'])}. KD improvement "
+        f"{s['kd_improvement']:.4f} vs largest seed spread {s['seed_spread']:.4f}.",
+        f"- **Retention:** the student keeps {100 * s['retention']:.1f}% of the teacher's quality (loss ratio), "
+        f"{100 * s['perplexity_retention']:.1f}% by perplexity, with {s['compression']:.1f}x fewer parameters "
+        f"and {s['speedup']:.1f}x the throughput"
+        + (
+            f" (IQR {s['speedup_iqr'][0]:.1f}x-{s['speedup_iqr'][1]:.1f}x over rounds)."
+            if s.get("speedup_iqr")
+            else "."
+        ),
+        f"- **Student size:** width {s['student']['width']} ({s['student']['reason']}).",
+        "",
+    ]
     from scaling.intervals import bootstrap_lines, format_interval
 
-    out += ["## Scaling fit", "",
-            f"Law `{fit['law']}`: " + ", ".join(f"{k} = {v:.4g} {format_interval(fit, k, 4)}".rstrip()
-                                                for k, v in fit["params"].items())
-            + f"; objective {fit['objective']:.3g} on {fit['n_points']} rungs.", ""]
+    out += [
+        "## Scaling fit",
+        "",
+        f"Law `{fit['law']}`: "
+        + ", ".join(f"{k} = {v:.4g} {format_interval(fit, k, 4)}".rstrip() for k, v in fit["params"].items())
+        + f"; objective {fit['objective']:.3g} on {fit['n_points']} rungs.",
+        "",
+    ]
     out += [f"- {line}" for line in bootstrap_lines(fit)] + ([""] if bootstrap_lines(fit) else [])
     if h:
-        out += [f"Held out the largest rung ({int(h['params']):,} {fit.get('param_count', 'total').replace('_', '-')} "
-                f"parameters) and predicted it from the "
-                f"smaller ones: predicted {h['predicted']:.4f}, measured {h['actual']:.4f} "
-                f"({h['error_pct']:+.2f}%).", ""]
+        out += [
+            f"Held out the largest rung ({int(h['params']):,} {fit.get('param_count', 'total').replace('_', '-')} "
+            f"parameters) and predicted it from the "
+            f"smaller ones: predicted {h['predicted']:.4f}, measured {h['actual']:.4f} "
+            f"({h['error_pct']:+.2f}%).",
+            "",
+        ]
     out += ["| rung | params | non-embedding | tokens | FLOPs |", "|---|---|---|---|---|"]
-    out += [f"| {r['name']} | {r['params']:,} | {r['non_embedding_params']:,} | {r['tokens']:,} | {r['flops']:.3g} |"
-            for r in s["ladder"]]
+    out += [
+        f"| {r['name']} | {r['params']:,} | {r['non_embedding_params']:,} | {r['tokens']:,} | {r['flops']:.3g} |"
+        for r in s["ladder"]
+    ]
     out += ["", "## Plots", ""] + [f"![{os.path.basename(p)}]({p})" for p in s["plots"]]
     out += ["", "## Time per stage", "", "| stage | seconds | |", "|---|---|---|"]
-    out += [f"| {k} | {v:.1f} | {'reused' if k in s['reused_stages'] else ''} |" for k, v in s["stage_seconds"].items()]
+    out += [
+        f"| {k} | {v:.1f} | {'reused' if k in s['reused_stages'] else ''} |"
+        for k, v in s["stage_seconds"].items()
+    ]
     if "config" in s:
         out += [""] + render_config_markdown(s["config"])
     return "\n".join(out) + "\n"

@@ -36,7 +36,9 @@ def ship_stage(pipeline, teacher: dict, kd: dict, base: dict) -> dict:
     cfg = pipeline.config.ship
     root = os.path.join(pipeline.root, "ship")
     student = kd["runs"][0]["dir"]
-    onnx_dir, onnx_int8, torchao_dir = (os.path.join(root, n) for n in ("onnx-fp32", "onnx-int8", "torchao-int8"))
+    onnx_dir, onnx_int8, torchao_dir = (
+        os.path.join(root, n) for n in ("onnx-fp32", "onnx-int8", "torchao-int8")
+    )
     data = dict(pipeline.config.data)
     if not os.path.isfile(os.path.join(onnx_dir, "export_report.json")):
         export(student, onnx_dir, data=data)
@@ -44,11 +46,24 @@ def ship_stage(pipeline, teacher: dict, kd: dict, base: dict) -> dict:
         quantize(onnx_dir, "onnx-int8", onnx_int8, data=data)
     if not os.path.isfile(os.path.join(torchao_dir, "quantize_report.json")):
         quantize(student, "torchao-int8", torchao_dir, data=data)
-    result = bench([student, base["runs"][0]["dir"], torchao_dir, onnx_dir, onnx_int8], teacher=teacher["dir"],
-                   names=["student pytorch-fp32", "baseline pytorch-fp32", "student pytorch-int8", "student onnx-fp32",
-                          "student onnx-int8"],
-                   data=data, threads=cfg.threads, batch_size=cfg.batch_size, latency_samples=cfg.latency_samples,
-                   rounds=cfg.rounds, max_eval_samples=cfg.max_eval_samples, compile_int8=cfg.compile_int8)
+    result = bench(
+        [student, base["runs"][0]["dir"], torchao_dir, onnx_dir, onnx_int8],
+        teacher=teacher["dir"],
+        names=[
+            "student pytorch-fp32",
+            "baseline pytorch-fp32",
+            "student pytorch-int8",
+            "student onnx-fp32",
+            "student onnx-int8",
+        ],
+        data=data,
+        threads=cfg.threads,
+        batch_size=cfg.batch_size,
+        latency_samples=cfg.latency_samples,
+        rounds=cfg.rounds,
+        max_eval_samples=cfg.max_eval_samples,
+        compile_int8=cfg.compile_int8,
+    )
     bench_json, bench_md = write_bench(result, os.path.join(root, "bench.json"))
     plot = plot_quality_latency(result, os.path.join(pipeline.root, "plots", "quality_latency.png"))
     result["files"] = [os.path.relpath(p, pipeline.root) for p in (bench_json, bench_md, plot)]
@@ -67,7 +82,14 @@ def plot_quality_latency(result: dict, path: str) -> str:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     markers = "osD^v<>ph*"
     for i, row in enumerate(rows):  # a legend, not labels on the points: variants of one model overlap
-        ax.plot(row["latency_p50_ms"], row[metric], markers[i % len(markers)], ms=8, alpha=0.85, label=row["variant"])
+        ax.plot(
+            row["latency_p50_ms"],
+            row[metric],
+            markers[i % len(markers)],
+            ms=8,
+            alpha=0.85,
+            label=row["variant"],
+        )
     ax.legend(fontsize=8, loc="best")
     ax.set_xscale("log")
     ax.set_xlabel(f"latency p50 at batch 1 (ms, {result['settings']['threads']} thread(s))")
@@ -83,14 +105,21 @@ def plot_quality_latency(result: dict, path: str) -> str:
 
 def add_ship_to_report(root: str, summary: dict, ship: dict) -> dict:
     """Put the ship table into `summary.json` and a "Shipping" section into `report.md`."""
-    from .files import write_json_atomic
-
     from deploy.bench import markdown_table
+
+    from .files import write_json_atomic
 
     summary["ship"] = {k: ship[k] for k in ("reference", "rows", "settings", "machine", "files")}
     write_json_atomic(os.path.join(root, "summary.json"), summary)
-    section = ["", "## Shipping (ONNX, int8; `scaledown bench`)", "", markdown_table(ship), "",
-               "![quality against latency](plots/quality_latency.png)", ""]
+    section = [
+        "",
+        "## Shipping (ONNX, int8; `scaledown bench`)",
+        "",
+        markdown_table(ship),
+        "",
+        "![quality against latency](plots/quality_latency.png)",
+        "",
+    ]
     with open(os.path.join(root, "report.md"), "a", encoding="utf-8") as f:
         f.write("\n".join(section))
     return summary

@@ -30,38 +30,53 @@ def kd_verdict(improvement: float, spread: float, n_seeds: int) -> dict:
         return {"kd_significant": None, "kd_verdict": "one seed: noise unknown"}
     if abs(improvement) <= spread:
         return {"kd_significant": False, "kd_verdict": "within seed noise"}
-    return {"kd_significant": True,
-            "kd_verdict": "better beyond seed noise" if improvement > 0 else "worse beyond seed noise"}
+    return {
+        "kd_significant": True,
+        "kd_verdict": "better beyond seed noise" if improvement > 0 else "worse beyond seed noise",
+    }
 
 
 def kd_headline(s: dict) -> str:
     """The report's KD line, whose first words carry the verdict."""
-    losses = (f"test loss {s['baseline']['test_loss']:.4f} -> {s['student']['test_loss']:.4f}; teacher "
-              f"{s['teacher']['test_loss']:.4f}")
+    losses = (
+        f"test loss {s['baseline']['test_loss']:.4f} -> {s['student']['test_loss']:.4f}; teacher "
+        f"{s['teacher']['test_loss']:.4f}"
+    )
     n = min(len(s["student"].get("seeds", [])), len(s["baseline"].get("seeds", []))) or 1
     noise = f"the seed spread {s['seed_spread']:.4f} ({n} seed{'s' if n > 1 else ''} per arm)"
     verdict = s.get("kd_verdict") or kd_verdict(s["kd_improvement"], s["seed_spread"], n)["kd_verdict"]
     gap = f"{100 * s['kd_gain']:.1f}% of the baseline-to-teacher gap"
     if verdict == "better beyond seed noise":
-        return (f"- **KD gain:** distillation closed {gap} ({losses}); the improvement "
-                f"{s['kd_improvement']:.4f} exceeds {noise}.")
+        return (
+            f"- **KD gain:** distillation closed {gap} ({losses}); the improvement "
+            f"{s['kd_improvement']:.4f} exceeds {noise}."
+        )
     if verdict == "worse beyond seed noise":
-        return (f"- **KD gain: none, distillation did worse** than the baseline by {-s['kd_improvement']:.4f}, "
-                f"beyond {noise} ({losses}).")
+        return (
+            f"- **KD gain: none, distillation did worse** than the baseline by {-s['kd_improvement']:.4f}, "
+            f"beyond {noise} ({losses})."
+        )
     if verdict == "within seed noise":
-        return (f"- **KD gain: within seed noise.** The improvement {s['kd_improvement']:.4f} is not larger "
-                f"than {noise}, so this run does not show that distillation helped (nominally {gap}; "
-                f"{losses}). More seeds or more training would tell.")
-    return (f"- **KD gain: untested against noise** (one seed per arm; list more in `distill.seeds`): "
-            f"nominally {gap} ({losses}).")
+        return (
+            f"- **KD gain: within seed noise.** The improvement {s['kd_improvement']:.4f} is not larger "
+            f"than {noise}, so this run does not show that distillation helped (nominally {gap}; "
+            f"{losses}). More seeds or more training would tell."
+        )
+    return (
+        f"- **KD gain: untested against noise** (one seed per arm; list more in `distill.seeds`): "
+        f"nominally {gap} ({losses})."
+    )
 
 
 def throughput_note(meta: dict) -> str:
     """One sentence saying what the throughput column measures and how noisy it was."""
     b, t = meta["batch"]
     load = meta.get("loadavg")
-    return (f"Throughput: forward passes in inference mode (no KV cache) of one batch of {b} x {t} = "
-            f"{b * t:,} tokens on {meta['threads']} CPU thread{'s' if meta['threads'] != 1 else ''} "
-            f"({meta['device']}), after {meta['warmup_rounds']} warm-up rounds; median and "
-            f"interquartile range of {meta['rounds']} rounds, the models interleaved in rotating order"
-            + (f"; load average {load[0]:.1f} when measured" if load else "") + ".")
+    return (
+        f"Throughput: forward passes in inference mode (no KV cache) of one batch of {b} x {t} = "
+        f"{b * t:,} tokens on {meta['threads']} CPU thread{'s' if meta['threads'] != 1 else ''} "
+        f"({meta['device']}), after {meta['warmup_rounds']} warm-up rounds; median and "
+        f"interquartile range of {meta['rounds']} rounds, the models interleaved in rotating order"
+        + (f"; load average {load[0]:.1f} when measured" if load else "")
+        + "."
+    )

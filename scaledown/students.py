@@ -20,7 +20,9 @@ def check_student_from_teacher(student, teacher_dir: Optional[str], plans) -> No
     from distill.students import check_prune_request, get_architecture, resolve_layers
 
     if student.from_teacher not in FROM_TEACHER:
-        raise ValueError(f"student.from_teacher={student.from_teacher!r}: use one of {', '.join(FROM_TEACHER)}.")
+        raise ValueError(
+            f"student.from_teacher={student.from_teacher!r}: use one of {', '.join(FROM_TEACHER)}."
+        )
     if teacher_dir is not None:
         with open(os.path.join(teacher_dir, "config.json"), encoding="utf-8") as f:
             config = json.load(f)
@@ -30,7 +32,9 @@ def check_student_from_teacher(student, teacher_dir: Optional[str], plans) -> No
     get_architecture(config)
     if student.from_teacher == "layers":
         if student.layers is None:
-            raise ValueError("student.from_teacher=layers needs student.layers: indices, every_other or a count.")
+            raise ValueError(
+                "student.from_teacher=layers needs student.layers: indices, every_other or a count."
+            )
         resolve_layers(student.layers, config.num_hidden_layers)
     else:
         check_prune_request(config, student.drop_layers, student.mlp_width, student.heads)
@@ -49,15 +53,34 @@ def student_from_teacher(pipeline, teacher_dir: str) -> dict[str, Any]:
         record = save_student_from_teacher(teacher_dir, c.layers, out, task="causal-lm", overwrite=True)
         reason = f"teacher blocks {record['layers']} of {record['teacher_num_hidden_layers']}"
     else:
-        record = prune_model_dir(teacher_dir, out, dict(pipeline.config.data), num_samples=c.num_samples,
-                                 drop_layers=c.drop_layers, mlp_width=c.mlp_width, heads=c.heads, task="causal-lm",
-                                 max_length=pipeline.seq_len, overwrite=True)
-        reason = (f"pruned teacher: dropped blocks {record['dropped_layers']}"
-                  + (f", MLP width {c.mlp_width}" if c.mlp_width else "") + (f", {c.heads} heads" if c.heads else ""))
+        record = prune_model_dir(
+            teacher_dir,
+            out,
+            dict(pipeline.config.data),
+            num_samples=c.num_samples,
+            drop_layers=c.drop_layers,
+            mlp_width=c.mlp_width,
+            heads=c.heads,
+            task="causal-lm",
+            max_length=pipeline.seq_len,
+            overwrite=True,
+        )
+        reason = (
+            f"pruned teacher: dropped blocks {record['dropped_layers']}"
+            + (f", MLP width {c.mlp_width}" if c.mlp_width else "")
+            + (f", {c.heads} heads" if c.heads else "")
+        )
     with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     from scaling.params import count_parameters
 
     counts = count_parameters(config)
-    return {"dir": out, "width": config["hidden_size"], "config": config, "params": counts["total"],
-            "non_embedding_params": counts["non_embedding"], "reason": reason, "from_teacher": c.from_teacher}
+    return {
+        "dir": out,
+        "width": config["hidden_size"],
+        "config": config,
+        "params": counts["total"],
+        "non_embedding_params": counts["non_embedding"],
+        "reason": reason,
+        "from_teacher": c.from_teacher,
+    }

@@ -11,14 +11,39 @@ never imports the trainer. Public names are imported lazily, so `import scaling`
 """
 
 _EXPORTS = {
-    "logs": ("ScalingDataError", "RunPoint", "load_runs", "read_table", "read_run_dir",
-             "to_arrays", "write_table", "parse_columns"),
+    "logs": (
+        "ScalingDataError",
+        "RunPoint",
+        "load_runs",
+        "read_table",
+        "read_run_dir",
+        "to_arrays",
+        "write_table",
+        "parse_columns",
+    ),
     "laws": ("Law", "LAWS", "get_law", "predict"),
-    "fit": ("fit_arrays", "fit_runs", "bootstrap", "check_fit_data", "save_fit", "load_fit",
-            "robust_loss", "objective"),
-    "optimal": ("IsoFLOPWarning", "allocation", "compute_optimal", "compute_optimal_numeric",
-                "parse_cost", "isoflop_analysis", "envelope_analysis", "derived_quantities",
-                "predict_from_fit", "optimal_from_fit"),
+    "fit": (
+        "fit_arrays",
+        "fit_runs",
+        "bootstrap",
+        "check_fit_data",
+        "save_fit",
+        "load_fit",
+        "robust_loss",
+        "objective",
+    ),
+    "optimal": (
+        "IsoFLOPWarning",
+        "allocation",
+        "compute_optimal",
+        "compute_optimal_numeric",
+        "parse_cost",
+        "isoflop_analysis",
+        "envelope_analysis",
+        "derived_quantities",
+        "predict_from_fit",
+        "optimal_from_fit",
+    ),
     "params": ("count_parameters", "flops_per_token", "model_shape", "load_config"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

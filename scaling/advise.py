@@ -40,11 +40,11 @@ class TeacherCost:
         if students < 1:
             raise ValueError(f"--students must be >= 1, got {students}")
         if mode != "free" and not (teacher_params and teacher_params > 0):
-            raise ValueError(f"--teacher-cost {mode} needs --teacher-params N_T (the teacher's "
-                             "parameter count)")
+            raise ValueError(
+                f"--teacher-cost {mode} needs --teacher-params N_T (the teacher's parameter count)"
+            )
         if mode == "full" and not (teacher_tokens and teacher_tokens > 0):
-            raise ValueError("--teacher-cost full needs --teacher-tokens D_T (the teacher's "
-                             "training tokens)")
+            raise ValueError("--teacher-cost full needs --teacher-tokens D_T (the teacher's training tokens)")
         self.mode, self.students = mode, int(students)
         self.rate = 0.0 if mode == "free" else 2.0 * teacher_params / students
         self.fixed = 6.0 * teacher_params * teacher_tokens / students if mode == "full" else 0.0
@@ -55,9 +55,11 @@ class TeacherCost:
 
     def describe(self) -> str:
         share = f", shared by {self.students} students" if self.students > 1 else ""
-        return {"free": "teacher free (existing, amortised)",
-                "inference": f"teacher inference 2 N_T D_S{share}",
-                "full": f"teacher training 6 N_T D_T plus inference 2 N_T D_S{share}"}[self.mode]
+        return {
+            "free": "teacher free (existing, amortised)",
+            "inference": f"teacher inference 2 N_T D_S{share}",
+            "full": f"teacher training 6 N_T D_T plus inference 2 N_T D_S{share}",
+        }[self.mode]
 
 
 def _ranges(dfit):
@@ -93,8 +95,12 @@ def _distill_best(dfit, teacher_loss, flops, cost, student_params=None):
     losses = np.full(xs.size, np.inf)
     losses[ok] = predict_distillation(dfit, np.exp(xs[ok]), d[ok], np.full(ok.sum(), teacher_loss))
     j = int(np.argmin(losses))
-    res = minimize_scalar(loss_at, bounds=(xs[max(j - 1, 0)], xs[min(j + 1, xs.size - 1)]),
-                          method="bounded", options={"xatol": 1e-8})
+    res = minimize_scalar(
+        loss_at,
+        bounds=(xs[max(j - 1, 0)], xs[min(j + 1, xs.size - 1)]),
+        method="bounded",
+        options={"xatol": 1e-8},
+    )
     n = math.exp(res.x) if res.fun <= losses[j] else math.exp(xs[j])
     return n, cost.tokens_for(n, flops), loss_at(math.log(n))
 
@@ -122,12 +128,16 @@ def _check_fits(sup, dfit):
     from .laws import get_law
 
     if dfit is None:
-        raise ValueError("scaling advise needs a distillation fit: --dfit dfit.json, made with "
-                         "`scaling fit KD_RUNS --law distillation --supervised-fit sup.json` on "
-                         "students you distilled. The paper's fitted constants are not used.")
+        raise ValueError(
+            "scaling advise needs a distillation fit: --dfit dfit.json, made with "
+            "`scaling fit KD_RUNS --law distillation --supervised-fit sup.json` on "
+            "students you distilled. The paper's fitted constants are not used."
+        )
     if not get_law(sup["law"]).uses_tokens:
-        raise ValueError(f"--fit is a {sup['law']!r} fit, without a token term: advice on tokens "
-                         "needs an L(N, D) law (chinchilla_gamma, chinchilla or kaplan)")
+        raise ValueError(
+            f"--fit is a {sup['law']!r} fit, without a token term: advice on tokens "
+            "needs an L(N, D) law (chinchilla_gamma, chinchilla or kaplan)"
+        )
 
 
 def advise(sup, dfit, teacher_loss, flops, cost=None, student_params=None, level=0.95) -> dict:
@@ -152,32 +162,51 @@ def advise(sup, dfit, teacher_loss, flops, cost=None, student_params=None, level
         raise ValueError("--teacher-loss and --flops must be > 0")
     ns, ds, ls, ls_iv = _supervised_best(sup, flops, student_params, level)
     best = _distill_best(dfit, teacher_loss, flops, cost, student_params)
-    out = {"flops": float(flops), "teacher_loss": float(teacher_loss), "teacher_cost": cost.mode,
-           "students": cost.students, "supervised": {"params": ns, "tokens": ds, "loss": ls,
-                                                      "interval": ls_iv},
-           "loss_supervised": ls, "loss_supervised_interval": ls_iv}
+    out = {
+        "flops": float(flops),
+        "teacher_loss": float(teacher_loss),
+        "teacher_cost": cost.mode,
+        "students": cost.students,
+        "supervised": {"params": ns, "tokens": ds, "loss": ls, "interval": ls_iv},
+        "loss_supervised": ls,
+        "loss_supervised_interval": ls_iv,
+    }
     if best is None:
-        out.update(distill=None, loss_distill=None, loss_distill_interval=None,
-                   verdict="supervised", student_params=ns, student_tokens=ds,
-                   reason=f"the teacher's share of the cost ({cost.fixed:.3g} FLOPs, "
-                   f"{cost.describe()}) leaves no budget for a student: train from scratch")
+        out.update(
+            distill=None,
+            loss_distill=None,
+            loss_distill_interval=None,
+            verdict="supervised",
+            student_params=ns,
+            student_tokens=ds,
+            reason=f"the teacher's share of the cost ({cost.fixed:.3g} FLOPs, "
+            f"{cost.describe()}) leaves no budget for a student: train from scratch",
+        )
         return out
     n, d, ld = best
     pred = predict_from_dfit(dfit, n, d, teacher_loss, level)
     iv = pred.get("interval")
     teacher_flops = cost.rate * d + cost.fixed
-    out["distill"] = {"params": n, "tokens": d, "loss": ld, "interval": iv,
-                      "teacher_flops": teacher_flops, "student_flops": 6.0 * n * d,
-                      "supervised_loss_same_student": pred["supervised_loss"]}
+    out["distill"] = {
+        "params": n,
+        "tokens": d,
+        "loss": ld,
+        "interval": iv,
+        "teacher_flops": teacher_flops,
+        "student_flops": 6.0 * n * d,
+        "supervised_loss_same_student": pred["supervised_loss"],
+    }
     out.update(loss_distill=ld, loss_distill_interval=iv)
     distil = ld < ls
     out["verdict"] = "distill" if distil else "supervised"
     out["student_params"], out["student_tokens"] = (n, d) if distil else (ns, ds)
     gap = abs(ls - ld)
-    why = (f"distillation predicts {ld:.4f} nats (N_S = {n:.3g}, D_S = {d:.3g}) against "
-           f"{ls:.4f} for supervised training (N = {ns:.3g}, D = {ds:.3g}) at {flops:.3g} FLOPs "
-           f"with {cost.describe()}; {'distil' if distil else 'train from scratch'} "
-           f"({gap:.4f} nats better)")
+    why = (
+        f"distillation predicts {ld:.4f} nats (N_S = {n:.3g}, D_S = {d:.3g}) against "
+        f"{ls:.4f} for supervised training (N = {ns:.3g}, D = {ds:.3g}) at {flops:.3g} FLOPs "
+        f"with {cost.describe()}; {'distil' if distil else 'train from scratch'} "
+        f"({gap:.4f} nats better)"
+    )
     lo_d, hi_d = _sides(iv)
     lo_s, hi_s = _sides(ls_iv)
     if iv and ls_iv and not (hi_d < lo_s or hi_s < lo_d):
@@ -185,9 +214,15 @@ def advise(sup, dfit, teacher_loss, flops, cost=None, student_params=None, level
     elif not (iv and ls_iv):
         why += "; no intervals (bootstrap the fits with --bootstrap N to get them)"
     ranges = _ranges(dfit)
-    outside = [name for name, v, key in (("N_S", n, "params"), ("D_S", d, "tokens"),
-                                          ("L_T", teacher_loss, "teacher_loss"))
-               if key in ranges and not ranges[key][0] <= v <= ranges[key][1]]
+    outside = [
+        name
+        for name, v, key in (
+            ("N_S", n, "params"),
+            ("D_S", d, "tokens"),
+            ("L_T", teacher_loss, "teacher_loss"),
+        )
+        if key in ranges and not ranges[key][0] <= v <= ranges[key][1]
+    ]
     if outside:
         why += f"; extrapolated beyond the distilled students in {', '.join(outside)}"
     out["extrapolated"] = outside
@@ -211,8 +246,7 @@ def _cheapest(loss_at_budget, target, lo):
     return math.exp(b)
 
 
-def advise_target(sup, dfit, teacher_loss, target_loss, cost=None, student_params=None,
-                  level=0.95) -> dict:
+def advise_target(sup, dfit, teacher_loss, target_loss, cost=None, student_params=None, level=0.95) -> dict:
     """The cheapest way to reach `target_loss`: the smallest budget per route, and which wins.
 
     Returns:
@@ -225,34 +259,45 @@ def advise_target(sup, dfit, teacher_loss, target_loss, cost=None, student_param
     floor = float(sup["params"].get("E", 0.0))
     if target_loss <= floor:
         c_sup = None
-        notes.append(f"supervised training cannot reach {target_loss:.4f}: the supervised law's "
-                     f"irreducible loss is E = {floor:.4f}")
+        notes.append(
+            f"supervised training cannot reach {target_loss:.4f}: the supervised law's "
+            f"irreducible loss is E = {floor:.4f}"
+        )
     else:
-        c_sup = _cheapest(lambda c: _supervised_best(sup, c, student_params, level)[2],
-                          target_loss, 1.0)
+        c_sup = _cheapest(lambda c: _supervised_best(sup, c, student_params, level)[2], target_loss, 1.0)
     if target_loss <= teacher_loss:
         c_dis = None
-        notes.append(f"distillation cannot reach {target_loss:.4f}: the law predicts students "
-                     f"above their teacher's loss L_T = {teacher_loss:.4f}")
+        notes.append(
+            f"distillation cannot reach {target_loss:.4f}: the law predicts students "
+            f"above their teacher's loss L_T = {teacher_loss:.4f}"
+        )
     else:
+
         def dist_loss(c):
             best = _distill_best(dfit, teacher_loss, c, cost, student_params)
             return best[2] if best else math.inf
+
         c_dis = _cheapest(dist_loss, target_loss, cost.fixed * (1 + 1e-9) + 1.0)
     for name, c in (("supervised training", c_sup), ("distillation", c_dis)):
         if c is None and not any(n.startswith(name) for n in notes):
-            notes.append(f"{name} does not reach {target_loss:.4f} at any budget"
-                         + (f" with N = {student_params:.3g}" if student_params else ""))
+            notes.append(
+                f"{name} does not reach {target_loss:.4f} at any budget"
+                + (f" with N = {student_params:.3g}" if student_params else "")
+            )
     if c_sup is None and c_dis is None:
-        raise ValueError(f"--target-loss {target_loss}: unreachable by either route: "
-                         + "; ".join(notes))
+        raise ValueError(f"--target-loss {target_loss}: unreachable by either route: " + "; ".join(notes))
     ref = advise(sup, dfit, teacher_loss, c_dis, cost, student_params, level) if c_dis else None
     sup_at = advise(sup, dfit, teacher_loss, c_sup, cost, student_params, level) if c_sup else None
-    out = {"target_loss": float(target_loss), "teacher_loss": float(teacher_loss),
-           "teacher_cost": cost.mode, "students": cost.students,
-           "flops_distill": c_dis, "flops_supervised": c_sup,
-           "distill": ref["distill"] if ref else None,
-           "supervised": sup_at["supervised"] if sup_at else None}
+    out = {
+        "target_loss": float(target_loss),
+        "teacher_loss": float(teacher_loss),
+        "teacher_cost": cost.mode,
+        "students": cost.students,
+        "flops_distill": c_dis,
+        "flops_supervised": c_sup,
+        "distill": ref["distill"] if ref else None,
+        "supervised": sup_at["supervised"] if sup_at else None,
+    }
     out["loss_distill"] = ref["loss_distill"] if ref else None
     out["loss_distill_interval"] = ref["loss_distill_interval"] if ref else None
     out["loss_supervised"] = sup_at["loss_supervised"] if sup_at else None
@@ -261,55 +306,73 @@ def advise_target(sup, dfit, teacher_loss, target_loss, cost=None, student_param
     out["verdict"] = "distill" if distil else "supervised"
     route = out["distill"] if distil else out["supervised"]
     out["student_params"], out["student_tokens"] = route["params"], route["tokens"]
-    costs = [f"distillation {c_dis:.3g} FLOPs" if c_dis else None,
-             f"supervised training {c_sup:.3g} FLOPs" if c_sup else None]
+    costs = [
+        f"distillation {c_dis:.3g} FLOPs" if c_dis else None,
+        f"supervised training {c_sup:.3g} FLOPs" if c_sup else None,
+    ]
     out["extrapolated"] = ref["extrapolated"] if ref else []
     if out["extrapolated"]:
-        notes.append("the distillation route is extrapolated beyond the distilled students in "
-                     + ", ".join(out["extrapolated"]))
-    out["reason"] = (f"to reach {target_loss:.4f} nats: " + ", ".join(c for c in costs if c)
-                     + f" ({cost.describe()}); {'distil' if distil else 'train from scratch'}"
-                     + (f" (N = {route['params']:.3g}, D = {route['tokens']:.3g})")
-                     + ("; " + "; ".join(notes) if notes else ""))
+        notes.append(
+            "the distillation route is extrapolated beyond the distilled students in "
+            + ", ".join(out["extrapolated"])
+        )
+    out["reason"] = (
+        f"to reach {target_loss:.4f} nats: "
+        + ", ".join(c for c in costs if c)
+        + f" ({cost.describe()}); {'distil' if distil else 'train from scratch'}"
+        + (f" (N = {route['params']:.3g}, D = {route['tokens']:.3g})")
+        + ("; " + "; ".join(notes) if notes else "")
+    )
     return out
 
 
 def format_advice(adv: dict) -> str:
     """A readable answer."""
+
     def route(name, r, flops=None):
         if not r:
             return f"  {name:<12} not possible"
         iv = r.get("interval")
         band = ("  [" + ", ".join("unbounded" if v is None else f"{v:.4f}" for v in iv) + "]") if iv else ""
         cost = f", {flops:.3g} FLOPs" if flops else ""
-        return (f"  {name:<12} N = {r['params']:.3g}, D = {r['tokens']:.3g}{cost}: loss "
-                f"{r['loss']:.4f}{band}")
+        return f"  {name:<12} N = {r['params']:.3g}, D = {r['tokens']:.3g}{cost}: loss {r['loss']:.4f}{band}"
 
-    head = (f"target loss {adv['target_loss']:.4f}" if "target_loss" in adv else
-            f"budget {adv['flops']:.3g} FLOPs per student")
-    lines = [f"{head}, teacher loss {adv['teacher_loss']:.4f}, teacher cost: {adv['teacher_cost']}",
-             route("distill", adv.get("distill"), adv.get("flops_distill")),
-             route("supervised", adv.get("supervised"), adv.get("flops_supervised")),
-             f"verdict: {adv['verdict'].upper()} - {adv['reason']}"]
+    head = (
+        f"target loss {adv['target_loss']:.4f}"
+        if "target_loss" in adv
+        else f"budget {adv['flops']:.3g} FLOPs per student"
+    )
+    lines = [
+        f"{head}, teacher loss {adv['teacher_loss']:.4f}, teacher cost: {adv['teacher_cost']}",
+        route("distill", adv.get("distill"), adv.get("flops_distill")),
+        route("supervised", adv.get("supervised"), adv.get("flops_supervised")),
+        f"verdict: {adv['verdict'].upper()} - {adv['reason']}",
+    ]
     return "\n".join(lines)
 
 
 def add_parser(sub):
     """The `scaling advise` sub-command (no heavy imports here: `--help` stays instant)."""
-    p = sub.add_parser("advise", help="distil or train from scratch: student size, tokens, "
-                       "predicted losses, verdict",
-                       description="Compare distillation (distillation law, dfit.json) with "
-                       "supervised training (fit.json) under one budget, or find the cheapest "
-                       "way to a target loss.")
+    p = sub.add_parser(
+        "advise",
+        help="distil or train from scratch: student size, tokens, predicted losses, verdict",
+        description="Compare distillation (distillation law, dfit.json) with "
+        "supervised training (fit.json) under one budget, or find the cheapest "
+        "way to a target loss.",
+    )
     p.add_argument("--fit", required=True, help="supervised fit.json (an L(N, D) law)")
     p.add_argument("--dfit", help="distillation fit (scaling fit --law distillation)")
     p.add_argument("--teacher-loss", type=float, required=True, help="teacher cross-entropy L_T")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--flops", type=float, help="compute budget C per student (FLOPs)")
     goal.add_argument("--target-loss", type=float, help="the loss to reach as cheaply as possible")
-    p.add_argument("--teacher-cost", choices=("free", "inference", "full"), default="free",
-                   help="free: existing teacher; inference: 2 N_T FLOPs per distillation token; "
-                   "full: teacher training 6 N_T D_T too (shared across --students)")
+    p.add_argument(
+        "--teacher-cost",
+        choices=("free", "inference", "full"),
+        default="free",
+        help="free: existing teacher; inference: 2 N_T FLOPs per distillation token; "
+        "full: teacher training 6 N_T D_T too (shared across --students)",
+    )
     p.add_argument("--teacher-params", type=float, help="N_T, for --teacher-cost inference/full")
     p.add_argument("--teacher-tokens", type=float, help="D_T, for --teacher-cost full")
     p.add_argument("--students", type=int, default=1, help="K students sharing the teacher cost")
@@ -333,11 +396,11 @@ def cmd_advise(args):
         raise ValueError(f"--dfit {args.dfit} is a {dfit['law']!r} fit, not a distillation fit")
     cost = TeacherCost(args.teacher_cost, args.teacher_params, args.teacher_tokens, args.students)
     if args.target_loss is not None:
-        adv = advise_target(sup, dfit, args.teacher_loss, args.target_loss, cost,
-                            args.student_params, args.level)
+        adv = advise_target(
+            sup, dfit, args.teacher_loss, args.target_loss, cost, args.student_params, args.level
+        )
     else:
-        adv = advise(sup, dfit, args.teacher_loss, args.flops, cost, args.student_params,
-                     args.level)
+        adv = advise(sup, dfit, args.teacher_loss, args.flops, cost, args.student_params, args.level)
     text = json.dumps(adv, indent=1)
     if args.out:
         with open(args.out, "w") as fh:

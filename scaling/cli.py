@@ -15,21 +15,31 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 import sys
+from pathlib import Path
 
 LAW_CHOICES = ("chinchilla", "power", "kaplan", "chinchilla_gamma", "distillation")
 
 
 def _add_inputs(p):
     p.add_argument("inputs", nargs="+", help="run directories (or folders of them), CSV or JSON")
-    p.add_argument("--columns", help='column mapping, e.g. params="Model Size",flops="Training '
-                   'FLOP" (names: params, tokens, loss, flops, run, step)')
-    p.add_argument("--points", choices=("final", "all"), default="final",
-                   help="one point per run, or every evaluation point (default: final)")
-    p.add_argument("--param-count", choices=("total", "non_embedding"),
-                   help="N of run directories: non_embedding (default, as `scaledown run` "
-                   "counts) or total; a table's params column is taken as given")
+    p.add_argument(
+        "--columns",
+        help='column mapping, e.g. params="Model Size",flops="Training '
+        'FLOP" (names: params, tokens, loss, flops, run, step)',
+    )
+    p.add_argument(
+        "--points",
+        choices=("final", "all"),
+        default="final",
+        help="one point per run, or every evaluation point (default: final)",
+    )
+    p.add_argument(
+        "--param-count",
+        choices=("total", "non_embedding"),
+        help="N of run directories: non_embedding (default, as `scaledown run` "
+        "counts) or total; a table's params column is taken as given",
+    )
     p.add_argument("--seq-len", type=int, help="sequence length when all_results.json lacks it")
     p.add_argument("--global-batch", type=int, help="global batch size when not recorded")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
@@ -37,36 +47,60 @@ def _add_inputs(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scaling", description="Fit scaling laws to training "
-                                     "runs and derive compute-optimal model sizes.")
+    parser = argparse.ArgumentParser(
+        prog="scaling",
+        description="Fit scaling laws to training runs and derive compute-optimal model sizes.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fit", help="fit a law to runs (writes fit.json)")
     _add_inputs(p)
     p.add_argument("--law", choices=LAW_CHOICES, default="chinchilla")
-    p.add_argument("--method", choices=("vp", "grid"), default="vp",
-                   help="vp: variable projection + L-BFGS (fast); grid: Chinchilla start grid")
+    p.add_argument(
+        "--method",
+        choices=("vp", "grid"),
+        default="vp",
+        help="vp: variable projection + L-BFGS (fast); grid: Chinchilla start grid",
+    )
     p.add_argument("--loss", choices=("huber", "squared", "cauchy"), default="huber")
     p.add_argument("--delta", type=float, default=1e-3, help="robust-loss scale (default 1e-3)")
     p.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap refits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, help="bootstrap worker processes (default: all cores)")
     p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument("--holdout-above", type=float, metavar="FLOPS",
-                   help="fit on runs with compute <= FLOPS, report errors on the rest")
-    p.add_argument("--budgets", type=float, nargs="+", metavar="C",
-                   help="budgets for the derived optimum (default: max data compute x1, 10, 100)")
-    p.add_argument("--drop-highest", type=int, default=0, metavar="K",
-                   help="drop the K highest-loss points (Epoch's replication drops 5)")
-    p.add_argument("--plot", help="figure path, e.g. fit.png (PNG and SVG, plus _residuals and "
-                   "_frontier)")
+    p.add_argument(
+        "--holdout-above",
+        type=float,
+        metavar="FLOPS",
+        help="fit on runs with compute <= FLOPS, report errors on the rest",
+    )
+    p.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        metavar="C",
+        help="budgets for the derived optimum (default: max data compute x1, 10, 100)",
+    )
+    p.add_argument(
+        "--drop-highest",
+        type=int,
+        default=0,
+        metavar="K",
+        help="drop the K highest-loss points (Epoch's replication drops 5)",
+    )
+    p.add_argument("--plot", help="figure path, e.g. fit.png (PNG and SVG, plus _residuals and _frontier)")
     p.add_argument("--quiet", action="store_true", help="no summary or progress on stderr")
     # distillation law (issue 15): scaling.distill_fit
-    p.add_argument("--supervised-fit", help="--law distillation: the supervised fit.json giving "
-                   "L~_S = L(N_S, D_S)")
-    p.add_argument("--form", choices=("full", "reduced"), default="full",
-                   help="--law distillation: full Eq. 8 (9 parameters) or reduced (4: f1 = 1, "
-                   "student term from the supervised fit)")
+    p.add_argument(
+        "--supervised-fit", help="--law distillation: the supervised fit.json giving L~_S = L(N_S, D_S)"
+    )
+    p.add_argument(
+        "--form",
+        choices=("full", "reduced"),
+        default="full",
+        help="--law distillation: full Eq. 8 (9 parameters) or reduced (4: f1 = 1, "
+        "student term from the supervised fit)",
+    )
 
     p = sub.add_parser("predict", help="predicted loss from a fit")
     p.add_argument("--fit", required=True)
@@ -78,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("optimal", help="compute-optimal N*, D*, L* for a budget")
     p.add_argument("--fit", required=True)
     p.add_argument("--flops", type=float, required=True, help="compute budget C in FLOPs")
-    p.add_argument("--cost", help="cost expression in N, D, NT (default: C = 6*N*D), e.g. "
-                   "'6*N*D + 2*NT*D' for distillation")
+    p.add_argument(
+        "--cost",
+        help="cost expression in N, D, NT (default: C = 6*N*D), e.g. '6*N*D + 2*NT*D' for distillation",
+    )
     p.add_argument("--teacher-params", type=float, default=0.0, help="NT in --cost")
     p.add_argument("--level", type=float, default=0.95)
 
@@ -104,18 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="read runs and print or write the table")
     _add_inputs(p)
 
-    p = sub.add_parser("ladder", help="plan a ladder of model sizes from one base config",
-                       description="Sizes by width with a stated shape rule (depth = width / aspect ratio, "
-                       "fixed head size, MLP = ratio x width). Prints the run plan; `scaledown ladder` takes the "
-                       "same arguments and trains each rung.")
+    p = sub.add_parser(
+        "ladder",
+        help="plan a ladder of model sizes from one base config",
+        description="Sizes by width with a stated shape rule (depth = width / aspect ratio, "
+        "fixed head size, MLP = ratio x width). Prints the run plan; `scaledown ladder` takes the "
+        "same arguments and trains each rung.",
+    )
     add_ladder_arguments(p)
     return parser
 
 
 def add_ladder_arguments(p) -> None:
     """The ladder-planning arguments, shared by `scaling ladder` (plan) and `scaledown ladder` (plan and train)."""
-    p.add_argument("--base-config", required=True,
-                   help='JSON mapping with model_type, e.g. \'{"model_type": "llama"}\', or a config.json path')
+    p.add_argument(
+        "--base-config",
+        required=True,
+        help='JSON mapping with model_type, e.g. \'{"model_type": "llama"}\', or a config.json path',
+    )
     p.add_argument("--widths", required=True, help="comma-separated hidden sizes, e.g. 64,96,128")
     p.add_argument("--aspect-ratio", type=float, default=32.0)
     p.add_argument("--head-dim", type=int, default=32)
@@ -134,8 +176,9 @@ def add_ladder_arguments(p) -> None:
 def _load(args):
     from .logs import load_runs
 
-    return load_runs(args.inputs, args.columns, args.points, args.param_count, args.seq_len,
-                     args.global_batch)
+    return load_runs(
+        args.inputs, args.columns, args.points, args.param_count, args.seq_len, args.global_batch
+    )
 
 
 def _emit(args, result, summary=None):
@@ -150,20 +193,25 @@ def _emit(args, result, summary=None):
 def _summary_text(fit) -> str:
     from .intervals import bootstrap_lines, format_interval
 
-    lines = [f"{fit['law']} fit on {fit['n_points']} points (N = {fit['param_count']}, "
-             f"{fit['loss']} delta={fit['delta']:g}, {fit['method']}): objective "
-             f"{fit['objective']:.8g}, {'converged' if fit['converged'] else 'NOT converged'} "
-             f"({fit['seconds']:.2f} s)"]
+    lines = [
+        f"{fit['law']} fit on {fit['n_points']} points (N = {fit['param_count']}, "
+        f"{fit['loss']} delta={fit['delta']:g}, {fit['method']}): objective "
+        f"{fit['objective']:.8g}, {'converged' if fit['converged'] else 'NOT converged'} "
+        f"({fit['seconds']:.2f} s)"
+    ]
     for k, v in list(fit["params"].items()) + list(fit["derived"].items()):
         lines.append(f"  {k:>24} = {v:.5g}  {format_interval(fit, k)}".rstrip())
     lines += [f"  {line}" for line in bootstrap_lines(fit)]
     if "holdout" in fit:
         h = fit["holdout"]
-        lines.append(f"  holdout above {h['threshold_flops']:.3g} FLOPs: {h['n_test']} runs, "
-                     f"MAPE {h['mape']:.2f}%")
+        lines.append(
+            f"  holdout above {h['threshold_flops']:.3g} FLOPs: {h['n_test']} runs, MAPE {h['mape']:.2f}%"
+        )
         for r in h["points"]:
-            lines.append(f"    N={r['params']:.3g} D={r['tokens']:.3g} loss={r['loss']:.4f} "
-                         f"predicted={r['predicted']:.4f} ({r['error_pct']:+.2f}%)")
+            lines.append(
+                f"    N={r['params']:.3g} D={r['tokens']:.3g} loss={r['loss']:.4f} "
+                f"predicted={r['predicted']:.4f} ({r['error_pct']:+.2f}%)"
+            )
     return "\n".join(lines)
 
 
@@ -175,9 +223,21 @@ def cmd_fit(args):
 
         return cmd_fit_distillation(args)
     points = _load(args)
-    fit = fit_runs(points, args.law, args.method, args.loss, args.delta, args.bootstrap,
-                   args.seed, args.jobs, args.holdout_above, args.budgets, args.drop_highest,
-                   args.level, progress=not args.quiet)
+    fit = fit_runs(
+        points,
+        args.law,
+        args.method,
+        args.loss,
+        args.delta,
+        args.bootstrap,
+        args.seed,
+        args.jobs,
+        args.holdout_above,
+        args.budgets,
+        args.drop_highest,
+        args.level,
+        progress=not args.quiet,
+    )
     if args.out:
         save_fit(fit, args.out)
     if args.plot:
@@ -199,8 +259,7 @@ def cmd_predict(args):
 
     fit = load_any_fit(args.fit)
     if is_distillation_fit(fit):
-        print(json.dumps(predict_from_dfit(fit, args.params, args.tokens, args.teacher_loss,
-                                           args.level)))
+        print(json.dumps(predict_from_dfit(fit, args.params, args.tokens, args.teacher_loss, args.level)))
         return
     print(json.dumps(predict_from_fit(fit, args.params, args.tokens, args.level)))
 
@@ -228,11 +287,16 @@ def cmd_isoflop(args):
     _emit(args, iso)
     if not args.json:
         for b in iso["budgets"]:
-            print(f"C = {b['flops']:.3g}: N* = {b['params_opt']:.3g}, D* = {b['tokens_opt']:.3g}"
-                  f", L* = {b['loss_opt']:.4f}", file=sys.stderr)
+            print(
+                f"C = {b['flops']:.3g}: N* = {b['params_opt']:.3g}, D* = {b['tokens_opt']:.3g}"
+                f", L* = {b['loss_opt']:.4f}",
+                file=sys.stderr,
+            )
         if "a" in iso:
-            print(f"N* ∝ C^{iso['a']:.4f}, D* ∝ C^{iso['b']:.4f} (N = {iso['param_count']} "
-                  "parameters)", file=sys.stderr)
+            print(
+                f"N* ∝ C^{iso['a']:.4f}, D* ∝ C^{iso['b']:.4f} (N = {iso['param_count']} parameters)",
+                file=sys.stderr,
+            )
 
 
 def cmd_envelope(args):
@@ -241,16 +305,17 @@ def cmd_envelope(args):
 
     points = _load(args)
     a = to_arrays(points)
-    env = envelope_analysis(a["params"], a["flops"], a["loss"], a["run"],
-                            param_count=param_count_of(points))
+    env = envelope_analysis(a["params"], a["flops"], a["loss"], a["run"], param_count=param_count_of(points))
     if args.plot:
         from .plot import plot_envelope
 
         env["plots"] = plot_envelope(env, args.plot)
     _emit(args, env)
     if not args.json and "a" in env:
-        print(f"N* ∝ C^{env['a']:.4f}, D* ∝ C^{env['b']:.4f} (N = {env['param_count']} "
-              "parameters)", file=sys.stderr)
+        print(
+            f"N* ∝ C^{env['a']:.4f}, D* ∝ C^{env['b']:.4f} (N = {env['param_count']} parameters)",
+            file=sys.stderr,
+        )
 
 
 def cmd_plot(args):
@@ -281,11 +346,23 @@ def ladder_plans_from_args(args) -> list:
     else:
         path = Path(base) / "config.json" if Path(base).is_dir() else Path(base)
         base = json.loads(path.read_text())
-    spec = LadderSpec(base_config=base, widths=[int(w) for w in args.widths.split(",")],
-                      aspect_ratio=args.aspect_ratio, head_dim=args.head_dim, mlp_ratio=args.mlp_ratio)
-    return plan_ladder(spec, vocab_size=args.vocab_size, seq_len=args.seq_len, batch_size=args.batch_size,
-                       tokens=args.tokens, flops=args.flops, tokens_per_param=args.tokens_per_param,
-                       isoflop_budgets=[float(x) for x in args.isoflop.split(",")] if args.isoflop else None)
+    spec = LadderSpec(
+        base_config=base,
+        widths=[int(w) for w in args.widths.split(",")],
+        aspect_ratio=args.aspect_ratio,
+        head_dim=args.head_dim,
+        mlp_ratio=args.mlp_ratio,
+    )
+    return plan_ladder(
+        spec,
+        vocab_size=args.vocab_size,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        tokens=args.tokens,
+        flops=args.flops,
+        tokens_per_param=args.tokens_per_param,
+        isoflop_budgets=[float(x) for x in args.isoflop.split(",")] if args.isoflop else None,
+    )
 
 
 def print_ladder_plan(plans, as_json: bool = False) -> None:
@@ -306,8 +383,17 @@ def cmd_advise(args):
     run(args)
 
 
-COMMANDS = {"advise": cmd_advise, "ladder": cmd_ladder, "fit": cmd_fit, "predict": cmd_predict, "optimal": cmd_optimal,
-            "isoflop": cmd_isoflop, "envelope": cmd_envelope, "plot": cmd_plot, "runs": cmd_runs}
+COMMANDS = {
+    "advise": cmd_advise,
+    "ladder": cmd_ladder,
+    "fit": cmd_fit,
+    "predict": cmd_predict,
+    "optimal": cmd_optimal,
+    "isoflop": cmd_isoflop,
+    "envelope": cmd_envelope,
+    "plot": cmd_plot,
+    "runs": cmd_runs,
+}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

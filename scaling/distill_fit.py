@@ -23,12 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .distill_law import (FORMULA, REDUCED_FORMULA, DistillationForm, check_distillation_data,
-                          fit_distillation_arrays, predict_distillation)
+from .distill_law import (
+    FORMULA,
+    REDUCED_FORMULA,
+    DistillationForm,
+    check_distillation_data,
+    fit_distillation_arrays,
+    predict_distillation,
+)
 from .logs import ScalingDataError
 
-__all__ = ["DistillPoint", "load_distill_runs", "fit_distillation", "predict_from_dfit",
-           "is_distillation_fit", "load_any_fit", "cmd_fit_distillation"]
+__all__ = [
+    "DistillPoint",
+    "load_distill_runs",
+    "fit_distillation",
+    "predict_from_dfit",
+    "is_distillation_fit",
+    "load_any_fit",
+    "cmd_fit_distillation",
+]
 
 TABLE_COLUMNS = ("student_params", "student_tokens", "teacher_loss", "loss")
 
@@ -43,29 +56,39 @@ def _read_table(path: Path) -> list:
     rows, available = _table_rows(path)
     missing = [c for c in TABLE_COLUMNS if c not in available]
     if missing:
-        raise ScalingDataError(f"{path}: missing columns {missing}; a distillation table needs "
-                               f"{list(TABLE_COLUMNS)} (the table has {available})")
+        raise ScalingDataError(
+            f"{path}: missing columns {missing}; a distillation table needs "
+            f"{list(TABLE_COLUMNS)} (the table has {available})"
+        )
     if not rows:
         raise ScalingDataError(f"{path}: the table has no rows")
     out = []
     for label, row in rows:
         where = f"{path}: {label}"
         vals = {c: _number(where, c, row.get(c)) for c in TABLE_COLUMNS}
-        out.append(DistillPoint(params=vals["student_params"], tokens=vals["student_tokens"],
-                                teacher_loss=vals["teacher_loss"], loss=vals["loss"],
-                                teacher_params=float(row.get("teacher_params") or 0.0),
-                                run=str(row.get("run") or label), source=where))
+        out.append(
+            DistillPoint(
+                params=vals["student_params"],
+                tokens=vals["student_tokens"],
+                teacher_loss=vals["teacher_loss"],
+                loss=vals["loss"],
+                teacher_params=float(row.get("teacher_params") or 0.0),
+                run=str(row.get("run") or label),
+                source=where,
+            )
+        )
     return out
 
 
 def _run_dirs(path: Path) -> list:
     if (path / "all_results.json").is_file():
         return [path]
-    found = sorted(p.parent for p in path.rglob("all_results.json")
-                   if "checkpoint-" not in p.parent.name)
+    found = sorted(p.parent for p in path.rglob("all_results.json") if "checkpoint-" not in p.parent.name)
     if not found:
-        raise ScalingDataError(f"{path}: no all_results.json here nor below: not a KD run "
-                               "directory (train with `distill train`, which writes it)")
+        raise ScalingDataError(
+            f"{path}: no all_results.json here nor below: not a KD run "
+            "directory (train with `distill train`, which writes it)"
+        )
     return found
 
 
@@ -77,14 +100,21 @@ def _read_run(run_dir: Path, param_count: str):
         return None
     lt = results.get("eval_teacher_loss")
     if not isinstance(lt, (int, float)):
-        raise ScalingDataError(f"{run_dir}/all_results.json: no eval_teacher_loss (the teacher's "
-                               "cross-entropy on the evaluation data); evaluate the run with its "
-                               "teacher loaded, or give a table with a teacher_loss column")
+        raise ScalingDataError(
+            f"{run_dir}/all_results.json: no eval_teacher_loss (the teacher's "
+            "cross-entropy on the evaluation data); evaluate the run with its "
+            "teacher loaded, or give a table with a teacher_loss column"
+        )
     pt = read_run_dir(run_dir, "final", param_count)[-1]
-    return DistillPoint(params=pt.params, tokens=pt.tokens, teacher_loss=float(lt), loss=pt.loss,
-                        teacher_params=float(results.get("teacher_non_embedding_params") or
-                                             results["teacher_params"]),
-                        run=run_dir.name, source=str(run_dir))
+    return DistillPoint(
+        params=pt.params,
+        tokens=pt.tokens,
+        teacher_loss=float(lt),
+        loss=pt.loss,
+        teacher_params=float(results.get("teacher_non_embedding_params") or results["teacher_params"]),
+        run=run_dir.name,
+        source=str(run_dir),
+    )
 
 
 def load_distill_runs(inputs, param_count: str = "non_embedding") -> list:
@@ -99,7 +129,7 @@ def load_distill_runs(inputs, param_count: str = "non_embedding") -> list:
         `list[DistillPoint]`.
     """
     out, skipped = [], []
-    for item in ([inputs] if isinstance(inputs, (str, Path)) else inputs):
+    for item in [inputs] if isinstance(inputs, (str, Path)) else inputs:
         p = Path(item)
         if p.is_file():
             out += _read_table(p)
@@ -110,9 +140,11 @@ def load_distill_runs(inputs, param_count: str = "non_embedding") -> list:
         else:
             raise ScalingDataError(f"{p}: no such file or directory")
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} runs without a teacher (supervised baselines): "
-                      f"{', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''}",
-                      stacklevel=2)
+        warnings.warn(
+            f"skipped {len(skipped)} runs without a teacher (supervised baselines): "
+            f"{', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''}",
+            stacklevel=2,
+        )
     if not out:
         raise ScalingDataError("no distillation runs found in the inputs")
     return out
@@ -143,8 +175,7 @@ def _bootstrap(arr, sup_fit, form, n_boot, seed, theta0, kind, delta):
         cols = [arr[k][idx] for k in ("params", "tokens", "teacher_loss", "loss")]
         try:
             check_distillation_data(form, *cols)
-            res = fit_distillation_arrays(*cols, sup_fit, form, kind, delta, starts=[theta0],
-                                          top_k=2)
+            res = fit_distillation_arrays(*cols, sup_fit, form, kind, delta, starts=[theta0], top_k=2)
         except ValueError:
             counts["n_failed"] += 1
             continue
@@ -154,12 +185,23 @@ def _bootstrap(arr, sup_fit, form, n_boot, seed, theta0, kind, delta):
         counts["n_at_bound"] += bool(res["at_bounds"])
         samples.append([res["params"][k] for k in names])
         pinned.append(_pinned(names, res["at_bounds"]))
-    return np.array(samples, float).reshape(-1, len(names)), np.array(pinned, bool).reshape(-1, len(names)), counts
+    return (
+        np.array(samples, float).reshape(-1, len(names)),
+        np.array(pinned, bool).reshape(-1, len(names)),
+        counts,
+    )
 
 
-def fit_distillation(points, sup_fit: dict, form: str = "full", loss: str = "huber",
-                     delta: float = 1e-3, n_bootstrap: int = 0, seed: int = 0,
-                     level: float = 0.95) -> dict:
+def fit_distillation(
+    points,
+    sup_fit: dict,
+    form: str = "full",
+    loss: str = "huber",
+    delta: float = 1e-3,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """Fit the distillation law to distilled students; returns the dfit.json dictionary.
 
     Args:
@@ -169,44 +211,67 @@ def fit_distillation(points, sup_fit: dict, form: str = "full", loss: str = "hub
         loss, delta: robust loss.
         n_bootstrap (`int`), seed (`int`), level (`float`): bootstrap refits and interval level.
     """
-    arr = {k: np.array([p[k] for p in points], float)
-           for k in ("params", "tokens", "teacher_loss", "loss")}
+    arr = {k: np.array([p[k] for p in points], float) for k in ("params", "tokens", "teacher_loss", "loss")}
     sources = [p["source"] for p in points]
-    check_distillation_data(form, arr["params"], arr["tokens"], arr["teacher_loss"], arr["loss"],
-                            sources)
-    res = fit_distillation_arrays(arr["params"], arr["tokens"], arr["teacher_loss"], arr["loss"],
-                                  sup_fit, form, loss, delta)
+    check_distillation_data(form, arr["params"], arr["tokens"], arr["teacher_loss"], arr["loss"], sources)
+    res = fit_distillation_arrays(
+        arr["params"], arr["tokens"], arr["teacher_loss"], arr["loss"], sup_fit, form, loss, delta
+    )
     fm = DistillationForm(form)
-    out = {"version": 1, "law": "distillation", "form": form,
-           "formula": FORMULA if form == "full" else REDUCED_FORMULA, "fixed": fm.fixed, **res,
-           "loss": loss, "delta": delta, "param_count": sup_fit.get("param_count", "as given"),
-           "supervised": {k: sup_fit[k] for k in ("law", "params") if k in sup_fit}
-           | {"param_count": sup_fit.get("param_count", "total")},
-           "data": {"params": arr["params"].tolist(), "tokens": arr["tokens"].tolist(),
-                    "teacher_loss": arr["teacher_loss"].tolist(), "loss": arr["loss"].tolist(),
-                    "teacher_params": [p.get("teacher_params", 0.0) for p in points],
-                    "run": [p["run"] for p in points], "source": sources,
-                    "predicted": predict_distillation(
-                        {"form": form, "params": res["params"], "supervised": sup_fit},
-                        arr["params"], arr["tokens"], arr["teacher_loss"]).tolist()}}
+    out = {
+        "version": 1,
+        "law": "distillation",
+        "form": form,
+        "formula": FORMULA if form == "full" else REDUCED_FORMULA,
+        "fixed": fm.fixed,
+        **res,
+        "loss": loss,
+        "delta": delta,
+        "param_count": sup_fit.get("param_count", "as given"),
+        "supervised": {k: sup_fit[k] for k in ("law", "params") if k in sup_fit}
+        | {"param_count": sup_fit.get("param_count", "total")},
+        "data": {
+            "params": arr["params"].tolist(),
+            "tokens": arr["tokens"].tolist(),
+            "teacher_loss": arr["teacher_loss"].tolist(),
+            "loss": arr["loss"].tolist(),
+            "teacher_params": [p.get("teacher_params", 0.0) for p in points],
+            "run": [p["run"] for p in points],
+            "source": sources,
+            "predicted": predict_distillation(
+                {"form": form, "params": res["params"], "supervised": sup_fit},
+                arr["params"],
+                arr["tokens"],
+                arr["teacher_loss"],
+            ).tolist(),
+        },
+    }
     if n_bootstrap:
         from .intervals import percentile_intervals
 
-        samples, pinned, counts = _bootstrap(arr, sup_fit, form, n_bootstrap, seed,
-                                             np.array(res["internal"]), loss, delta)
+        samples, pinned, counts = _bootstrap(
+            arr, sup_fit, form, n_bootstrap, seed, np.array(res["internal"]), loss, delta
+        )
         if len(samples) < 2:
-            raise ScalingDataError(f"bootstrap: only {len(samples)} of {n_bootstrap} refits "
-                                   f"converged ({counts}); too few students to resample")
+            raise ScalingDataError(
+                f"bootstrap: only {len(samples)} of {n_bootstrap} refits "
+                f"converged ({counts}); too few students to resample"
+            )
         names = list(fm.param_names)
-        result = percentile_intervals(names, samples, [res["params"][k] for k in names], pinned,
-                                      level)
+        result = percentile_intervals(names, samples, [res["params"][k] for k in names], pinned, level)
         out["ci"] = {k: r["interval"] for k, r in result.items()}
         out["ci_status"] = {k: r["status"] for k, r in result.items()}
         out["ci_notes"] = {k: r["note"] for k, r in result.items() if r["note"]}
-        out["bootstrap"] = {"n": n_bootstrap, "seed": seed, "level": level,
-                            "n_converged": len(samples), **counts, "param_names": names,
-                            "samples": [[float(v) for v in r] for r in samples],
-                            "at_bound": [bool(r.any()) for r in pinned]}
+        out["bootstrap"] = {
+            "n": n_bootstrap,
+            "seed": seed,
+            "level": level,
+            "n_converged": len(samples),
+            **counts,
+            "param_names": names,
+            "samples": [[float(v) for v in r] for r in samples],
+            "at_bound": [bool(r.any()) for r in pinned],
+        }
     return out
 
 
@@ -230,8 +295,9 @@ def load_any_fit(path) -> dict:
         raise ScalingDataError(f"{path}: not a complete distillation fit (missing {missing})")
     need = DistillationForm(raw["form"]).param_names
     if [k for k in need if k not in raw["params"]]:
-        raise ScalingDataError(f"{path}: distillation parameters missing: "
-                               f"{[k for k in need if k not in raw['params']]}")
+        raise ScalingDataError(
+            f"{path}: distillation parameters missing: {[k for k in need if k not in raw['params']]}"
+        )
     return raw
 
 
@@ -250,20 +316,25 @@ def predict_from_dfit(dfit: dict, params, tokens, teacher_loss, level: float = 0
         if v is None or not math.isfinite(float(v)) or float(v) <= 0:
             raise ValueError(f"{name} must be a finite number > 0 for a distillation fit, got {v!r}")
     loss = float(predict_distillation(dfit, params, tokens, teacher_loss))
-    out = {"loss": loss, "teacher_loss": float(teacher_loss),
-           "supervised_loss": float(np.ravel(supervised_terms(dfit["supervised"], params,
-                                                               tokens)["loss"])[0]),
-           "param_count": dfit.get("param_count", "as given")}
+    out = {
+        "loss": loss,
+        "teacher_loss": float(teacher_loss),
+        "supervised_loss": float(np.ravel(supervised_terms(dfit["supervised"], params, tokens)["loss"])[0]),
+        "param_count": dfit.get("param_count", "as given"),
+    }
     boot = dfit.get("bootstrap") or {}
     if boot.get("samples"):
         from .intervals import percentile_intervals
 
         names = boot["param_names"]
-        preds = [float(predict_distillation({**dfit, "params": dict(zip(names, r))}, params,
-                                            tokens, teacher_loss)) for r in boot["samples"]]
+        preds = [
+            float(predict_distillation({**dfit, "params": dict(zip(names, r))}, params, tokens, teacher_loss))
+            for r in boot["samples"]
+        ]
         pinned = boot.get("at_bound") or [False] * len(preds)  # a refit at a bound: an artefact
-        res = percentile_intervals(["loss"], np.array(preds)[:, None], [loss], np.array(pinned),
-                                   level)["loss"]
+        res = percentile_intervals(["loss"], np.array(preds)[:, None], [loss], np.array(pinned), level)[
+            "loss"
+        ]
         out["interval"], out["interval_status"] = res["interval"], res["status"]
         if res["note"]:
             out["interval_note"] = res["note"]
@@ -279,36 +350,43 @@ def cmd_fit_distillation(args) -> dict:
     from .fit import load_fit, save_fit
 
     if not args.supervised_fit:
-        raise ScalingDataError("--law distillation needs --supervised-fit sup.json: the "
-                               "supervised fit that gives L~_S = L(N_S, D_S) (scaling fit "
-                               "--law chinchilla_gamma on supervised runs)")
+        raise ScalingDataError(
+            "--law distillation needs --supervised-fit sup.json: the "
+            "supervised fit that gives L~_S = L(N_S, D_S) (scaling fit "
+            "--law chinchilla_gamma on supervised runs)"
+        )
     sup = load_fit(args.supervised_fit)
     kind = args.param_count or "non_embedding"
-    if sup.get("param_count") not in (None, kind, "mixed") and any(Path(i).is_dir()
-                                                                     for i in args.inputs):
-        raise ScalingDataError(f"{args.supervised_fit} counts N as {sup['param_count']!r} "
-                               f"but the KD runs are read with --param-count {kind}; use the "
-                               "same count for both fits")
+    if sup.get("param_count") not in (None, kind, "mixed") and any(Path(i).is_dir() for i in args.inputs):
+        raise ScalingDataError(
+            f"{args.supervised_fit} counts N as {sup['param_count']!r} "
+            f"but the KD runs are read with --param-count {kind}; use the "
+            "same count for both fits"
+        )
     points = load_distill_runs(args.inputs, kind)
-    dfit = fit_distillation(points, sup, args.form, args.loss, args.delta, args.bootstrap,
-                            args.seed, args.level)
+    dfit = fit_distillation(
+        points, sup, args.form, args.loss, args.delta, args.bootstrap, args.seed, args.level
+    )
     if args.out:
         save_fit(dfit, args.out)
     if not args.quiet:
         from .intervals import format_interval
 
-        lines = [f"distillation law ({dfit['form']}) on {dfit['n_points']} students: objective "
-                 f"{dfit['objective']:.6g}, {'converged' if dfit['converged'] else 'NOT converged'}"
-                 + (f", at bounds: {dfit['at_bounds']}" if dfit["at_bounds"] else "")]
+        lines = [
+            f"distillation law ({dfit['form']}) on {dfit['n_points']} students: objective "
+            f"{dfit['objective']:.6g}, {'converged' if dfit['converged'] else 'NOT converged'}"
+            + (f", at bounds: {dfit['at_bounds']}" if dfit["at_bounds"] else "")
+        ]
         for k, v in dfit["params"].items():
             lines.append(f"  {k:>12} = {v:.5g}  {format_interval(dfit, k)}".rstrip())
         boot = dfit.get("bootstrap")
         if boot:
-            lines.append(f"bootstrap: {boot['n']} refits, {boot['n_converged']} converged "
-                         f"({boot['n_at_bound']} at a bound: their side is left open), "
-                         f"{boot['n_failed']} failed, {boot['n_not_converged']} not converged")
+            lines.append(
+                f"bootstrap: {boot['n']} refits, {boot['n_converged']} converged "
+                f"({boot['n_at_bound']} at a bound: their side is left open), "
+                f"{boot['n_failed']} failed, {boot['n_not_converged']} not converged"
+            )
         print("\n".join(lines), file=sys.stderr)
     if args.json:
-        print(json.dumps({k: v for k, v in dfit.items() if k not in ("bootstrap", "data")},
-                         indent=1))
+        print(json.dumps({k: v for k, v in dfit.items() if k not in ("bootstrap", "data")}, indent=1))
     return dfit

@@ -34,13 +34,24 @@ import numpy as np
 
 from .optimize import robust_loss, single_thread_blas
 
-__all__ = ["FORMS", "FORMULA", "DistillationForm", "supervised_terms", "fit_distillation_arrays",
-           "predict_distillation", "check_distillation_data"]
+__all__ = [
+    "FORMS",
+    "FORMULA",
+    "DistillationForm",
+    "supervised_terms",
+    "fit_distillation_arrays",
+    "predict_distillation",
+    "check_distillation_data",
+]
 
-FORMULA = ("L_S = L_T + L_T^(-c0) * (1 + (L_T / (L~_S * d1))^(1/f1))^(-c1 * f1) * "
-           "(A' / N_S^alpha' + B' / D_S^beta')^gamma'")
-REDUCED_FORMULA = ("L_S = L_T + k * L_T^(-c0) * (1 + L_T / (L~_S * d1))^(-c1) * (L~_S - E), "
-                   "f1 = 1, student term from the supervised fit")
+FORMULA = (
+    "L_S = L_T + L_T^(-c0) * (1 + (L_T / (L~_S * d1))^(1/f1))^(-c1 * f1) * "
+    "(A' / N_S^alpha' + B' / D_S^beta')^gamma'"
+)
+REDUCED_FORMULA = (
+    "L_S = L_T + k * L_T^(-c0) * (1 + L_T / (L~_S * d1))^(-c1) * (L~_S - E), "
+    "f1 = 1, student term from the supervised fit"
+)
 
 
 def _softplus(u):
@@ -63,29 +74,53 @@ class DistillationForm:
         if name not in ("full", "reduced"):
             raise ValueError(f"unknown distillation form {name!r}; choose 'full' or 'reduced'")
         self.name = name
-        self.param_names = (("c0", "c1", "d1", "f1", "A_prime", "B_prime", "alpha_prime",
-                             "beta_prime", "gamma_prime") if name == "full"
-                            else ("c0", "c1", "d1", "k"))
+        self.param_names = (
+            ("c0", "c1", "d1", "f1", "A_prime", "B_prime", "alpha_prime", "beta_prime", "gamma_prime")
+            if name == "full"
+            else ("c0", "c1", "d1", "k")
+        )
         self.formula = FORMULA if name == "full" else REDUCED_FORMULA
-        self.fixed = {} if name == "full" else {
-            "f1": 1.0, "student_term": "k * (L~_S - E): alpha', beta', gamma', B'/A' of the "
-            "supervised fit"}
+        self.fixed = (
+            {}
+            if name == "full"
+            else {
+                "f1": 1.0,
+                "student_term": "k * (L~_S - E): alpha', beta', gamma', B'/A' of the supervised fit",
+            }
+        )
 
     def from_internal(self, theta) -> dict:
         t = [float(v) for v in theta]
         if self.name == "reduced":
             return {"c0": t[0], "c1": t[1], "d1": math.exp(t[2]), "k": math.exp(t[3])}
-        return {"c0": t[0], "c1": t[1], "d1": math.exp(t[2]), "f1": math.exp(t[3]),
-                "A_prime": math.exp(t[4]), "B_prime": math.exp(t[5]), "alpha_prime": t[6],
-                "beta_prime": t[7], "gamma_prime": t[8]}
+        return {
+            "c0": t[0],
+            "c1": t[1],
+            "d1": math.exp(t[2]),
+            "f1": math.exp(t[3]),
+            "A_prime": math.exp(t[4]),
+            "B_prime": math.exp(t[5]),
+            "alpha_prime": t[6],
+            "beta_prime": t[7],
+            "gamma_prime": t[8],
+        }
 
     def to_internal(self, params: dict) -> np.ndarray:
         p = {k: float(v) for k, v in params.items()}
         head = [p["c0"], p["c1"], math.log(p["d1"])]
         if self.name == "reduced":
             return np.array(head + [math.log(p["k"])])
-        return np.array(head + [math.log(p["f1"]), math.log(p["A_prime"]), math.log(p["B_prime"]),
-                                p["alpha_prime"], p["beta_prime"], p["gamma_prime"]])
+        return np.array(
+            head
+            + [
+                math.log(p["f1"]),
+                math.log(p["A_prime"]),
+                math.log(p["B_prime"]),
+                p["alpha_prime"],
+                p["beta_prime"],
+                p["gamma_prime"],
+            ]
+        )
 
     def log_loss_and_jac(self, theta, x: dict, jac: bool = True):
         """Predicted log L_S and its Jacobian in the internal parameters."""
@@ -115,8 +150,14 @@ class DistillationForm:
             cols.append(np.ones_like(f))
         else:
             g = t[8]
-            cols += [-c1 * f1 * (sp - u * sig), g * w[:, 0], g * w[:, 1],
-                     -g * w[:, 0] * x["log_n"], -g * w[:, 1] * x["log_d"], s]
+            cols += [
+                -c1 * f1 * (sp - u * sig),
+                g * w[:, 0],
+                g * w[:, 1],
+                -g * w[:, 0] * x["log_n"],
+                -g * w[:, 1] * x["log_d"],
+                s,
+            ]
         return f, om[:, None] * np.stack(cols, axis=-1)
 
     def predict(self, params: dict, x: dict) -> np.ndarray:
@@ -138,14 +179,21 @@ def supervised_terms(sup_fit: dict, n, d) -> dict:
     e = float(sup_fit["params"].get("E", 0.0))
     r = ls - e
     if not np.all(np.isfinite(ls)) or np.any(r <= 0):
-        raise ValueError(f"supervised fit ({lw.name}): predicted loss not above its irreducible "
-                         f"loss E = {e:.4g} at some student; refit the supervised law")
+        raise ValueError(
+            f"supervised fit ({lw.name}): predicted loss not above its irreducible "
+            f"loss E = {e:.4g} at some student; refit the supervised law"
+        )
     return {"loss": ls, "reducible": r, "E": e}
 
 
 def _features(n, d, lt, sup):
-    return {"log_n": np.log(n), "log_d": np.log(d), "log_lt": np.log(lt),
-            "log_ls": np.log(sup["loss"]), "log_r": np.log(sup["reducible"])}
+    return {
+        "log_n": np.log(n),
+        "log_d": np.log(d),
+        "log_lt": np.log(lt),
+        "log_ls": np.log(sup["loss"]),
+        "log_r": np.log(sup["reducible"]),
+    }
 
 
 def check_distillation_data(form: str, n, d, lt, loss, sources=None):
@@ -169,8 +217,7 @@ def check_distillation_data(form: str, n, d, lt, loss, sources=None):
     need_lt, need_n, need_d = (3, 3, 2) if form == "full" else (2, 2, 1)
     problems = []
     if triples < p + 1:
-        problems.append(f"{triples} distinct (N_S, D_S, L_T) points for {p} parameters "
-                        f"(need {p + 1})")
+        problems.append(f"{triples} distinct (N_S, D_S, L_T) points for {p} parameters (need {p + 1})")
     if n_lt < need_lt:
         problems.append(f"{n_lt} distinct teacher losses (need {need_lt})")
     if n_n < need_n:
@@ -178,11 +225,17 @@ def check_distillation_data(form: str, n, d, lt, loss, sources=None):
     if n_d < need_d:
         problems.append(f"{n_d} distinct token counts (need {need_d})")
     if problems:
-        hint = (" Use --form reduced (4 parameters: f1 = 1 and the student term from the "
-                "supervised fit), or" if form == "full" else "") + \
-            " distil more students from more teachers."
-        raise ValueError(f"distillation law ({form} form) cannot be identified from these runs: "
-                         + "; ".join(problems) + "." + hint)
+        hint = (
+            " Use --form reduced (4 parameters: f1 = 1 and the student term from the supervised fit), or"
+            if form == "full"
+            else ""
+        ) + " distil more students from more teachers."
+        raise ValueError(
+            f"distillation law ({form} form) cannot be identified from these runs: "
+            + "; ".join(problems)
+            + "."
+            + hint
+        )
 
 
 # ---------------------------------------------------------------------------- fitting
@@ -197,13 +250,22 @@ def _objective(theta, form, x, log_l, kind, delta):
 
 # Bounds of the internal parameters (L-BFGS-B): without them the fit can escape along a
 # degenerate ridge (d1 and c1 both huge: the break becomes an exponential in L_T / L~_S).
-_BOUNDS = {"c0": (-3.0, 12.0), "c1": (0.0, 25.0), "log_d1": (-3.0, 3.0),
-           "log_f1": (math.log(0.05), math.log(5.0)), "log_k": (-25.0, 25.0),
-           "log_A": (-25.0, 60.0), "log_B": (-25.0, 60.0), "alpha": (0.0, 3.0),
-           "beta": (0.0, 3.0), "gamma": (0.05, 3.0)}
-BOUND_NAMES = {"reduced": ("c0", "c1", "log_d1", "log_k"),
-               "full": ("c0", "c1", "log_d1", "log_f1", "log_A", "log_B", "alpha", "beta",
-                        "gamma")}
+_BOUNDS = {
+    "c0": (-3.0, 12.0),
+    "c1": (0.0, 25.0),
+    "log_d1": (-3.0, 3.0),
+    "log_f1": (math.log(0.05), math.log(5.0)),
+    "log_k": (-25.0, 25.0),
+    "log_A": (-25.0, 60.0),
+    "log_B": (-25.0, 60.0),
+    "alpha": (0.0, 3.0),
+    "beta": (0.0, 3.0),
+    "gamma": (0.05, 3.0),
+}
+BOUND_NAMES = {
+    "reduced": ("c0", "c1", "log_d1", "log_k"),
+    "full": ("c0", "c1", "log_d1", "log_f1", "log_A", "log_B", "alpha", "beta", "gamma"),
+}
 
 
 def _bounds(form):
@@ -212,8 +274,9 @@ def _bounds(form):
 
 def at_bounds(form, theta, tol=1e-6) -> list:
     """Public names of the parameters that ended on an optimiser bound."""
-    return [p for p, (lo, hi), v in zip(form.param_names, _bounds(form), theta)
-            if v <= lo + tol or v >= hi - tol]
+    return [
+        p for p, (lo, hi), v in zip(form.param_names, _bounds(form), theta) if v <= lo + tol or v >= hi - tol
+    ]
 
 
 def _lbfgs(theta0, form, x, log_l, kind, delta):
@@ -221,9 +284,15 @@ def _lbfgs(theta0, form, x, log_l, kind, delta):
 
     bounds = _bounds(form)
     th = np.clip(np.asarray(theta0, float), [b[0] for b in bounds], [b[1] for b in bounds])
-    return minimize(_objective, th, args=(form, x, log_l, kind, delta), jac=True,
-                    method="L-BFGS-B", bounds=bounds,
-                    options={"maxiter": 10000, "ftol": 1e-15, "gtol": 1e-10, "maxcor": 20})
+    return minimize(
+        _objective,
+        th,
+        args=(form, x, log_l, kind, delta),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": 10000, "ftol": 1e-15, "gtol": 1e-10, "maxcor": 20},
+    )
 
 
 def _grid_starts(x, loss, kind, delta, f1s=(1.0,), top_k=6):
@@ -231,8 +300,9 @@ def _grid_starts(x, loss, kind, delta, f1s=(1.0,), top_k=6):
     exponents the law is linear in k, solved by least squares of the relative error of
     L_S - L_T. Returns `(c0, c1, log d1, f1, log k)` rows of the best distinct cells."""
     c0s, c1s, lds = np.linspace(-1, 6, 15), np.linspace(0, 10, 21), np.linspace(-1.5, 1.5, 13)
-    g = np.stack([a.ravel() for a in np.meshgrid(c0s, c1s, lds, np.asarray(f1s, float),
-                                                 indexing="ij")], axis=-1)
+    g = np.stack(
+        [a.ravel() for a in np.meshgrid(c0s, c1s, lds, np.asarray(f1s, float), indexing="ij")], axis=-1
+    )
     lt, r = np.exp(x["log_lt"]), np.exp(x["log_r"])
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         u = (x["log_lt"][None, :] - x["log_ls"][None, :] - g[:, 2:3]) / g[:, 3:4]
@@ -271,8 +341,9 @@ def _full_from_grid(row, sup_fit):
     return np.array([c0, c1, log_d1, math.log(f1), a, b, al, be, g])
 
 
-def fit_distillation_arrays(n, d, lt, loss, sup_fit, form="full", kind="huber", delta=1e-3,
-                            starts=None, top_k=None) -> dict:
+def fit_distillation_arrays(
+    n, d, lt, loss, sup_fit, form="full", kind="huber", delta=1e-3, starts=None, top_k=None
+) -> dict:
     """Fit the distillation law to arrays of students.
 
     Args:
@@ -308,17 +379,25 @@ def fit_distillation_arrays(n, d, lt, loss, sup_fit, form="full", kind="huber", 
     if best is None or best.fun >= 1e299:
         raise ValueError("distillation law: no start reached a finite objective")
     grad = float(np.max(np.abs(best.jac)))
-    return {"form": form, "params": fm.from_internal(best.x), "internal": [float(v) for v in best.x],
-            "objective": float(best.fun), "converged": bool(best.success) or grad < 1e-8,
-            "grad_norm": grad, "message": str(best.message), "n_points": int(n.size),
-            "at_bounds": at_bounds(fm, best.x),
-            "n_starts": len(cands)}
+    return {
+        "form": form,
+        "params": fm.from_internal(best.x),
+        "internal": [float(v) for v in best.x],
+        "objective": float(best.fun),
+        "converged": bool(best.success) or grad < 1e-8,
+        "grad_norm": grad,
+        "message": str(best.message),
+        "n_points": int(n.size),
+        "at_bounds": at_bounds(fm, best.x),
+        "n_starts": len(cands),
+    }
 
 
 def predict_distillation(dfit: dict, n, d, lt) -> np.ndarray:
     """Predicted student loss from a distillation fit.json for `N_S, D_S, L_T` (broadcast)."""
     n, d, lt = np.broadcast_arrays(*(np.asarray(v, float) for v in (n, d, lt)))
     fm = DistillationForm(dfit["form"])
-    x = _features(n.ravel(), d.ravel(), lt.ravel(), supervised_terms(dfit["supervised"],
-                                                                       n.ravel(), d.ravel()))
+    x = _features(
+        n.ravel(), d.ravel(), lt.ravel(), supervised_terms(dfit["supervised"], n.ravel(), d.ravel())
+    )
     return fm.predict(dfit["params"], x).reshape(n.shape)

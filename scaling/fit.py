@@ -31,15 +31,36 @@ import numpy as np
 from .intervals import bound_flags, interval_summary
 from .laws import get_law
 from .logs import ScalingDataError
-from .optimize import (LOSSES, _lbfgs, grid_starts, objective, robust_loss,
-                       single_thread_blas, vp_starts)
+from .optimize import LOSSES, _lbfgs, grid_starts, objective, robust_loss, single_thread_blas, vp_starts
 
-__all__ = ["LOSSES", "robust_loss", "objective", "vp_starts", "grid_starts", "fit_arrays",
-           "check_fit_data", "bootstrap", "fit_runs", "save_fit", "load_fit"]
+__all__ = [
+    "LOSSES",
+    "robust_loss",
+    "objective",
+    "vp_starts",
+    "grid_starts",
+    "fit_arrays",
+    "check_fit_data",
+    "bootstrap",
+    "fit_runs",
+    "save_fit",
+    "load_fit",
+]
 
 
-def fit_arrays(n, d, loss, law="chinchilla", method="vp", kind="huber", delta=1e-3,
-               starts=None, top_k=4, grid_points=None, progress=False) -> dict:
+def fit_arrays(
+    n,
+    d,
+    loss,
+    law="chinchilla",
+    method="vp",
+    kind="huber",
+    delta=1e-3,
+    starts=None,
+    top_k=4,
+    grid_points=None,
+    progress=False,
+) -> dict:
     """Fit a law to arrays; returns the core of a fit.json dictionary (see `fit_runs`).
 
     Args:
@@ -59,8 +80,7 @@ def fit_arrays(n, d, loss, law="chinchilla", method="vp", kind="huber", delta=1e
         n_starts, method, loss, delta, seconds`.
     """
     with single_thread_blas():
-        return _fit_arrays(n, d, loss, law, method, kind, delta, starts, top_k, grid_points,
-                           progress)
+        return _fit_arrays(n, d, loss, law, method, kind, delta, starts, top_k, grid_points, progress)
 
 
 def _fit_arrays(n, d, loss, law, method, kind, delta, starts, top_k, grid_points, progress):
@@ -81,6 +101,7 @@ def _fit_arrays(n, d, loss, law, method, kind, delta, starts, top_k, grid_points
     it = cands
     if progress and len(cands) > 20:
         from tqdm.auto import tqdm
+
         it = tqdm(cands, desc=f"L-BFGS ({method})", unit="start", leave=False)
     tight = method == "vp"  # the grid runs scipy's default tolerances, then polishes the best
     for th in it:
@@ -131,14 +152,17 @@ def check_fit_data(law: str, n, d, loss, sources=None):
             raise ScalingDataError(f"{where}: {name} must be finite and > 0, got {arr[i]!r}")
     need = len(lw.param_names) + 1
     if n.size < need:
-        raise ScalingDataError(f"law {law!r} has {len(lw.param_names)} parameters and needs at "
-                               f"least {need} points; got {n.size}")
+        raise ScalingDataError(
+            f"law {law!r} has {len(lw.param_names)} parameters and needs at least {need} points; got {n.size}"
+        )
     if lw.uses_tokens:
         for name, arr in (("parameter count N", n), ("token count D", cols["tokens (D)"])):
             if np.unique(arr).size < 2:
-                raise ScalingDataError(f"law {law!r} is a function of N and D but all points "
-                                       f"share a single {name} ({arr[0]:.4g}); it cannot be "
-                                       "identified. Add runs of other sizes or fit --law power.")
+                raise ScalingDataError(
+                    f"law {law!r} is a function of N and D but all points "
+                    f"share a single {name} ({arr[0]:.4g}); it cannot be "
+                    "identified. Add runs of other sizes or fit --law power."
+                )
     elif np.unique(n).size < 2:
         raise ScalingDataError(f"all points share a single parameter count N ({n[0]:.4g})")
 
@@ -157,8 +181,9 @@ def _refit(law, n, d, loss, kind, delta, theta0, grid_points):
     """A refit's internal vector; `None` when it failed, `False` when it did not converge."""
     try:
         check_fit_data(law, n, d, loss)
-        res = fit_arrays(n, d, loss, law, kind=kind, delta=delta, starts=[theta0], top_k=2,
-                         grid_points=grid_points)
+        res = fit_arrays(
+            n, d, loss, law, kind=kind, delta=delta, starts=[theta0], top_k=2, grid_points=grid_points
+        )
     except (ScalingDataError, ValueError, FloatingPointError):
         return None
     return res["internal"] if res["converged"] else False
@@ -174,8 +199,21 @@ def _mp_context():
     return multiprocessing.get_context("fork" if safe else "spawn")
 
 
-def bootstrap(n, d, loss, law="chinchilla", n_boot=1000, seed=0, jobs=None, groups=None,
-              kind="huber", delta=1e-3, theta0=None, grid_points=21, progress=False) -> dict:
+def bootstrap(
+    n,
+    d,
+    loss,
+    law="chinchilla",
+    n_boot=1000,
+    seed=0,
+    jobs=None,
+    groups=None,
+    kind="huber",
+    delta=1e-3,
+    theta0=None,
+    grid_points=21,
+    progress=False,
+) -> dict:
     """Non-parametric bootstrap of a fit: resample, refit, collect parameters.
 
     Points are resampled with replacement; when `groups` is given (e.g. the run of each
@@ -211,27 +249,31 @@ def bootstrap(n, d, loss, law="chinchilla", n_boot=1000, seed=0, jobs=None, grou
     else:
         labels = np.unique(np.asarray(groups, dtype=str), return_inverse=True)[1]
         members = [np.flatnonzero(labels == g) for g in range(labels.max() + 1)]
-        idx = [np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-               for _ in range(n_boot)]
+        idx = [
+            np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+            for _ in range(n_boot)
+        ]
     if theta0 is None:
         theta0 = np.array(fit_arrays(n, d, loss, law, kind=kind, delta=delta)["internal"])
     if not jobs:
         jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     size = max(1, min(25, -(-n_boot // max(1, jobs * 4))))
-    chunks = [(lw.name, n, d, loss, idx[s:s + size], kind, delta, theta0, grid_points)
-              for s in range(0, n_boot, size)]
+    chunks = [
+        (lw.name, n, d, loss, idx[s : s + size], kind, delta, theta0, grid_points)
+        for s in range(0, n_boot, size)
+    ]
     results = [None] * len(chunks)
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=n_boot, desc="bootstrap", unit="fit", leave=False)
     if jobs <= 1:
         for i, ch in enumerate(chunks):
             results[i] = _bootstrap_chunk(ch)
             bar and bar.update(len(ch[4]))
     else:
-        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                 "MKL_NUM_THREADS")}
+        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
         os.environ.update({k: "1" for k in saved})  # one BLAS thread per worker
         try:
             with ProcessPoolExecutor(jobs, mp_context=_mp_context()) as pool:
@@ -249,8 +291,13 @@ def bootstrap(n, d, loss, law="chinchilla", n_boot=1000, seed=0, jobs=None, grou
         if th is not None and th is not False:
             p = lw.from_internal(th)
             samples[i] = [p[k] for k in lw.param_names]
-    return {"samples": samples, "n_failed": int(np.isnan(samples[:, 0]).sum()),
-            "n_not_converged": sum(th is False for th in thetas), "seed": seed, "n": n_boot}
+    return {
+        "samples": samples,
+        "n_failed": int(np.isnan(samples[:, 0]).sum()),
+        "n_not_converged": sum(th is False for th in thetas),
+        "seed": seed,
+        "n": n_boot,
+    }
 
 
 # ------------------------------------------------------------------ runs to fit.json
@@ -262,16 +309,35 @@ def _holdout(lw, params, arrays, test):
     rows = []
     for j, i in enumerate(np.flatnonzero(test)):
         err = 100.0 * (pred[j] - arrays["loss"][i]) / arrays["loss"][i]
-        rows.append({"source": arrays["source"][i], "params": arrays["params"][i],
-                     "tokens": arrays["tokens"][i], "flops": arrays["flops"][i],
-                     "loss": arrays["loss"][i], "predicted": float(pred[j]),
-                     "error_pct": float(err)})
+        rows.append(
+            {
+                "source": arrays["source"][i],
+                "params": arrays["params"][i],
+                "tokens": arrays["tokens"][i],
+                "flops": arrays["flops"][i],
+                "loss": arrays["loss"][i],
+                "predicted": float(pred[j]),
+                "error_pct": float(err),
+            }
+        )
     return rows
 
 
-def fit_runs(points, law="chinchilla", method="vp", loss="huber", delta=1e-3, n_bootstrap=0,
-             seed=0, jobs=None, holdout_above=None, budgets=None, drop_highest=0,
-             level=0.95, progress=False) -> dict:
+def fit_runs(
+    points,
+    law="chinchilla",
+    method="vp",
+    loss="huber",
+    delta=1e-3,
+    n_bootstrap=0,
+    seed=0,
+    jobs=None,
+    holdout_above=None,
+    budgets=None,
+    drop_highest=0,
+    level=0.95,
+    progress=False,
+) -> dict:
     """Fit a law to runs and return the self-contained fit.json dictionary.
 
     Args:
@@ -310,44 +376,82 @@ def fit_runs(points, law="chinchilla", method="vp", loss="huber", delta=1e-3, n_
         test = use & (arrays["flops"] > holdout_above)
         use &= ~test
         if not test.any():
-            raise ScalingDataError(f"--holdout-above {holdout_above:.3g}: no run has more "
-                                   f"compute (largest: {arrays['flops'].max():.3g} FLOPs)")
+            raise ScalingDataError(
+                f"--holdout-above {holdout_above:.3g}: no run has more "
+                f"compute (largest: {arrays['flops'].max():.3g} FLOPs)"
+            )
     n, d, y = arrays["params"][use], arrays["tokens"][use], arrays["loss"][use]
     check_fit_data(law, n, d, y, [s for s, u in zip(arrays["source"], use) if u])
     res = fit_arrays(n, d, y, law, method, loss, delta, progress=progress)
     res["at_bound"] = bound_flags(lw, res["internal"], np.log(n), np.log(d))
-    budgets = list(budgets) if budgets else [float(f"{arrays['flops'][use].max() * m:.2g}")
-                                             for m in (1, 10, 100)]
+    budgets = (
+        list(budgets) if budgets else [float(f"{arrays['flops'][use].max() * m:.2g}") for m in (1, 10, 100)]
+    )
     derived = derived_quantities(law, res["params"], budgets)
-    out = {"version": FIT_VERSION, "law": lw.name, "formula": lw.formula, **res,
-           "param_count": param_count_of(points),
-           "budgets": budgets, "derived": derived,
-           "data": {"params": arrays["params"].tolist(), "tokens": arrays["tokens"].tolist(),
-                    "loss": arrays["loss"].tolist(), "flops": arrays["flops"].tolist(),
-                    "run": arrays["run"], "used": use.tolist(), "holdout": test.tolist()}}
+    out = {
+        "version": FIT_VERSION,
+        "law": lw.name,
+        "formula": lw.formula,
+        **res,
+        "param_count": param_count_of(points),
+        "budgets": budgets,
+        "derived": derived,
+        "data": {
+            "params": arrays["params"].tolist(),
+            "tokens": arrays["tokens"].tolist(),
+            "loss": arrays["loss"].tolist(),
+            "flops": arrays["flops"].tolist(),
+            "run": arrays["run"],
+            "used": use.tolist(),
+            "holdout": test.tolist(),
+        },
+    }
     if n_bootstrap:
         runs = np.asarray(arrays["run"], dtype=object)[use]
         groups = runs if len(set(runs)) < len(runs) else None
-        boot = bootstrap(n, d, y, law, n_bootstrap, seed, jobs, groups, loss, delta,
-                         np.array(res["internal"]), progress=progress)
+        boot = bootstrap(
+            n,
+            d,
+            y,
+            law,
+            n_bootstrap,
+            seed,
+            jobs,
+            groups,
+            loss,
+            delta,
+            np.array(res["internal"]),
+            progress=progress,
+        )
         ok = ~np.isnan(boot["samples"][:, 0])
         if ok.sum() < 2:
-            raise ScalingDataError(f"bootstrap: {boot['n_failed']} of {n_bootstrap} refits "
-                                   "failed; too few points to resample?")
-        honest = interval_summary(lw, boot["samples"], ok, res["params"], n, d, level,
-                                  lambda p: derived_quantities(law, p, budgets))
+            raise ScalingDataError(
+                f"bootstrap: {boot['n_failed']} of {n_bootstrap} refits failed; too few points to resample?"
+            )
+        honest = interval_summary(
+            lw, boot["samples"], ok, res["params"], n, d, level, lambda p: derived_quantities(law, p, budgets)
+        )
         out.update({k: honest[k] for k in ("ci", "ci_status", "ci_notes")})
-        out["bootstrap"] = {"n": n_bootstrap, "seed": seed, "n_failed": boot["n_failed"],
-                            "n_not_converged": boot["n_not_converged"], **honest["counts"],
-                            "level": level, "resampled": "runs" if groups is not None else
-                            "points", "param_names": list(lw.param_names),
-                            "samples": [[None if np.isnan(v) else float(v) for v in r]
-                                        for r in boot["samples"]]}
+        out["bootstrap"] = {
+            "n": n_bootstrap,
+            "seed": seed,
+            "n_failed": boot["n_failed"],
+            "n_not_converged": boot["n_not_converged"],
+            **honest["counts"],
+            "level": level,
+            "resampled": "runs" if groups is not None else "points",
+            "param_names": list(lw.param_names),
+            "samples": [[None if np.isnan(v) else float(v) for v in r] for r in boot["samples"]],
+        }
     if holdout_above is not None:
         rows = _holdout(lw, res["params"], arrays, test)
-        out["holdout"] = {"threshold_flops": float(holdout_above), "n_fit": int(use.sum()),
-                          "n_test": len(rows), "points": rows,
-                          "mape": float(np.mean([abs(r["error_pct"]) for r in rows]))}
+        out["holdout"] = {
+            "threshold_flops": float(holdout_above),
+            "n_fit": int(use.sum()),
+            "n_test": len(rows),
+            "points": rows,
+            "mape": float(np.mean([abs(r["error_pct"]) for r in rows])),
+        }
     out["budget_keys"] = [budget_key(c) for c in budgets]
     return out
 

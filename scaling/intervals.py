@@ -26,9 +26,18 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["EDGE_TOLERANCE", "VANISHED", "PARTNERS", "bound_hits", "bound_flags",
-           "affected_parameters", "percentile_intervals", "bootstrap_lines",
-           "interval_summary", "format_interval"]
+__all__ = [
+    "EDGE_TOLERANCE",
+    "VANISHED",
+    "PARTNERS",
+    "bound_hits",
+    "bound_flags",
+    "affected_parameters",
+    "percentile_intervals",
+    "bootstrap_lines",
+    "interval_summary",
+    "format_interval",
+]
 
 EDGE_TOLERANCE = 1e-3  # share of an exponent's search range that counts as its edge
 VANISHED = 1e-6  # a term whose weight in the predicted log-loss stays below this has vanished
@@ -43,8 +52,7 @@ def bound_hits(law, theta, log_n, log_d) -> list:
     "vanished" | "not finite")` pairs (empty when it is inside)."""
     theta = np.asarray(theta, float)
     if not np.all(np.isfinite(theta)):
-        return [(name, "not finite") for name, v in zip(law.internal_names, theta)
-                if not np.isfinite(v)]
+        return [(name, "not finite") for name, v in zip(law.internal_names, theta) if not np.isfinite(v)]
     hits = []
     for name, (lo, hi) in zip(law.exponent_names, law.exponent_ranges):
         if name not in law.internal_names:
@@ -104,8 +112,11 @@ def affected_parameters(law, hits, dependence) -> set:
     each internal parameter at a bound, and of the coefficient paired with an exponent at the
     edge of its range (`PARTNERS`)."""
     internal = {name for name, _ in hits}
-    internal |= {PARTNERS[name] for name, kind in hits
-                 if kind in ("top", "bottom") and PARTNERS.get(name) in law.internal_names}
+    internal |= {
+        PARTNERS[name]
+        for name, kind in hits
+        if kind in ("top", "bottom") and PARTNERS.get(name) in law.internal_names
+    }
     return set().union(*(dependence[name] for name in internal)) if internal else set()
 
 
@@ -152,22 +163,27 @@ def percentile_intervals(names, values, estimates, at_bound, level: float = 0.95
         inside = (lo is None or lo <= est) and (hi is None or est <= hi)
         if not inside:
             status = "excludes_estimate"
-            note = (f"the estimate {est:.4g} lies outside the central {100 * level:g}% of the "
-                    "converged refits: the bootstrap distribution is biased (few runs, or a "
-                    "skewed parameter), so read the interval as the refits' spread, not as a "
-                    "confidence interval around the estimate")
+            note = (
+                f"the estimate {est:.4g} lies outside the central {100 * level:g}% of the "
+                "converged refits: the bootstrap distribution is biased (few runs, or a "
+                "skewed parameter), so read the interval as the refits' spread, not as a "
+                "confidence interval around the estimate"
+            )
         elif open_sides:
             status = "unbounded"
-            note = (f"unbounded {' and '.join(open_sides)}: more than {q:g}% of the refits on "
-                    "that side ended at an optimiser bound (see bootstrap.at_bound)")
+            note = (
+                f"unbounded {' and '.join(open_sides)}: more than {q:g}% of the refits on "
+                "that side ended at an optimiser bound (see bootstrap.at_bound)"
+            )
         else:
             status, note = "ok", None
         out[name] = {"interval": [lo, hi], "status": status, "note": note}
     return out
 
 
-def interval_summary(law, samples, converged, estimate, data_n, data_d, level: float = 0.95,
-                     derived=None) -> dict:
+def interval_summary(
+    law, samples, converged, estimate, data_n, data_d, level: float = 0.95, derived=None
+) -> dict:
     """Intervals and refit counts of a bootstrap, for fit.json.
 
     Args:
@@ -204,19 +220,23 @@ def interval_summary(law, samples, converged, estimate, data_n, data_d, level: f
         names += extra
         est += [est_derived[k] for k in extra]
         per_refit = [derived(dict(zip(law.param_names, r))) for r in rows]
-        values = np.column_stack([rows, np.array([[d[k] for k in extra] for d in per_refit],
-                                                 float).reshape(len(rows), len(extra))])
+        values = np.column_stack(
+            [rows, np.array([[d[k] for k in extra] for d in per_refit], float).reshape(len(rows), len(extra))]
+        )
         # a derived quantity depends on every parameter: any bound makes it an artefact
-        pinned = np.column_stack([pinned, np.repeat(pinned.any(axis=1, keepdims=True),
-                                                    len(extra), axis=1)])
+        pinned = np.column_stack([pinned, np.repeat(pinned.any(axis=1, keepdims=True), len(extra), axis=1)])
     result = percentile_intervals(names, values, est, pinned, level)
-    return {"ci": {k: r["interval"] for k, r in result.items()},
-            "ci_status": {k: r["status"] for k, r in result.items()},
-            "ci_notes": {k: r["note"] for k, r in result.items() if r["note"]},
-            "counts": {"n_converged": int(usable.sum()),
-                       "n_failed": int((~usable).sum()),
-                       "n_at_bound": sum(bool(h) for h in hits),
-                       "at_bound": dict(Counter(_describe(law, x) for h in hits for x in set(h)))}}
+    return {
+        "ci": {k: r["interval"] for k, r in result.items()},
+        "ci_status": {k: r["status"] for k, r in result.items()},
+        "ci_notes": {k: r["note"] for k, r in result.items() if r["note"]},
+        "counts": {
+            "n_converged": int(usable.sum()),
+            "n_failed": int((~usable).sum()),
+            "n_at_bound": sum(bool(h) for h in hits),
+            "at_bound": dict(Counter(_describe(law, x) for h in hits for x in set(h))),
+        },
+    }
 
 
 def format_interval(fit: dict, name: str, digits: int = 5) -> str:
@@ -237,17 +257,25 @@ def bootstrap_lines(fit: dict) -> list:
     nothing to say): how many refits failed or hit a bound, and why."""
     lines = []
     if fit.get("at_bound"):
-        lines.append("warning: the fit itself is at an optimiser bound (" + "; ".join(
-            fit["at_bound"]) + "): the data do not determine those parameters")
+        lines.append(
+            "warning: the fit itself is at an optimiser bound ("
+            + "; ".join(fit["at_bound"])
+            + "): the data do not determine those parameters"
+        )
     boot = fit.get("bootstrap")
     if boot and "n_converged" in boot:
         inside = boot["n_converged"] - boot["n_at_bound"]
-        text = (f"bootstrap: {boot['n']} refits, {inside} converged inside the search ranges, "
-                f"{boot['n_at_bound']} at a bound, {boot['n_failed']} failed or not converged "
-                "(left out)")
+        text = (
+            f"bootstrap: {boot['n']} refits, {inside} converged inside the search ranges, "
+            f"{boot['n_at_bound']} at a bound, {boot['n_failed']} failed or not converged "
+            "(left out)"
+        )
         if boot["at_bound"]:
             text += "; bounds: " + "; ".join(f"{k} ({v})" for k, v in boot["at_bound"].items())
         lines.append(text)
-    lines += [f"{k}: {note}" for k, note in (fit.get("ci_notes") or {}).items()
-              if (fit.get("ci_status") or {}).get(k) == "excludes_estimate"]
+    lines += [
+        f"{k}: {note}"
+        for k, note in (fit.get("ci_notes") or {}).items()
+        if (fit.get("ci_status") or {}).get(k) == "excludes_estimate"
+    ]
     return lines

@@ -14,10 +14,8 @@ trains each rung with `distill train`.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from .params import count_parameters, flops_per_token
@@ -63,8 +61,12 @@ class LadderSpec:
 
 
 _FIELD_NAMES = {
-    "gpt2": {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head",
-             "intermediate_size": "n_inner"},
+    "gpt2": {
+        "hidden_size": "n_embd",
+        "num_hidden_layers": "n_layer",
+        "num_attention_heads": "n_head",
+        "intermediate_size": "n_inner",
+    },
 }
 
 
@@ -74,8 +76,12 @@ def rung_config(spec: LadderSpec, width: int, vocab_size: Optional[int] = None) 
     heads = max(1, width // spec.head_dim)
     d_ff = int(math.ceil(spec.mlp_ratio * width / 32) * 32)
     config = dict(spec.base_config)
-    shape = {"hidden_size": width, "num_hidden_layers": depth, "num_attention_heads": heads,
-             "intermediate_size": d_ff}
+    shape = {
+        "hidden_size": width,
+        "num_hidden_layers": depth,
+        "num_attention_heads": heads,
+        "intermediate_size": d_ff,
+    }
     if "num_key_value_heads" in config or config["model_type"] in ("llama", "mistral", "qwen2", "olmo"):
         shape["num_key_value_heads"] = heads
     names = _FIELD_NAMES.get(config["model_type"], {})
@@ -145,20 +151,33 @@ def plan_ladder(
                 )
             d_real = steps * tokens_per_step
             name = f"w{width}" if budget is None else f"w{width}_C{budget:.2e}"
-            plans.append(RunPlan(
-                name=name, width=int(width), config=config, params=counts["total"], non_embedding_params=n,
-                tokens=d_real, steps=steps, flops_6nd=6.0 * n * d_real,
-                flops=flops_per_token(config, seq_len) * d_real, budget=budget,
-            ))
+            plans.append(
+                RunPlan(
+                    name=name,
+                    width=int(width),
+                    config=config,
+                    params=counts["total"],
+                    non_embedding_params=n,
+                    tokens=d_real,
+                    steps=steps,
+                    flops_6nd=6.0 * n * d_real,
+                    flops=flops_per_token(config, seq_len) * d_real,
+                    budget=budget,
+                )
+            )
     return plans
 
 
 def format_plan(plans: Sequence[RunPlan]) -> str:
     """The run plan as a Markdown table."""
-    lines = ["| run | width | layers | params | non-embedding | tokens | steps | FLOPs (6ND) | FLOPs (exact) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | width | layers | params | non-embedding | tokens | steps | FLOPs (6ND) | FLOPs (exact) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for p in plans:
         layers = p.config.get("num_hidden_layers", p.config.get("n_layer"))
-        lines.append(f"| {p.name} | {p.width} | {layers} | {p.params:,} | {p.non_embedding_params:,} | "
-                     f"{p.tokens:,} | {p.steps} | {p.flops_6nd:.3g} | {p.flops:.3g} |")
+        lines.append(
+            f"| {p.name} | {p.width} | {layers} | {p.params:,} | {p.non_embedding_params:,} | "
+            f"{p.tokens:,} | {p.steps} | {p.flops_6nd:.3g} | {p.flops:.3g} |"
+        )
     return "\n".join(lines)

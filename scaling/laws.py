@@ -96,8 +96,9 @@ class Law:
         if self.name == "power":
             return np.array([math.log(p["A"]), math.log(max(p["E"], 1e-300)), p["alpha"]])
         if self.name == "chinchilla":
-            return np.array([math.log(p["A"]), math.log(p["B"]), math.log(max(p["E"], 1e-300)),
-                             p["alpha"], p["beta"]])
+            return np.array(
+                [math.log(p["A"]), math.log(p["B"]), math.log(max(p["E"], 1e-300)), p["alpha"], p["beta"]]
+            )
         ratio = p["alpha_N"] / p["alpha_D"]
         return np.array([math.log(p["N_c"]), math.log(p["D_c"]), ratio, p["alpha_D"]])
 
@@ -107,10 +108,14 @@ class Law:
         if self.name == "power":
             return {"E": math.exp(t[1]), "A": math.exp(t[0]), "alpha": t[2]}
         if self.name == "chinchilla":
-            return {"E": math.exp(t[2]), "A": math.exp(t[0]), "B": math.exp(t[1]),
-                    "alpha": t[3], "beta": t[4]}
-        return {"N_c": math.exp(t[0]), "D_c": math.exp(t[1]),
-                "alpha_N": t[2] * t[3], "alpha_D": t[3]}
+            return {
+                "E": math.exp(t[2]),
+                "A": math.exp(t[0]),
+                "B": math.exp(t[1]),
+                "alpha": t[3],
+                "beta": t[4],
+            }
+        return {"N_c": math.exp(t[0]), "D_c": math.exp(t[1]), "alpha_N": t[2] * t[3], "alpha_D": t[3]}
 
     def log_loss_and_jac(self, theta, log_n, log_d, jac: bool = True):
         """Predicted log-loss and its Jacobian with respect to the internal parameters.
@@ -137,16 +142,16 @@ class Law:
             f, w = _softmax_rows(z)
             if not jac:
                 return f, None
-            return f, np.stack([w[:, 0], w[:, 1], w[:, 2],
-                                -w[:, 0] * log_n, -w[:, 1] * log_d], axis=-1)
+            return f, np.stack([w[:, 0], w[:, 1], w[:, 2], -w[:, 0] * log_n, -w[:, 1] * log_d], axis=-1)
         lnc, ldc, ratio, alpha_d = t
         z = np.stack([ratio * (lnc - log_n), ldc - log_d], axis=-1)
         s, w = _softmax_rows(z)
         f = alpha_d * s
         if not jac:
             return f, None
-        return f, np.stack([alpha_d * w[:, 0] * ratio, alpha_d * w[:, 1],
-                            alpha_d * w[:, 0] * (lnc - log_n), s], axis=-1)
+        return f, np.stack(
+            [alpha_d * w[:, 0] * ratio, alpha_d * w[:, 1], alpha_d * w[:, 0] * (lnc - log_n), s], axis=-1
+        )
 
     # ------------------------------------------------------------- variable projection
     def linear_system(self, exps: np.ndarray, n, d, loss):
@@ -197,13 +202,27 @@ class ChinchillaGammaLaw(Law):
 
     def to_internal(self, params: dict) -> np.ndarray:
         p = {k: float(v) for k, v in params.items()}
-        return np.array([math.log(p["A"]), math.log(p["B"]), math.log(max(p["E"], 1e-300)),
-                         p["alpha"], p["beta"], p["gamma"]])
+        return np.array(
+            [
+                math.log(p["A"]),
+                math.log(p["B"]),
+                math.log(max(p["E"], 1e-300)),
+                p["alpha"],
+                p["beta"],
+                p["gamma"],
+            ]
+        )
 
     def from_internal(self, theta) -> dict:
         t = [float(x) for x in theta]
-        return {"E": math.exp(t[2]), "A": math.exp(t[0]), "B": math.exp(t[1]),
-                "alpha": t[3], "beta": t[4], "gamma": t[5]}
+        return {
+            "E": math.exp(t[2]),
+            "A": math.exp(t[0]),
+            "B": math.exp(t[1]),
+            "alpha": t[3],
+            "beta": t[4],
+            "gamma": t[5],
+        }
 
     def log_loss_and_jac(self, theta, log_n, log_d, jac: bool = True):
         a, b, e, alpha, beta, gamma = np.asarray(theta, dtype=float)
@@ -212,13 +231,15 @@ class ChinchillaGammaLaw(Law):
         if not jac:
             return f, None
         g = v[:, 1] * gamma
-        return f, np.stack([g * w[:, 0], g * w[:, 1], v[:, 0], -g * w[:, 0] * log_n,
-                            -g * w[:, 1] * log_d, v[:, 1] * s], axis=-1)
+        return f, np.stack(
+            [g * w[:, 0], g * w[:, 1], v[:, 0], -g * w[:, 0] * log_n, -g * w[:, 1] * log_d, v[:, 1] * s],
+            axis=-1,
+        )
 
     def linear_system(self, exps: np.ndarray, n, d, loss):
-        alpha, beta, gamma, rho = (exps[:, i:i + 1] for i in range(4))
+        alpha, beta, gamma, rho = (exps[:, i : i + 1] for i in range(4))
         inner = n[None, :] ** -alpha + np.exp(rho) * d[None, :] ** -beta
-        x = np.stack([np.ones((exps.shape[0], n.size)), inner ** gamma], axis=-1)
+        x = np.stack([np.ones((exps.shape[0], n.size)), inner**gamma], axis=-1)
         return x, np.broadcast_to(loss, (exps.shape[0], n.size))
 
     def internal_from_linear(self, exps, coef) -> np.ndarray:
@@ -229,20 +250,43 @@ class ChinchillaGammaLaw(Law):
 
 
 LAWS = {
-    "power": Law("power", ("E", "A", "alpha"), ("a", "e", "alpha"), ("alpha",),
-                 ((0.01, 2.5),), False, "L(N) = E + A * N^-alpha"),
-    "chinchilla": Law("chinchilla", ("E", "A", "B", "alpha", "beta"),
-                      ("a", "b", "e", "alpha", "beta"), ("alpha", "beta"),
-                      ((0.01, 2.5), (0.01, 2.5)), True, "L(N, D) = E + A / N^alpha + B / D^beta"),
-    "kaplan": Law("kaplan", ("N_c", "D_c", "alpha_N", "alpha_D"),
-                  ("log_N_c", "log_D_c", "alpha_N_over_alpha_D", "alpha_D"),
-                  ("alpha_N_over_alpha_D", "alpha_D"), ((0.05, 4.0), (0.01, 1.5)), True,
-                  "L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D"),
+    "power": Law(
+        "power",
+        ("E", "A", "alpha"),
+        ("a", "e", "alpha"),
+        ("alpha",),
+        ((0.01, 2.5),),
+        False,
+        "L(N) = E + A * N^-alpha",
+    ),
+    "chinchilla": Law(
+        "chinchilla",
+        ("E", "A", "B", "alpha", "beta"),
+        ("a", "b", "e", "alpha", "beta"),
+        ("alpha", "beta"),
+        ((0.01, 2.5), (0.01, 2.5)),
+        True,
+        "L(N, D) = E + A / N^alpha + B / D^beta",
+    ),
+    "kaplan": Law(
+        "kaplan",
+        ("N_c", "D_c", "alpha_N", "alpha_D"),
+        ("log_N_c", "log_D_c", "alpha_N_over_alpha_D", "alpha_D"),
+        ("alpha_N_over_alpha_D", "alpha_D"),
+        ((0.05, 4.0), (0.01, 1.5)),
+        True,
+        "L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D",
+    ),
     "chinchilla_gamma": ChinchillaGammaLaw(
-        "chinchilla_gamma", ("E", "A", "B", "alpha", "beta", "gamma"),
-        ("a", "b", "e", "alpha", "beta", "gamma"), ("alpha", "beta", "gamma", "rho"),
-        ((0.02, 2.0), (0.02, 2.0), (0.1, 2.0), (-12.0, 20.0)), True,
-        "L(N, D) = E + (A / N^alpha + B / D^beta)^gamma", grid_points=13),
+        "chinchilla_gamma",
+        ("E", "A", "B", "alpha", "beta", "gamma"),
+        ("a", "b", "e", "alpha", "beta", "gamma"),
+        ("alpha", "beta", "gamma", "rho"),
+        ((0.02, 2.0), (0.02, 2.0), (0.1, 2.0), (-12.0, 20.0)),
+        True,
+        "L(N, D) = E + (A / N^alpha + B / D^beta)^gamma",
+        grid_points=13,
+    ),
 }
 
 

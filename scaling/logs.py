@@ -28,8 +28,18 @@ from pathlib import Path
 
 from .atomic import atomic_path, write_text_atomic
 
-__all__ = ["RUN_PARAM_COUNT", "ScalingDataError", "RunPoint", "parse_columns", "read_table", "read_run_dir",
-           "load_runs", "param_count_of", "to_arrays", "write_table"]
+__all__ = [
+    "RUN_PARAM_COUNT",
+    "ScalingDataError",
+    "RunPoint",
+    "parse_columns",
+    "read_table",
+    "read_run_dir",
+    "load_runs",
+    "param_count_of",
+    "to_arrays",
+    "write_table",
+]
 
 CANONICAL = ("params", "tokens", "loss", "flops", "run", "step")
 RUN_FILES = ("trainer_state.json", "all_results.json")
@@ -83,8 +93,13 @@ class RunPoint:
 
 def _check_positive(where: str, **values):
     for name, v in values.items():
-        if v is None or not isinstance(v, (int, float)) or isinstance(v, bool) \
-                or not math.isfinite(v) or v <= 0:
+        if (
+            v is None
+            or not isinstance(v, (int, float))
+            or isinstance(v, bool)
+            or not math.isfinite(v)
+            or v <= 0
+        ):
             raise ScalingDataError(f"{where}: {name} must be a finite number > 0, got {v!r}")
 
 
@@ -127,8 +142,10 @@ def _table_rows(path: Path):
         if isinstance(obj, dict):  # columns of equal length
             lengths = {len(v) for v in obj.values() if isinstance(v, list)}
             if len(lengths) != 1:
-                raise ScalingDataError(f"{path}: a JSON table must be a list of records or a "
-                                       "mapping of equal-length column lists")
+                raise ScalingDataError(
+                    f"{path}: a JSON table must be a list of records or a "
+                    "mapping of equal-length column lists"
+                )
             obj = [dict(zip(obj, vals)) for vals in zip(*obj.values())]
         if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
             raise ScalingDataError(f"{path}: a JSON table must be a list of records")
@@ -174,8 +191,10 @@ def read_table(path, columns=None, param_count: str = "total") -> list:
     if col["tokens"] not in available and col["flops"] not in available:
         missing.append(f"tokens or flops (columns {col['tokens']!r} / {col['flops']!r})")
     if missing:
-        raise ScalingDataError(f"{path}: missing columns {missing}; the table has {available}. "
-                               "Rename with --columns, e.g. params=\"Model Size\"")
+        raise ScalingDataError(
+            f"{path}: missing columns {missing}; the table has {available}. "
+            'Rename with --columns, e.g. params="Model Size"'
+        )
     if not rows:
         raise ScalingDataError(f"{path}: the table has no rows")
     points = []
@@ -198,13 +217,25 @@ def read_table(path, columns=None, param_count: str = "total") -> list:
         flops = _number(where, "flops", row[col["flops"]]) if has_flops else 6.0 * n * tokens
         _check_positive(where, flops=flops)
         step = row.get(col["step"])
-        points.append(RunPoint(
-            params=n, tokens=tokens, loss=loss, flops=flops, flops_6nd=6.0 * n * tokens,
-            source=where, run=str(row.get(col["run"], "") or ""), param_count=param_count,
-            step=int(float(step)) if step not in (None, "") else None, kind="table",
-            notes={"params": f"column {col['params']!r}", "tokens": note,
-                   "flops": f"column {col['flops']!r}" if has_flops else "6 * params * tokens"},
-        ))
+        points.append(
+            RunPoint(
+                params=n,
+                tokens=tokens,
+                loss=loss,
+                flops=flops,
+                flops_6nd=6.0 * n * tokens,
+                source=where,
+                run=str(row.get(col["run"], "") or ""),
+                param_count=param_count,
+                step=int(float(step)) if step not in (None, "") else None,
+                kind="table",
+                notes={
+                    "params": f"column {col['params']!r}",
+                    "tokens": note,
+                    "flops": f"column {col['flops']!r}" if has_flops else "6 * params * tokens",
+                },
+            )
+        )
     return points
 
 
@@ -220,9 +251,10 @@ def _state_file(run_dir: Path):
     state = run_dir / "trainer_state.json"
     if state.is_file():
         return state
-    ckpts = sorted(run_dir.glob("checkpoint-*/trainer_state.json"),
-                   key=lambda p: int(p.parent.name.split("-")[-1]) if
-                   p.parent.name.split("-")[-1].isdigit() else -1)
+    ckpts = sorted(
+        run_dir.glob("checkpoint-*/trainer_state.json"),
+        key=lambda p: int(p.parent.name.split("-")[-1]) if p.parent.name.split("-")[-1].isdigit() else -1,
+    )
     return ckpts[-1] if ckpts else None
 
 
@@ -230,8 +262,10 @@ def _param_counts(run_dir: Path, results: dict):
     """(total, non_embedding, notes) from all_results.json, else config.json."""
     total = results.get("student_params") or None
     non_emb = results.get("student_non_embedding_params") or None
-    notes = {"total": "all_results.student_params" if total else None,
-             "non_embedding": "all_results.student_non_embedding_params" if non_emb else None}
+    notes = {
+        "total": "all_results.student_params" if total else None,
+        "non_embedding": "all_results.student_non_embedding_params" if non_emb else None,
+    }
     config = run_dir / "config.json"
     if (total is None or non_emb is None) and config.is_file():
         from .params import count_parameters
@@ -240,8 +274,7 @@ def _param_counts(run_dir: Path, results: dict):
         if total is None:
             total, notes["total"] = counts["total"], "config.json (meta-device count)"
         if non_emb is None:
-            non_emb, notes["non_embedding"] = counts["non_embedding"], \
-                "config.json (meta-device count)"
+            non_emb, notes["non_embedding"] = counts["non_embedding"], "config.json (meta-device count)"
     return total, non_emb, notes
 
 
@@ -261,10 +294,13 @@ def _tokens_at(step, entry, results, state, final, seq_len, global_batch):
     batch = global_batch or results.get("global_batch_size")
     seq = seq_len or results.get("block_size")
     if batch and seq and step:
-        return float(step * batch * seq), (f"steps ({step}) * global batch ({batch}) * "
-                                           f"sequence length ({seq})")
-    return None, ("no num_input_tokens_seen, no all_results.train_tokens, and the global batch "
-                  "size or sequence length is unknown (pass --global-batch and --seq-len)")
+        return float(step * batch * seq), (
+            f"steps ({step}) * global batch ({batch}) * sequence length ({seq})"
+        )
+    return None, (
+        "no num_input_tokens_seen, no all_results.train_tokens, and the global batch "
+        "size or sequence length is unknown (pass --global-batch and --seq-len)"
+    )
 
 
 def _unique_evals(history: list, where) -> list:
@@ -287,17 +323,20 @@ def _unique_evals(history: list, where) -> list:
             by_step[("entry", len(by_step))] = entry
             continue
         earlier = by_step.pop(step, None)
-        if earlier is not None and not math.isclose(earlier["eval_loss"], entry["eval_loss"],
-                                                    rel_tol=1e-6):
-            warnings.warn(f"{where}: step {step} was evaluated twice with different losses "
-                          f"({earlier['eval_loss']:.6g}, then {entry['eval_loss']:.6g}); "
-                          "keeping the last", stacklevel=3)
+        if earlier is not None and not math.isclose(earlier["eval_loss"], entry["eval_loss"], rel_tol=1e-6):
+            warnings.warn(
+                f"{where}: step {step} was evaluated twice with different losses "
+                f"({earlier['eval_loss']:.6g}, then {entry['eval_loss']:.6g}); "
+                "keeping the last",
+                stacklevel=3,
+            )
         by_step[step] = entry
     return list(by_step.values())
 
 
-def read_run_dir(path, points: str = "final", param_count: str = "total", seq_len=None,
-                 global_batch=None, _seen=None) -> list:
+def read_run_dir(
+    path, points: str = "final", param_count: str = "total", seq_len=None, global_batch=None, _seen=None
+) -> list:
     """Read one Trainer output directory (or a folder of them).
 
     Args:
@@ -326,19 +365,24 @@ def read_run_dir(path, points: str = "final", param_count: str = "total", seq_le
     state_path = _state_file(path)
     results_path = path / "all_results.json"
     if state_path is None and not results_path.is_file():
-        children = sorted(p for p in path.iterdir() if p.is_dir() and (
-            any((p / f).is_file() for f in RUN_FILES) or _state_file(p)))
+        children = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_dir() and (any((p / f).is_file() for f in RUN_FILES) or _state_file(p))
+        )
         if not children:
-            raise ScalingDataError(f"{path}: empty run directory: no trainer_state.json or "
-                                   "all_results.json here nor in any subdirectory")
-        return [pt for c in children for pt in read_run_dir(c, points, param_count, seq_len,
-                                                            global_batch, _seen)]
+            raise ScalingDataError(
+                f"{path}: empty run directory: no trainer_state.json or "
+                "all_results.json here nor in any subdirectory"
+            )
+        return [
+            pt for c in children for pt in read_run_dir(c, points, param_count, seq_len, global_batch, _seen)
+        ]
     if _seen is not None:
         if path.resolve() in _seen:
             import warnings
 
-            warnings.warn(f"{path}: this run directory was given more than once; counted once",
-                          stacklevel=2)
+            warnings.warn(f"{path}: this run directory was given more than once; counted once", stacklevel=2)
             return []
         _seen.add(path.resolve())
     state = _read_json(state_path) if state_path else {}
@@ -354,21 +398,28 @@ def read_run_dir(path, points: str = "final", param_count: str = "total", seq_le
         chosen = [(evals[-1].get("step"), evals[-1], evals[-1]["eval_loss"], "final")]
     else:
         where = " or ".join(str(p) for p in (state_path, results_path) if p and p.exists())
-        raise ScalingDataError(f"{where}: run has no eval loss (no 'eval_loss' in all_results."
-                               "json nor in trainer_state.json log_history); evaluate the run")
+        raise ScalingDataError(
+            f"{where}: run has no eval loss (no 'eval_loss' in all_results."
+            "json nor in trainer_state.json log_history); evaluate the run"
+        )
     total, non_emb, pnotes = _param_counts(path, results)
     if param_count is None:  # the default: non-embedding where it is known, said where not
         param_count = RUN_PARAM_COUNT if non_emb else "total"
         if not non_emb:
             import warnings
 
-            warnings.warn(f"{path}: the non-embedding parameter count is unknown (no config.json, "
-                          "no all_results.json student_non_embedding_params); N counts total "
-                          "parameters for this run", stacklevel=2)
+            warnings.warn(
+                f"{path}: the non-embedding parameter count is unknown (no config.json, "
+                "no all_results.json student_non_embedding_params); N counts total "
+                "parameters for this run",
+                stacklevel=2,
+            )
     n = total if param_count == "total" else non_emb
     if not n:
-        raise ScalingDataError(f"{path}: {param_count} parameter count unknown: no "
-                               "all_results.json student_params and no config.json")
+        raise ScalingDataError(
+            f"{path}: {param_count} parameter count unknown: no "
+            "all_results.json student_params and no config.json"
+        )
     teacher = float(results.get("teacher_params") or 0.0)
     seq = seq_len or results.get("block_size")
     fpt, fnote = None, "6 * params_total * tokens"
@@ -386,21 +437,36 @@ def read_run_dir(path, points: str = "final", param_count: str = "total", seq_le
             raise ScalingDataError(f"{where}: token count unknown: {tnote}")
         _check_positive(where, loss=float(loss), params=float(n), tokens=tokens)
         student = fpt * tokens if fpt else 6.0 * float(total or n) * tokens
-        out.append(RunPoint(
-            params=float(n), tokens=tokens, loss=float(loss),
-            flops=student + 2.0 * teacher * tokens, flops_6nd=6.0 * n * tokens, source=where,
-            run=path.name, param_count=param_count, params_total=total,
-            params_non_embedding=non_emb, teacher_params=teacher,
-            teacher_flops=2.0 * teacher * tokens, step=step, kind=kind,
-            notes={"params": pnotes[param_count], "tokens": tnote, "flops": fnote + (
-                " + 2 * teacher_params * tokens" if teacher else "")},
-        ))
+        out.append(
+            RunPoint(
+                params=float(n),
+                tokens=tokens,
+                loss=float(loss),
+                flops=student + 2.0 * teacher * tokens,
+                flops_6nd=6.0 * n * tokens,
+                source=where,
+                run=path.name,
+                param_count=param_count,
+                params_total=total,
+                params_non_embedding=non_emb,
+                teacher_params=teacher,
+                teacher_flops=2.0 * teacher * tokens,
+                step=step,
+                kind=kind,
+                notes={
+                    "params": pnotes[param_count],
+                    "tokens": tnote,
+                    "flops": fnote + (" + 2 * teacher_params * tokens" if teacher else ""),
+                },
+            )
+        )
     return out
 
 
 # -------------------------------------------------------------------------- loading
-def load_runs(inputs, columns=None, points="final", param_count=None, seq_len=None,
-              global_batch=None) -> list:
+def load_runs(
+    inputs, columns=None, points="final", param_count=None, seq_len=None, global_batch=None
+) -> list:
     """Read every input (run directory, sweep folder, CSV or JSON table) into one list.
 
     Args:
@@ -418,7 +484,7 @@ def load_runs(inputs, columns=None, points="final", param_count=None, seq_len=No
         `list[RunPoint]`.
     """
     out, seen = [], set()
-    for item in ([inputs] if isinstance(inputs, (str, Path)) else inputs):
+    for item in [inputs] if isinstance(inputs, (str, Path)) else inputs:
         p = Path(item)
         if p.is_dir():
             out += read_run_dir(p, points, param_count, seq_len, global_batch, seen)

@@ -18,9 +18,20 @@ import numpy as np
 from .laws import get_law
 from .logs import ScalingDataError
 
-__all__ = ["IsoFLOPWarning", "allocation", "compute_optimal", "compute_optimal_numeric",
-           "parse_cost", "group_budgets", "isoflop_analysis", "envelope_analysis", "budget_key",
-           "derived_quantities", "predict_from_fit", "optimal_from_fit"]
+__all__ = [
+    "IsoFLOPWarning",
+    "allocation",
+    "compute_optimal",
+    "compute_optimal_numeric",
+    "parse_cost",
+    "group_budgets",
+    "isoflop_analysis",
+    "envelope_analysis",
+    "budget_key",
+    "derived_quantities",
+    "predict_from_fit",
+    "optimal_from_fit",
+]
 
 
 class IsoFLOPWarning(UserWarning):
@@ -58,8 +69,10 @@ def compute_optimal(law: str, params: dict, flops) -> dict:
     """
     lw = get_law(law)
     if not lw.uses_tokens:
-        raise ValueError(f"law {law!r} has no token term: a compute-optimal allocation needs "
-                         "an L(N, D) law (chinchilla or kaplan)")
+        raise ValueError(
+            f"law {law!r} has no token term: a compute-optimal allocation needs "
+            "an L(N, D) law (chinchilla or kaplan)"
+        )
     c = np.asarray(flops, float)
     if lw.name == "kaplan":  # d/dN [(N_c/N)^p + 6 D_c N / C] = 0, p = alpha_N / alpha_D
         p = params["alpha_N"] / params["alpha_D"]
@@ -88,8 +101,9 @@ def parse_cost(expr: str, teacher_params: float = 0.0):
     names = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "NT": float(teacher_params)}
     unknown = set(code.co_names) - set(names) - {"N", "D"}
     if unknown:
-        raise ValueError(f"cost expression {expr!r} uses unknown names {sorted(unknown)}; "
-                         "use N, D, NT, log, exp, sqrt")
+        raise ValueError(
+            f"cost expression {expr!r} uses unknown names {sorted(unknown)}; use N, D, NT, log, exp, sqrt"
+        )
 
     def cost(n, d):
         return eval(code, {"__builtins__": {}}, {**names, "N": n, "D": d})  # noqa: S307
@@ -126,25 +140,37 @@ def compute_optimal_numeric(law: str, params: dict, flops, cost=None) -> dict:
     out = {k: np.empty_like(budgets) for k in ("params", "tokens", "loss")}
     for i, c in enumerate(budgets):
         if cost is None:
+
             def tok(n, c=c):
                 return c / (6.0 * n)
+
             n_hi = c / 6.0
         else:
+
             def tok(n, c=c):
                 return _tokens_for(cost, np.atleast_1d(np.asarray(n, float)), c)
-            n_hi = float(np.exp(minimize_scalar(  # largest N that still gets one token
-                lambda x: (math.log(max(float(cost(math.exp(x), 1.0)), 1e-300))
-                           - math.log(c)) ** 2, bounds=(0, 120), method="bounded").x))
+
+            n_hi = float(
+                np.exp(
+                    minimize_scalar(  # largest N that still gets one token
+                        lambda x, c=c: (
+                            (math.log(max(float(cost(math.exp(x), 1.0)), 1e-300)) - math.log(c)) ** 2
+                        ),
+                        bounds=(0, 120),
+                        method="bounded",
+                    ).x
+                )
+            )
         xs = np.linspace(math.log(n_hi) - 40, math.log(n_hi), 801)
         losses = lw.predict(params, np.exp(xs), tok(np.exp(xs)))
         j = int(np.nanargmin(losses))
         lo, hi = xs[max(j - 1, 0)], xs[min(j + 1, xs.size - 1)]
+
         def loss_at(x):
             n = math.exp(x)
             return float(lw.predict(params, n, float(np.ravel(tok(n))[0])))
 
-        res = minimize_scalar(loss_at, bounds=(lo, hi), method="bounded",
-                              options={"xatol": 1e-10})
+        res = minimize_scalar(loss_at, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10})
         n = math.exp(res.x)
         d = float(np.asarray(tok(n)).ravel()[0])
         out["params"][i], out["tokens"][i] = n, d
@@ -172,15 +198,19 @@ def _power_fit(c, y):
 def _no_isoflop_budget(n, c, excluded, min_sizes, tolerance) -> str:
     """Why no budget could be used, and what an IsoFLOP analysis needs."""
     if all("distinct model sizes" in e["reason"] for e in excluded):
-        found = (f"the {n.size} runs fall into {len(excluded)} FLOP budgets (within "
-                 f"{tolerance:g} dex), none of which has runs of {min_sizes} or more sizes")
+        found = (
+            f"the {n.size} runs fall into {len(excluded)} FLOP budgets (within "
+            f"{tolerance:g} dex), none of which has runs of {min_sizes} or more sizes"
+        )
     else:
         found = "; ".join(f"C = {e['flops']:.3g}: {e['reason']}" for e in excluded)
-    return (f"no IsoFLOP budget can be analysed: {found}. Approach 2 needs, for each of two or "
-            f"more compute budgets, runs of at least {min_sizes} model sizes trained to that "
-            "budget (a ladder with one token budget gives each size its own compute). Plan "
-            "one with `scaling ladder ... --isoflop 1e15,3e15,1e16`, or use `scaling "
-            "envelope` (Approach 1) or `scaling fit` (Approach 3) on these runs.")
+    return (
+        f"no IsoFLOP budget can be analysed: {found}. Approach 2 needs, for each of two or "
+        f"more compute budgets, runs of at least {min_sizes} model sizes trained to that "
+        "budget (a ladder with one token budget gives each size its own compute). Plan "
+        "one with `scaling ladder ... --isoflop 1e15,3e15,1e16`, or use `scaling "
+        "envelope` (Approach 1) or `scaling fit` (Approach 3) on these runs."
+    )
 
 
 def isoflop_analysis(params, loss, flops, tolerance: float = 0.05, min_sizes: int = 3) -> dict:
@@ -221,27 +251,45 @@ def isoflop_analysis(params, loss, flops, tolerance: float = 0.05, min_sizes: in
             else:
                 xs = -p1 / (2 * p2)
                 if not x.min() <= xs <= x.max():
-                    reason = (f"its minimum N = {math.exp(xs):.3g} is outside the sampled range "
-                              f"[{n[m].min():.3g}, {n[m].max():.3g}]")
+                    reason = (
+                        f"its minimum N = {math.exp(xs):.3g} is outside the sampled range "
+                        f"[{n[m].min():.3g}, {n[m].max():.3g}]"
+                    )
         if reason:
             excluded.append({"flops": budget, "n_points": int(m.sum()), "reason": reason})
             continue
         n_opt = math.exp(xs)
-        kept.append({"flops": budget, "n_points": int(m.sum()), "params_opt": n_opt,
-                     "tokens_opt": budget / (6 * n_opt), "loss_opt": float(np.polyval(
-                         [p2, p1, p0], xs)), "parabola": [float(p2), float(p1), float(p0)],
-                     "range": [float(n[m].min()), float(n[m].max())],
-                     "points": {"params": n[m].tolist(), "loss": l[m].tolist()}})
+        kept.append(
+            {
+                "flops": budget,
+                "n_points": int(m.sum()),
+                "params_opt": n_opt,
+                "tokens_opt": budget / (6 * n_opt),
+                "loss_opt": float(np.polyval([p2, p1, p0], xs)),
+                "parabola": [float(p2), float(p1), float(p0)],
+                "range": [float(n[m].min()), float(n[m].max())],
+                "points": {"params": n[m].tolist(), "loss": l[m].tolist()},
+            }
+        )
     if not kept:
         raise ScalingDataError(_no_isoflop_budget(n, c, excluded, min_sizes, tolerance))
     for e in excluded:
-        warnings.warn(f"IsoFLOP budget C = {e['flops']:.3g} FLOPs excluded: {e['reason']}",
-                      IsoFLOPWarning, stacklevel=2)
-    out = {"method": "isoflop (Approach 2)", "tolerance_dex": tolerance, "budgets": kept,
-           "excluded": excluded}
+        warnings.warn(
+            f"IsoFLOP budget C = {e['flops']:.3g} FLOPs excluded: {e['reason']}", IsoFLOPWarning, stacklevel=2
+        )
+    out = {
+        "method": "isoflop (Approach 2)",
+        "tolerance_dex": tolerance,
+        "budgets": kept,
+        "excluded": excluded,
+    }
     if len(kept) < 2:
-        warnings.warn(f"only one FLOP budget ({kept[0]['flops']:.3g}) has an IsoFLOP minimum: "
-                      "N* ∝ C^a needs two or more budgets", IsoFLOPWarning, stacklevel=2)
+        warnings.warn(
+            f"only one FLOP budget ({kept[0]['flops']:.3g}) has an IsoFLOP minimum: "
+            "N* ∝ C^a needs two or more budgets",
+            IsoFLOPWarning,
+            stacklevel=2,
+        )
     if len(kept) >= 2:
         cs = np.array([b["flops"] for b in kept])
         out["a"], out["k_params"] = _power_fit(cs, [b["params_opt"] for b in kept])
@@ -290,34 +338,42 @@ def envelope_analysis(params, flops, loss, run, num: int = 60, param_count=None)
     runs = {}
     for i, r in enumerate(run):
         runs.setdefault(r, []).append(i)
-    curves = {r: np.array(sorted(ix, key=lambda i: c[i])) for r, ix in runs.items()
-              if len(ix) >= 2}
+    curves = {r: np.array(sorted(ix, key=lambda i: c[i])) for r, ix in runs.items() if len(ix) >= 2}
     if len(curves) < 2:
-        raise ScalingDataError("Approach 1 needs learning curves of at least two runs: read run "
-                               "directories with --points all, or give a table with a run column")
+        raise ScalingDataError(
+            "Approach 1 needs learning curves of at least two runs: read run "
+            "directories with --points all, or give a table with a run column"
+        )
     lo = max(min(c[ix].min() for ix in curves.values()), c.min())
     # the evaluated computes themselves are on the grid, so every run's last point is reached
-    grid = np.unique(np.concatenate([np.logspace(math.log10(lo), math.log10(c.max()), num),
-                                     c[c >= lo]]))
+    grid = np.unique(np.concatenate([np.logspace(math.log10(lo), math.log10(c.max()), num), c[c >= lo]]))
     best_l, best_r = _lowest_curve(curves, c, l, grid)
     pts, low = [], None
     for j in range(grid.size):
         if best_r[j] is not None and (low is None or best_l[j] < low["loss"]):
             size = float(n[curves[best_r[j]][0]])
-            low = {"params": size, "tokens": float(grid[j] / (6 * size)),
-                   "loss": float(best_l[j]), "run": str(best_r[j]),
-                   "reached_at_flops": float(grid[j])}
+            low = {
+                "params": size,
+                "tokens": float(grid[j] / (6 * size)),
+                "loss": float(best_l[j]),
+                "run": str(best_r[j]),
+                "reached_at_flops": float(grid[j]),
+            }
         if low is not None:
             pts.append({"flops": float(grid[j]), **low})
-    out = {"method": "envelope (Approach 1, running minimum of loss over compute)",
-           "param_count": param_count or "unknown", "points": pts}
+    out = {
+        "method": "envelope (Approach 1, running minimum of loss over compute)",
+        "param_count": param_count or "unknown",
+        "points": pts,
+    }
     if len({p["params"] for p in pts}) >= 2:
         cs = [p["flops"] for p in pts]
         out["a"], out["k_params"] = _power_fit(cs, [p["params"] for p in pts])
         out["b"], out["k_tokens"] = _power_fit(cs, [p["tokens"] for p in pts])
     else:
-        warnings.warn("the envelope is a single run: N* ∝ C^a cannot be estimated",
-                      IsoFLOPWarning, stacklevel=2)
+        warnings.warn(
+            "the envelope is a single run: N* ∝ C^a cannot be estimated", IsoFLOPWarning, stacklevel=2
+        )
     return out
 
 
@@ -341,8 +397,12 @@ def derived_quantities(law: str, params: dict, budgets=()) -> dict:
         opt = compute_optimal(law, params, np.asarray(budgets, float))
         for i, c in enumerate(budgets):
             key = budget_key(c)
-            for name, col in (("params_opt", "params"), ("tokens_opt", "tokens"),
-                              ("tokens_per_param", "tokens_per_param"), ("loss_opt", "loss")):
+            for name, col in (
+                ("params_opt", "params"),
+                ("tokens_opt", "tokens"),
+                ("tokens_per_param", "tokens_per_param"),
+                ("loss_opt", "loss"),
+            ):
                 out[f"{name}@{key}"] = float(opt[col][i])
     return out
 
@@ -361,8 +421,7 @@ def _interval(values, level, estimate, notes: dict, name: str):
 
     v = np.asarray(values, float)
     v = v[np.isfinite(v)]
-    res = percentile_intervals([name], v[:, None], [float(estimate)], np.zeros(v.size, bool),
-                               level)[name]
+    res = percentile_intervals([name], v[:, None], [float(estimate)], np.zeros(v.size, bool), level)[name]
     if res["status"] == "excludes_estimate":
         notes[name] = res["note"]
     return res["interval"]
@@ -379,16 +438,21 @@ def predict_from_fit(fit: dict, params, tokens=None, level: float = 0.95) -> dic
     if lw.uses_tokens and tokens is None:
         raise ValueError(f"law {lw.name!r} needs --tokens as well as --params")
     if not lw.uses_tokens and tokens is not None:
-        raise ValueError(f"law {lw.name!r} ({lw.formula}) has no token term, so --tokens "
-                         "would be ignored; drop --tokens, or fit an L(N, D) law "
-                         "(scaling fit --law chinchilla) on runs of several token budgets")
-    out = {"loss": float(lw.predict(fit["params"], params, tokens)),
-           "param_count": fit.get("param_count", "total")}
+        raise ValueError(
+            f"law {lw.name!r} ({lw.formula}) has no token term, so --tokens "
+            "would be ignored; drop --tokens, or fit an L(N, D) law "
+            "(scaling fit --law chinchilla) on runs of several token budgets"
+        )
+    out = {
+        "loss": float(lw.predict(fit["params"], params, tokens)),
+        "param_count": fit.get("param_count", "total"),
+    }
     samples = _sample_params(fit)
     if samples:
         notes = {}
-        out["interval"] = _interval([float(lw.predict(p, params, tokens)) for p in samples],
-                                    level, out["loss"], notes, "loss")
+        out["interval"] = _interval(
+            [float(lw.predict(p, params, tokens)) for p in samples], level, out["loss"], notes, "loss"
+        )
         out["level"] = level
         if notes:
             out["interval_note"] = notes["loss"]
@@ -408,19 +472,21 @@ def optimal_from_fit(fit: dict, flops: float, cost=None, level: float = 0.95) ->
         `{"params", "tokens", "loss", "tokens_per_param", "flops"}` plus `"interval"`
         (per quantity) for bootstrapped fits.
     """
+
     def solve(p):
         if cost is None:
             return compute_optimal(fit["law"], p, flops)
         return compute_optimal_numeric(fit["law"], p, flops, cost)
 
-    out = {**solve(fit["params"]), "flops": float(flops),
-           "param_count": fit.get("param_count", "total")}
+    out = {**solve(fit["params"]), "flops": float(flops), "param_count": fit.get("param_count", "total")}
     samples = _sample_params(fit)
     if samples:
         sols = [solve(p) for p in samples]
         notes = {}
-        out["interval"] = {k: _interval([s[k] for s in sols], level, out[k], notes, k)
-                           for k in ("params", "tokens", "loss", "tokens_per_param")}
+        out["interval"] = {
+            k: _interval([s[k] for s in sols], level, out[k], notes, k)
+            for k in ("params", "tokens", "loss", "tokens_per_param")
+        }
         out["level"] = level
         if notes:
             out["interval_notes"] = notes

@@ -28,8 +28,7 @@ import numpy as np
 
 from .laws import Law
 
-__all__ = ["LOSSES", "robust_loss", "objective", "single_thread_blas", "vp_starts",
-           "grid_starts"]
+__all__ = ["LOSSES", "robust_loss", "objective", "single_thread_blas", "vp_starts", "grid_starts"]
 
 LOSSES = ("huber", "squared", "cauchy")
 
@@ -128,8 +127,7 @@ def _exponent_grid(law: Law, points: int) -> np.ndarray:
     return np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=-1), axes
 
 
-def vp_starts(law: Law, n, d, loss, kind="huber", delta=1e-3, points=None, top_k=4,
-              chunk=1024):
+def vp_starts(law: Law, n, d, loss, kind="huber", delta=1e-3, points=None, top_k=4, chunk=1024):
     """Variable-projection starts: best grid basins of the exact objective.
 
     Args:
@@ -151,15 +149,15 @@ def vp_starts(law: Law, n, d, loss, kind="huber", delta=1e-3, points=None, top_k
     scores = np.empty(len(exps))
     coefs = []
     for s in range(0, len(exps), chunk):
-        x, y = law.linear_system(exps[s:s + chunk], n, d, loss)
+        x, y = law.linear_system(exps[s : s + chunk], n, d, loss)
         c = _batched_nnls(x, y)
         pred = (x @ c[..., None])[..., 0]
         if law.name == "kaplan":
-            pred = pred ** exps[s:s + chunk, 1:2]
+            pred = pred ** exps[s : s + chunk, 1:2]
         with np.errstate(divide="ignore", invalid="ignore"):
             val, _ = robust_loss(np.log(pred) - log_l, kind, delta)
         sc = val.sum(axis=1)
-        scores[s:s + chunk] = np.where(np.isfinite(sc), sc, np.inf)
+        scores[s : s + chunk] = np.where(np.isfinite(sc), sc, np.inf)
         coefs.append(c)
     coefs = np.concatenate(coefs)
     grid = scores.reshape([points] * k)
@@ -185,21 +183,33 @@ def grid_starts(law: Law) -> list:
     es = np.arange(-1, 1.01, 0.5)
     coefs = np.arange(0, 25.1, 5)
     if law.name == "chinchilla":
-        return [np.array([a, b, e, al, be]) for al, be, e, a, b in
-                itertools.product(exps, exps, es, coefs, coefs)]
+        return [
+            np.array([a, b, e, al, be]) for al, be, e, a, b in itertools.product(exps, exps, es, coefs, coefs)
+        ]
     if law.name == "power":
         return [np.array([a, e, al]) for al, e, a in itertools.product(exps, es, coefs)]
     if law.name == "chinchilla_gamma":
-        return [np.array([a, b, e, al, be, ga]) for ga, al, be, e, a, b in
-                itertools.product((0.5, 1.0), exps, exps, es, coefs, coefs)]
-    return [np.array([lnc, ldc, r, ad]) for lnc, ldc, r, ad in itertools.product(
-        np.arange(10, 40.1, 5), np.arange(10, 40.1, 5), np.arange(0.25, 2.01, 0.25),
-        (0.05, 0.1, 0.2, 0.4))]
+        return [
+            np.array([a, b, e, al, be, ga])
+            for ga, al, be, e, a, b in itertools.product((0.5, 1.0), exps, exps, es, coefs, coefs)
+        ]
+    return [
+        np.array([lnc, ldc, r, ad])
+        for lnc, ldc, r, ad in itertools.product(
+            np.arange(10, 40.1, 5), np.arange(10, 40.1, 5), np.arange(0.25, 2.01, 0.25), (0.05, 0.1, 0.2, 0.4)
+        )
+    ]
 
 
 def _lbfgs(theta0, law, log_n, log_d, log_l, kind, delta, tight=True):
     from scipy.optimize import minimize
 
     opts = {"maxiter": 10000, "ftol": 1e-15, "gtol": 1e-10, "maxcor": 20} if tight else {}
-    return minimize(objective, np.asarray(theta0, float), args=(law, log_n, log_d, log_l,
-                    kind, delta), jac=True, method="L-BFGS-B", options=opts)
+    return minimize(
+        objective,
+        np.asarray(theta0, float),
+        args=(law, log_n, log_d, log_l, kind, delta),
+        jac=True,
+        method="L-BFGS-B",
+        options=opts,
+    )

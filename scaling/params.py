@@ -25,9 +25,28 @@ from pathlib import Path
 __all__ = ["load_config", "model_shape", "count_parameters", "flops_per_token"]
 
 # model types whose MLP is gated (three d x d_ff matrices instead of two)
-GATED_MLP_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
-                   "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2", "cohere",
-                   "granite", "deepseek_v3", "smollm3", "glm", "helium", "exaone4"}
+GATED_MLP_TYPES = {
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "cohere",
+    "granite",
+    "deepseek_v3",
+    "smollm3",
+    "glm",
+    "helium",
+    "exaone4",
+}
 
 
 def load_config(config):
@@ -79,11 +98,18 @@ def model_shape(config) -> dict:
     head_dim = _get(config, "head_dim", default=d // heads)
     d_ff = _get(config, "intermediate_size", "n_inner", "ffn_dim", "d_ff", default=4 * d)
     gated = config.get("model_type") in GATED_MLP_TYPES
-    return {"d_model": int(d), "n_layers": int(layers), "n_heads": int(heads),
-            "n_kv_heads": int(kv), "head_dim": int(head_dim), "d_attn": int(heads * head_dim),
-            "d_ff": int(d_ff), "vocab_size": int(_get(config, "vocab_size", default=0)),
-            "gated_mlp": bool(gated),
-            "max_positions": _get(config, "max_position_embeddings", "n_positions", "n_ctx")}
+    return {
+        "d_model": int(d),
+        "n_layers": int(layers),
+        "n_heads": int(heads),
+        "n_kv_heads": int(kv),
+        "head_dim": int(head_dim),
+        "d_attn": int(heads * head_dim),
+        "d_ff": int(d_ff),
+        "vocab_size": int(_get(config, "vocab_size", default=0)),
+        "gated_mlp": bool(gated),
+        "max_positions": _get(config, "max_position_embeddings", "n_positions", "n_ctx"),
+    }
 
 
 def _model_class(config):
@@ -93,8 +119,11 @@ def _model_class(config):
         cls = getattr(transformers, arch, None)
         if cls is not None:
             return cls
-    for auto in (transformers.AutoModelForMaskedLM, transformers.AutoModelForCausalLM,
-                 transformers.AutoModel):
+    for auto in (
+        transformers.AutoModelForMaskedLM,
+        transformers.AutoModelForCausalLM,
+        transformers.AutoModel,
+    ):
         if type(config) in auto._model_mapping:
             return auto
     raise ValueError(f"no transformers model class for model_type {config.model_type!r}")
@@ -129,12 +158,18 @@ def count_parameters(config) -> dict:
     head_w = getattr(head, "weight", None)
     tied = head_w is not None and id(head_w) in seen
     output_head = 0 if head_w is None or tied else head_w.numel()
-    return {"total": int(total), "non_embedding": int(total - embedding - output_head),
-            "embedding": int(embedding), "output_head": int(output_head), "tied_output": tied}
+    return {
+        "total": int(total),
+        "non_embedding": int(total - embedding - output_head),
+        "embedding": int(embedding),
+        "output_head": int(output_head),
+        "tied_output": tied,
+    }
 
 
-def flops_per_token(config, seq_len: int, training: bool = True, method: str = "chinchilla",
-                    non_embedding_params=None) -> float:
+def flops_per_token(
+    config, seq_len: int, training: bool = True, method: str = "chinchilla", non_embedding_params=None
+) -> float:
     """FLOPs per token of one forward (and backward) pass, attention included.
 
     `"chinchilla"` follows Hoffmann et al. (2022), appendix F, per token: embeddings

@@ -13,8 +13,15 @@ import numpy as np
 
 from .atomic import atomic_path
 
-__all__ = ["save_figure", "plot_fit", "plot_residuals", "plot_frontier", "plot_isoflop",
-           "plot_envelope", "plot_all"]
+__all__ = [
+    "save_figure",
+    "plot_fit",
+    "plot_residuals",
+    "plot_frontier",
+    "plot_isoflop",
+    "plot_envelope",
+    "plot_all",
+]
 
 
 def _plt():
@@ -62,28 +69,38 @@ def plot_fit(fit: dict, path) -> list:
     lw = get_law(fit["law"])
     a = _data(fit)
     fig, ax = plt.subplots(figsize=(7, 5))
-    ngrid = np.logspace(np.log10(a["params"].min()) - 0.2, np.log10(a["params"].max()) + 0.3,
-                        200)
+    ngrid = np.logspace(np.log10(a["params"].min()) - 0.2, np.log10(a["params"].max()) + 0.3, 200)
     norm = plt.matplotlib.colors.LogNorm(a["tokens"].min(), a["tokens"].max())
     cmap = plt.get_cmap("viridis")
     shown = a["used"] | a["holdout"]
-    sc = ax.scatter(a["params"][a["used"]], a["loss"][a["used"]], c=a["tokens"][a["used"]],
-                    cmap=cmap, norm=norm if lw.uses_tokens else None, s=14, label="fitted runs")
+    sc = ax.scatter(
+        a["params"][a["used"]],
+        a["loss"][a["used"]],
+        c=a["tokens"][a["used"]],
+        cmap=cmap,
+        norm=norm if lw.uses_tokens else None,
+        s=14,
+        label="fitted runs",
+    )
     if a["holdout"].any():
-        ax.scatter(a["params"][a["holdout"]], a["loss"][a["holdout"]], marker="x", c="red",
-                   s=30, label="held out")
+        ax.scatter(
+            a["params"][a["holdout"]], a["loss"][a["holdout"]], marker="x", c="red", s=30, label="held out"
+        )
     if (~shown).any():
-        ax.scatter(a["params"][~shown], a["loss"][~shown], marker=".", c="0.6", s=10,
-                   label="dropped")
+        ax.scatter(a["params"][~shown], a["loss"][~shown], marker=".", c="0.6", s=10, label="dropped")
     if lw.uses_tokens:
         for dval in np.quantile(a["tokens"], [0.05, 0.35, 0.65, 0.95]):
-            ax.plot(ngrid, lw.predict(fit["params"], ngrid, dval), color=cmap(norm(dval)),
-                    lw=1.5, label=f"fit, D = {dval:.2g}")
+            ax.plot(
+                ngrid,
+                lw.predict(fit["params"], ngrid, dval),
+                color=cmap(norm(dval)),
+                lw=1.5,
+                label=f"fit, D = {dval:.2g}",
+            )
         fig.colorbar(sc, ax=ax, label="tokens D")
     else:
         ax.plot(ngrid, lw.predict(fit["params"], ngrid), color="C1", lw=2, label="fit")
-    ax.set(xscale="log", xlabel=_n_label(fit),
-           ylabel="loss", title=f"{fit['law']}: {fit.get('formula', '')}")
+    ax.set(xscale="log", xlabel=_n_label(fit), ylabel="loss", title=f"{fit['law']}: {fit.get('formula', '')}")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -98,15 +115,19 @@ def plot_residuals(fit: dict, path) -> list:
     pred = lw.predict(fit["params"], a["params"], a["tokens"] if lw.uses_tokens else None)
     res = 100 * (pred / a["loss"] - 1)
     fig, ax = plt.subplots(figsize=(7, 4))
-    sc = ax.scatter(a["params"][a["used"]], res[a["used"]], c=np.log10(a["tokens"][a["used"]]),
-                    s=14, cmap="viridis", label="fitted runs")
+    sc = ax.scatter(
+        a["params"][a["used"]],
+        res[a["used"]],
+        c=np.log10(a["tokens"][a["used"]]),
+        s=14,
+        cmap="viridis",
+        label="fitted runs",
+    )
     if a["holdout"].any():
-        ax.scatter(a["params"][a["holdout"]], res[a["holdout"]], marker="x", c="red", s=30,
-                   label="held out")
+        ax.scatter(a["params"][a["holdout"]], res[a["holdout"]], marker="x", c="red", s=30, label="held out")
     ax.axhline(0, color="k", lw=0.8)
     fig.colorbar(sc, ax=ax, label="log10 tokens D")
-    ax.set(xscale="log", xlabel=_n_label(fit), ylabel="prediction error (%)",
-           title="residuals")
+    ax.set(xscale="log", xlabel=_n_label(fit), ylabel="prediction error (%)", title="residuals")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -118,8 +139,7 @@ def plot_frontier(fit: dict, path, flops=None) -> list:
     plt = _plt()
     a = _data(fit)
     if flops is None:
-        lo, hi = np.log10(a["flops"].min()), np.log10(max(a["flops"].max(), *fit.get(
-            "budgets", [0])))
+        lo, hi = np.log10(a["flops"].min()), np.log10(max(a["flops"].max(), *fit.get("budgets", [0])))
         flops = np.logspace(lo, hi + 0.5, 60)
     best = compute_optimal(fit["law"], fit["params"], flops)
     samples = _sample_params(fit)
@@ -131,9 +151,13 @@ def plot_frontier(fit: dict, path, flops=None) -> list:
             lo_q, hi_q = np.nanpercentile(sols, [2.5, 97.5], axis=0)
             ax.fill_between(flops, lo_q, hi_q, color="C0", alpha=0.25, label="95% bootstrap")
         ax.scatter(a["flops"], a[key], s=8, c="0.6", label="runs")
-        ax.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)",
-               ylabel=_n_label(fit, label) if key == "params" else label,
-               title=f"compute-optimal {label}")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="compute C (FLOPs)",
+            ylabel=_n_label(fit, label) if key == "params" else label,
+            title=f"compute-optimal {label}",
+        )
         ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -158,10 +182,14 @@ def plot_isoflop(iso: dict, path) -> list:
     ax2.scatter(cs, [b["params_opt"] for b in budgets], color="C0", label="IsoFLOP minima")
     if "a" in iso:
         grid = np.logspace(np.log10(cs.min()), np.log10(cs.max()) + 1, 50)
-        ax2.plot(grid, iso["k_params"] * grid ** iso["a"], color="C0",
-                 label=f"N* ∝ C^{iso['a']:.3f}")
-    ax2.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel=_n_label(iso, "N*"),
-            title="optimal size per budget")
+        ax2.plot(grid, iso["k_params"] * grid ** iso["a"], color="C0", label=f"N* ∝ C^{iso['a']:.3f}")
+    ax2.set(
+        xscale="log",
+        yscale="log",
+        xlabel="compute C (FLOPs)",
+        ylabel=_n_label(iso, "N*"),
+        title="optimal size per budget",
+    )
     ax2.legend(fontsize=8)
     return save_figure(fig, path)
 

@@ -10,10 +10,10 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
+from helpers import lm_dataset, tiny_llama  # noqa: E402
 
 from distill import DistillationConfig, DistillationTrainer  # noqa: E402
 from distill.trainer.tasks import CausalLMCollator  # noqa: E402
-from helpers import lm_dataset, tiny_llama  # noqa: E402
 
 
 def main():
@@ -21,14 +21,30 @@ def main():
     extra = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     torch.set_num_threads(1)
     args = DistillationConfig(
-        output_dir=out, per_device_train_batch_size=batch, max_steps=3, learning_rate=0.5, optim="sgd",
-        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0, logging_steps=1, save_strategy="no",
-        report_to="none", alpha=0.5, temperature=2.0, seed=0, disable_tqdm=True, ddp_find_unused_parameters=False,
+        output_dir=out,
+        per_device_train_batch_size=batch,
+        max_steps=3,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        alpha=0.5,
+        temperature=2.0,
+        seed=0,
+        disable_tqdm=True,
+        ddp_find_unused_parameters=False,
         **extra,
     )
     trainer = DistillationTrainer(
-        model=tiny_llama(seed=0), teacher_model=tiny_llama(hidden=48, seed=1), args=args,
-        train_dataset=lm_dataset(48), data_collator=CausalLMCollator(pad_token_id=0),
+        model=tiny_llama(seed=0),
+        teacher_model=tiny_llama(hidden=48, seed=1),
+        args=args,
+        train_dataset=lm_dataset(48),
+        data_collator=CausalLMCollator(pad_token_id=0),
     )
     trainer.train()
     trainer.save_model()

@@ -6,9 +6,13 @@ import os
 
 import torch
 
-_TEXTS = ["def f(x): return x + 1", "The event loop runs asynchronous tasks and callbacks.",
-          "Parse an XML document into a tree.", "Send an email message over SMTP.",
-          "Run the unit tests and report failures."] * 20
+_TEXTS = [
+    "def f(x): return x + 1",
+    "The event loop runs asynchronous tasks and callbacks.",
+    "Parse an XML document into a tree.",
+    "Send an email message over SMTP.",
+    "Run the unit tests and report failures.",
+] * 20
 
 
 def tiny_tokenizer(vocab_size: int = 300):
@@ -26,10 +30,18 @@ def save_seq_cls(path: str, seed: int = 0) -> str:
     labels = docstring_classification()["train"].features["label"].names
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                        num_attention_heads=2, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-                        num_labels=len(labels), id2label=dict(enumerate(labels)),
-                        label2id={n: i for i, n in enumerate(labels)})
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -41,10 +53,19 @@ def save_causal_lm(path: str, seed: int = 0) -> str:
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -55,9 +76,18 @@ def save_image_cls(path: str, seed: int = 0) -> str:
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(seed)
-    config = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=1, num_attention_heads=2, num_labels=10,
-                       id2label={i: str(i) for i in range(10)}, label2id={str(i): i for i in range(10)})
+    config = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_labels=10,
+        id2label={i: str(i) for i in range(10)},
+        label2id={str(i): i for i in range(10)},
+    )
     ViTForImageClassification(config).save_pretrained(path)
     return path
 

@@ -22,15 +22,37 @@ from typing import Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 INJECT = os.path.join(HERE, "fault_inject.py")
-STUDENT = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-           "num_attention_heads": 4, "num_key_value_heads": 4, "tie_word_embeddings": True}
+STUDENT = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "tie_word_embeddings": True,
+}
 
 
 def env(**extra) -> dict:
-    out = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
-    for key in ("FAULT_AT", "FAULT_MARKER", "FAULT_RECORD", "FAULT_NAN", "FAULT_NAN_RANK", "FAULT_ENOSPC",
-                "FAULT_RECORD_DIR", "FAULT_ARGV", "FAULT_ONLY_IN"):
+    out = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=ROOT,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    for key in (
+        "FAULT_AT",
+        "FAULT_MARKER",
+        "FAULT_RECORD",
+        "FAULT_NAN",
+        "FAULT_NAN_RANK",
+        "FAULT_ENOSPC",
+        "FAULT_RECORD_DIR",
+        "FAULT_ARGV",
+        "FAULT_ONLY_IN",
+    ):
         out.pop(key, None)
     out.update({k: str(v) for k, v in extra.items()})
     return out
@@ -50,22 +72,77 @@ def make_workspace(root: str) -> dict:
     rng = random.Random(0)
     with open(data, "w") as f:
         for _ in range(240):
-            f.write(json.dumps({"text": " ".join(f"t{rng.randrange(3, 64)}" for _ in range(rng.randint(8, 24)))}) + "\n")
+            f.write(
+                json.dumps({"text": " ".join(f"t{rng.randrange(3, 64)}" for _ in range(rng.randint(8, 24)))})
+                + "\n"
+            )
     return {"teacher": teacher, "data": data, "root": root}
 
 
-def train_args(ws: dict, out: str, optim: str = "sgd", steps: int = 6, save_steps: int = 2,
-               eval_steps: Optional[int] = 3, extra: tuple = ()) -> list[str]:
+def train_args(
+    ws: dict,
+    out: str,
+    optim: str = "sgd",
+    steps: int = 6,
+    save_steps: int = 2,
+    eval_steps: Optional[int] = 3,
+    extra: tuple = (),
+) -> list[str]:
     """`distill train` arguments of a short KD run on the workspace (deterministic, one thread)."""
-    args = ["--task", "causal-lm", "--teacher_model_name_or_path", ws["teacher"], "--alpha", "0.5",
-            "--model_config", json.dumps(STUDENT), "--dataset_name", "json", "--data_files", ws["data"],
-            "--block_size", "32", "--validation_split_percentage", "10", "--max_eval_samples", "8",
-            "--output_dir", out, "--max_steps", str(steps), "--per_device_train_batch_size", "4",
-            "--per_device_eval_batch_size", "8", "--learning_rate", "0.05" if optim == "sgd" else "0.005",
-            "--optim", optim, "--lr_scheduler_type", "linear", "--warmup_steps", "1",
-            "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", str(save_steps),
-            "--seed", "0", "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
-            "--ddp_find_unused_parameters", "false", "--max_test_samples", "8"]
+    args = [
+        "--task",
+        "causal-lm",
+        "--teacher_model_name_or_path",
+        ws["teacher"],
+        "--alpha",
+        "0.5",
+        "--model_config",
+        json.dumps(STUDENT),
+        "--dataset_name",
+        "json",
+        "--data_files",
+        ws["data"],
+        "--block_size",
+        "32",
+        "--validation_split_percentage",
+        "10",
+        "--max_eval_samples",
+        "8",
+        "--output_dir",
+        out,
+        "--max_steps",
+        str(steps),
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "8",
+        "--learning_rate",
+        "0.05" if optim == "sgd" else "0.005",
+        "--optim",
+        optim,
+        "--lr_scheduler_type",
+        "linear",
+        "--warmup_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        str(save_steps),
+        "--seed",
+        "0",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+        "--ddp_find_unused_parameters",
+        "false",
+        "--max_test_samples",
+        "8",
+    ]
     if eval_steps:
         args += ["--eval_strategy", "steps", "--eval_steps", str(eval_steps)]
     return args + list(extra)
@@ -115,13 +192,21 @@ def run_until_fault(cmd: list[str], fault: str, marker: str, timeout: float = 30
     if os.path.exists(marker):
         os.remove(marker)
     start = time.time()
-    proc = subprocess.Popen(cmd, env=env(FAULT_AT=fault, FAULT_MARKER=marker, **env_extra), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env(FAULT_AT=fault, FAULT_MARKER=marker, **env_extra),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         while not os.path.exists(marker):
             if proc.poll() is not None:
-                raise AssertionError(f"{fault}: the run ended (rc {proc.returncode}) before the fault point:\n"
-                                     + proc.stdout.read()[-3000:])
+                raise AssertionError(
+                    f"{fault}: the run ended (rc {proc.returncode}) before the fault point:\n"
+                    + proc.stdout.read()[-3000:]
+                )
             if time.time() - start > timeout:
                 raise AssertionError(f"{fault}: fault point not reached in {timeout} s")
             time.sleep(0.1)
@@ -137,12 +222,16 @@ def straight_run(ws: dict, root: str, optim: str, ddp: bool = False, **faults) -
     """An uninterrupted run: (output dir, its records, its output)."""
     out = os.path.join(root, "straight")
     record = os.path.join(root, "straight.jsonl")
-    done = run(command(["distill", "train", *train_args(ws, out, optim)], ddp=ddp), FAULT_RECORD=record, **faults)
+    done = run(
+        command(["distill", "train", *train_args(ws, out, optim)], ddp=ddp), FAULT_RECORD=record, **faults
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out, read_records(record, ddp), done.stdout + done.stderr
 
 
-def kill_chain(ws: dict, root, optim: str, faults: list[str], ddp: bool = False, straight=None, **always) -> dict:
+def kill_chain(
+    ws: dict, root, optim: str, faults: list[str], ddp: bool = False, straight=None, **always
+) -> dict:
     """Kill `distill train` at each fault in turn (rerunning the same command after each), let the last
     rerun finish, and compare with a straight run (made here unless ``straight`` is given).
 
@@ -165,8 +254,13 @@ def kill_chain(ws: dict, root, optim: str, faults: list[str], ddp: bool = False,
     done = run(cmd, FAULT_RECORD=record, **always)
     assert done.returncode == 0, done.stderr[-3000:]
     attempts.append(read_records(record, ddp))
-    return {"order": data_order_errors(straight_record, attempts), "diff": weight_difference(straight, out),
-            "partial": partial_files(out), "out": out, "straight_output": output}
+    return {
+        "order": data_order_errors(straight_record, attempts),
+        "diff": weight_difference(straight, out),
+        "partial": partial_files(out),
+        "out": out,
+        "straight_output": output,
+    }
 
 
 def read_records(path: str, ddp: bool = False) -> list[dict]:
@@ -204,8 +298,12 @@ def data_order_errors(straight: list[dict], attempts: list[list[dict]]) -> dict:
     got = [(r["step"], i) for r in effective for i in r["ids"]]
     lost = len(set(want) - set(got))
     repeated = len(got) - len(set(got)) + len(set(got) - set(want))
-    return {"lost": lost, "repeated": repeated, "same_order": want == got,
-            "resumed_at": [records[0]["step"] if records else None for records in attempts]}
+    return {
+        "lost": lost,
+        "repeated": repeated,
+        "same_order": want == got,
+        "resumed_at": [records[0]["step"] if records else None for records in attempts],
+    }
 
 
 def weight_difference(a_dir: str, b_dir: str) -> float:
@@ -238,13 +336,39 @@ def pipeline_config(ws: dict, output_root: str) -> str:
     import yaml
 
     config = {
-        "name": "faults", "output_root": output_root, "seed": 0, "tokenizer": ws["teacher"],
-        "data": {"dataset_name": "json", "data_files": ws["data"], "block_size": 32, "packing": True,
-                 "validation_split_percentage": 10, "max_eval_samples": 8, "max_test_samples": 8},
-        "train": {"per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "learning_rate": 0.01,
-                  "logging_steps": 1, "optim": "adamw_torch", "dataloader_num_workers": 0},
-        "ladder": {"base_config": {"model_type": "llama", "tie_word_embeddings": True, "max_position_embeddings": 64},
-                   "widths": [16, 32, 48, 64], "aspect_ratio": 32, "head_dim": 16, "tokens": 512, "eval_points": 2},
+        "name": "faults",
+        "output_root": output_root,
+        "seed": 0,
+        "tokenizer": ws["teacher"],
+        "data": {
+            "dataset_name": "json",
+            "data_files": ws["data"],
+            "block_size": 32,
+            "packing": True,
+            "validation_split_percentage": 10,
+            "max_eval_samples": 8,
+            "max_test_samples": 8,
+        },
+        "train": {
+            "per_device_train_batch_size": 4,
+            "per_device_eval_batch_size": 8,
+            "learning_rate": 0.01,
+            "logging_steps": 1,
+            "optim": "adamw_torch",
+            "dataloader_num_workers": 0,
+        },
+        "ladder": {
+            "base_config": {
+                "model_type": "llama",
+                "tie_word_embeddings": True,
+                "max_position_embeddings": 64,
+            },
+            "widths": [16, 32, 48, 64],
+            "aspect_ratio": 32,
+            "head_dim": 16,
+            "tokens": 512,
+            "eval_points": 2,
+        },
         "fit": {"law": "power", "bootstrap": 0, "hold_out_largest": False},
         "student": {"width": 32},
         "distill": {"alpha": 0.5, "temperature": 1.0, "seeds": [0]},

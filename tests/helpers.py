@@ -15,9 +15,17 @@ def tiny_llama(hidden=32, layers=2, seed=0, vocab=VOCAB):
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config)
 
@@ -47,8 +55,11 @@ def word_tokenizer(vocab=VOCAB, shift=0):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel({f"t{(i + shift) % vocab}": i for i in range(vocab)}, unk_token=f"t{shift % vocab}"))
+    tok = Tokenizer(
+        models.WordLevel({f"t{(i + shift) % vocab}": i for i in range(vocab)}, unk_token=f"t{shift % vocab}")
+    )
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     names = [f"t{(i + shift) % vocab}" for i in range(3)]
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=names[0], bos_token=names[1], eos_token=names[2],
-                                   unk_token=names[0])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=names[0], bos_token=names[1], eos_token=names[2], unk_token=names[0]
+    )

@@ -5,19 +5,21 @@ import json
 
 import numpy as np
 import pytest
+from test_distill_law import SUP, TRUE_FULL, _reference_full, _synthetic
 
 from scaling.advise import TeacherCost, advise, advise_target
 from scaling.cli import main
 from scaling.distill_fit import fit_distillation
 from scaling.optimal import compute_optimal
-from test_distill_law import SUP, TRUE_FULL, _reference_full, _synthetic
 
 
 @pytest.fixture(scope="module")
 def dfit():
     n, d, lt, loss = _synthetic("full", TRUE_FULL, 0.0)
-    pts = [{"params": a, "tokens": b, "teacher_loss": c, "loss": e, "run": str(i),
-            "source": str(i)} for i, (a, b, c, e) in enumerate(zip(n, d, lt, loss))]
+    pts = [
+        {"params": a, "tokens": b, "teacher_loss": c, "loss": e, "run": str(i), "source": str(i)}
+        for i, (a, b, c, e) in enumerate(zip(n, d, lt, loss))
+    ]
     return fit_distillation(pts, SUP, "full", n_bootstrap=6)
 
 
@@ -31,9 +33,14 @@ def _brute_force(lt, flops, rate=0.0, fixed=0.0):
     return n[ok][j], loss[j]
 
 
-@pytest.mark.parametrize("mode,kw", [("free", {}), ("inference", {"teacher_params": 7e9}),
-                                     ("full", {"teacher_params": 7e9, "teacher_tokens": 2e10,
-                                               "students": 4})])
+@pytest.mark.parametrize(
+    "mode,kw",
+    [
+        ("free", {}),
+        ("inference", {"teacher_params": 7e9}),
+        ("full", {"teacher_params": 7e9, "teacher_tokens": 2e10, "students": 4}),
+    ],
+)
 def test_best_student_matches_brute_force(dfit, mode, kw):
     cost = TeacherCost(mode, **kw)
     adv = advise(SUP, dfit, 1.7, 1e21, cost)
@@ -44,10 +51,17 @@ def test_best_student_matches_brute_force(dfit, mode, kw):
     assert 6 * d["params"] * d["tokens"] + d["teacher_flops"] == pytest.approx(1e21, rel=1e-9)
     opt = compute_optimal("chinchilla_gamma", SUP["params"], 1e21)
     assert adv["loss_supervised"] == pytest.approx(opt["loss"], rel=1e-9)
-    assert adv["verdict"] == ("distill" if adv["loss_distill"] < adv["loss_supervised"]
-                              else "supervised")
-    for key in ("student_params", "student_tokens", "loss_distill", "loss_supervised",
-                "loss_distill_interval", "loss_supervised_interval", "verdict", "reason"):
+    assert adv["verdict"] == ("distill" if adv["loss_distill"] < adv["loss_supervised"] else "supervised")
+    for key in (
+        "student_params",
+        "student_tokens",
+        "loss_distill",
+        "loss_supervised",
+        "loss_distill_interval",
+        "loss_supervised_interval",
+        "verdict",
+        "reason",
+    ):
         assert key in adv
     lo, hi = adv["loss_distill_interval"]
     assert lo <= hi
@@ -55,11 +69,13 @@ def test_best_student_matches_brute_force(dfit, mode, kw):
 
 def test_teacher_cost_orders_the_losses(dfit):
     loss = {}
-    for name, cost in {"free": TeacherCost(),
-                       "inference": TeacherCost("inference", 7e9),
-                       "full": TeacherCost("full", 7e9, 1e10),
-                       "inference_shared": TeacherCost("inference", 7e9, students=20),
-                       "full_shared": TeacherCost("full", 7e9, 1e10, students=20)}.items():
+    for name, cost in {
+        "free": TeacherCost(),
+        "inference": TeacherCost("inference", 7e9),
+        "full": TeacherCost("full", 7e9, 1e10),
+        "inference_shared": TeacherCost("inference", 7e9, students=20),
+        "full_shared": TeacherCost("full", 7e9, 1e10, students=20),
+    }.items():
         loss[name] = advise(SUP, dfit, 1.7, 1e21, cost)["loss_distill"]
     assert loss["free"] < loss["inference_shared"] < loss["inference"] < loss["full"]
     assert loss["inference_shared"] < loss["full_shared"] < loss["full"]
@@ -94,8 +110,10 @@ def test_refusals(tmp_path, capsys, dfit):
     assert "--teacher-params" in capsys.readouterr().err
     power = tmp_path / "power.json"
     power.write_text(json.dumps({"law": "power", "params": {"E": 1.5, "A": 100.0, "alpha": 0.3}}))
-    assert main(["advise", "--fit", str(power), "--dfit", str(df), "--teacher-loss", "1.7",
-                 "--flops", "1e21"]) == 2
+    assert (
+        main(["advise", "--fit", str(power), "--dfit", str(df), "--teacher-loss", "1.7", "--flops", "1e21"])
+        == 2
+    )
     assert "token term" in capsys.readouterr().err
     out = tmp_path / "adv.json"
     assert main(base + ["--dfit", str(df), "--json", "--out", str(out)]) == 0

@@ -6,18 +6,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import lm_dataset, max_diff, tiny_llama, weights, word_tokenizer
+from test_losses import ref_loss
 
 from distill import DistillationConfig, DistillationTrainer
 from distill.data.augment import AugmentingCollator, augmented_kd_loss, check_augmentations
 from distill.losses import distillation_loss
 from distill.trainer.tasks import CausalLMCollator
-from helpers import lm_dataset, max_diff, tiny_llama, weights, word_tokenizer
-from test_losses import ref_loss
 
 
 def text_collator(augmentations, fraction=1.0, token_prob=0.3, seed=0, **kw):
-    return AugmentingCollator(CausalLMCollator(pad_token_id=0), task="causal-lm", augmentations=augmentations,
-                              fraction=fraction, tokenizer=word_tokenizer(), token_prob=token_prob, seed=seed, **kw)
+    return AugmentingCollator(
+        CausalLMCollator(pad_token_id=0),
+        task="causal-lm",
+        augmentations=augmentations,
+        fraction=fraction,
+        tokenizer=word_tokenizer(),
+        token_prob=token_prob,
+        seed=seed,
+        **kw,
+    )
 
 
 def examples(n=6, seed=0):
@@ -40,7 +48,9 @@ def test_token_replace_touches_only_real_non_special_tokens_of_augmented_rows():
     assert not changed[clean["input_ids"] == 1].any()  # special tokens untouched
     assert changed[rows].float().mean() > 0.1
     assert (out["input_ids"][changed] > 2).all()  # replacements are non-special vocabulary tokens
-    assert torch.equal(out["labels"], clean["labels"]) and torch.equal(out["attention_mask"], clean["attention_mask"])
+    assert torch.equal(out["labels"], clean["labels"]) and torch.equal(
+        out["attention_mask"], clean["attention_mask"]
+    )
 
 
 def test_span_mask_and_token_drop():
@@ -81,29 +91,42 @@ def test_image_augmentations():
 
     clean = default_data_collator(feats)["pixel_values"]
     for names in (["flip"], ["resized_crop"], ["mixup"], ["cutmix"], ["flip", "resized_crop", "mixup"]):
-        out = AugmentingCollator(default_data_collator, task="image-cls", augmentations=names, fraction=1.0,
-                                 crop_scale=0.3)(feats)
+        out = AugmentingCollator(
+            default_data_collator, task="image-cls", augmentations=names, fraction=1.0, crop_scale=0.3
+        )(feats)
         assert out["pixel_values"].shape == clean.shape and out["augmented"].all()
         assert not torch.equal(out["pixel_values"], clean), names
-    flipped = AugmentingCollator(default_data_collator, task="image-cls", augmentations=["flip"], fraction=1.0)(feats)
+    flipped = AugmentingCollator(
+        default_data_collator, task="image-cls", augmentations=["flip"], fraction=1.0
+    )(feats)
     for r in range(6):  # each row is either itself or its mirror image
         x = flipped["pixel_values"][r]
         assert torch.equal(x, clean[r]) or torch.equal(x, clean[r].flip(-1))
 
 
-@pytest.mark.parametrize("names, task", [(["mixup"], "seq-cls"), (["token_drop"], "image-cls"), (["blur"], None)])
+@pytest.mark.parametrize(
+    "names, task", [(["mixup"], "seq-cls"), (["token_drop"], "image-cls"), (["blur"], None)]
+)
 def test_augmentation_that_does_not_apply_is_refused(names, task):
     with pytest.raises(ValueError, match="do not apply|unknown"):
         check_augmentations(names, task)
     with pytest.raises(ValueError, match="augmentations"):
-        DistillationConfig(output_dir="unused", report_to="none", task=task, augment_fraction=0.5, augmentations=names)
+        DistillationConfig(
+            output_dir="unused", report_to="none", task=task, augment_fraction=0.5, augmentations=names
+        )
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("augment_fraction", 1.5, "augment_fraction"), ("augment_fraction", -0.1, "augment_fraction"),
-    ("augment_token_prob", 2.0, "augment_token_prob"), ("augment_span_length", 0, "augment_span_length"),
-    ("augment_crop_scale", 0.0, "augment_crop_scale"), ("augment_mix_alpha", 0.0, "augment_mix_alpha"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("augment_fraction", 1.5, "augment_fraction"),
+        ("augment_fraction", -0.1, "augment_fraction"),
+        ("augment_token_prob", 2.0, "augment_token_prob"),
+        ("augment_span_length", 0, "augment_span_length"),
+        ("augment_crop_scale", 0.0, "augment_crop_scale"),
+        ("augment_mix_alpha", 0.0, "augment_mix_alpha"),
+    ],
+)
 def test_bad_strengths_are_refused(field, value, match):
     with pytest.raises(ValueError, match=match):
         DistillationConfig(output_dir="unused", report_to="none", **{field: value})
@@ -118,14 +141,25 @@ def test_augmentation_without_a_teacher_is_refused():
 @pytest.mark.parametrize("kind", ["forward_kl", "skew_reverse_kl"])
 def test_kd_alone_on_augmented_rows_against_float64_reference(kind):
     g = torch.Generator().manual_seed(1)
-    s, t = torch.randn(5, 6, 9, generator=g, dtype=torch.float64), torch.randn(5, 6, 9, generator=g, dtype=torch.float64)
+    s, t = (
+        torch.randn(5, 6, 9, generator=g, dtype=torch.float64),
+        torch.randn(5, 6, 9, generator=g, dtype=torch.float64),
+    )
     labels = torch.randint(0, 9, (5, 6), generator=g)
     labels[1, :2] = -100
     aug = torch.tensor([True, False, True, False, False])
     n = int((labels != -100).sum())
-    out = augmented_kd_loss(lambda lab, a: distillation_loss(s, t, lab, alpha=a, temperature=2.0, kind=kind,
-                                                             num_items_in_batch=n), labels, aug, 0.3)
-    clean = ref_loss(s[~aug], t[~aug], labels[~aug], alpha=0.3, temperature=2.0, kind=kind, num_items_in_batch=n)
+    out = augmented_kd_loss(
+        lambda lab, a: distillation_loss(
+            s, t, lab, alpha=a, temperature=2.0, kind=kind, num_items_in_batch=n
+        ),
+        labels,
+        aug,
+        0.3,
+    )
+    clean = ref_loss(
+        s[~aug], t[~aug], labels[~aug], alpha=0.3, temperature=2.0, kind=kind, num_items_in_batch=n
+    )
     augm = ref_loss(s[aug], t[aug], labels[aug], alpha=1.0, temperature=2.0, kind=kind, num_items_in_batch=n)
     np.testing.assert_allclose(out.loss.item(), clean[0] + augm[0], rtol=1e-10)
     np.testing.assert_allclose(out.kd_loss.item(), clean[1] + augm[1], rtol=1e-10)
@@ -135,13 +169,37 @@ def test_kd_alone_on_augmented_rows_against_float64_reference(kind):
 
 # ---- in the trainer ----------------------------------------------------------------------------------
 def make_trainer(tmp_path, student, teacher, data, collator=None, **overrides):
-    kw = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2, learning_rate=0.5, optim="sgd",
-              lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0, logging_steps=1,
-              save_strategy="no", report_to="none", alpha=0.5, temperature=2.0, seed=0, data_seed=0, disable_tqdm=True,
-              augment_fraction=0.5, augmentations=["token_replace", "token_drop"], augment_token_prob=0.2)
+    kw = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        max_steps=2,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        alpha=0.5,
+        temperature=2.0,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+        augment_fraction=0.5,
+        augmentations=["token_replace", "token_drop"],
+        augment_token_prob=0.2,
+    )
     kw.update(overrides)
-    return DistillationTrainer(model=student, teacher_model=teacher, args=DistillationConfig(**kw), train_dataset=data,
-                               processing_class=word_tokenizer(), data_collator=collator or CausalLMCollator(0))
+    return DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=DistillationConfig(**kw),
+        train_dataset=data,
+        processing_class=word_tokenizer(),
+        data_collator=collator or CausalLMCollator(0),
+    )
 
 
 def test_trainer_gradient_accumulation_is_exact_with_augmentation(tmp_path):
@@ -149,11 +207,19 @@ def test_trainer_gradient_accumulation_is_exact_with_augmentation(tmp_path):
     results = []
     for bs, ga in ((8, 1), (2, 4)):
         student = tiny_llama(seed=0)
-        trainer = make_trainer(tmp_path / f"{bs}x{ga}", student, teacher, data, per_device_train_batch_size=bs,
-                               gradient_accumulation_steps=ga)
+        trainer = make_trainer(
+            tmp_path / f"{bs}x{ga}",
+            student,
+            teacher,
+            data,
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+        )
         assert isinstance(trainer.data_collator, AugmentingCollator)
         trainer.train()
-        results.append((weights(student), [h["kd_loss"] for h in trainer.state.log_history if "kd_loss" in h]))
+        results.append(
+            (weights(student), [h["kd_loss"] for h in trainer.state.log_history if "kd_loss" in h])
+        )
     assert max_diff(results[0][0], results[1][0]) < 1e-5
     np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-4)
     plain = tiny_llama(seed=0)
@@ -172,25 +238,46 @@ class RecordingCollator(AugmentingCollator):
 
 
 def recording(seen):
-    c = RecordingCollator(CausalLMCollator(0), task="causal-lm", augmentations=["token_replace"], fraction=0.5,
-                          tokenizer=word_tokenizer(), token_prob=0.3, seed=0)
+    c = RecordingCollator(
+        CausalLMCollator(0),
+        task="causal-lm",
+        augmentations=["token_replace"],
+        fraction=0.5,
+        tokenizer=word_tokenizer(),
+        token_prob=0.3,
+        seed=0,
+    )
     c.seen = seen
     return c
 
 
 def test_resumed_run_sees_the_same_augmented_batches(tmp_path):
     teacher, data = tiny_llama(hidden=48, seed=1), lm_dataset(24)
-    common = dict(max_steps=10, per_device_train_batch_size=4, optim="adamw_torch", learning_rate=1e-2,
-                  lr_scheduler_type="linear", augmentations=["token_replace"])  # 6 steps an epoch
+    common = dict(
+        max_steps=10,
+        per_device_train_batch_size=4,
+        optim="adamw_torch",
+        learning_rate=1e-2,
+        lr_scheduler_type="linear",
+        augmentations=["token_replace"],
+    )  # 6 steps an epoch
     straight, straight_seen = tiny_llama(seed=0), {}
     make_trainer(tmp_path / "a", straight, teacher, data, recording(straight_seen), **common).train()
-    make_trainer(tmp_path / "b", tiny_llama(seed=0), teacher, data, recording({}), save_strategy="steps",
-                 save_steps=8, **common).train()
+    make_trainer(
+        tmp_path / "b",
+        tiny_llama(seed=0),
+        teacher,
+        data,
+        recording({}),
+        save_strategy="steps",
+        save_steps=8,
+        **common,
+    ).train()
     resumed, resumed_seen = tiny_llama(seed=3), {}
     make_trainer(tmp_path / "b", resumed, teacher, data, recording(resumed_seen), **common).train(
-        resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-8"))
+        resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-8")
+    )
     assert max_diff(weights(straight), weights(resumed)) < 1e-6
     after = [k for k in resumed_seen if k[0] == 1]  # the resumed epoch (steps 9 and 10)
     assert after and all(torch.equal(resumed_seen[k], straight_seen[k]) for k in after)
     assert {k[0] for k in straight_seen} == {0, 1}
-

@@ -8,15 +8,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 from distill.losses import KD_KINDS, distillation_loss
+from distill.losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 
 IGNORE = -100
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
-def make_batch(b=3, t=7, vs=11, vt=None, *, seed=0, scale=3.0, label_vocab=None,
-               student_dtype=torch.float32, teacher_dtype=torch.float32, pad_row=True):
+def make_batch(
+    b=3,
+    t=7,
+    vs=11,
+    vt=None,
+    *,
+    seed=0,
+    scale=3.0,
+    label_vocab=None,
+    student_dtype=torch.float32,
+    teacher_dtype=torch.float32,
+    pad_row=True,
+):
     g = torch.Generator().manual_seed(seed)
     vt = vt or vs
     student = (scale * torch.randn(b, t, vs, generator=g)).to(student_dtype)
@@ -117,21 +128,37 @@ def test_chunked_causal_shift_on_non_contiguous_views():
 def test_chunked_all_ignored_batch(kind, nib):
     student, teacher, labels = make_batch(seed=6)
     labels[:] = IGNORE
-    out, g = run(chunked_distillation_loss, student, teacher, labels, alpha=0.5, temperature=2.0,
-                 kind=kind, num_items_in_batch=nib, chunk_size=4)
+    out, g = run(
+        chunked_distillation_loss,
+        student,
+        teacher,
+        labels,
+        alpha=0.5,
+        temperature=2.0,
+        kind=kind,
+        num_items_in_batch=nib,
+        chunk_size=4,
+    )
     assert out.loss.item() == 0.0 and out.kd_loss.item() == 0.0 and out.ce_loss.item() == 0.0
     assert int(out.num_valid) == 0
     assert torch.isfinite(g).all() and torch.count_nonzero(g) == 0
-    ref, g_ref = run(distillation_loss, student, teacher, labels, alpha=0.5, temperature=2.0,
-                     kind=kind, num_items_in_batch=nib)
+    ref, g_ref = run(
+        distillation_loss,
+        student,
+        teacher,
+        labels,
+        alpha=0.5,
+        temperature=2.0,
+        kind=kind,
+        num_items_in_batch=nib,
+    )
     assert_same(out, ref)
     torch.testing.assert_close(g, g_ref)
 
 
 @pytest.mark.parametrize("kind", KD_KINDS)
 def test_chunked_bf16_student(kind):
-    student, teacher, labels = make_batch(seed=7, student_dtype=torch.bfloat16,
-                                          teacher_dtype=torch.bfloat16)
+    student, teacher, labels = make_batch(seed=7, student_dtype=torch.bfloat16, teacher_dtype=torch.bfloat16)
     kw = dict(alpha=0.5, temperature=2.0, kind=kind)
     ref, g_ref = run(distillation_loss, student, teacher, labels, **kw)
     out, g = run(chunked_distillation_loss, student, teacher, labels, chunk_size=4, **kw)
@@ -168,8 +195,9 @@ def test_chunked_masked_teacher_logits(kind):
 @pytest.mark.parametrize("kind", KD_KINDS)
 def test_chunked_gradient_matches_finite_differences_float64(kind):
     """Directional derivatives of the float64 loss vs the precomputed analytic gradient."""
-    student, teacher, labels = make_batch(b=2, t=3, vs=5, seed=10, pad_row=False,
-                                          student_dtype=torch.float64, teacher_dtype=torch.float64)
+    student, teacher, labels = make_batch(
+        b=2, t=3, vs=5, seed=10, pad_row=False, student_dtype=torch.float64, teacher_dtype=torch.float64
+    )
     kw = dict(alpha=0.3, temperature=1.7, kind=kind, jsd_beta=0.3, chunk_size=2)
     out, g = run(chunked_distillation_loss, student, teacher, labels, **kw)
     assert out.loss.dtype == torch.float64 and g.dtype == torch.float64
@@ -244,11 +272,9 @@ def test_chunked_vocab_errors():
     with pytest.raises(ValueError, match="vocab_size=14"):
         chunked_distillation_loss(student, teacher, labels, alpha=0.5, temperature=2.0, vocab_size=14)
     with pytest.raises(ValueError, match="align"):
-        chunked_distillation_loss(student, teacher[:, :-1], labels, alpha=0.5, temperature=2.0,
-                                  vocab_size=13)
+        chunked_distillation_loss(student, teacher[:, :-1], labels, alpha=0.5, temperature=2.0, vocab_size=13)
     with pytest.raises(ValueError, match="leading shape"):
-        chunked_distillation_loss(student, teacher, labels[:, :-1], alpha=0.5, temperature=2.0,
-                                  vocab_size=13)
+        chunked_distillation_loss(student, teacher, labels[:, :-1], alpha=0.5, temperature=2.0, vocab_size=13)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,9 +284,11 @@ def make_heads(b=3, t=7, hs=6, ht=9, vs=11, vt=None, *, seed=0, bias=True, dtype
     g = torch.Generator().manual_seed(seed)
     vt = vt or vs
     tensors = dict(
-        hs=torch.randn(b, t, hs, generator=g), ws=torch.randn(vs, hs, generator=g),
+        hs=torch.randn(b, t, hs, generator=g),
+        ws=torch.randn(vs, hs, generator=g),
         bs=torch.randn(vs, generator=g) if bias else None,
-        ht=torch.randn(b, t, ht, generator=g), wt=torch.randn(vt, ht, generator=g),
+        ht=torch.randn(b, t, ht, generator=g),
+        wt=torch.randn(vt, ht, generator=g),
         bt=torch.randn(vt, generator=g) if bias else None,
     )
     tensors = {k: None if v is None else v.to(dtype) for k, v in tensors.items()}
@@ -271,17 +299,28 @@ def make_heads(b=3, t=7, hs=6, ht=9, vs=11, vt=None, *, seed=0, bias=True, dtype
 
 
 def fused_vs_plain(x, labels, *, chunk_size=4, **kw):
-    leaves = {k: None if v is None else v.clone().requires_grad_(k in ("hs", "ws", "bs"))
-              for k, v in x.items()}
-    ref_leaves = {k: None if v is None else v.clone().requires_grad_(k in ("hs", "ws", "bs"))
-                  for k, v in x.items()}
+    leaves = {
+        k: None if v is None else v.clone().requires_grad_(k in ("hs", "ws", "bs")) for k, v in x.items()
+    }
+    ref_leaves = {
+        k: None if v is None else v.clone().requires_grad_(k in ("hs", "ws", "bs")) for k, v in x.items()
+    }
     out = fused_linear_distillation_loss(
-        leaves["hs"], leaves["ws"], leaves["ht"], leaves["wt"], labels,
-        student_head_bias=leaves["bs"], teacher_head_bias=leaves["bt"], chunk_size=chunk_size, **kw)
+        leaves["hs"],
+        leaves["ws"],
+        leaves["ht"],
+        leaves["wt"],
+        labels,
+        student_head_bias=leaves["bs"],
+        teacher_head_bias=leaves["bt"],
+        chunk_size=chunk_size,
+        **kw,
+    )
     out.loss.backward()
     r = ref_leaves
-    ref = distillation_loss(F.linear(r["hs"], r["ws"], r["bs"]), F.linear(r["ht"], r["wt"], r["bt"]),
-                            labels, **kw)
+    ref = distillation_loss(
+        F.linear(r["hs"], r["ws"], r["bs"]), F.linear(r["ht"], r["wt"], r["bt"]), labels, **kw
+    )
     ref.loss.backward()
     return out, ref, leaves, ref_leaves
 
@@ -292,8 +331,9 @@ def fused_vs_plain(x, labels, *, chunk_size=4, **kw):
 @pytest.mark.parametrize("chunk_size", [3, 1024])
 def test_fused_matches_plain(kind, bias, nib, chunk_size):
     x, labels = make_heads(seed=20, bias=bias)
-    out, ref, leaves, ref_leaves = fused_vs_plain(x, labels, chunk_size=chunk_size, alpha=0.4,
-                                                  temperature=2.0, kind=kind, num_items_in_batch=nib)
+    out, ref, leaves, ref_leaves = fused_vs_plain(
+        x, labels, chunk_size=chunk_size, alpha=0.4, temperature=2.0, kind=kind, num_items_in_batch=nib
+    )
     assert_same(out, ref)
     for k in ("hs", "ws", "bs"):
         if leaves[k] is not None:
@@ -308,21 +348,31 @@ def test_fused_vocab_slicing_and_no_labels(kind):
     kw = dict(alpha=0.5, temperature=1.5, kind=kind, vocab_size=11)
     # vocab slicing: reference slices the full logits, fused slices the head rows.
     leaves = {k: v.clone().requires_grad_(k in ("hs", "ws", "bs")) for k, v in x.items()}
-    out = fused_linear_distillation_loss(leaves["hs"], leaves["ws"], leaves["ht"], leaves["wt"],
-                                         labels, student_head_bias=leaves["bs"],
-                                         teacher_head_bias=leaves["bt"], chunk_size=5, **kw)
+    out = fused_linear_distillation_loss(
+        leaves["hs"],
+        leaves["ws"],
+        leaves["ht"],
+        leaves["wt"],
+        labels,
+        student_head_bias=leaves["bs"],
+        teacher_head_bias=leaves["bt"],
+        chunk_size=5,
+        **kw,
+    )
     out.loss.backward()
     r = {k: v.clone().requires_grad_(k in ("hs", "ws", "bs")) for k, v in x.items()}
-    ref = distillation_loss(F.linear(r["hs"], r["ws"], r["bs"]), F.linear(r["ht"], r["wt"], r["bt"]),
-                            labels, **kw)
+    ref = distillation_loss(
+        F.linear(r["hs"], r["ws"], r["bs"]), F.linear(r["ht"], r["wt"], r["bt"]), labels, **kw
+    )
     ref.loss.backward()
     assert_same(out, ref)
     for k in ("hs", "ws", "bs"):
         torch.testing.assert_close(leaves[k].grad, r[k].grad, **TOL, msg=k)
     assert torch.count_nonzero(leaves["ws"].grad[11:]) == 0
     # labels=None, alpha=1
-    out, ref, leaves, ref_leaves = fused_vs_plain(x, None, alpha=1.0, temperature=2.0, kind=kind,
-                                                  vocab_size=11)
+    out, ref, leaves, ref_leaves = fused_vs_plain(
+        x, None, alpha=1.0, temperature=2.0, kind=kind, vocab_size=11
+    )
     assert_same(out, ref)
     for k in ("hs", "ws", "bs"):
         torch.testing.assert_close(leaves[k].grad, ref_leaves[k].grad, **TOL, msg=k)
@@ -356,12 +406,22 @@ def test_fused_only_some_student_inputs_require_grad():
     x, labels = make_heads(seed=24)
     hs = x["hs"].clone().requires_grad_()
     ws = x["ws"].clone()  # frozen head (e.g. tied and frozen embeddings)
-    out = fused_linear_distillation_loss(hs, ws, x["ht"], x["wt"], labels, alpha=0.5, temperature=2.0,
-                                         student_head_bias=x["bs"], teacher_head_bias=x["bt"])
+    out = fused_linear_distillation_loss(
+        hs,
+        ws,
+        x["ht"],
+        x["wt"],
+        labels,
+        alpha=0.5,
+        temperature=2.0,
+        student_head_bias=x["bs"],
+        teacher_head_bias=x["bt"],
+    )
     out.loss.backward()
     hs_ref = x["hs"].clone().requires_grad_()
-    ref = distillation_loss(F.linear(hs_ref, ws, x["bs"]), F.linear(x["ht"], x["wt"], x["bt"]), labels,
-                            alpha=0.5, temperature=2.0)
+    ref = distillation_loss(
+        F.linear(hs_ref, ws, x["bs"]), F.linear(x["ht"], x["wt"], x["bt"]), labels, alpha=0.5, temperature=2.0
+    )
     ref.loss.backward()
     torch.testing.assert_close(hs.grad, hs_ref.grad, **TOL)
     assert ws.grad is None
@@ -370,15 +430,18 @@ def test_fused_only_some_student_inputs_require_grad():
 def test_fused_shape_errors():
     x, labels = make_heads(seed=25)
     with pytest.raises(ValueError, match="align"):
-        fused_linear_distillation_loss(x["hs"], x["ws"], x["ht"][:, :-1], x["wt"], labels, alpha=0.5,
-                                       temperature=2.0)
+        fused_linear_distillation_loss(
+            x["hs"], x["ws"], x["ht"][:, :-1], x["wt"], labels, alpha=0.5, temperature=2.0
+        )
     with pytest.raises(ValueError, match="head weight"):
-        fused_linear_distillation_loss(x["hs"], x["ws"].t(), x["ht"], x["wt"], labels, alpha=0.5,
-                                       temperature=2.0)
+        fused_linear_distillation_loss(
+            x["hs"], x["ws"].t(), x["ht"], x["wt"], labels, alpha=0.5, temperature=2.0
+        )
     x2, labels2 = make_heads(vs=11, vt=12, seed=25)
     with pytest.raises(ValueError, match="vocab_size"):
-        fused_linear_distillation_loss(x2["hs"], x2["ws"], x2["ht"], x2["wt"], labels2, alpha=0.5,
-                                       temperature=2.0)
+        fused_linear_distillation_loss(
+            x2["hs"], x2["ws"], x2["ht"], x2["wt"], labels2, alpha=0.5, temperature=2.0
+        )
 
 
 def test_single_position_1d_logits():
@@ -397,9 +460,9 @@ def test_single_position_1d_logits():
 # ----------------------------------------------------------------------------------------------
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from test_losses import ref_loss  # noqa: E402  (independent float64 numpy reference)
 
 from distill.losses.chunked import _RowGather, default_chunk_size  # noqa: E402
-from test_losses import ref_loss  # noqa: E402  (independent float64 numpy reference)
 
 
 @settings(max_examples=40, deadline=None)
@@ -414,8 +477,9 @@ from test_losses import ref_loss  # noqa: E402  (independent float64 numpy refer
     masked=st.integers(0, 3),
     chunk_size=st.integers(1, 8),
 )
-def test_forward_kl_fast_path_matches_float64_reference(seed, b, t, v, scale, temperature, alpha,
-                                                        masked, chunk_size):
+def test_forward_kl_fast_path_matches_float64_reference(
+    seed, b, t, v, scale, temperature, alpha, masked, chunk_size
+):
     """Values against numpy float64; gradients against float64 autograd of the plain loss.
 
     Covers the T = 1 and T = 2 shortcuts, logits wide enough to underflow exp, and teacher logits
@@ -440,14 +504,14 @@ def test_forward_kl_fast_path_matches_float64_reference(seed, b, t, v, scale, te
 @pytest.mark.parametrize(
     "make_view",
     [
-        lambda x: x,                          # contiguous
-        lambda x: x[:, :-1],                  # the causal shift
-        lambda x: x[:, 1:],                   # a storage offset
-        lambda x: x[::2, :-1],                # strided batch
-        lambda x: x.transpose(0, 1),          # leading dims swapped
-        lambda x: x[..., ::2],                # vocabulary not contiguous: advanced-indexing fallback
-        lambda x: x[:1].expand(3, -1, -1),    # stride 0
-        lambda x: x[0],                       # 2-D
+        lambda x: x,  # contiguous
+        lambda x: x[:, :-1],  # the causal shift
+        lambda x: x[:, 1:],  # a storage offset
+        lambda x: x[::2, :-1],  # strided batch
+        lambda x: x.transpose(0, 1),  # leading dims swapped
+        lambda x: x[..., ::2],  # vocabulary not contiguous: advanced-indexing fallback
+        lambda x: x[:1].expand(3, -1, -1),  # stride 0
+        lambda x: x[0],  # 2-D
     ],
 )
 def test_row_gather_equals_advanced_indexing(make_view):

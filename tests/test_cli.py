@@ -15,8 +15,20 @@ from distill.train import main as train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "recipes", "tiny")
-QUICK = ["--max_steps", "2", "--max_eval_samples", "16", "--max_test_samples", "16", "--logging_steps", "1",
-         "--save_strategy", "no", "--disable_tqdm", "true"]
+QUICK = [
+    "--max_steps",
+    "2",
+    "--max_eval_samples",
+    "16",
+    "--max_test_samples",
+    "16",
+    "--logging_steps",
+    "1",
+    "--save_strategy",
+    "no",
+    "--disable_tqdm",
+    "true",
+]
 
 
 def recipe(name):
@@ -41,14 +53,32 @@ def test_tiny_recipe_trains(task, teachers, tmp_path):
     from transformers import AutoConfig
 
     out = str(tmp_path / "student")
-    results = train_main(["--config", recipe(f"{task}.yaml"), "--teacher_model_name_or_path", teachers[task],
-                          "--output_dir", out, *QUICK])
+    results = train_main(
+        [
+            "--config",
+            recipe(f"{task}.yaml"),
+            "--teacher_model_name_or_path",
+            teachers[task],
+            "--output_dir",
+            out,
+            *QUICK,
+        ]
+    )
     with open(os.path.join(out, "all_results.json")) as f:
         saved = json.load(f)
-    for key in ("eval_loss", "eval_kd_loss", "eval_teacher_loss", "test_loss", "student_params", "teacher_params"):
+    for key in (
+        "eval_loss",
+        "eval_kd_loss",
+        "eval_teacher_loss",
+        "test_loss",
+        "student_params",
+        "teacher_params",
+    ):
         assert key in saved, key
     assert saved["teacher_params"] > saved["student_params"]
-    if task != "causal_lm":  # the teacher's accuracy on the same split, as its own run measured it (compute_metrics)
+    if (
+        task != "causal_lm"
+    ):  # the teacher's accuracy on the same split, as its own run measured it (compute_metrics)
         with open(os.path.join(teachers[task], "all_results.json")) as f:
             assert saved["eval_teacher_accuracy"] == pytest.approx(json.load(f)["eval_accuracy"], abs=1e-9)
         assert "eval_accuracy" in saved
@@ -65,15 +95,30 @@ def test_tiny_recipe_trains(task, teachers, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, task, two", [("seq_cls_augment.yaml", "seq_cls", False),
-                                             ("image_cls_augment.yaml", "image_cls", False),
-                                             ("seq_cls_two_teachers.yaml", "seq_cls", True)])
+@pytest.mark.parametrize(
+    "name, task, two",
+    [
+        ("seq_cls_augment.yaml", "seq_cls", False),
+        ("image_cls_augment.yaml", "image_cls", False),
+        ("seq_cls_two_teachers.yaml", "seq_cls", True),
+    ],
+)
 def test_augmentation_and_two_teacher_recipes_train(name, task, two, teachers, tmp_path):
     """The offline recipes of issue 14 (data-augmentation distillation, two teachers), a few steps."""
     out = str(tmp_path / "student")
     extra = ["--extra_teachers", teachers[task]] if two else []
-    train_main(["--config", recipe(name), "--teacher_model_name_or_path", teachers[task], "--output_dir", out,
-                *QUICK, *extra])
+    train_main(
+        [
+            "--config",
+            recipe(name),
+            "--teacher_model_name_or_path",
+            teachers[task],
+            "--output_dir",
+            out,
+            *QUICK,
+            *extra,
+        ]
+    )
     with open(os.path.join(out, "all_results.json")) as f:
         assert {"eval_loss", "eval_kd_loss", "eval_accuracy"} <= set(json.load(f))
     with open(os.path.join(out, "trainer_state.json")) as f:
@@ -84,20 +129,45 @@ def test_augmentation_and_two_teacher_recipes_train(name, task, two, teachers, t
 def test_multitask_recipe_trains(teachers, tmp_path):
     """recipes/tiny/multitask.yaml: two tasks, each with its own teacher (sharing one tokenizer), one student."""
     kind_teacher = str(tmp_path / "kind_teacher")
-    train_main(["--config", recipe("docstring_kind_teacher.yaml"), "--output_dir", kind_teacher,
-                "--tokenizer_name_or_path", teachers["seq_cls"], *QUICK])
-    tasks = [{"name": "topic", "dataset_name": "builtin:docstring-topics", "teacher": teachers["seq_cls"]},
-             {"name": "kind", "dataset_name": "builtin:docstring-kind", "teacher": kind_teacher, "weight": 2.0}]
+    train_main(
+        [
+            "--config",
+            recipe("docstring_kind_teacher.yaml"),
+            "--output_dir",
+            kind_teacher,
+            "--tokenizer_name_or_path",
+            teachers["seq_cls"],
+            *QUICK,
+        ]
+    )
+    tasks = [
+        {"name": "topic", "dataset_name": "builtin:docstring-topics", "teacher": teachers["seq_cls"]},
+        {"name": "kind", "dataset_name": "builtin:docstring-kind", "teacher": kind_teacher, "weight": 2.0},
+    ]
     out = str(tmp_path / "student")
-    train_main(["--config", recipe("multitask.yaml"), "--tasks", json.dumps(tasks), "--tokenizer_name_or_path",
-                teachers["seq_cls"], "--output_dir", out, *QUICK])
+    train_main(
+        [
+            "--config",
+            recipe("multitask.yaml"),
+            "--tasks",
+            json.dumps(tasks),
+            "--tokenizer_name_or_path",
+            teachers["seq_cls"],
+            "--output_dir",
+            out,
+            *QUICK,
+        ]
+    )
     with open(os.path.join(out, "all_results.json")) as f:
         saved = json.load(f)
     for split in ("eval", "test"):
         for name in ("topic", "kind"):
-            assert {f"{split}_{name}_loss", f"{split}_{name}_accuracy", f"{split}_{name}_kd_loss"} <= set(saved)
+            assert {f"{split}_{name}_loss", f"{split}_{name}_accuracy", f"{split}_{name}_kd_loss"} <= set(
+                saved
+            )
         assert saved[f"{split}_accuracy"] == pytest.approx(
-            (saved[f"{split}_topic_accuracy"] + saved[f"{split}_kind_accuracy"]) / 2)
+            (saved[f"{split}_topic_accuracy"] + saved[f"{split}_kind_accuracy"]) / 2
+        )
     with open(os.path.join(out, "config.json")) as f:
         config = json.load(f)
     assert config["task_label_ranges"] == {"topic": [0, 6], "kind": [6, 3]} and len(config["id2label"]) == 9
@@ -108,8 +178,19 @@ def test_fused_lm_head_from_the_command_line(teachers, tmp_path):
     logs = {}
     for flag in ("false", "true"):
         out = str(tmp_path / flag)
-        train_main(["--config", recipe("causal_lm.yaml"), "--teacher_model_name_or_path", teachers["causal_lm"],
-                    "--output_dir", out, *QUICK, "--kd_fused_lm_head", flag])
+        train_main(
+            [
+                "--config",
+                recipe("causal_lm.yaml"),
+                "--teacher_model_name_or_path",
+                teachers["causal_lm"],
+                "--output_dir",
+                out,
+                *QUICK,
+                "--kd_fused_lm_head",
+                flag,
+            ]
+        )
         with open(os.path.join(out, "trainer_state.json")) as f:
             logs[flag] = [h for h in json.load(f)["log_history"] if "loss" in h]
     for a, b in zip(logs["false"], logs["true"], strict=True):
@@ -137,8 +218,16 @@ BAD = [
 @pytest.mark.parametrize("extra,field", BAD, ids=[b[1] for b in BAD])
 def test_bad_input_fails_fast_with_named_field(extra, field, teachers, tmp_path, capsys):
     name = "seq_cls.yaml"
-    args = ["train", "--config", recipe(name), "--teacher_model_name_or_path", teachers["seq_cls"],
-            "--output_dir", str(tmp_path / "out"), *QUICK]
+    args = [
+        "train",
+        "--config",
+        recipe(name),
+        "--teacher_model_name_or_path",
+        teachers["seq_cls"],
+        "--output_dir",
+        str(tmp_path / "out"),
+        *QUICK,
+    ]
     start = time.time()
     try:
         code = cli_main(args + extra)
@@ -152,9 +241,20 @@ def test_bad_input_fails_fast_with_named_field(extra, field, teachers, tmp_path,
 
 def test_different_tokenizer_is_refused(teachers, tmp_path, capsys):
     # A student whose tokenizer is trained afresh (different merges) must be refused.
-    code = cli_main(["train", "--config", recipe("causal_lm.yaml"), "--teacher_model_name_or_path",
-                     teachers["causal_lm"], "--tokenizer_name_or_path", teachers["seq_cls"],
-                     "--output_dir", str(tmp_path / "o"), *QUICK])
+    code = cli_main(
+        [
+            "train",
+            "--config",
+            recipe("causal_lm.yaml"),
+            "--teacher_model_name_or_path",
+            teachers["causal_lm"],
+            "--tokenizer_name_or_path",
+            teachers["seq_cls"],
+            "--output_dir",
+            str(tmp_path / "o"),
+            *QUICK,
+        ]
+    )
     assert code == 2
     assert "different tokenizers" in capsys.readouterr().err
 
@@ -170,7 +270,9 @@ def test_alpha_below_one_without_labels_is_refused():
 
 def test_help_is_fast():
     start = time.time()
-    out = subprocess.run([sys.executable, "-m", "distill", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "distill", "--help"], capture_output=True, text=True, check=True
+    )
     assert "train" in out.stdout
     assert time.time() - start < 2.0
 
@@ -182,10 +284,31 @@ def test_cli_under_accelerate_launch_two_processes(teachers, tmp_path):
     bindir = os.path.dirname(sys.executable)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [os.path.join(bindir, "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
-         "29547", "-m", "distill", "train", "--config", recipe("causal_lm.yaml"), "--teacher_model_name_or_path",
-         teachers["causal_lm"], "--output_dir", out, *QUICK, "--per_device_train_batch_size", "2"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            os.path.join(bindir, "accelerate"),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29547",
+            "-m",
+            "distill",
+            "train",
+            "--config",
+            recipe("causal_lm.yaml"),
+            "--teacher_model_name_or_path",
+            teachers["causal_lm"],
+            "--output_dir",
+            out,
+            *QUICK,
+            "--per_device_train_batch_size",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(out, "all_results.json")) as f:

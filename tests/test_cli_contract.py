@@ -25,17 +25,37 @@ def exit_status(main, argv) -> int:
 
 def test_offline_hub_dataset_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    code = distill_main(["train", "--config", os.path.join(TINY, "causal_lm_teacher.yaml"), "--output_dir",
-                         str(tmp_path / "o"), "--dataset_name", "someone/no-such-dataset-here"])
+    code = distill_main(
+        [
+            "train",
+            "--config",
+            os.path.join(TINY, "causal_lm_teacher.yaml"),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--dataset_name",
+            "someone/no-such-dataset-here",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    [line] = [line for line in err.splitlines() if line.startswith("error:")]  # one line (above: import warnings)
+    [line] = [
+        line for line in err.splitlines() if line.startswith("error:")
+    ]  # one line (above: import warnings)
     assert "HF_DATASETS_OFFLINE" in line and "builtin:python-docs" in line and "no-such-dataset-here" in line
 
 
 def test_command_line_typo_gets_did_you_mean(tmp_path, capsys):
-    code = distill_main(["train", "--config", os.path.join(TINY, "causal_lm.yaml"), "--alhpa", "0.9",
-                         "--output_dir", str(tmp_path / "o")])
+    code = distill_main(
+        [
+            "train",
+            "--config",
+            os.path.join(TINY, "causal_lm.yaml"),
+            "--alhpa",
+            "0.9",
+            "--output_dir",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     assert "'--alhpa' (did you mean '--alpha'?)" in capsys.readouterr().err
 
@@ -55,11 +75,20 @@ def test_config_is_in_train_help_and_usage():
     assert "--config RECIPE.yaml" in text.split("options:", 1)[1] or "recipe:" in text
 
 
-@pytest.mark.parametrize("program,argv", [
-    ("distill", []), ("distill", ["trian"]), ("distill", ["train", "--config", "/nonexistent.yaml"]),
-    ("scaling", []), ("scaling", ["fit"]), ("scaling", ["fti"]),
-    ("scaledown", []), ("scaledown", ["run", "--config", "/nonexistent.yaml"]), ("scaledown", ["run", "--bogus"]),
-])
+@pytest.mark.parametrize(
+    "program,argv",
+    [
+        ("distill", []),
+        ("distill", ["trian"]),
+        ("distill", ["train", "--config", "/nonexistent.yaml"]),
+        ("scaling", []),
+        ("scaling", ["fit"]),
+        ("scaling", ["fti"]),
+        ("scaledown", []),
+        ("scaledown", ["run", "--config", "/nonexistent.yaml"]),
+        ("scaledown", ["run", "--bogus"]),
+    ],
+)
 def test_usage_errors_exit_2(program, argv, capsys):
     import importlib
 
@@ -72,12 +101,24 @@ def test_task_is_inferred_when_unset(tmp_path):
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model_config: {model_type: vit}\ndataset_name: builtin:digits\n")
-    assert _infer_task_name(*parse_args(["--config", str(recipe), "--output_dir", str(tmp_path)])) == "image-cls"
+    assert (
+        _infer_task_name(*parse_args(["--config", str(recipe), "--output_dir", str(tmp_path)])) == "image-cls"
+    )
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     (teacher / "config.json").write_text(json.dumps({"architectures": ["BertForSequenceClassification"]}))
-    argv = ["--model_config", '{"model_type": "bert"}', "--teacher_model_name_or_path", str(teacher),
-            "--dataset_name", "json", "--data_files", str(recipe), "--output_dir", str(tmp_path)]
+    argv = [
+        "--model_config",
+        '{"model_type": "bert"}',
+        "--teacher_model_name_or_path",
+        str(teacher),
+        "--dataset_name",
+        "json",
+        "--data_files",
+        str(recipe),
+        "--output_dir",
+        str(tmp_path),
+    ]
     assert _infer_task_name(*parse_args(argv)) == "seq-cls"
     with pytest.raises(ValueError, match="task is not set"):
         _infer_task_name(*parse_args(argv[:2] + argv[4:]))
@@ -86,8 +127,16 @@ def test_task_is_inferred_when_unset(tmp_path):
 def test_classification_summary_shows_accuracy():
     from distill.train import format_summary
 
-    table = format_summary({"student_params": 10, "eval_loss": 1.0, "eval_accuracy": 0.5, "teacher_params": 99,
-                            "eval_teacher_loss": 0.4, "eval_teacher_accuracy": 0.875})
+    table = format_summary(
+        {
+            "student_params": 10,
+            "eval_loss": 1.0,
+            "eval_accuracy": 0.5,
+            "teacher_params": 99,
+            "eval_teacher_loss": 0.4,
+            "eval_teacher_accuracy": 0.875,
+        }
+    )
     header, student, teacher = table.splitlines()[1:]
     assert "eval_accuracy" in header.split()
     assert student.split()[header.split().index("eval_accuracy")] == "0.5000"
@@ -97,8 +146,12 @@ def test_classification_summary_shows_accuracy():
 
 def test_make_help_lists_every_target():
     makefile = open(os.path.join(ROOT, "Makefile")).read()
-    phony = next(line for line in makefile.splitlines() if line.startswith(".PHONY:")).split(":", 1)[1].split()
-    shown = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    phony = (
+        next(line for line in makefile.splitlines() if line.startswith(".PHONY:")).split(":", 1)[1].split()
+    )
+    shown = subprocess.run(
+        ["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     listed = {line.split()[1] for line in shown.splitlines() if line.startswith("make ")}
     assert set(phony) - {"help"} <= listed
 
@@ -120,4 +173,6 @@ def test_requires_python_admits_no_version_the_dependencies_refuse():
         for minor in range(8, sys.version_info.minor + 1):
             version = f"3.{minor}"
             if version in ours:
-                assert version in SpecifierSet(needed), f"{name} needs Python {needed}, pyproject admits {version}"
+                assert version in SpecifierSet(needed), (
+                    f"{name} needs Python {needed}, pyproject admits {version}"
+                )

@@ -6,9 +6,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import collections  # noqa: E402
+from pydoc_data.topics import topics  # noqa: E402
 
 import pytest  # noqa: E402
-from pydoc_data.topics import topics  # noqa: E402
 
 from distill.data import corpus  # noqa: E402
 
@@ -70,11 +70,17 @@ def test_warm_call_reads_the_cache_without_importing_the_stdlib(docs, monkeypatc
 def test_split_of_is_stable_and_roughly_90_5_5():
     # Regression guard: SHA-256 based, so these never change between runs or machines.
     assert corpus.stable_bucket("scaledown") == 9633
-    held_out = {k: corpus.split_of(f"topics:{k}") for k in topics if
-                corpus.split_of(f"topics:{k}") != "train"}
-    assert held_out == {"attribute-access": "test", "binary": "validation",
-                        "bitwise": "validation", "conversions": "validation",
-                        "objects": "test", "types": "validation"}
+    held_out = {
+        k: corpus.split_of(f"topics:{k}") for k in topics if corpus.split_of(f"topics:{k}") != "train"
+    }
+    assert held_out == {
+        "attribute-access": "test",
+        "binary": "validation",
+        "bitwise": "validation",
+        "conversions": "validation",
+        "objects": "test",
+        "types": "validation",
+    }
     counts = collections.Counter(corpus.split_of(f"doc{i}") for i in range(20_000))
     assert 0.88 < counts["train"] / 20_000 < 0.92
     assert 0.04 < counts["validation"] / 20_000 < 0.06
@@ -130,8 +136,7 @@ def test_digits_images():
 def test_bpe_tokenizer_round_trip(docs, tmp_path):
     from transformers import AutoTokenizer
 
-    tokenizer = corpus.train_bpe_tokenizer(docs["train"]["text"], vocab_size=512,
-                                           model_max_length=256)
+    tokenizer = corpus.train_bpe_tokenizer(docs["train"]["text"], vocab_size=512, model_max_length=256)
     assert len(tokenizer) == 512
     assert tokenizer.eos_token == tokenizer.bos_token == "<|endoftext|>"
     assert (tokenizer.pad_token, tokenizer.unk_token) == ("<pad>", "<unk>")
@@ -144,8 +149,11 @@ def test_bpe_tokenizer_round_trip(docs, tmp_path):
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     assert loaded(text)["input_ids"] == ids
     assert (loaded.eos_token_id, loaded.bos_token_id, loaded.pad_token_id, loaded.unk_token_id) == (
-        tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id,
-        tokenizer.unk_token_id)
+        tokenizer.eos_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.unk_token_id,
+    )
     assert loaded.padding_side == "right" and loaded.model_max_length == 256
     batch = loaded(["a", "a longer text"], padding=True)
     assert batch["input_ids"][0][-1] == loaded.pad_token_id

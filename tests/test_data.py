@@ -13,9 +13,8 @@ import datasets  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from distill.data import corpus
 from distill import data  # noqa: E402
-from distill.data import DataArguments, build_datasets, load_raw_datasets  # noqa: E402
+from distill.data import DataArguments, build_datasets, corpus, load_raw_datasets  # noqa: E402
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog. " * 12,  # long: several chunks
@@ -53,16 +52,19 @@ def n_tokens(tokenizer, text):
 
 
 # ---- DataArguments ----------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, field", [
-    ({"block_size": 1}, "block_size"),
-    ({"max_seq_length": 0}, "max_seq_length"),
-    ({"validation_split_percentage": 100}, "validation_split_percentage"),
-    ({"max_train_samples": 0}, "max_train_samples"),
-    ({"dataset_name": "builtin:nope"}, "dataset_name"),
-    ({"dataset_name": "builtin:digits", "data_files": "x.json"}, "data_files"),
-    ({"data_files": "{not json"}, "data_files"),
-    ({"dataset_name": "json"}, "data_files"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"block_size": 1}, "block_size"),
+        ({"max_seq_length": 0}, "max_seq_length"),
+        ({"validation_split_percentage": 100}, "validation_split_percentage"),
+        ({"max_train_samples": 0}, "max_train_samples"),
+        ({"dataset_name": "builtin:nope"}, "dataset_name"),
+        ({"dataset_name": "builtin:digits", "data_files": "x.json"}, "data_files"),
+        ({"data_files": "{not json"}, "data_files"),
+        ({"dataset_name": "json"}, "data_files"),
+    ],
+)
 def test_data_arguments_reject_bad_values(kwargs, field):
     with pytest.raises(ValueError, match=field):
         DataArguments(**kwargs)
@@ -95,8 +97,18 @@ def test_hf_argument_parser_round_trip(tmp_path):
     parser = HfArgumentParser(DataArguments)
     assert all(f.metadata.get("help") for f in dataclasses.fields(DataArguments))
     (args,) = parser.parse_args_into_dataclasses(
-        ["--dataset_name", "json", "--data_files", json.dumps({"train": good}), "--packing",
-         "--block_size", "64", "--eval_split", ""])
+        [
+            "--dataset_name",
+            "json",
+            "--data_files",
+            json.dumps({"train": good}),
+            "--packing",
+            "--block_size",
+            "64",
+            "--eval_split",
+            "",
+        ]
+    )
     assert args.packing and args.block_size == 64 and args.data_files == {"train": good}
     assert args.eval_split is None
     (from_yaml,) = parser.parse_dict({"data_files": {"train": [good]}, "streaming": True})
@@ -112,8 +124,7 @@ def test_local_text_file_gets_a_carved_validation_split(tmp_path):
     assert set(raw) == {"train", "validation"}
     assert (len(raw["train"]), len(raw["validation"])) == (90, 10)
     assert not set(raw["train"]["text"]) & set(raw["validation"]["text"])
-    assert list(load_raw_datasets(args, seed=1)["validation"]["text"]) == list(
-        raw["validation"]["text"])
+    assert list(load_raw_datasets(args, seed=1)["validation"]["text"]) == list(raw["validation"]["text"])
     no_eval = load_raw_datasets(DataArguments(data_files=str(path), eval_split=""))
     assert set(no_eval) == {"train"} and len(no_eval["train"]) == 100
 
@@ -144,12 +155,15 @@ def test_hub_ids_go_to_load_dataset_with_config_and_streaming(monkeypatch):
     def fake_load_dataset(path, name=None, **kwargs):
         calls.append((path, name, kwargs))
         rows = {"text": ["a b c", "d e f"]}
-        return datasets.IterableDatasetDict(
-            {"train": datasets.Dataset.from_dict(rows).to_iterable_dataset()})
+        return datasets.IterableDatasetDict({"train": datasets.Dataset.from_dict(rows).to_iterable_dataset()})
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    args = DataArguments(dataset_name="HuggingFaceFW/fineweb-edu",
-                         dataset_config_name="sample-10BT", streaming=True, max_eval_samples=1)
+    args = DataArguments(
+        dataset_name="HuggingFaceFW/fineweb-edu",
+        dataset_config_name="sample-10BT",
+        streaming=True,
+        max_eval_samples=1,
+    )
     raw = load_raw_datasets(args)
     assert calls[0][:2] == ("HuggingFaceFW/fineweb-edu", "sample-10BT")
     assert calls[0][2]["streaming"] is True
@@ -176,7 +190,7 @@ def test_causal_lm_chunking_is_exact(tokenizer, tmp_path):
     expected = []
     for text in DOCS:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
-        expected += [ids[i:i + 16] for i in range(0, len(ids), 16) if len(ids[i:i + 16]) >= 2]
+        expected += [ids[i : i + 16] for i in range(0, len(ids), 16) if len(ids[i : i + 16]) >= 2]
     assert list(train["input_ids"]) == expected
     assert sum(ids[-1] == eos for ids in train["input_ids"]) == 3  # one eos per kept document
 
@@ -187,8 +201,7 @@ def test_distinct_bos_starts_each_document_and_is_not_a_target(tokenizer, tmp_pa
     bos, eos = llama_like.bos_token_id, llama_like.eos_token_id
     assert bos != eos
     path = write_jsonl(tmp_path / "docs.jsonl", [{"text": "one doc"}, {"text": "two docs"}])
-    train = build_datasets(DataArguments(data_files=path, eval_split=None), "causal-lm",
-                           llama_like).train
+    train = build_datasets(DataArguments(data_files=path, eval_split=None), "causal-lm", llama_like).train
     for row, text in zip(train, ("one doc", "two docs")):
         body = llama_like(text, add_special_tokens=False)["input_ids"]
         assert row["input_ids"] == [bos] + body + [eos]
@@ -210,8 +223,10 @@ def test_packing_gives_full_blocks(tokenizer, tmp_path):
 
 
 def test_prompt_tokens_are_masked(tokenizer, tmp_path):
-    rows = [{"prompt": "Question: what is a list?\nAnswer:", "text": " An ordered sequence."},
-            {"prompt": "Translate: chat", "text": " cat"}]
+    rows = [
+        {"prompt": "Question: what is a list?\nAnswer:", "text": " An ordered sequence."},
+        {"prompt": "Translate: chat", "text": " cat"},
+    ]
     path = write_jsonl(tmp_path / "sft.jsonl", rows)
     args = DataArguments(data_files=path, prompt_column="prompt", block_size=64, eval_split=None)
     train = build_datasets(args, "causal-lm", tokenizer).train
@@ -223,16 +238,20 @@ def test_prompt_tokens_are_masked(tokenizer, tmp_path):
         assert labels[n_prompt:] == ids[n_prompt:] and -100 not in labels[n_prompt:]
         assert ids[-1] == tokenizer.eos_token_id
     # Truncated to block_size, not chunked: the completion never loses its prompt.
-    short = build_datasets(DataArguments(data_files=path, prompt_column="prompt", block_size=12,
-                                         eval_split=None), "causal-lm", tokenizer).train
+    short = build_datasets(
+        DataArguments(data_files=path, prompt_column="prompt", block_size=12, eval_split=None),
+        "causal-lm",
+        tokenizer,
+    ).train
     assert all(len(ids) <= 12 for ids in short["input_ids"]) and len(short) <= 2
 
 
 def test_causal_lm_streaming_text_file(tokenizer, tmp_path):
     path = tmp_path / "c.txt"
     path.write_text("\n".join(f"streamed line {i} about generators" for i in range(50)))
-    args = DataArguments(data_files=str(path), streaming=True, max_eval_samples=5,
-                         block_size=8, shuffle_buffer_size=16)
+    args = DataArguments(
+        data_files=str(path), streaming=True, max_eval_samples=5, block_size=8, shuffle_buffer_size=16
+    )
     bundle = build_datasets(args, "causal-lm", tokenizer, seed=3)
     assert isinstance(bundle.train, datasets.IterableDataset)
     train, evals = list(bundle.train), list(bundle.eval)
@@ -242,9 +261,16 @@ def test_causal_lm_streaming_text_file(tokenizer, tmp_path):
     assert len(evals) == 5
     eval_text = tokenizer.decode([t for r in evals for t in r["input_ids"]])
     assert eval_text.startswith("streamed line 0 about generators<|endoftext|>streamed line 1")
-    unshuffled = [r["input_ids"] for r in build_datasets(
-        DataArguments(data_files=str(path), streaming=True, max_eval_samples=5, block_size=8,
-                      shuffle_buffer_size=1), "causal-lm", tokenizer).train]
+    unshuffled = [
+        r["input_ids"]
+        for r in build_datasets(
+            DataArguments(
+                data_files=str(path), streaming=True, max_eval_samples=5, block_size=8, shuffle_buffer_size=1
+            ),
+            "causal-lm",
+            tokenizer,
+        ).train
+    ]
     train_text = tokenizer.decode([t for ids in unshuffled for t in ids])
     assert train_text.startswith("streamed line 5 about") and "line 4 about" not in train_text
     assert [r["input_ids"] for r in train] != unshuffled  # shuffled with the buffer
@@ -252,8 +278,7 @@ def test_causal_lm_streaming_text_file(tokenizer, tmp_path):
 
 
 def test_max_samples(tokenizer):
-    args = DataArguments(block_size=64, max_train_samples=7, max_eval_samples=3,
-                         max_test_samples=2)
+    args = DataArguments(block_size=64, max_train_samples=7, max_eval_samples=3, max_test_samples=2)
     bundle = build_datasets(args, "causal-lm", tokenizer)
     assert (len(bundle.train), len(bundle.eval), len(bundle.test)) == (7, 3, 2)
 
@@ -272,9 +297,12 @@ def test_seq_cls_builtin(tokenizer):
 
 def test_seq_cls_csv_with_string_labels(tokenizer, tmp_path):
     path = tmp_path / "reviews.csv"
-    path.write_text("review,sentiment\n" + "".join(
-        f"\"great product number {i}\",pos\nawful thing {i},neg\nit is fine {i},meh\n"
-        for i in range(10)))
+    path.write_text(
+        "review,sentiment\n"
+        + "".join(
+            f'"great product number {i}",pos\nawful thing {i},neg\nit is fine {i},meh\n' for i in range(10)
+        )
+    )
     args = DataArguments(data_files=str(path), label_column="sentiment")
     bundle = build_datasets(args, "seq-cls", tokenizer)
     assert bundle.num_labels == 3 and bundle.id2label == {0: "meh", 1: "neg", 2: "pos"}
@@ -285,11 +313,9 @@ def test_seq_cls_csv_with_string_labels(tokenizer, tmp_path):
 
 
 def test_seq_cls_sentence_pairs(tokenizer, tmp_path):
-    rows = [{"sentence1": f"A cat sat {i}", "sentence2": "on the mat", "label": i % 2}
-            for i in range(6)]
+    rows = [{"sentence1": f"A cat sat {i}", "sentence2": "on the mat", "label": i % 2} for i in range(6)]
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    bundle = build_datasets(DataArguments(data_files=path, eval_split=None), "seq-cls",
-                            tokenizer)
+    bundle = build_datasets(DataArguments(data_files=path, eval_split=None), "seq-cls", tokenizer)
     expected = tokenizer("A cat sat 0", "on the mat")["input_ids"]
     assert bundle.train[0]["input_ids"] == expected
     assert bundle.num_labels == 2 and bundle.id2label == {0: "0", 1: "1"}
@@ -335,8 +361,13 @@ def test_image_cls_with_image_processor_and_trainer(tmp_path):
             logits = self.linear(pixel_values.flatten(1))
             return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
 
-    args = TrainingArguments(output_dir=str(tmp_path), remove_unused_columns=False,
-                             per_device_eval_batch_size=8, report_to=[], use_cpu=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        remove_unused_columns=False,
+        per_device_eval_batch_size=8,
+        report_to=[],
+        use_cpu=True,
+    )
     metrics = Trainer(model=Tiny(), args=args, eval_dataset=bundle.eval).evaluate()
     assert metrics["eval_loss"] > 0
 
@@ -348,8 +379,9 @@ def test_imagefolder(tmp_path):
         (tmp_path / "img" / label).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (10, 7), (i * 40, 0, 0)).save(tmp_path / "img" / label / f"{i}.png")
-    args = DataArguments(dataset_name="imagefolder", data_files=str(tmp_path / "img"),
-                         image_size=8, eval_split=None)
+    args = DataArguments(
+        dataset_name="imagefolder", data_files=str(tmp_path / "img"), image_size=8, eval_split=None
+    )
     bundle = build_datasets(args, "image-cls", None)
     assert bundle.id2label == {0: "cat", 1: "dog"} and len(bundle.train) == 6
     assert tuple(bundle.train[5]["pixel_values"].shape) == (3, 8, 8)
@@ -370,11 +402,15 @@ def test_missing_columns_are_named(tokenizer, tmp_path):
     with pytest.raises(ValueError, match=r"label_column='label'.*available columns"):
         build_datasets(DataArguments(data_files=path), "seq-cls", tokenizer)
     with pytest.raises(ValueError, match="prompt_column='question'"):
-        build_datasets(DataArguments(data_files=path, text_column="body",
-                                     prompt_column="question"), "causal-lm", tokenizer)
+        build_datasets(
+            DataArguments(data_files=path, text_column="body", prompt_column="question"),
+            "causal-lm",
+            tokenizer,
+        )
     with pytest.raises(ValueError, match=r"text_column='nope'.*\['body', 'y'\]"):
-        build_datasets(DataArguments(data_files=path, text_column="nope", streaming=True),
-                       "causal-lm", tokenizer)
+        build_datasets(
+            DataArguments(data_files=path, text_column="nope", streaming=True), "causal-lm", tokenizer
+        )
     with pytest.raises(ValueError, match=r"image_column='image'.*\['body', 'y'\]"):
         build_datasets(DataArguments(data_files=path, label_column="y"), "image-cls", None)
 
@@ -384,8 +420,9 @@ def test_empty_after_filtering(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="train split is empty"):
         build_datasets(DataArguments(data_files=path, eval_split=None), "causal-lm", tokenizer)
     with pytest.raises(ValueError, match="train split is empty"):
-        build_datasets(DataArguments(data_files=path, eval_split=None, streaming=True),
-                       "causal-lm", tokenizer)
+        build_datasets(
+            DataArguments(data_files=path, eval_split=None, streaming=True), "causal-lm", tokenizer
+        )
 
 
 def test_wrong_processing_class_or_task(tokenizer):

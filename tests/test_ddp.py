@@ -33,10 +33,20 @@ def test_ddp_two_processes_match_one(tmp_path, launcher):
     if launcher == "torchrun":
         cmd = [os.path.join(bindir, "torchrun"), "--nproc_per_node", "2", "--master_port", "29531"]
     else:
-        cmd = [os.path.join(bindir, "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-               "--main_process_port", "29532"]
+        cmd = [
+            os.path.join(bindir, "accelerate"),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29532",
+        ]
     subprocess.run(cmd + [SCRIPT, double, "4"], check=True, env=_env(), timeout=300)
-    a, b = load_file(os.path.join(single, "model.safetensors")), load_file(os.path.join(double, "model.safetensors"))
+    a, b = (
+        load_file(os.path.join(single, "model.safetensors")),
+        load_file(os.path.join(double, "model.safetensors")),
+    )
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     for x, y in zip(_losses(single), _losses(double)):
         for key in ("loss", "kd_loss", "ce_loss"):

@@ -86,7 +86,17 @@ def test_zero2_two_processes_match_one(tmp_path, reference):
     """torchrun + TrainingArguments(deepspeed=zero2.json); teacher passed as a model."""
     out = str(tmp_path / "zero2")
     extra = json.dumps({"deepspeed": os.path.join(CONFIGS, "zero2.json")})
-    cmd = [os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", "29551", SCRIPT, out, "4", extra]
+    cmd = [
+        os.path.join(BIN, "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29551",
+        SCRIPT,
+        out,
+        "4",
+        extra,
+    ]
     _run(cmd, out)
     assert_same_training(reference, out)
     for rank in (0, 1):
@@ -98,7 +108,17 @@ def test_zero2_fused_lm_head_matches_one(tmp_path, reference):
     """kd_fused_lm_head under ZeRO-2: the fused loss's head gradient reaches DeepSpeed's reducer."""
     out = str(tmp_path / "zero2_fused")
     extra = json.dumps({"deepspeed": os.path.join(CONFIGS, "zero2.json"), "kd_fused_lm_head": True})
-    cmd = [os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", "29553", SCRIPT, out, "4", extra]
+    cmd = [
+        os.path.join(BIN, "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29553",
+        SCRIPT,
+        out,
+        "4",
+        extra,
+    ]
     _run(cmd, out)
     assert_same_training(reference, out)
 
@@ -114,8 +134,20 @@ def test_zero3_two_processes_match_one(tmp_path, reference):
     tiny_llama(hidden=48, seed=1).save_pretrained(teacher_dir)  # the reference's teacher, on disk
     out = str(tmp_path / "zero3")
     extra = json.dumps({"teacher_path": teacher_dir, "gradient_accumulation_steps": 2})
-    cmd = [os.path.join(BIN, "accelerate"), "launch", "--config_file", os.path.join(CONFIGS, "zero3.yaml"),
-           "--num_processes", "2", "--main_process_port", "29552", SCRIPT, out, "2", extra]
+    cmd = [
+        os.path.join(BIN, "accelerate"),
+        "launch",
+        "--config_file",
+        os.path.join(CONFIGS, "zero3.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29552",
+        SCRIPT,
+        out,
+        "2",
+        extra,
+    ]
     _run(cmd, out)
     # stage3_gather_16bit_weights_on_model_save: a full model.safetensors that from_pretrained reloads.
     assert os.path.isfile(os.path.join(out, "model.safetensors"))
@@ -129,6 +161,7 @@ def test_zero3_two_processes_match_one(tmp_path, reference):
 
 
 # ---- the configuration files (fast) ----------------------------------------------------------
+
 
 def _split(path):
     with open(path) as f:
@@ -159,17 +192,26 @@ def test_accelerate_config_parses_and_starts_with_its_command(name):
 
 def test_accelerate_configs_differ_only_in_the_distributed_block():
     heads = {name: _split(os.path.join(CONFIGS, name)) for name in YAMLS}
-    shared = {"\n".join(ln for ln in head.splitlines() if not ln.startswith("#")) for _, head, _, _ in heads.values()}
+    shared = {
+        "\n".join(ln for ln in head.splitlines() if not ln.startswith("#"))
+        for _, head, _, _ in heads.values()
+    }
     assert len(shared) == 1, shared
-    assert {"ddp.yaml", "cpu_ddp.yaml", "zero2.yaml", "zero3.yaml", "fsdp.yaml", "multi_node.yaml"} <= set(YAMLS)
+    assert {"ddp.yaml", "cpu_ddp.yaml", "zero2.yaml", "zero3.yaml", "fsdp.yaml", "multi_node.yaml"} <= set(
+        YAMLS
+    )
 
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_json_uses_auto_where_the_trainer_fills(stage):
     with open(os.path.join(CONFIGS, f"zero{stage}.json")) as f:
         config = json.load(f)
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                "gradient_clipping"):
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
         assert config[key] == "auto", key
     assert config["bf16"]["enabled"] == config["fp16"]["enabled"] == "auto"
     assert config["zero_optimization"]["stage"] == stage
@@ -182,8 +224,15 @@ def test_teacher_deepspeed_config_fills_every_auto():
 
     from transformers import LlamaConfig
 
-    args = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=2, world_size=8,
-                           bf16=True, bf16_full_eval=False, fp16=False, fp16_full_eval=False)
+    args = SimpleNamespace(
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        world_size=8,
+        bf16=True,
+        bf16_full_eval=False,
+        fp16=False,
+        fp16_full_eval=False,
+    )
     teacher = SimpleNamespace(config=LlamaConfig(hidden_size=64))
     with open(os.path.join(CONFIGS, "zero3.json")) as f:
         student = json.load(f)
@@ -194,13 +243,17 @@ def test_teacher_deepspeed_config_fills_every_auto():
     assert zero["stage"] == 3 and "offload_optimizer" not in zero
     assert zero["reduce_bucket_size"] == 64 * 64 and zero["stage3_param_persistence_threshold"] == 640
     assert "optimizer" not in config and "gradient_clipping" not in config
-    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"],
-            config["train_batch_size"]) == (4, 2, 64)
+    assert (
+        config["train_micro_batch_size_per_gpu"],
+        config["gradient_accumulation_steps"],
+        config["train_batch_size"],
+    ) == (4, 2, 64)
     assert config["bf16"]["enabled"] is True and config["fp16"]["enabled"] is False
     assert student["zero_optimization"]["reduce_bucket_size"] == "auto", "the student's config is untouched"
 
     with open(os.path.join(CONFIGS, "zero2.json")) as f:
         assert teacher_deepspeed_config(json.load(f), teacher, args)["zero_optimization"] == {"stage": 0}
     with pytest.raises(ValueError, match="sub_group_size"):
-        teacher_deepspeed_config({**student, "zero_optimization": {"stage": 3, "sub_group_size": "auto"}},
-                                 teacher, args)
+        teacher_deepspeed_config(
+            {**student, "zero_optimization": {"stage": 3, "sub_group_size": "auto"}}, teacher, args
+        )

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from deploy_models import model_dir
+
 from scaledown.cli import main as scaledown
 
 pytestmark = pytest.mark.slow
@@ -73,9 +73,10 @@ def test_export_report_and_dynamic_axes(task, root, exported):
 
 def test_parity_failure_is_an_error(root, exported):
     """A graph checked against a different model's logits fails loudly."""
+    from deploy_models import save_seq_cls
+
     from deploy.artifacts import describe, load_processor, load_torch_model
     from deploy.export import ParityError, check_parity, parity_batches
-    from deploy_models import save_seq_cls
 
     other = save_seq_cls(str(root / "other-seq-cls"), seed=7)
     info = describe(other)
@@ -89,12 +90,27 @@ def test_bad_directories_are_refused_before_work(root, tmp_path, capsys):
     assert scaledown(["export", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "o")]) == 2
     assert "is not a directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "config.json").write_text(json.dumps({"architectures": ["BertForSequenceClassification"]}))
-    assert scaledown(["quantize", str(tmp_path / "empty"), "--method", "torchao-int8", "--output_dir",
-                      str(tmp_path / "q")]) == 2
+    (tmp_path / "empty" / "config.json").write_text(
+        json.dumps({"architectures": ["BertForSequenceClassification"]})
+    )
+    assert (
+        scaledown(
+            [
+                "quantize",
+                str(tmp_path / "empty"),
+                "--method",
+                "torchao-int8",
+                "--output_dir",
+                str(tmp_path / "q"),
+            ]
+        )
+        == 2
+    )
     assert "no pickles" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        scaledown(["quantize", model_dir(root, "seq-cls"), "--method", "int4", "--output_dir", str(tmp_path / "q")])
+        scaledown(
+            ["quantize", model_dir(root, "seq-cls"), "--method", "int4", "--output_dir", str(tmp_path / "q")]
+        )
     assert scaledown(["bench", model_dir(root, "seq-cls"), model_dir(root, "image-cls")]) == 2
     assert "one task" in capsys.readouterr().err
 
@@ -144,9 +160,31 @@ def test_bench_classifier_table(root, exported, quantized, tmp_path):
 
     out = str(tmp_path / "bench.json")
     student = model_dir(root, "seq-cls")
-    assert scaledown(["bench", student, quantized["torchao-int8"], exported["seq-cls"], quantized["onnx-int8"],
-                      "--teacher", student, "--out", out, "--batch_size", "4", "--latency_samples", "3",
-                      "--rounds", "2", "--max_eval_samples", "12", "--no_compile"]) == 0
+    assert (
+        scaledown(
+            [
+                "bench",
+                student,
+                quantized["torchao-int8"],
+                exported["seq-cls"],
+                quantized["onnx-int8"],
+                "--teacher",
+                student,
+                "--out",
+                out,
+                "--batch_size",
+                "4",
+                "--latency_samples",
+                "3",
+                "--rounds",
+                "2",
+                "--max_eval_samples",
+                "12",
+                "--no_compile",
+            ]
+        )
+        == 0
+    )
     result = json.load(open(out))
     names = [r["variant"] for r in result["rows"]]
     # torch.compile of the int8 model (row pytorch-int8+compile) is left to benchmarks/bench_deploy.py: slow here.
@@ -160,7 +198,9 @@ def test_bench_classifier_table(root, exported, quantized, tmp_path):
     examples = eval_examples(info, processor, None, limit=12)
     batch = model_inputs(info, processor, [examples[i] for i in range(12)])
     with torch.no_grad():
-        logits = load_torch_model(student, "seq-cls")(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        logits = load_torch_model(student, "seq-cls")(
+            **{k: v for k, v in batch.items() if k != "labels"}
+        ).logits
     accuracy = (logits.argmax(-1) == batch["labels"]).float().mean().item()
     assert ref["accuracy"] == pytest.approx(accuracy)
     assert result["rows"][2]["accuracy"] == pytest.approx(accuracy)  # ONNX fp32 agrees
@@ -171,7 +211,9 @@ def test_bench_causal_lm_loss_matches_torch_cross_entropy(root, exported, tmp_pa
     from deploy.bench import bench
 
     student = model_dir(root, "causal-lm")
-    result = bench([student, exported["causal-lm"]], batch_size=4, latency_samples=2, rounds=1, max_eval_samples=6)
+    result = bench(
+        [student, exported["causal-lm"]], batch_size=4, latency_samples=2, rounds=1, max_eval_samples=6
+    )
     from deploy.artifacts import describe, eval_examples, load_processor, load_torch_model, model_inputs
 
     info = describe(student)
@@ -181,12 +223,18 @@ def test_bench_causal_lm_loss_matches_torch_cross_entropy(root, exported, tmp_pa
     model = load_torch_model(student, "causal-lm")
     total = count = 0.0
     for i in range(0, len(rows), 4):
-        batch = model_inputs(info, processor, rows[i:i + 4])
+        batch = model_inputs(info, processor, rows[i : i + 4])
         with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits.double()
         labels = batch["labels"][:, 1:]
-        total += torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                   ignore_index=-100, reduction="sum").item()
+        total += torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        ).item()
         count += int((labels != -100).sum())
     torch_row, onnx_row = result["rows"]
     assert torch_row["loss"] == pytest.approx(total / count, rel=1e-6)

@@ -9,23 +9,43 @@ import os
 
 import pytest
 import torch
+from helpers import lm_dataset, max_diff, tiny_llama, weights
 
 from distill import DistillationConfig, DistillationTrainer
-from distill.trainer.checkpoints import (COMPLETION_RECORD, CorruptCheckpointError, check_checkpoint,
-                                 last_complete_checkpoint)
+from distill.trainer.checkpoints import (
+    COMPLETION_RECORD,
+    CorruptCheckpointError,
+    check_checkpoint,
+    last_complete_checkpoint,
+)
 from distill.trainer.tasks import CausalLMCollator
-from helpers import lm_dataset, max_diff, tiny_llama, weights
 
 
 def _trainer(out, steps, optim="adamw_torch", **extra):
     torch.set_num_threads(1)
     args = DistillationConfig(
-        output_dir=out, per_device_train_batch_size=4, max_steps=steps, learning_rate=0.01, optim=optim,
-        lr_scheduler_type="constant", logging_steps=1, save_strategy="steps", save_steps=2, report_to="none",
-        alpha=0.5, seed=0, disable_tqdm=True, **extra,
+        output_dir=out,
+        per_device_train_batch_size=4,
+        max_steps=steps,
+        learning_rate=0.01,
+        optim=optim,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        report_to="none",
+        alpha=0.5,
+        seed=0,
+        disable_tqdm=True,
+        **extra,
     )
-    return DistillationTrainer(model=tiny_llama(seed=0), teacher_model=tiny_llama(hidden=48, seed=1), args=args,
-                               train_dataset=lm_dataset(48), data_collator=CausalLMCollator(pad_token_id=0))
+    return DistillationTrainer(
+        model=tiny_llama(seed=0),
+        teacher_model=tiny_llama(hidden=48, seed=1),
+        args=args,
+        train_dataset=lm_dataset(48),
+        data_collator=CausalLMCollator(pad_token_id=0),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +70,15 @@ def _delete(path):
     os.remove(path)
 
 
-@pytest.mark.parametrize("name, damage", [("model.safetensors", _truncate), ("optimizer.pt", _delete),
-                                          ("trainer_state.json", _garbage), ("scheduler.pt", _truncate)])
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("model.safetensors", _truncate),
+        ("optimizer.pt", _delete),
+        ("trainer_state.json", _garbage),
+        ("scheduler.pt", _truncate),
+    ],
+)
 def test_damaged_checkpoint_is_named_and_skipped(tmp_path, straight, caplog, name, damage):
     out = str(tmp_path / "run")
     _trainer(out, 4).train()
@@ -68,7 +95,9 @@ def test_damaged_checkpoint_is_named_and_skipped(tmp_path, straight, caplog, nam
         assert last_complete_checkpoint(out) == good
         trainer = _trainer(out, 6)
         trainer.train(resume_from_checkpoint=True)
-    assert any("Skipping checkpoint" in r.message and bad in r.message and name in r.message for r in caplog.records)
+    assert any(
+        "Skipping checkpoint" in r.message and bad in r.message and name in r.message for r in caplog.records
+    )
     assert max_diff(weights(trainer.model), straight) < 1e-6
 
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
 import fault_harness as h
+import pytest
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +32,16 @@ def _assert_exact(result, resumed_at):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optim, faults, resumed_at", [
-    # step:3 -> resumes from checkpoint-2; save:4 (checkpoint-4 half written) -> from checkpoint-2 again;
-    # eval:6 (before checkpoint-6) -> from checkpoint-4; then the run finishes.
-    ("sgd", ["step:3", "save:4", "eval:6"], [0, 2, 2, 4]),
-    # AdamW: step:3 -> from checkpoint-2; eval:6 -> from checkpoint-4 (the DDP case below kills AdamW in a save).
-    ("adamw_torch", ["step:3", "eval:6"], [0, 2, 4]),
-])
+@pytest.mark.parametrize(
+    "optim, faults, resumed_at",
+    [
+        # step:3 -> resumes from checkpoint-2; save:4 (checkpoint-4 half written) -> from checkpoint-2 again;
+        # eval:6 (before checkpoint-6) -> from checkpoint-4; then the run finishes.
+        ("sgd", ["step:3", "save:4", "eval:6"], [0, 2, 2, 4]),
+        # AdamW: step:3 -> from checkpoint-2; eval:6 -> from checkpoint-4 (the DDP case below kills AdamW in a save).
+        ("adamw_torch", ["step:3", "eval:6"], [0, 2, 4]),
+    ],
+)
 def test_kill_then_resume_exactly(workspace, tmp_path, optim, faults, resumed_at):
     _assert_exact(h.kill_chain(workspace, tmp_path, optim, faults), resumed_at)
 
@@ -48,11 +50,17 @@ def test_kill_then_resume_exactly(workspace, tmp_path, optim, faults, resumed_at
 def test_kill_under_two_process_ddp_with_a_nan_step_on_one_rank(workspace, tmp_path):
     # 2 gloo ranks x batch 4; rank 0 alone gets NaN logits at step 3 (global_step 2): both ranks must skip it.
     # Killed inside the save of checkpoint-4, the rerun resumes from checkpoint-2 and ends on the straight weights.
-    result = h.kill_chain(workspace, tmp_path, "adamw_torch", ["save:4"], ddp=True, FAULT_NAN="2", FAULT_NAN_RANK="0")
+    result = h.kill_chain(
+        workspace, tmp_path, "adamw_torch", ["save:4"], ddp=True, FAULT_NAN="2", FAULT_NAN_RANK="0"
+    )
     _assert_exact(result, [0, 2])
-    assert result["straight_output"].count("non-finite loss or gradient norm; the step is skipped") == 2  # per rank
+    assert (
+        result["straight_output"].count("non-finite loss or gradient norm; the step is skipped") == 2
+    )  # per rank
     with open(os.path.join(result["out"], "trainer_state.json")) as f:
-        skipped = [h["nonfinite_step_skipped"] for h in json.load(f)["log_history"] if "nonfinite_step_skipped" in h]
+        skipped = [
+            h["nonfinite_step_skipped"] for h in json.load(f)["log_history"] if "nonfinite_step_skipped" in h
+        ]
     assert skipped == [3]
 
 
@@ -62,8 +70,9 @@ def test_teacher_cache_killed_midway_is_never_used_and_rerun_starts_clean(worksp
 
     cache = str(tmp_path / "cache")
     args = h.train_args(workspace, str(tmp_path / "unused"), eval_steps=None)
-    cmd = h.command(["distill", "cache-teacher", *args, "--cache_dir", cache, "--top_k", "8",
-                     "--cache_batch_size", "16"])
+    cmd = h.command(
+        ["distill", "cache-teacher", *args, "--cache_dir", cache, "--top_k", "8", "--cache_batch_size", "16"]
+    )
     h.run_until_fault(cmd, "cache:3", str(tmp_path / "marker"))
     assert not os.path.exists(cache)  # the partial cache is in a staging folder, never at cache_dir
     with pytest.raises(FileNotFoundError):
@@ -87,9 +96,15 @@ def test_scaledown_run_killed_in_ladder_and_distillation_resumes(workspace, tmp_
     os.makedirs(records)
     faults = [("step:3", "w32"), ("save:4", "kd_seed0")]  # mid-step in the 2nd rung; mid-save in the KD run
     attempts = {}
-    for i, (fault, where) in enumerate(faults):
-        h.run_until_fault(cmd, fault, str(tmp_path / "marker"), FAULT_RECORD_DIR=records, FAULT_ARGV=argv_log,
-                          FAULT_ONLY_IN=where)
+    for fault, where in faults:
+        h.run_until_fault(
+            cmd,
+            fault,
+            str(tmp_path / "marker"),
+            FAULT_RECORD_DIR=records,
+            FAULT_ARGV=argv_log,
+            FAULT_ONLY_IN=where,
+        )
         for name in os.listdir(records):
             attempts.setdefault(name[:-6], []).append(h.read_records(str(records / name)))
             os.remove(records / name)

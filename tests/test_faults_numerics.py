@@ -6,24 +6,42 @@ import os
 
 import pytest
 import torch
+from helpers import lm_dataset, max_diff, tiny_llama, weights
 
 from distill import DistillationConfig, DistillationTrainer
 from distill.trainer.checkpoints import check_checkpoint
 from distill.trainer.numerics import NonFiniteTrainingError, TeacherNonFiniteError
 from distill.trainer.tasks import CausalLMCollator
-from helpers import lm_dataset, max_diff, tiny_llama, weights
 
 
 def _trainer(out, steps=6, batch=4, accumulation=1, **extra):
     torch.set_num_threads(1)
     args = DistillationConfig(
-        output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_steps=steps,
-        learning_rate=0.5, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
-        logging_steps=1, save_strategy="steps", save_steps=2, report_to="none", alpha=0.5, seed=0,
-        disable_tqdm=True, **extra,
+        output_dir=out,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=steps,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        report_to="none",
+        alpha=0.5,
+        seed=0,
+        disable_tqdm=True,
+        **extra,
     )
-    return DistillationTrainer(model=tiny_llama(seed=0), teacher_model=tiny_llama(hidden=48, seed=1), args=args,
-                               train_dataset=lm_dataset(48), data_collator=CausalLMCollator(pad_token_id=0))
+    return DistillationTrainer(
+        model=tiny_llama(seed=0),
+        teacher_model=tiny_llama(hidden=48, seed=1),
+        args=args,
+        train_dataset=lm_dataset(48),
+        data_collator=CausalLMCollator(pad_token_id=0),
+    )
 
 
 def _poison(monkeypatch, steps, factor=float("nan"), first_micro_batch_only=False):
@@ -37,7 +55,9 @@ def _poison(monkeypatch, steps, factor=float("nan"), first_micro_batch_only=Fals
         seen.add(step)
         if not hit:
             return original(self, model, inputs, *args, **kwargs)
-        hook = self.model.register_forward_hook(lambda m, a, out: setattr(out, "logits", out.logits * factor) or out)
+        hook = self.model.register_forward_hook(
+            lambda m, a, out: setattr(out, "logits", out.logits * factor) or out
+        )
         try:
             return original(self, model, inputs, *args, **kwargs)
         finally:
@@ -57,7 +77,9 @@ def test_nonfinite_steps_are_skipped_exactly(tmp_path, monkeypatch, batch, accum
     _poison(monkeypatch, {2, 3}, first_micro_batch_only=True)
     trainer = _trainer(str(tmp_path / "nan"), batch=batch, accumulation=accumulation)
     trainer.train()
-    skipped = [h["nonfinite_step_skipped"] for h in trainer.state.log_history if "nonfinite_step_skipped" in h]
+    skipped = [
+        h["nonfinite_step_skipped"] for h in trainer.state.log_history if "nonfinite_step_skipped" in h
+    ]
     assert skipped == [3, 4] and trainer.state.global_step == 6
     assert max_diff(weights(trainer.model), weights(reference.model)) < 1e-6
     for step in (2, 4, 6):

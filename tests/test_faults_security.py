@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 
+import fault_harness as h
 import pytest
 import torch
-
-import fault_harness as h
-from distill.train import main as train_main
 from helpers import tiny_llama, word_tokenizer
+
+from distill.train import main as train_main
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +30,22 @@ def test_pickled_teacher_or_student_is_refused_with_how_to_convert(workspace, tm
     pickled = _pickled_model_dir(tmp_path / "pickled")
     args = h.train_args(workspace, str(tmp_path / "out"))
     i = args.index("--teacher_model_name_or_path")
-    as_teacher = args[:i + 1] + [pickled] + args[i + 2:]
-    with pytest.raises(ValueError, match=r"teacher_model_name_or_path=.*only pickled weights \(pytorch_model\.bin\)"
-                                         r"(.|\n)*save_pretrained"):
+    as_teacher = args[: i + 1] + [pickled] + args[i + 2 :]
+    with pytest.raises(
+        ValueError,
+        match=r"teacher_model_name_or_path=.*only pickled weights \(pytorch_model\.bin\)"
+        r"(.|\n)*save_pretrained",
+    ):
         train_main(as_teacher)
     j = args.index("--model_config")
-    as_student = args[:j] + ["--model_name_or_path", pickled] + args[j + 2:]
+    as_student = args[:j] + ["--model_name_or_path", pickled] + args[j + 2 :]
     with pytest.raises(ValueError, match=r"model_name_or_path=.*only pickled weights"):
         train_main(as_student)
     assert not os.path.exists(tmp_path / "out")  # refused before any compute
 
     from distill.config import DistillationConfig
-    from distill.trainer.tasks import get_task
     from distill.teacher.loading import load_teacher
+    from distill.trainer.tasks import get_task
 
     with pytest.raises(ValueError, match="only pickled weights"):
         load_teacher(pickled, get_task("causal-lm"), DistillationConfig(output_dir=str(tmp_path / "x")))
@@ -53,15 +56,17 @@ def test_model_dir_with_custom_code_is_refused_by_default(workspace, tmp_path):
     tiny_llama(hidden=48, layers=1, seed=1).save_pretrained(custom)
     word_tokenizer().save_pretrained(custom)
     marker = tmp_path / "code_ran"
-    (custom / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
-                                             "from transformers import LlamaForCausalLM as EvilForCausalLM\n")
+    (custom / "modeling_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import LlamaForCausalLM as EvilForCausalLM\n"
+    )
     config = json.loads((custom / "config.json").read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
     (custom / "config.json").write_text(json.dumps(config))
     args = h.train_args(workspace, str(tmp_path / "out"))
     i = args.index("--teacher_model_name_or_path")
     with pytest.raises(ValueError, match=r"ships its own modelling code .*trust_remote_code: true"):
-        train_main(args[:i + 1] + [str(custom)] + args[i + 2:])
+        train_main(args[: i + 1] + [str(custom)] + args[i + 2 :])
     assert not marker.exists()
 
 

@@ -13,8 +13,17 @@ from distill.train import main as train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER_RECIPE = os.path.join(ROOT, "recipes", "tiny", "causal_lm_teacher.yaml")
-TINY_MODEL = json.dumps({"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                         "num_attention_heads": 2, "num_key_value_heads": 2, "tie_word_embeddings": True})
+TINY_MODEL = json.dumps(
+    {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": True,
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +39,46 @@ def data_file(tmp_path_factory):
 
 
 def run_args(out, data_file, *extra):
-    return ["--config", TEACHER_RECIPE, "--output_dir", str(out), "--dataset_name", "json", "--data_files", data_file,
-            "--model_config", TINY_MODEL, "--tokenizer_vocab_size", "300", "--max_steps", "2", "--save_steps", "1",
-            "--save_total_limit", "2", "--max_eval_samples", "8", "--max_test_samples", "8", "--disable_tqdm", "true",
-            "--warmup_steps", "0", "--logging_steps", "1", *extra]
+    return [
+        "--config",
+        TEACHER_RECIPE,
+        "--output_dir",
+        str(out),
+        "--dataset_name",
+        "json",
+        "--data_files",
+        data_file,
+        "--model_config",
+        TINY_MODEL,
+        "--tokenizer_vocab_size",
+        "300",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--save_total_limit",
+        "2",
+        "--max_eval_samples",
+        "8",
+        "--max_test_samples",
+        "8",
+        "--disable_tqdm",
+        "true",
+        "--warmup_steps",
+        "0",
+        "--logging_steps",
+        "1",
+        *extra,
+    ]
 
 
 def snapshot(out) -> dict:
     """Every file under ``out`` with its modification time."""
-    return {os.path.relpath(os.path.join(r, n), out): os.stat(os.path.join(r, n)).st_mtime_ns
-            for r, _, files in os.walk(out) for n in files}
+    return {
+        os.path.relpath(os.path.join(r, n), out): os.stat(os.path.join(r, n)).st_mtime_ns
+        for r, _, files in os.walk(out)
+        for n in files
+    }
 
 
 def fail_if_called(*args, **kwargs):
@@ -67,8 +106,21 @@ def test_changed_settings_are_refused_before_compute(finished_run, data_file, mo
     before = snapshot(finished_run)
     monkeypatch.setattr("distill.data.build_datasets", fail_if_called)
     capsys.readouterr()
-    code = cli_main(["train", *run_args(finished_run, data_file, "--learning_rate", "1e-3", "--alpha", "0.0",
-                                        "--model_config", TINY_MODEL.replace('"hidden_size": 32', '"hidden_size": 64'))])
+    code = cli_main(
+        [
+            "train",
+            *run_args(
+                finished_run,
+                data_file,
+                "--learning_rate",
+                "1e-3",
+                "--alpha",
+                "0.0",
+                "--model_config",
+                TINY_MODEL.replace('"hidden_size": 32', '"hidden_size": 64'),
+            ),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "learning_rate: 0.003 -> 0.001" in err
@@ -84,8 +136,22 @@ def test_finished_run_is_not_trained_again(finished_run, data_file, monkeypatch)
     saved = json.loads((finished_run / "all_results.json").read_text())
     monkeypatch.setattr("distill.data.build_datasets", fail_if_called)
     # Fields that cannot change the result do not count (see distill.trainer.fingerprint.IGNORED_FIELDS).
-    results = train_main(run_args(finished_run, data_file, "--logging_steps", "7", "--per_device_eval_batch_size", "3",
-                                  "--report_to", "none", "--save_steps", "5", "--eval_strategy", "steps"))
+    results = train_main(
+        run_args(
+            finished_run,
+            data_file,
+            "--logging_steps",
+            "7",
+            "--per_device_eval_batch_size",
+            "3",
+            "--report_to",
+            "none",
+            "--save_steps",
+            "5",
+            "--eval_strategy",
+            "steps",
+        )
+    )
     assert results == saved
     assert snapshot(finished_run) == before
     assert not (finished_run / "checkpoint-3").exists()
@@ -96,7 +162,10 @@ def test_overwrite_output_dir_starts_afresh(finished_run, data_file):
     train_main(run_args(finished_run, data_file, "--learning_rate", "1e-3", "--overwrite_output_dir", "true"))
     state = json.loads((finished_run / "trainer_state.json").read_text())
     assert state["global_step"] == 2
-    assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2]  # trained from step 0, not resumed
+    assert [h["step"] for h in state["log_history"] if "loss" in h] == [
+        1,
+        2,
+    ]  # trained from step 0, not resumed
     assert sorted(p.name for p in finished_run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     stored = json.loads((finished_run / "run_fingerprint.json").read_text())
     assert stored["finished"] and stored["fingerprint"]["learning_rate"] == 1e-3
@@ -137,15 +206,27 @@ def test_teacher_content_and_data_content_count(tmp_path, monkeypatch):
     (teacher / "trainer_state.json").write_text("{}")  # logs and results do not count
     data = tmp_path / "train.jsonl"
     data.write_text('{"text": "a b c"}\n')
-    argv = ["--config", os.path.join(ROOT, "recipes", "tiny", "causal_lm.yaml"), "--output_dir", str(tmp_path / "o"),
-            "--teacher_model_name_or_path", str(teacher), "--dataset_name", "json", "--data_files", str(data)]
+    argv = [
+        "--config",
+        os.path.join(ROOT, "recipes", "tiny", "causal_lm.yaml"),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--teacher_model_name_or_path",
+        str(teacher),
+        "--dataset_name",
+        "json",
+        "--data_files",
+        str(data),
+    ]
     first = fp.run_fingerprint(*parse_args(argv))
     (teacher / "trainer_state.json").write_text('{"global_step": 3}')
     assert fp.diff_fingerprints(first, fp.run_fingerprint(*parse_args(argv))) == []
     monkeypatch.setattr(fp, "FULL_HASH_BYTES", 1024)  # the sampled path for large files
     sampled = fp.run_fingerprint(*parse_args(argv))
     assert sampled["teacher_files"]["model.safetensors"].startswith("sampled:")
-    weights.write_bytes(len(header).to_bytes(8, "little") + header + bytes([1]) * 16384)  # retrained: same header
+    weights.write_bytes(
+        len(header).to_bytes(8, "little") + header + bytes([1]) * 16384
+    )  # retrained: same header
     data.write_text('{"text": "a b d"}\n')
     changed = {name for name, _, _ in fp.diff_fingerprints(sampled, fp.run_fingerprint(*parse_args(argv)))}
     assert changed == {"teacher_files.model.safetensors", f"data_files_content.{data}"}
@@ -159,7 +240,12 @@ def test_teacher_cache_run_differs_from_the_online_run(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "teacher_cache.json").write_text('{"k": 32}')
-    argv = ["--config", os.path.join(ROOT, "recipes", "tiny", "causal_lm.yaml"), "--output_dir", str(tmp_path / "o")]
+    argv = [
+        "--config",
+        os.path.join(ROOT, "recipes", "tiny", "causal_lm.yaml"),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
     online = fp.run_fingerprint(*parse_args(argv))
     cached = fp.run_fingerprint(*parse_args([*argv, "--teacher_cache", str(cache)]))
     changes = {name: (old, new) for name, old, new in fp.diff_fingerprints(online, cached)}

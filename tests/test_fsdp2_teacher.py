@@ -49,7 +49,9 @@ def _worker(out_dir: str) -> None:
     # 1) What the trainer does under FSDP (place_teacher, default mesh = the whole world),
     # 2) shard_teacher_fsdp2 on an explicit CPU mesh.
     fake_trainer = SimpleNamespace(
-        is_deepspeed_enabled=False, is_fsdp_enabled=True, args=SimpleNamespace(device=torch.device("cpu")),
+        is_deepspeed_enabled=False,
+        is_fsdp_enabled=True,
+        args=SimpleNamespace(device=torch.device("cpu")),
         accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=SimpleNamespace())),
     )
     for name, make in (
@@ -85,7 +87,9 @@ def test_fsdp2_sharded_teacher_matches_unsharded(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
     subprocess.run(
         [torchrun, "--nproc_per_node", "2", "--master_port", "29541", __file__, str(tmp_path)],
-        check=True, env=env, timeout=300,
+        check=True,
+        env=env,
+        timeout=300,
     )
     for rank in (0, 1):
         with open(tmp_path / f"fsdp2-{rank}.json") as f:

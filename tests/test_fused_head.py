@@ -7,27 +7,47 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import lm_dataset, max_diff, tiny_llama, weights, word_tokenizer
 
 from distill import DistillationConfig, DistillationTrainer
 from distill.losses.fused_head import fused_head_problem
 from distill.trainer.tasks import CausalLMCollator, get_task
-from helpers import lm_dataset, max_diff, tiny_llama, weights, word_tokenizer
 
 
 def _args(tmp_path, **overrides):
-    kwargs = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=3,
-                  learning_rate=0.5, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
-                  logging_steps=1, save_strategy="no", report_to="none", alpha=0.5, temperature=2.0, seed=0,
-                  disable_tqdm=True, kd_chunk_size=5)
+    kwargs = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        alpha=0.5,
+        temperature=2.0,
+        seed=0,
+        disable_tqdm=True,
+        kd_chunk_size=5,
+    )
     kwargs.update(overrides)
     return DistillationConfig(**kwargs)
 
 
 def _train(tmp_path, student, teacher, data, tokenizer=None, **overrides):
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=_args(tmp_path, **overrides),
-                                  train_dataset=data, eval_dataset=data.select(range(8)),
-                                  data_collator=CausalLMCollator(pad_token_id=0),
-                                  processing_class=tokenizer)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=_args(tmp_path, **overrides),
+        train_dataset=data,
+        eval_dataset=data.select(range(8)),
+        data_collator=CausalLMCollator(pad_token_id=0),
+        processing_class=tokenizer,
+    )
     trainer.train()
     return trainer, [h for h in trainer.state.log_history if "loss" in h]
 
@@ -52,8 +72,15 @@ def test_fused_training_equals_chunked(tmp_path, case, kind):
     runs = []
     for fused in (False, True):
         student, teacher, tokenizer, vocab = CASES[case]()
-        trainer, logs = _train(tmp_path / str(fused), student, teacher, lm_dataset(24, vocab=vocab), tokenizer,
-                               kd_kind=kind, kd_fused_lm_head=fused)
+        trainer, logs = _train(
+            tmp_path / str(fused),
+            student,
+            teacher,
+            lm_dataset(24, vocab=vocab),
+            tokenizer,
+            kd_kind=kind,
+            kd_fused_lm_head=fused,
+        )
         runs.append((weights(student), logs, trainer.evaluate()))
     (w0, logs0, eval0), (w1, logs1, eval1) = runs
     assert max_diff(w0, w1) < 1e-5
@@ -72,7 +99,9 @@ def test_no_head_runs_on_a_whole_batch_in_training(tmp_path):
         model.lm_head.register_forward_hook(lambda m, i, out, who=who: widths[who].append(out.shape[-1]))
     trainer, _ = _train(tmp_path, student, teacher, lm_dataset(16), kd_fused_lm_head=True)
     checks = 3  # at start-up check_head_gives_logits runs each model plainly, bypassed, then the head by hand
-    assert widths["student"][checks:] == [32] * 6 and widths["teacher"][checks:] == [48] * 6  # 3 steps x 2 micro
+    assert (
+        widths["student"][checks:] == [32] * 6 and widths["teacher"][checks:] == [48] * 6
+    )  # 3 steps x 2 micro
     widths["student"].clear()
     trainer.evaluate()  # evaluation keeps the plain loss: real logits
     assert set(widths["student"]) == {64}
@@ -83,9 +112,18 @@ def test_logit_post_processing_is_refused(tmp_path):
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     torch.manual_seed(0)
-    config = Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                          num_attention_heads=2, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
-                          final_logit_softcapping=0.5, pad_token_id=0)
+    config = Gemma2Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+        final_logit_softcapping=0.5,
+        pad_token_id=0,
+    )
     softcapped = Gemma2ForCausalLM(config)
     with pytest.raises(ValueError, match="teacher.*changes its logits after the LM head"):
         _train(tmp_path, tiny_llama(seed=0), softcapped, lm_dataset(8), kd_fused_lm_head=True, max_steps=1)
@@ -93,11 +131,24 @@ def test_logit_post_processing_is_refused(tmp_path):
 
 def test_setups_without_a_fusable_head_are_refused(tmp_path):
     with pytest.raises(ValueError, match="needs an online teacher"):
-        _train(tmp_path, tiny_llama(seed=0), tiny_llama(hidden=48, seed=1), lm_dataset(8), kd_fused_lm_head=True,
-               alpha=0.0)
-    trainer = SimpleNamespace(task=get_task("causal-lm"), is_fsdp_enabled=False, is_deepspeed_enabled=True,
-                              accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(
-                                  deepspeed_config={"zero_optimization": {"stage": 3}}))))
+        _train(
+            tmp_path,
+            tiny_llama(seed=0),
+            tiny_llama(hidden=48, seed=1),
+            lm_dataset(8),
+            kd_fused_lm_head=True,
+            alpha=0.0,
+        )
+    trainer = SimpleNamespace(
+        task=get_task("causal-lm"),
+        is_fsdp_enabled=False,
+        is_deepspeed_enabled=True,
+        accelerator=SimpleNamespace(
+            state=SimpleNamespace(
+                deepspeed_plugin=SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 3}})
+            )
+        ),
+    )
     assert "ZeRO-3" in fused_head_problem(trainer, has_teacher=True)
     trainer.accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"] = 2
     assert fused_head_problem(trainer, has_teacher=True) is None

@@ -85,8 +85,13 @@ def _attentions(g, layers, batch, heads, length, mask):
 # ----------------------------------------------------------------------------------------------
 @settings(max_examples=25, deadline=None)
 @given(
-    token_level=st.booleans(), kind=st.sampled_from(["mse", "cosine"]), project=st.booleans(),
-    batch=st.integers(1, 3), length=st.integers(2, 6), seed=st.integers(0, 10_000), with_denom=st.booleans(),
+    token_level=st.booleans(),
+    kind=st.sampled_from(["mse", "cosine"]),
+    project=st.booleans(),
+    batch=st.integers(1, 3),
+    length=st.integers(2, 6),
+    seed=st.integers(0, 10_000),
+    with_denom=st.booleans(),
 )
 def test_hidden_state_loss_matches_reference(token_level, kind, project, batch, length, seed, with_denom):
     g = torch.Generator().manual_seed(seed)
@@ -109,29 +114,50 @@ def test_hidden_state_loss_matches_reference(token_level, kind, project, batch, 
     w = position_weights(token_level, labels, mask, batch, length)
     ref_w = ref_weights(token_level, labels.numpy(), mask.numpy(), batch, length)
     np.testing.assert_allclose(w.double().numpy(), ref_w, rtol=1e-6, atol=1e-7)
-    loss, n = hidden_state_loss(s_states, t_states, layer_map, w, kind=kind, projection=proj, num_items_in_batch=denom)
-    np_proj = (proj.weight.detach().double().numpy(), proj.bias.detach().double().numpy()) if project else None
-    expected = ref_hidden([x.double().numpy() for x in s_states], [x.double().numpy() for x in t_states], layer_map,
-                          ref_w, kind, np_proj, denom=denom if denom else max(ref_w.sum(), 1))
+    loss, n = hidden_state_loss(
+        s_states, t_states, layer_map, w, kind=kind, projection=proj, num_items_in_batch=denom
+    )
+    np_proj = (
+        (proj.weight.detach().double().numpy(), proj.bias.detach().double().numpy()) if project else None
+    )
+    expected = ref_hidden(
+        [x.double().numpy() for x in s_states],
+        [x.double().numpy() for x in t_states],
+        layer_map,
+        ref_w,
+        kind,
+        np_proj,
+        denom=denom if denom else max(ref_w.sum(), 1),
+    )
     assert n.item() == pytest.approx(ref_w.sum())
     assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
 @settings(max_examples=15, deadline=None)
-@given(token_level=st.booleans(), batch=st.integers(1, 3), length=st.integers(2, 5), seed=st.integers(0, 10_000))
+@given(
+    token_level=st.booleans(), batch=st.integers(1, 3), length=st.integers(2, 5), seed=st.integers(0, 10_000)
+)
 def test_attention_kl_matches_reference(token_level, batch, length, seed):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, length + 1, (batch,), generator=g)
     mask = (torch.arange(length)[None] < lengths[:, None]).long()
     s_att, t_att = _attentions(g, 2, batch, 3, length, mask), _attentions(g, 4, batch, 3, length, mask)
-    labels = torch.where(mask.bool(), torch.randint(0, 9, (batch, length), generator=g), IGNORE) if token_level \
+    labels = (
+        torch.where(mask.bool(), torch.randint(0, 9, (batch, length), generator=g), IGNORE)
+        if token_level
         else torch.randint(0, 3, (batch,), generator=g)
+    )
     layer_map = {0: 0, 1: 3, 2: 4}  # the embedding pair has no attention and is skipped
     w = position_weights(token_level, labels, mask, batch, length)
     loss, _ = attention_kl_loss(s_att, t_att, layer_map, w)
     ref_w = ref_weights(token_level, labels.numpy(), mask.numpy(), batch, length)
-    expected = ref_attention([a.double().numpy() for a in s_att], [a.double().numpy() for a in t_att], layer_map,
-                             ref_w, denom=max(ref_w.sum(), 1))
+    expected = ref_attention(
+        [a.double().numpy() for a in s_att],
+        [a.double().numpy() for a in t_att],
+        layer_map,
+        ref_w,
+        denom=max(ref_w.sum(), 1),
+    )
     assert np.isfinite(loss.item())
     assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
@@ -157,10 +183,17 @@ def test_split_batch_sums_to_whole(split, kind, seed):
     parts_h = parts_a = 0.0
     for a, b in ((0, split), (split, batch)):
         wp = position_weights(True, labels[a:b], None, b - a, length)
-        parts_h += hidden_state_loss([x[a:b] for x in s_states], [x[a:b] for x in t_states], {1: 1, 2: 2}, wp,
-                                     kind=kind, num_items_in_batch=n)[0].item()
-        parts_a += attention_kl_loss([x[a:b] for x in s_att], [x[a:b] for x in t_att], {1: 1, 2: 2}, wp,
-                                     num_items_in_batch=n)[0].item()
+        parts_h += hidden_state_loss(
+            [x[a:b] for x in s_states],
+            [x[a:b] for x in t_states],
+            {1: 1, 2: 2},
+            wp,
+            kind=kind,
+            num_items_in_batch=n,
+        )[0].item()
+        parts_a += attention_kl_loss(
+            [x[a:b] for x in s_att], [x[a:b] for x in t_att], {1: 1, 2: 2}, wp, num_items_in_batch=n
+        )[0].item()
     assert parts_h == pytest.approx(whole_h.item(), rel=1e-5, abs=1e-7)
     assert parts_a == pytest.approx(whole_a.item(), rel=1e-5, abs=1e-7)
 
@@ -218,12 +251,15 @@ def test_layer_map_past_the_last_layer_is_refused():
         check_layer_map({3: 4}, 2, 4)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("hidden_weight", -1.0, "hidden_weight=-1.0"),
-    ("attention_weight", float("nan"), "attention_weight=nan"),
-    ("hidden_loss", "l1", "hidden_loss='l1'"),
-    ("hidden_layer_map", "1-2", "hidden_layer_map"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("hidden_weight", -1.0, "hidden_weight=-1.0"),
+        ("attention_weight", float("nan"), "attention_weight=nan"),
+        ("hidden_loss", "l1", "hidden_loss='l1'"),
+        ("hidden_layer_map", "1-2", "hidden_layer_map"),
+    ],
+)
 def test_config_fields_are_validated(tmp_path, field, value, message):
     kwargs = {"hidden_weight": 1.0, field: value} if field != "hidden_weight" else {field: value}
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
@@ -234,6 +270,10 @@ def test_config_map_without_weight_and_unused_parameter_search_refused(tmp_path)
     with pytest.raises(ValueError, match="hidden_layer_map is set but hidden_weight"):
         DistillationConfig(output_dir=str(tmp_path), report_to="none", hidden_layer_map="1:2")
     with pytest.raises(ValueError, match="ddp_find_unused_parameters=false"):
-        DistillationConfig(output_dir=str(tmp_path), report_to="none", hidden_weight=1.0, ddp_find_unused_parameters=True)
-    args = DistillationConfig(output_dir=str(tmp_path), report_to="none", hidden_weight=0.5, hidden_layer_map="1:2")
+        DistillationConfig(
+            output_dir=str(tmp_path), report_to="none", hidden_weight=1.0, ddp_find_unused_parameters=True
+        )
+    args = DistillationConfig(
+        output_dir=str(tmp_path), report_to="none", hidden_weight=0.5, hidden_layer_map="1:2"
+    )
     assert args.hidden_layer_map == {1: 2} and args.ddp_find_unused_parameters is False

@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
+from helpers import lm_dataset, max_diff, tiny_llama, weights
 from safetensors.torch import load_file
+from test_hidden_losses import ref_hidden, ref_weights
+from test_tasks import _PadTokenizer, cls_dataset, image_dataset, tiny_bert, tiny_vit
+from test_trainer import make_trainer
 
 from distill import DistillationConfig, DistillationTrainer
 from distill.trainer.intermediate import PROJECTION_FILE, PROJECTION_NAME
 from distill.trainer.tasks import CausalLMCollator, get_task, make_collator
-from helpers import lm_dataset, max_diff, tiny_llama, weights
-from test_hidden_losses import ref_hidden, ref_weights
-from test_tasks import _PadTokenizer, cls_dataset, image_dataset, tiny_bert, tiny_vit
-from test_trainer import make_trainer
 
 
 def eager(model):
@@ -34,19 +33,31 @@ def test_gradient_accumulation_is_exact_with_projection_and_attention(tmp_path):
     results = []
     for bs, ga in ((8, 1), (2, 4)):
         student = eager(tiny_llama(seed=0))
-        trainer = make_trainer(tmp_path / f"{bs}x{ga}", student, teacher, data, per_device_train_batch_size=bs,
-                               gradient_accumulation_steps=ga, hidden_weight=2.0, attention_weight=1.0,
-                               hidden_loss="cosine", max_steps=2)
+        trainer = make_trainer(
+            tmp_path / f"{bs}x{ga}",
+            student,
+            teacher,
+            data,
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+            hidden_weight=2.0,
+            attention_weight=1.0,
+            hidden_loss="cosine",
+            max_steps=2,
+        )
         trainer.train()
-        assert trainer._intermediate.projection is getattr(student, PROJECTION_NAME)  # 32 -> 48: trained with it
+        assert trainer._intermediate.projection is getattr(
+            student, PROJECTION_NAME
+        )  # 32 -> 48: trained with it
         results.append((weights(student), _logs(trainer)))
     assert max_diff(results[0][0], results[1][0]) < 1e-5
     assert any(k.startswith(PROJECTION_NAME) for k in results[0][0])
     for a, b in zip(results[0][1], results[1][1]):
         for key in ("loss", "kd_loss", "ce_loss", "hidden_loss", "attention_loss"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
-        assert a["loss"] == pytest.approx(0.5 * a["kd_loss"] + 0.5 * a["ce_loss"] + 2 * a["hidden_loss"]
-                                          + a["attention_loss"], rel=1e-3)
+        assert a["loss"] == pytest.approx(
+            0.5 * a["kd_loss"] + 0.5 * a["ce_loss"] + 2 * a["hidden_loss"] + a["attention_loss"], rel=1e-3
+        )
 
 
 def test_training_loss_matches_float64_reference(tmp_path):
@@ -60,15 +71,31 @@ def test_training_loss_matches_float64_reference(tmp_path):
     n = batch["labels"][:, 1:].ne(-100).sum()
     loss = trainer.compute_loss(student, batch, num_items_in_batch=n)
     with torch.no_grad():
-        s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-        t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    logit = distillation_loss(s.logits[:, :-1].double(), t.logits[:, :-1].double(), batch["labels"][:, 1:],
-                              alpha=0.5, temperature=2.0, num_items_in_batch=n).loss.item()
+        s = student(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        )
+        t = teacher(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        )
+    logit = distillation_loss(
+        s.logits[:, :-1].double(),
+        t.logits[:, :-1].double(),
+        batch["labels"][:, 1:],
+        alpha=0.5,
+        temperature=2.0,
+        num_items_in_batch=n,
+    ).loss.item()
     proj = getattr(student, PROJECTION_NAME)
     w = ref_weights(True, batch["labels"].numpy(), None, *batch["labels"].shape)
-    hidden = ref_hidden([x.double().numpy() for x in s.hidden_states], [x.double().numpy() for x in t.hidden_states],
-                        {1: 2, 2: 4}, w, "mse", (proj.weight.detach().double().numpy(), proj.bias.detach().double().numpy()),
-                        denom=int(n))
+    hidden = ref_hidden(
+        [x.double().numpy() for x in s.hidden_states],
+        [x.double().numpy() for x in t.hidden_states],
+        {1: 2, 2: 4},
+        w,
+        "mse",
+        (proj.weight.detach().double().numpy(), proj.bias.detach().double().numpy()),
+        denom=int(n),
+    )
     assert loss.item() == pytest.approx(logit + 0.7 * hidden, rel=1e-5)
     loss.backward()
     assert proj.weight.grad is not None and proj.weight.grad.abs().sum() > 0
@@ -80,8 +107,9 @@ def test_fused_lm_head_gives_the_same_hidden_term(tmp_path):
     losses = []
     for fused in (False, True):
         student, teacher = tiny_llama(seed=0), tiny_llama(hidden=48, seed=1)
-        trainer = make_trainer(tmp_path / str(fused), student, teacher, lm_dataset(6), hidden_weight=1.0,
-                               kd_fused_lm_head=fused)
+        trainer = make_trainer(
+            tmp_path / str(fused), student, teacher, lm_dataset(6), hidden_weight=1.0, kd_fused_lm_head=fused
+        )
         student.train()
         losses.append(trainer.compute_loss(student, batch, num_items_in_batch=n).item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
@@ -90,11 +118,19 @@ def test_fused_lm_head_gives_the_same_hidden_term(tmp_path):
 def test_resume_is_exact_including_projection(tmp_path):
     teacher = tiny_llama(hidden=48, seed=1)
     data = lm_dataset(64)
-    common = dict(max_steps=8, per_device_train_batch_size=4, optim="adamw_torch", learning_rate=1e-2,
-                  lr_scheduler_type="linear", hidden_weight=1.0)
+    common = dict(
+        max_steps=8,
+        per_device_train_batch_size=4,
+        optim="adamw_torch",
+        learning_rate=1e-2,
+        lr_scheduler_type="linear",
+        hidden_weight=1.0,
+    )
     straight = tiny_llama(seed=0)
     make_trainer(tmp_path / "a", straight, teacher, data, **common).train()
-    make_trainer(tmp_path / "b", tiny_llama(seed=0), teacher, data, save_strategy="steps", save_steps=4, **common).train()
+    make_trainer(
+        tmp_path / "b", tiny_llama(seed=0), teacher, data, save_strategy="steps", save_steps=4, **common
+    ).train()
     ckpt = tmp_path / "b" / "checkpoint-4"
     assert (ckpt / PROJECTION_FILE).is_file()
     assert not any(k.startswith(PROJECTION_NAME) for k in load_file(ckpt / "model.safetensors"))
@@ -110,13 +146,30 @@ def test_final_model_has_no_projection_and_reloads(tmp_path):
     from transformers import AutoModelForCausalLM
 
     student = tiny_llama(seed=0)
-    args = DistillationConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=30.0,
-                              optim="sgd", report_to="none", disable_tqdm=True, hidden_weight=1.0,
-                              eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
-                              load_best_model_at_end=True, metric_for_best_model="eval_loss")
-    trainer = DistillationTrainer(model=student, teacher_model=tiny_llama(hidden=48, seed=1), args=args,
-                                  train_dataset=lm_dataset(16), eval_dataset=lm_dataset(4, seed=2),
-                                  data_collator=CausalLMCollator(0))
+    args = DistillationConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=30.0,
+        optim="sgd",
+        report_to="none",
+        disable_tqdm=True,
+        hidden_weight=1.0,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=tiny_llama(hidden=48, seed=1),
+        args=args,
+        train_dataset=lm_dataset(16),
+        eval_dataset=lm_dataset(4, seed=2),
+        data_collator=CausalLMCollator(0),
+    )
     trainer.train()
     trainer.save_model()
     # load_best_model_at_end brings back the best checkpoint's projection with its student (not the last one).
@@ -131,10 +184,22 @@ def test_final_model_has_no_projection_and_reloads(tmp_path):
 
 
 def _sgd_args(output_dir, batch, accumulation, **kw):
-    return DistillationConfig(output_dir=str(output_dir), per_device_train_batch_size=batch,
-                              gradient_accumulation_steps=accumulation, max_steps=2, learning_rate=0.5, optim="sgd",
-                              lr_scheduler_type="constant", max_grad_norm=0.0, logging_steps=1, save_strategy="no",
-                              report_to="none", seed=0, disable_tqdm=True, **kw)
+    return DistillationConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=2,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+        **kw,
+    )
 
 
 def test_seq_cls_exact_with_attention_and_evaluates(tmp_path):
@@ -146,10 +211,18 @@ def test_seq_cls_exact_with_attention_and_evaluates(tmp_path):
     for bs, ga in ((8, 1), (2, 4)):
         student = bert(seed=0)
         trainer = DistillationTrainer(
-            model=student, teacher_model=bert(hidden=48, seed=1),
-            args=_sgd_args(tmp_path / str(bs), bs, ga, hidden_weight=1.0, attention_weight=1.0,
-                           hidden_layer_map="0:0,2:2"),
-            train_dataset=cls_dataset(32), data_collator=lambda feats: dict(_PadTokenizer().pad(feats)),
+            model=student,
+            teacher_model=bert(hidden=48, seed=1),
+            args=_sgd_args(
+                tmp_path / str(bs),
+                bs,
+                ga,
+                hidden_weight=1.0,
+                attention_weight=1.0,
+                hidden_layer_map="0:0,2:2",
+            ),
+            train_dataset=cls_dataset(32),
+            data_collator=lambda feats: dict(_PadTokenizer().pad(feats)),
         )
         trainer.train()
         results.append(weights(student))
@@ -164,9 +237,11 @@ def test_image_cls_exact(tmp_path):
     for bs, ga in ((8, 1), (2, 4)):
         student = tiny_vit(seed=0)
         trainer = DistillationTrainer(
-            model=student, teacher_model=tiny_vit(hidden=48, seed=1),
+            model=student,
+            teacher_model=tiny_vit(hidden=48, seed=1),
             args=_sgd_args(tmp_path / str(bs), bs, ga, remove_unused_columns=False, hidden_weight=1.0),
-            train_dataset=image_dataset(16), data_collator=make_collator(get_task("image-cls")),
+            train_dataset=image_dataset(16),
+            data_collator=make_collator(get_task("image-cls")),
         )
         trainer.train()
         results.append(weights(student))
@@ -183,23 +258,47 @@ def test_refusals(tmp_path):
     with pytest.raises(ValueError, match="past the teacher's last layer"):
         make_trainer(tmp_path, tiny_llama(), teacher, data, hidden_weight=1.0, hidden_layer_map="2:3")
     with pytest.raises(ValueError, match="need an online teacher model: there is no teacher"):
-        DistillationTrainer(model=tiny_llama(), args=DistillationConfig(output_dir=str(tmp_path), alpha=0.0,
-                            hidden_weight=1.0, report_to="none"), train_dataset=data)
+        DistillationTrainer(
+            model=tiny_llama(),
+            args=DistillationConfig(output_dir=str(tmp_path), alpha=0.0, hidden_weight=1.0, report_to="none"),
+            train_dataset=data,
+        )
     with pytest.raises(ValueError, match="attn_implementation='eager'"):
         make_trainer(tmp_path, tiny_llama(), teacher, data, attention_weight=1.0)
     from transformers import BertConfig, BertForSequenceClassification
 
-    bert_student = eager(BertForSequenceClassification(BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        attention_probs_dropout_prob=0.1)))
+    bert_student = eager(
+        BertForSequenceClassification(
+            BertConfig(
+                vocab_size=50,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                attention_probs_dropout_prob=0.1,
+            )
+        )
+    )
     bert_student.config.attention_probs_dropout_prob = 0.0  # too late: the modules were built with 0.1
     with pytest.raises(ValueError, match="dropout 0.1 .*attention_probs_dropout_prob=0"):
-        DistillationTrainer(model=bert_student, teacher_model=eager(tiny_bert(seed=1)),
-                            args=DistillationConfig(output_dir=str(tmp_path), attention_weight=1.0, report_to="none"))
+        DistillationTrainer(
+            model=bert_student,
+            teacher_model=eager(tiny_bert(seed=1)),
+            args=DistillationConfig(output_dir=str(tmp_path), attention_weight=1.0, report_to="none"),
+        )
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    two_heads = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=2, num_key_value_heads=2, attn_implementation="eager"))
+    two_heads = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            attn_implementation="eager",
+        )
+    )
     with pytest.raises(ValueError, match="same number of heads"):
         make_trainer(tmp_path, eager(tiny_llama()), two_heads, data, attention_weight=1.0)
 
@@ -217,13 +316,24 @@ def test_teacher_cache_refused(tmp_path):
 
 
 def test_projection_refused_under_zero3_and_fsdp(tmp_path):
-    trainer = make_trainer(tmp_path, tiny_llama(), tiny_llama(hidden=48, seed=1), lm_dataset(4), hidden_weight=1.0)
-    zero3 = SimpleNamespace(is_fsdp_enabled=False, is_deepspeed_enabled=True, accelerator=SimpleNamespace(
-        state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 3}}))))
+    trainer = make_trainer(
+        tmp_path, tiny_llama(), tiny_llama(hidden=48, seed=1), lm_dataset(4), hidden_weight=1.0
+    )
+    zero3 = SimpleNamespace(
+        is_fsdp_enabled=False,
+        is_deepspeed_enabled=True,
+        accelerator=SimpleNamespace(
+            state=SimpleNamespace(
+                deepspeed_plugin=SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 3}})
+            )
+        ),
+    )
     with pytest.raises(ValueError, match="ZeRO-3"):
         trainer._intermediate.check_placement(zero3)
     with pytest.raises(ValueError, match="FSDP"):
-        trainer._intermediate.check_placement(SimpleNamespace(is_fsdp_enabled=True, is_deepspeed_enabled=False))
+        trainer._intermediate.check_placement(
+            SimpleNamespace(is_fsdp_enabled=True, is_deepspeed_enabled=False)
+        )
     # Same widths: no projection, nothing to refuse.
     same = make_trainer(tmp_path, tiny_llama(), tiny_llama(seed=1), lm_dataset(4), hidden_weight=1.0)
     assert same._intermediate.projection is None
@@ -245,8 +355,9 @@ class _NoHiddenStates(torch.nn.Module):
 
 
 def test_model_without_hidden_states_refused(tmp_path):
-    trainer = make_trainer(tmp_path, _NoHiddenStates(), tiny_llama(seed=1), lm_dataset(4), hidden_weight=1.0,
-                           task="causal-lm")
+    trainer = make_trainer(
+        tmp_path, _NoHiddenStates(), tiny_llama(seed=1), lm_dataset(4), hidden_weight=1.0, task="causal-lm"
+    )
     batch = CausalLMCollator(0)([lm_dataset(4)[i] for i in range(4)])
     with pytest.raises(ValueError, match="student .* returned no hidden_states"):
         trainer.compute_loss(trainer.model, batch)
@@ -273,17 +384,33 @@ def one_process_reference(tmp_path_factory):
 def test_two_processes_match_one_with_projection(tmp_path, one_process_reference, setup):
     """DDP averages the projection's gradients like the student's; under ZeRO-2 DeepSpeed's optimizer holds it."""
     import json
-    import sys
 
     from test_deepspeed import BIN, CONFIGS, SCRIPT, _losses, _read, _run, assert_same_training
 
-    extra = dict(_DISTRIBUTED_EXTRA, **({"deepspeed": os.path.join(CONFIGS, "zero2.json")} if setup == "zero2" else {}))
+    extra = dict(
+        _DISTRIBUTED_EXTRA, **({"deepspeed": os.path.join(CONFIGS, "zero2.json")} if setup == "zero2" else {})
+    )
     out = str(tmp_path / setup)
     port = {"ddp": "29537", "zero2": "29538"}[setup]
-    _run([os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", port, SCRIPT, out, "4",
-          json.dumps(extra)], out)
+    _run(
+        [
+            os.path.join(BIN, "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+            SCRIPT,
+            out,
+            "4",
+            json.dumps(extra),
+        ],
+        out,
+    )
     assert_same_training(one_process_reference, out)
-    a, b = load_file(os.path.join(one_process_reference, PROJECTION_FILE)), load_file(os.path.join(out, PROJECTION_FILE))
+    a, b = (
+        load_file(os.path.join(one_process_reference, PROJECTION_FILE)),
+        load_file(os.path.join(out, PROJECTION_FILE)),
+    )
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     assert not any(PROJECTION_NAME in k for k in load_file(os.path.join(out, "model.safetensors")))
     for x, y in zip(_losses(one_process_reference), _losses(out)):
@@ -295,11 +422,13 @@ def test_two_processes_match_one_with_projection(tmp_path, one_process_reference
 
 
 def test_several_teachers_refused(tmp_path):
-    from distill.trainer.intermediate import IntermediateLayerTransfer
     from distill.teacher.per_task import TaskTeachers
+    from distill.trainer.intermediate import IntermediateLayerTransfer
 
     with pytest.raises(ValueError, match="several teachers"):
-        make_trainer(tmp_path, tiny_llama(), [tiny_llama(seed=1), tiny_llama(seed=2)], lm_dataset(4), hidden_weight=1.0)
+        make_trainer(
+            tmp_path, tiny_llama(), [tiny_llama(seed=1), tiny_llama(seed=2)], lm_dataset(4), hidden_weight=1.0
+        )
     args = DistillationConfig(output_dir=str(tmp_path), hidden_weight=1.0, report_to="none")
     per_task = TaskTeachers([tiny_bert(seed=1), tiny_bert(seed=2)], [(0, 3), (3, 3)])
     with pytest.raises(ValueError, match="one per task"):

@@ -8,15 +8,37 @@ import os
 from types import SimpleNamespace
 
 import pytest
-
 from deploy_models import model_dir
 
 TOKEN = "hf_FAKEtoken0123456789abcdefghijklmnop"
-STUDENT = json.dumps({"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                      "num_attention_heads": 2, "max_position_embeddings": 256})
-QUICK = ["--max_steps", "2", "--max_train_samples", "32", "--max_eval_samples", "16", "--max_test_samples", "16",
-         "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_strategy", "no",
-         "--disable_tqdm", "true"]
+STUDENT = json.dumps(
+    {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 256,
+    }
+)
+QUICK = [
+    "--max_steps",
+    "2",
+    "--max_train_samples",
+    "32",
+    "--max_eval_samples",
+    "16",
+    "--max_test_samples",
+    "16",
+    "--per_device_train_batch_size",
+    "8",
+    "--logging_steps",
+    "1",
+    "--save_strategy",
+    "no",
+    "--disable_tqdm",
+    "true",
+]
 
 
 class RecordingHfApi:
@@ -34,8 +56,10 @@ class RecordingHfApi:
         for base, _, names in os.walk(folder_path):
             for name in names:
                 rel = os.path.relpath(os.path.join(base, name), folder_path)
-                if not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel.split(os.sep)[0], p)
-                           for p in ignore_patterns or []):
+                if not any(
+                    fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel.split(os.sep)[0], p)
+                    for p in ignore_patterns or []
+                ):
                     with open(os.path.join(base, name), "rb") as f:
                         files[rel] = f.read()
         self.uploads.append({"repo_id": repo_id, "files": files, "kwargs": kwargs})
@@ -57,12 +81,42 @@ def test_push_to_hub_uploads_safetensors_and_a_full_card(tmp_path, monkeypatch):
     with open(os.path.join(out, "bench.md"), "w") as f:
         f.write("| variant | p50 ms |\n|---|---:|\n| onnx-int8 | 1.0 |\n")
     with open(os.path.join(out, "fit.json"), "w") as f:
-        json.dump({"law": "power", "formula": "L(N) = E + A * N^-alpha", "params": {"E": 1.5, "A": 3.0, "alpha": 0.3},
-                   "n_points": 5}, f)
-    train_main(["--task", "seq-cls", "--teacher_model_name_or_path", teacher, "--model_config", STUDENT,
-                "--dataset_name", "builtin:docstring-topics", "--alpha", "0.5", "--temperature", "2.0",
-                "--output_dir", out, "--push_to_hub", "true", "--hub_model_id", "someone/tiny-student",
-                "--hub_token", TOKEN, "--report_to", "none", *QUICK])
+        json.dump(
+            {
+                "law": "power",
+                "formula": "L(N) = E + A * N^-alpha",
+                "params": {"E": 1.5, "A": 3.0, "alpha": 0.3},
+                "n_points": 5,
+            },
+            f,
+        )
+    train_main(
+        [
+            "--task",
+            "seq-cls",
+            "--teacher_model_name_or_path",
+            teacher,
+            "--model_config",
+            STUDENT,
+            "--dataset_name",
+            "builtin:docstring-topics",
+            "--alpha",
+            "0.5",
+            "--temperature",
+            "2.0",
+            "--output_dir",
+            out,
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "someone/tiny-student",
+            "--hub_token",
+            TOKEN,
+            "--report_to",
+            "none",
+            *QUICK,
+        ]
+    )
     assert api.repos == ["someone/tiny-student"] and api.uploads
     files = api.uploads[-1]["files"]
     assert "model.safetensors" in files and "README.md" in files and "config.json" in files
@@ -75,8 +129,15 @@ def test_push_to_hub_uploads_safetensors_and_a_full_card(tmp_path, monkeypatch):
     metrics = {(r.dataset_split, r.metric_type, r.metric_name) for r in card.data.eval_results}
     assert ("test", "accuracy", "test accuracy") in metrics and ("validation", "loss", "eval loss") in metrics
     assert "model-index" in card.content
-    for text in ("| alpha | 0.5 |", "| temperature | 2.0 |", "Retention against the teacher", "## Scaling fit",
-                 "alpha = 0.3", "## Deployment", "onnx-int8"):
+    for text in (
+        "| alpha | 0.5 |",
+        "| temperature | 2.0 |",
+        "Retention against the teacher",
+        "## Scaling fit",
+        "alpha = 0.3",
+        "## Deployment",
+        "onnx-int8",
+    ):
         assert text in card.text, text
 
 
@@ -96,11 +157,31 @@ def test_tensorboard_event_files_read_back(tmp_path, monkeypatch):
     from distill.train import main as train_main
 
     logdir = str(tmp_path / "tb")
-    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", logdir)  # transformers 5 dropped TrainingArguments.logging_dir
-    train_main(["--task", "seq-cls", "--alpha", "0", "--model_config", STUDENT, "--tokenizer_name_or_path",
-                model_dir(tmp_path, "seq-cls"), "--dataset_name", "builtin:docstring-topics",
-                "--output_dir", str(tmp_path / "run"), "--report_to", "tensorboard", *QUICK])
-    event_dirs = {base for base, _, names in os.walk(logdir) if any(n.startswith("events.out.tfevents") for n in names)}
+    monkeypatch.setenv(
+        "TENSORBOARD_LOGGING_DIR", logdir
+    )  # transformers 5 dropped TrainingArguments.logging_dir
+    train_main(
+        [
+            "--task",
+            "seq-cls",
+            "--alpha",
+            "0",
+            "--model_config",
+            STUDENT,
+            "--tokenizer_name_or_path",
+            model_dir(tmp_path, "seq-cls"),
+            "--dataset_name",
+            "builtin:docstring-topics",
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--report_to",
+            "tensorboard",
+            *QUICK,
+        ]
+    )
+    event_dirs = {
+        base for base, _, names in os.walk(logdir) if any(n.startswith("events.out.tfevents") for n in names)
+    }
     assert event_dirs
     scalars = set()
     for directory in event_dirs:

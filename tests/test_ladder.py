@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from scaling.cli import main as scaling_main
 from scaledown.ladder import train_ladder
+from scaling.cli import main as scaling_main
 from scaling.ladder import LadderSpec, plan_ladder, rung_config
 from scaling.params import count_parameters
 
@@ -39,11 +39,14 @@ def test_plan_budgets():
         assert p.flops_6nd <= p.budget and p.flops_6nd > 0.9 * p.budget
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"base_config": {"model_type": "nonsense"}, "widths": [64]}, "model_type"),
-    ({"base_config": BASE, "widths": [96, 64]}, "increasing"),
-    ({"base_config": BASE, "widths": [48]}, "head_dim"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"base_config": {"model_type": "nonsense"}, "widths": [64]}, "model_type"),
+        ({"base_config": BASE, "widths": [96, 64]}, "increasing"),
+        ({"base_config": BASE, "widths": [48]}, "head_dim"),
+    ],
+)
 def test_bad_spec(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LadderSpec(**kwargs)
@@ -71,7 +74,22 @@ def test_train_skips_finished_runs(tmp_path):
 
 
 def test_cli_plan(capsys):
-    assert scaling_main(["ladder", "--base-config", json.dumps(BASE), "--widths", "64,96", "--vocab-size", "512",
-                         "--tokens", "1e5", "--json"]) == 0
+    assert (
+        scaling_main(
+            [
+                "ladder",
+                "--base-config",
+                json.dumps(BASE),
+                "--widths",
+                "64,96",
+                "--vocab-size",
+                "512",
+                "--tokens",
+                "1e5",
+                "--json",
+            ]
+        )
+        == 0
+    )
     plans = json.loads(capsys.readouterr().out)
     assert [p["width"] for p in plans] == [64, 96]

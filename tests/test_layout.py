@@ -1,16 +1,18 @@
 """The package layout: old import paths keep working, and no module imports in a circle."""
 
 import ast
-import importlib
 import pathlib
-
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("distill", "scaling", "scaledown", "deploy")
 # Which package may import which (shared/DESIGN.md section 1): the pipeline uses everything, deploy is a
 # library over distill, scaling is pure fitting, distill imports none of the others.
-ALLOWED = {"scaledown": {"deploy", "scaling", "distill"}, "deploy": {"distill"}, "scaling": set(), "distill": set()}
+ALLOWED = {
+    "scaledown": {"deploy", "scaling", "distill"},
+    "deploy": {"distill"},
+    "scaling": set(),
+    "distill": set(),
+}
 # What distill's top level holds: its entry points, and everything else in a subpackage.
 DISTILL_TOP = {"__init__.py", "__main__.py", "cli.py", "config.py", "train.py"}
 
@@ -18,7 +20,8 @@ DISTILL_TOP = {"__init__.py", "__main__.py", "cli.py", "config.py", "train.py"}
 def test_public_names_import_where_they_did():
     from distill import DistillationConfig, DistillationTrainer, distillation_loss  # noqa: F401
     from distill.data import DataArguments, build_datasets  # noqa: F401
-    from distill.losses import KD_KINDS, distillation_loss as loss_fn, student_cross_entropy  # noqa: F401
+    from distill.losses import KD_KINDS, student_cross_entropy  # noqa: F401
+    from distill.losses import distillation_loss as loss_fn
     from distill.losses.chunked import chunked_distillation_loss, default_chunk_size  # noqa: F401
     from distill.teacher.cache import TeacherCache, build_teacher_cache  # noqa: F401
     from distill.trainer import DistillationTrainer as trainer_class
@@ -51,10 +54,18 @@ def _package_imports() -> tuple[dict[str, set[str]], list[str]]:
                     top = module.split(".")[0]
                     if top in PACKAGES and top != package:
                         edges[package].add(top)
-                        if isinstance(node, ast.ImportFrom) and any(a.name.startswith("_") for a in node.names):
-                            private.append(f"{path.relative_to(ROOT)}:{node.lineno} imports a private name from {module}")
-                        if any(part.startswith("_") and not part.startswith("__") for part in module.split(".")):
-                            private.append(f"{path.relative_to(ROOT)}:{node.lineno} imports private module {module}")
+                        if isinstance(node, ast.ImportFrom) and any(
+                            a.name.startswith("_") for a in node.names
+                        ):
+                            private.append(
+                                f"{path.relative_to(ROOT)}:{node.lineno} imports a private name from {module}"
+                            )
+                        if any(
+                            part.startswith("_") and not part.startswith("__") for part in module.split(".")
+                        ):
+                            private.append(
+                                f"{path.relative_to(ROOT)}:{node.lineno} imports private module {module}"
+                            )
     return edges, private
 
 
@@ -109,7 +120,7 @@ def test_no_import_circles():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = 2

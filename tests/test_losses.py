@@ -68,8 +68,19 @@ def ref_divergence(s, t, temperature, kind, beta=0.5, skew_alpha=0.1):
     return beta * _kl_rows(log_pt, log_m) + (1 - beta) * _kl_rows(log_ps, log_m)
 
 
-def ref_loss(student, teacher, labels=None, *, alpha, temperature, kind="forward_kl", beta=0.5,
-             num_items_in_batch=None, vocab_size=None, skew_alpha=0.1):
+def ref_loss(
+    student,
+    teacher,
+    labels=None,
+    *,
+    alpha,
+    temperature,
+    kind="forward_kl",
+    beta=0.5,
+    num_items_in_batch=None,
+    vocab_size=None,
+    skew_alpha=0.1,
+):
     """Returns (loss, kd_loss, ce_loss, num_valid) as python floats / int."""
     s, t = _np(student), _np(teacher)
     if vocab_size is not None:
@@ -93,8 +104,21 @@ def ref_loss(student, teacher, labels=None, *, alpha, temperature, kind="forward
     return alpha * kd + (1 - alpha) * ce, kd, ce, n
 
 
-def make_batch(b=3, t=7, v=11, *, seed=0, vs=None, vt=None, scale=3.0, pad_row=True, pad_frac=0.3,
-               teacher_dtype=torch.float32, student_dtype=torch.float32, label_vocab=None):
+def make_batch(
+    b=3,
+    t=7,
+    v=11,
+    *,
+    seed=0,
+    vs=None,
+    vt=None,
+    scale=3.0,
+    pad_row=True,
+    pad_frac=0.3,
+    teacher_dtype=torch.float32,
+    student_dtype=torch.float32,
+    label_vocab=None,
+):
     g = torch.Generator().manual_seed(seed)
     vs = vs or v
     vt = vt or v
@@ -125,10 +149,18 @@ def test_matches_reference_with_labels(kind, nib, temperature):
     student, teacher, labels = make_batch(seed=1)
     n_valid = int((labels != IGNORE).sum())
     num_items = torch.tensor(n_valid + 5) if nib == "tensor" else nib
-    out = distillation_loss(student, teacher, labels, alpha=0.6, temperature=temperature, kind=kind,
-                            num_items_in_batch=num_items)
-    ref = ref_loss(student, teacher, labels, alpha=0.6, temperature=temperature, kind=kind,
-                   num_items_in_batch=None if num_items is None else int(num_items))
+    out = distillation_loss(
+        student, teacher, labels, alpha=0.6, temperature=temperature, kind=kind, num_items_in_batch=num_items
+    )
+    ref = ref_loss(
+        student,
+        teacher,
+        labels,
+        alpha=0.6,
+        temperature=temperature,
+        kind=kind,
+        num_items_in_batch=None if num_items is None else int(num_items),
+    )
     assert_matches(out, ref)
 
 
@@ -136,8 +168,9 @@ def test_matches_reference_with_labels(kind, nib, temperature):
 @pytest.mark.parametrize("nib", [None, 50])
 def test_matches_reference_without_labels(kind, nib):
     student, teacher, _ = make_batch(seed=2)
-    out = distillation_loss(student, teacher, None, alpha=1.0, temperature=2.0, kind=kind,
-                            num_items_in_batch=nib)
+    out = distillation_loss(
+        student, teacher, None, alpha=1.0, temperature=2.0, kind=kind, num_items_in_batch=nib
+    )
     ref = ref_loss(student, teacher, None, alpha=1.0, temperature=2.0, kind=kind, num_items_in_batch=nib)
     assert_matches(out, ref)
     assert int(out.num_valid) == student.shape[0] * student.shape[1]
@@ -147,10 +180,12 @@ def test_matches_reference_without_labels(kind, nib):
 @pytest.mark.parametrize("jsd_beta", [0.1, 0.5, 0.9])
 def test_jsd_beta_matches_reference(jsd_beta):
     student, teacher, labels = make_batch(seed=3)
-    out = distillation_loss(student, teacher, labels, alpha=0.7, temperature=1.5, kind="jsd",
-                            jsd_beta=jsd_beta)
-    assert_matches(out, ref_loss(student, teacher, labels, alpha=0.7, temperature=1.5, kind="jsd",
-                                 beta=jsd_beta))
+    out = distillation_loss(
+        student, teacher, labels, alpha=0.7, temperature=1.5, kind="jsd", jsd_beta=jsd_beta
+    )
+    assert_matches(
+        out, ref_loss(student, teacher, labels, alpha=0.7, temperature=1.5, kind="jsd", beta=jsd_beta)
+    )
 
 
 @pytest.mark.parametrize("kind", KD_KINDS)
@@ -165,8 +200,7 @@ def test_low_precision_teacher_is_upcast(kind, teacher_dtype):
 
 @pytest.mark.parametrize("kind", KD_KINDS)
 def test_bf16_student_computed_in_float32(kind):
-    student, teacher, labels = make_batch(seed=5, student_dtype=torch.bfloat16,
-                                          teacher_dtype=torch.bfloat16)
+    student, teacher, labels = make_batch(seed=5, student_dtype=torch.bfloat16, teacher_dtype=torch.bfloat16)
     out = distillation_loss(student, teacher, labels, alpha=0.5, temperature=2.0, kind=kind)
     assert out.loss.dtype == torch.float32
     assert_matches(out, ref_loss(student, teacher, labels, alpha=0.5, temperature=2.0, kind=kind))
@@ -176,27 +210,33 @@ def test_bf16_student_computed_in_float32(kind):
 @pytest.mark.parametrize("vs,vt,vocab_size", [(13, 16, 13), (16, 13, 13), (16, 20, 11), (12, 12, 9)])
 def test_vocab_padding_is_sliced(kind, vs, vt, vocab_size):
     student, teacher, labels = make_batch(seed=6, vs=vs, vt=vt, label_vocab=vocab_size)
-    out = distillation_loss(student, teacher, labels, alpha=0.5, temperature=2.0, kind=kind,
-                            vocab_size=vocab_size)
-    assert_matches(out, ref_loss(student, teacher, labels, alpha=0.5, temperature=2.0, kind=kind,
-                                 vocab_size=vocab_size))
+    out = distillation_loss(
+        student, teacher, labels, alpha=0.5, temperature=2.0, kind=kind, vocab_size=vocab_size
+    )
+    assert_matches(
+        out, ref_loss(student, teacher, labels, alpha=0.5, temperature=2.0, kind=kind, vocab_size=vocab_size)
+    )
     # Padding columns must not matter at all (never zero-padded, never seen).
     student2, teacher2 = student.clone(), teacher.clone()
     student2[..., vocab_size:] = 1e4
     teacher2[..., vocab_size:] = -1e4
-    out2 = distillation_loss(student2, teacher2, labels, alpha=0.5, temperature=2.0, kind=kind,
-                             vocab_size=vocab_size)
+    out2 = distillation_loss(
+        student2, teacher2, labels, alpha=0.5, temperature=2.0, kind=kind, vocab_size=vocab_size
+    )
     assert out2.loss.item() == pytest.approx(out.loss.item(), rel=1e-6)
 
 
 def test_float64_stays_float64_and_is_exact():
-    student, teacher, labels = make_batch(seed=7, student_dtype=torch.float64,
-                                          teacher_dtype=torch.float64)
+    student, teacher, labels = make_batch(seed=7, student_dtype=torch.float64, teacher_dtype=torch.float64)
     for kind in KD_KINDS:
         out = distillation_loss(student, teacher, labels, alpha=0.4, temperature=3.0, kind=kind)
         assert out.loss.dtype == torch.float64
-        assert_matches(out, ref_loss(student, teacher, labels, alpha=0.4, temperature=3.0, kind=kind),
-                       rtol=1e-12, atol=1e-12)
+        assert_matches(
+            out,
+            ref_loss(student, teacher, labels, alpha=0.4, temperature=3.0, kind=kind),
+            rtol=1e-12,
+            atol=1e-12,
+        )
 
 
 def test_ignored_positions_count_nowhere():
@@ -222,8 +262,15 @@ def test_gradient_accumulation_invariance(kind):
     micro_s = student.clone().requires_grad_()
     acc = 0.0
     for i in range(4):
-        out = distillation_loss(micro_s[i : i + 1], teacher[i : i + 1], labels[i : i + 1], alpha=0.5,
-                                temperature=2.0, kind=kind, num_items_in_batch=total)
+        out = distillation_loss(
+            micro_s[i : i + 1],
+            teacher[i : i + 1],
+            labels[i : i + 1],
+            alpha=0.5,
+            temperature=2.0,
+            kind=kind,
+            num_items_in_batch=total,
+        )
         out.loss.backward()
         acc += out.loss.item()
     assert acc == pytest.approx(full.loss.item(), rel=1e-5)
@@ -237,8 +284,9 @@ def test_all_ignored_batch_is_zero_not_nan(kind, nib):
     student, teacher, labels = make_batch(seed=10)
     labels[:] = IGNORE
     student.requires_grad_()
-    out = distillation_loss(student, teacher, labels, alpha=0.5, temperature=2.0, kind=kind,
-                            num_items_in_batch=nib)
+    out = distillation_loss(
+        student, teacher, labels, alpha=0.5, temperature=2.0, kind=kind, num_items_in_batch=nib
+    )
     assert out.loss.item() == 0.0 and out.kd_loss.item() == 0.0 and out.ce_loss.item() == 0.0
     assert out.num_valid.item() == 0
     out.loss.backward()
@@ -265,11 +313,11 @@ def test_masked_teacher_logits_use_zero_log_zero(kind):
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
 def test_equal_logits_give_zero_divergence(kind, temperature):
     student, _, labels = make_batch(seed=12, scale=10.0)
-    out = distillation_loss(student, student.clone(), labels, alpha=1.0, temperature=temperature,
-                            kind=kind)
+    out = distillation_loss(student, student.clone(), labels, alpha=1.0, temperature=temperature, kind=kind)
     assert abs(out.kd_loss.item()) < 1e-6
-    out64 = distillation_loss(student.double(), student.double(), labels, alpha=1.0,
-                              temperature=temperature, kind=kind)
+    out64 = distillation_loss(
+        student.double(), student.double(), labels, alpha=1.0, temperature=temperature, kind=kind
+    )
     assert abs(out64.kd_loss.item()) < 1e-13
 
 
@@ -284,21 +332,27 @@ def test_equal_logits_give_zero_divergence(kind, temperature):
     kind=st.sampled_from(KD_KINDS),
     jsd_beta=st.floats(0.01, 0.99),
 )
-def test_every_kind_is_non_negative_and_matches_reference(seed, b, t, v, scale, temperature, kind,
-                                                          jsd_beta):
+def test_every_kind_is_non_negative_and_matches_reference(seed, b, t, v, scale, temperature, kind, jsd_beta):
     student, teacher, labels = make_batch(b, t, v, seed=seed, scale=scale, pad_row=False)
-    out = distillation_loss(student, teacher, labels, alpha=1.0, temperature=temperature, kind=kind,
-                            jsd_beta=jsd_beta)
-    ref = ref_loss(student, teacher, labels, alpha=1.0, temperature=temperature, kind=kind,
-                   beta=jsd_beta)
+    out = distillation_loss(
+        student, teacher, labels, alpha=1.0, temperature=temperature, kind=kind, jsd_beta=jsd_beta
+    )
+    ref = ref_loss(student, teacher, labels, alpha=1.0, temperature=temperature, kind=kind, beta=jsd_beta)
     kd = out.kd_loss.item()
     assert math.isfinite(kd)
     # float32 softmax round-off allows a tiny negative value, relative to the size of the terms.
     assert kd >= -1e-5 * temperature**2
     assert ref[1] >= 0.0
     np.testing.assert_allclose(kd, ref[1], rtol=1e-4, atol=1e-5 * temperature**2)
-    out64 = distillation_loss(student.double(), teacher.double(), labels, alpha=1.0,
-                              temperature=temperature, kind=kind, jsd_beta=jsd_beta)
+    out64 = distillation_loss(
+        student.double(),
+        teacher.double(),
+        labels,
+        alpha=1.0,
+        temperature=temperature,
+        kind=kind,
+        jsd_beta=jsd_beta,
+    )
     assert out64.kd_loss.item() >= -1e-12 * temperature**2
 
 
@@ -319,8 +373,7 @@ def test_gradcheck_float64(kind):
 @pytest.mark.parametrize("kind", KD_KINDS)
 def test_analytic_gradient_of_forward_kl_and_ce(kind):
     """d(T^2 KL)/dz = T (softmax(z/T) - p_t) for forward KL; d CE/dz = softmax(z) - onehot."""
-    student, teacher, labels = make_batch(seed=14, student_dtype=torch.float64,
-                                          teacher_dtype=torch.float64)
+    student, teacher, labels = make_batch(seed=14, student_dtype=torch.float64, teacher_dtype=torch.float64)
     student.requires_grad_()
     temperature = 3.0
     out = distillation_loss(student, teacher, labels, alpha=0.0, temperature=temperature, kind=kind)
@@ -335,8 +388,9 @@ def test_analytic_gradient_of_forward_kl_and_ce(kind):
         student.grad = None
         out = distillation_loss(student, teacher, labels, alpha=1.0, temperature=temperature)
         out.loss.backward()
-        expected = temperature * (torch.softmax(student.detach() / temperature, -1)
-                                  - torch.softmax(teacher / temperature, -1))
+        expected = temperature * (
+            torch.softmax(student.detach() / temperature, -1) - torch.softmax(teacher / temperature, -1)
+        )
         expected[~valid] = 0
         torch.testing.assert_close(student.grad, expected / n)
 
@@ -348,8 +402,9 @@ def test_t_squared_scaling(kind, temperature):
     out = distillation_loss(student, teacher, labels, alpha=1.0, temperature=temperature, kind=kind)
     valid = (labels != IGNORE).reshape(-1).numpy()
     v = student.shape[-1]
-    raw = ref_divergence(_np(student).reshape(-1, v)[valid], _np(teacher).reshape(-1, v)[valid],
-                         temperature, kind).mean()
+    raw = ref_divergence(
+        _np(student).reshape(-1, v)[valid], _np(teacher).reshape(-1, v)[valid], temperature, kind
+    ).mean()
     np.testing.assert_allclose(out.kd_loss.item() / temperature**2, raw, rtol=1e-5)
 
 
@@ -430,8 +485,7 @@ def test_bad_temperature_raises(temperature):
 def test_bad_jsd_beta_raises(jsd_beta):
     student, teacher, labels = make_batch(seed=22)
     with pytest.raises(ValueError, match="jsd_beta"):
-        distillation_loss(student, teacher, labels, alpha=0.5, temperature=2.0, kind="jsd",
-                          jsd_beta=jsd_beta)
+        distillation_loss(student, teacher, labels, alpha=0.5, temperature=2.0, kind="jsd", jsd_beta=jsd_beta)
 
 
 def test_misaligned_shapes_raise():

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import lm_dataset, max_diff, tiny_llama, weights
+from test_losses import _kl_rows, _log_softmax, _np, make_batch
 
 from distill import DistillationConfig, DistillationTrainer
 from distill.losses import chunked_distillation_loss, distillation_loss
-from distill.trainer.tasks import CausalLMCollator
 from distill.teacher.ensemble import TeacherEnsemble, combine_teacher_logits
-from helpers import lm_dataset, max_diff, tiny_llama, weights
-from test_losses import _kl_rows, _log_softmax, _np, make_batch
+from distill.trainer.tasks import CausalLMCollator
 
 
 def ref_mixture_kd(student, teachers, w, labels, temperature, kind):
@@ -19,7 +19,9 @@ def ref_mixture_kd(student, teachers, w, labels, temperature, kind):
     v = student.shape[-1]
     valid = (labels.reshape(-1) != -100).numpy()
     log_q = _log_softmax(_np(student).reshape(-1, v)[valid] / temperature)
-    p = sum(wk * np.exp(_log_softmax(_np(t).reshape(-1, v)[valid] / temperature)) for wk, t in zip(w, teachers))
+    p = sum(
+        wk * np.exp(_log_softmax(_np(t).reshape(-1, v)[valid] / temperature)) for wk, t in zip(w, teachers)
+    )
     with np.errstate(divide="ignore"):
         log_p = np.log(p)
     div = _kl_rows(log_p, log_q) if kind == "forward_kl" else _kl_rows(log_q, log_p)
@@ -67,12 +69,33 @@ def test_padded_vocabularies_are_sliced_before_mixing():
 
 
 def make_trainer(tmp_path, student, teachers, data, **overrides):
-    kw = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2, learning_rate=0.5, optim="sgd",
-              lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0, logging_steps=1,
-              save_strategy="no", report_to="none", alpha=0.5, temperature=2.0, seed=0, data_seed=0, disable_tqdm=True)
+    kw = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        max_steps=2,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        alpha=0.5,
+        temperature=2.0,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+    )
     kw.update(overrides)
-    return DistillationTrainer(model=student, teacher_model=teachers, args=DistillationConfig(**kw),
-                               train_dataset=data, data_collator=CausalLMCollator(pad_token_id=0))
+    return DistillationTrainer(
+        model=student,
+        teacher_model=teachers,
+        args=DistillationConfig(**kw),
+        train_dataset=data,
+        data_collator=CausalLMCollator(pad_token_id=0),
+    )
 
 
 @pytest.mark.parametrize("mode", ["mean", "most_confident"])
@@ -84,13 +107,23 @@ def test_trainer_gradient_accumulation_is_exact_and_teachers_stay_frozen(tmp_pat
     for bs, ga in ((8, 1), (2, 4)):
         student = tiny_llama(seed=0)
         extra = {"teacher_weights": [0.3, 0.7]} if mode == "mean" else {}
-        trainer = make_trainer(tmp_path / f"{bs}x{ga}", student, teachers, data, per_device_train_batch_size=bs,
-                               gradient_accumulation_steps=ga, teacher_ensemble=mode, **extra)
+        trainer = make_trainer(
+            tmp_path / f"{bs}x{ga}",
+            student,
+            teachers,
+            data,
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+            teacher_ensemble=mode,
+            **extra,
+        )
         trainer.train()
         assert isinstance(trainer.teacher, TeacherEnsemble) and not trainer.teacher.training
         optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
         assert not optimized & {id(p) for p in trainer.teacher.parameters()}
-        results.append((weights(student), [h["kd_loss"] for h in trainer.state.log_history if "kd_loss" in h]))
+        results.append(
+            (weights(student), [h["kd_loss"] for h in trainer.state.log_history if "kd_loss" in h])
+        )
     assert max_diff(results[0][0], results[1][0]) < 1e-5
     np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-4)
     for t, w in zip(teachers, before):
@@ -115,15 +148,41 @@ def test_trainer_kd_is_against_the_weighted_mixture(tmp_path):
 @pytest.mark.parametrize(
     "fields, match",
     [
-        (dict(teacher_model_name_or_path="a", extra_teachers=["b"], teacher_weights=[1.0]), "one weight per teacher"),
-        (dict(teacher_model_name_or_path="a", extra_teachers=["b"], teacher_weights=[1.0, -1.0]), "non-negative"),
-        (dict(teacher_model_name_or_path="a", extra_teachers=["b"], teacher_weights=[0.0, 0.0]), "positive sum"),
+        (
+            dict(teacher_model_name_or_path="a", extra_teachers=["b"], teacher_weights=[1.0]),
+            "one weight per teacher",
+        ),
+        (
+            dict(teacher_model_name_or_path="a", extra_teachers=["b"], teacher_weights=[1.0, -1.0]),
+            "non-negative",
+        ),
+        (
+            dict(teacher_model_name_or_path="a", extra_teachers=["b"], teacher_weights=[0.0, 0.0]),
+            "positive sum",
+        ),
         (dict(extra_teachers=["b"]), "needs teacher_model_name_or_path"),
-        (dict(teacher_model_name_or_path="a", extra_teachers=["b"], teacher_ensemble="vote"), "teacher_ensemble"),
-        (dict(teacher_model_name_or_path="a", extra_teachers=["b"], teacher_ensemble="most_confident",
-              teacher_weights=[1.0, 2.0]), "mean' only"),
-        (dict(teacher_model_name_or_path="a", extra_teachers=["b"], kd_fused_lm_head=True,
-              ddp_find_unused_parameters=False), "one teacher only"),
+        (
+            dict(teacher_model_name_or_path="a", extra_teachers=["b"], teacher_ensemble="vote"),
+            "teacher_ensemble",
+        ),
+        (
+            dict(
+                teacher_model_name_or_path="a",
+                extra_teachers=["b"],
+                teacher_ensemble="most_confident",
+                teacher_weights=[1.0, 2.0],
+            ),
+            "mean' only",
+        ),
+        (
+            dict(
+                teacher_model_name_or_path="a",
+                extra_teachers=["b"],
+                kd_fused_lm_head=True,
+                ddp_find_unused_parameters=False,
+            ),
+            "one teacher only",
+        ),
     ],
 )
 def test_bad_multi_teacher_fields_are_refused(fields, match):
@@ -133,8 +192,13 @@ def test_bad_multi_teacher_fields_are_refused(fields, match):
 
 def test_trainer_refuses_a_weight_count_that_does_not_match_the_teachers(tmp_path):
     with pytest.raises(ValueError, match="one weight per teacher"):
-        make_trainer(tmp_path, tiny_llama(seed=0), [tiny_llama(seed=1), tiny_llama(seed=2)], lm_dataset(8),
-                     teacher_weights=[1.0, 2.0, 3.0])
+        make_trainer(
+            tmp_path,
+            tiny_llama(seed=0),
+            [tiny_llama(seed=1), tiny_llama(seed=2)],
+            lm_dataset(8),
+            teacher_weights=[1.0, 2.0, 3.0],
+        )
 
 
 def test_recipe_fields_parse_and_missing_extra_teacher_is_refused_before_compute(tmp_path):
@@ -147,13 +211,28 @@ def test_recipe_fields_parse_and_missing_extra_teacher_is_refused_before_compute
     )
     _, _, args = parse_args(["--config", str(recipe), "--output_dir", str(tmp_path)])
     assert args.extra_teachers == ["b", "c"] and args.teacher_weights == [1, 1, 2]
-    _, _, args = parse_args(["--config", str(recipe), "--output_dir", str(tmp_path), "--teacher_weights", "1", "2", "3"])
+    _, _, args = parse_args(
+        ["--config", str(recipe), "--output_dir", str(tmp_path), "--teacher_weights", "1", "2", "3"]
+    )
     assert args.teacher_weights == [1.0, 2.0, 3.0]
     good = tmp_path / "teacher"
     tiny_llama().save_pretrained(good)
     with pytest.raises(FileNotFoundError, match="extra_teachers"):
-        main(["--config", str(recipe), "--output_dir", str(tmp_path / "out"), "--teacher_model_name_or_path",
-              str(good), "--extra_teachers", str(tmp_path / "missing"), "--teacher_weights", "1", "1"])
+        main(
+            [
+                "--config",
+                str(recipe),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--teacher_model_name_or_path",
+                str(good),
+                "--extra_teachers",
+                str(tmp_path / "missing"),
+                "--teacher_weights",
+                "1",
+                "1",
+            ]
+        )
 
 
 @pytest.mark.slow
@@ -165,15 +244,35 @@ def test_zero3_two_teachers_in_sharded_engines_and_on_policy_generation(tmp_path
     import os
     import sys
 
-    from test_deepspeed import BIN, CONFIGS, SCRIPT, _read, _run, assert_frozen_own_engine, assert_same_training
+    from test_deepspeed import (
+        BIN,
+        CONFIGS,
+        SCRIPT,
+        _read,
+        _run,
+        assert_frozen_own_engine,
+        assert_same_training,
+    )
 
     extra = {"ensemble": True, "lmbda": 1.0, "generation_temperature": 0.0, "max_new_tokens": 5}
     reference = str(tmp_path / "single")
     _run([sys.executable, SCRIPT, reference, "8", json.dumps(extra)], reference)
     out = str(tmp_path / "zero3")
     extra["deepspeed"] = os.path.join(CONFIGS, "zero3.json")
-    _run([os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", "29561", SCRIPT, out, "4",
-          json.dumps(extra)], out)
+    _run(
+        [
+            os.path.join(BIN, "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29561",
+            SCRIPT,
+            out,
+            "4",
+            json.dumps(extra),
+        ],
+        out,
+    )
     assert_same_training(reference, out)
     for rank in (0, 1):
         facts = _read(out, f"placement-{rank}.json")

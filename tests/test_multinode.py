@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_deepspeed import CONFIGS, ROOT, SCRIPT, _env, _read, _run, assert_same_training
 
 PORT = "29561"
@@ -38,8 +37,22 @@ def assert_ddp_placement(out):
 def test_cpu_ddp_config_starts_two_processes(tmp_path, reference):
     out = str(tmp_path / "cpu_ddp")
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    _run([accelerate, "launch", "--config_file", os.path.join(CONFIGS, "cpu_ddp.yaml"), "--num_processes", "2",
-          "--main_process_port", "29562", SCRIPT, out, "4"], out)
+    _run(
+        [
+            accelerate,
+            "launch",
+            "--config_file",
+            os.path.join(CONFIGS, "cpu_ddp.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29562",
+            SCRIPT,
+            out,
+            "4",
+        ],
+        out,
+    )
     assert_same_training(reference, out)
     assert_ddp_placement(out)
 
@@ -50,9 +63,25 @@ def test_two_machines_on_loopback_match_one_process(tmp_path, reference):
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     nodes = []
     for machine_rank in (0, 1):
-        cmd = [accelerate, "launch", "--config_file", os.path.join(CONFIGS, "multi_node.yaml"),
-               "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(machine_rank),
-               "--main_process_ip", "127.0.0.1", "--main_process_port", PORT, SCRIPT, out, "4"]
+        cmd = [
+            accelerate,
+            "launch",
+            "--config_file",
+            os.path.join(CONFIGS, "multi_node.yaml"),
+            "--num_machines",
+            "2",
+            "--num_processes",
+            "2",
+            "--machine_rank",
+            str(machine_rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            PORT,
+            SCRIPT,
+            out,
+            "4",
+        ]
         log = open(tmp_path / f"node{machine_rank}.log", "w")
         nodes.append((subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT), log))
     try:
@@ -77,10 +106,24 @@ def test_fused_lm_head_under_ddp_matches_one_process(tmp_path):
     ddp_find_unused_parameters: the head's gradient, produced by the fused loss after the forward,
     is all-reduced like every other (reference: 1 process, twice the batch, unfused)."""
     untied = {"untied_student": True, "ddp_find_unused_parameters": None}
-    single = _run([sys.executable, SCRIPT, str(tmp_path / "single"), "8", json.dumps(untied)], str(tmp_path / "single"))
+    single = _run(
+        [sys.executable, SCRIPT, str(tmp_path / "single"), "8", json.dumps(untied)], str(tmp_path / "single")
+    )
     out = str(tmp_path / "fused_ddp")
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    _run([torchrun, "--nproc_per_node", "2", "--master_port", "29563", SCRIPT, out, "4",
-          json.dumps({**untied, "kd_fused_lm_head": True})], out)
+    _run(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29563",
+            SCRIPT,
+            out,
+            "4",
+            json.dumps({**untied, "kd_fused_lm_head": True}),
+        ],
+        out,
+    )
     assert_same_training(single, out)
     assert_ddp_placement(out)

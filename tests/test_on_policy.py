@@ -6,22 +6,46 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import lm_dataset, max_diff, tiny_llama, weights, word_tokenizer
 
 from distill import DistillationConfig, DistillationTrainer
 from distill.data.on_policy import generate_continuations, split_prompts, step_is_on_policy
 from distill.losses import distillation_loss
 from distill.trainer.tasks import CausalLMCollator
-from helpers import lm_dataset, max_diff, tiny_llama, weights, word_tokenizer
 
 
 def make_trainer(tmp_path, student, teacher, data, **overrides):
-    kw = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2, learning_rate=0.5, optim="sgd",
-              lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0, logging_steps=1,
-              save_strategy="no", report_to="none", alpha=0.5, temperature=2.0, seed=0, data_seed=0, disable_tqdm=True,
-              lmbda=1.0, max_new_tokens=6, generation_temperature=0.0)
+    kw = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        max_steps=2,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        alpha=0.5,
+        temperature=2.0,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+        lmbda=1.0,
+        max_new_tokens=6,
+        generation_temperature=0.0,
+    )
     kw.update(overrides)
-    return DistillationTrainer(model=student, teacher_model=teacher, args=DistillationConfig(**kw), train_dataset=data,
-                               processing_class=word_tokenizer(), data_collator=CausalLMCollator(pad_token_id=0))
+    return DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=DistillationConfig(**kw),
+        train_dataset=data,
+        processing_class=word_tokenizer(),
+        data_collator=CausalLMCollator(pad_token_id=0),
+    )
 
 
 def test_prompts_are_the_masked_label_part():
@@ -42,12 +66,16 @@ def test_generated_batch_holds_the_prompt_and_the_students_greedy_continuation(t
         n = int(out["attention_mask"][r].sum())
         row, lab = out["input_ids"][r, :n], out["labels"][r, :n]
         assert row[: prompt.numel()].tolist() == prompt.tolist()
-        assert (lab[: prompt.numel()] == -100).all() and torch.equal(lab[prompt.numel():], row[prompt.numel():])
-        expect = student.generate(prompt[None], max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=2)[0]
-        cont = expect[prompt.numel():]
+        assert (lab[: prompt.numel()] == -100).all() and torch.equal(
+            lab[prompt.numel() :], row[prompt.numel() :]
+        )
+        expect = student.generate(
+            prompt[None], max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=2
+        )[0]
+        cont = expect[prompt.numel() :]
         stop = (cont == 2).nonzero()
         cont = cont[: int(stop[0]) + 1] if stop.numel() else cont
-        assert row[prompt.numel():].tolist() == cont.tolist()
+        assert row[prompt.numel() :].tolist() == cont.tolist()
         assert (out["labels"][r, n:] == -100).all()
 
 
@@ -61,9 +89,18 @@ def test_on_policy_loss_is_the_divergence_on_generated_tokens_only(tmp_path):
     inputs = {k: gen[k] for k in ("input_ids", "attention_mask")}
     with torch.no_grad():
         s, t = student(**inputs).logits[:, :-1], teacher(**inputs).logits[:, :-1]
-    ref = distillation_loss(s.double(), t.double(), gen["labels"][:, 1:], alpha=1.0, temperature=2.0,
-                            kind="reverse_kl", num_items_in_batch=n)
-    np.testing.assert_allclose(loss.item(), ref.loss.item(), rtol=1e-4, atol=1e-7)  # no CE: alpha does not apply
+    ref = distillation_loss(
+        s.double(),
+        t.double(),
+        gen["labels"][:, 1:],
+        alpha=1.0,
+        temperature=2.0,
+        kind="reverse_kl",
+        num_items_in_batch=n,
+    )
+    np.testing.assert_allclose(
+        loss.item(), ref.loss.item(), rtol=1e-4, atol=1e-7
+    )  # no CE: alpha does not apply
 
 
 def test_gradient_accumulation_is_exact_on_policy(tmp_path):
@@ -71,10 +108,18 @@ def test_gradient_accumulation_is_exact_on_policy(tmp_path):
     results = []
     for bs, ga in ((8, 1), (2, 4)):
         student = tiny_llama(seed=0)
-        trainer = make_trainer(tmp_path / f"{bs}x{ga}", student, teacher, data, per_device_train_batch_size=bs,
-                               gradient_accumulation_steps=ga)
+        trainer = make_trainer(
+            tmp_path / f"{bs}x{ga}",
+            student,
+            teacher,
+            data,
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+        )
         trainer.train()
-        results.append((weights(student), [h["kd_loss"] for h in trainer.state.log_history if "kd_loss" in h]))
+        results.append(
+            (weights(student), [h["kd_loss"] for h in trainer.state.log_history if "kd_loss" in h])
+        )
     assert max_diff(results[0][0], results[1][0]) < 1e-5
     np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-5)
     off = tiny_llama(seed=0)
@@ -86,27 +131,44 @@ def test_the_on_policy_decision_is_seeded_by_step():
     decisions = [step_is_on_policy(0, step, 0.5) for step in range(200)]
     assert decisions == [step_is_on_policy(0, step, 0.5) for step in range(200)]
     assert 70 < sum(decisions) < 130
-    assert not any(step_is_on_policy(0, s, 0.0) for s in range(50)) and all(step_is_on_policy(0, s, 1.0) for s in range(50))
+    assert not any(step_is_on_policy(0, s, 0.0) for s in range(50)) and all(
+        step_is_on_policy(0, s, 1.0) for s in range(50)
+    )
 
 
 def test_resumed_run_matches_a_straight_one_with_sampling(tmp_path):
     teacher, data = tiny_llama(hidden=48, seed=1), lm_dataset(24, seed=5)
-    common = dict(max_steps=6, per_device_train_batch_size=4, lmbda=0.5, generation_temperature=1.0,
-                  optim="adamw_torch", learning_rate=1e-2)
+    common = dict(
+        max_steps=6,
+        per_device_train_batch_size=4,
+        lmbda=0.5,
+        generation_temperature=1.0,
+        optim="adamw_torch",
+        learning_rate=1e-2,
+    )
     straight = tiny_llama(seed=0)
     make_trainer(tmp_path / "a", straight, teacher, data, **common).train()
-    make_trainer(tmp_path / "b", tiny_llama(seed=0), teacher, data, save_strategy="steps", save_steps=3, **common).train()
+    make_trainer(
+        tmp_path / "b", tiny_llama(seed=0), teacher, data, save_strategy="steps", save_steps=3, **common
+    ).train()
     resumed = tiny_llama(seed=3)
     make_trainer(tmp_path / "b", resumed, teacher, data, **common).train(
-        resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3"))
+        resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3")
+    )
     assert max_diff(weights(straight), weights(resumed)) < 1e-6
 
 
-@pytest.mark.parametrize("fields, match", [
-    (dict(lmbda=1.5), "lmbda"), (dict(lmbda=-0.1), "lmbda"), (dict(lmbda=0.5, task="seq-cls"), "causal-lm only"),
-    (dict(max_new_tokens=0), "max_new_tokens"), (dict(generation_temperature=-1.0), "generation_temperature"),
-    (dict(lmbda=0.5, alpha=0.0), "needs a teacher"),
-])
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        (dict(lmbda=1.5), "lmbda"),
+        (dict(lmbda=-0.1), "lmbda"),
+        (dict(lmbda=0.5, task="seq-cls"), "causal-lm only"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(generation_temperature=-1.0), "generation_temperature"),
+        (dict(lmbda=0.5, alpha=0.0), "needs a teacher"),
+    ],
+)
 def test_bad_on_policy_fields_are_refused(fields, match):
     with pytest.raises(ValueError, match=match):
         DistillationConfig(output_dir="unused", report_to="none", **fields)
@@ -116,6 +178,9 @@ def test_on_policy_on_a_classification_task_is_refused(tmp_path):
     from test_tasks import args, cls_dataset, tiny_bert
 
     with pytest.raises(ValueError, match="causal-lm only"):
-        DistillationTrainer(model=tiny_bert(), teacher_model=tiny_bert(seed=1), args=args(tmp_path, lmbda=0.5),
-                            train_dataset=cls_dataset())
-
+        DistillationTrainer(
+            model=tiny_bert(),
+            teacher_model=tiny_bert(seed=1),
+            args=args(tmp_path, lmbda=0.5),
+            train_dataset=cls_dataset(),
+        )

@@ -41,8 +41,10 @@ def test_bad_config_fails_before_training(tmp_path, overrides, message):
 
 def test_cli_reports_bad_config(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("ladder: {base_config: {model_type: nonsense}, widths: [64, 96, 128, 160, 192], tokens: 1.0e5}\n"
-                   "student: {width: 64}\n")
+    bad.write_text(
+        "ladder: {base_config: {model_type: nonsense}, widths: [64, 96, 128, 160, 192], tokens: 1.0e5}\n"
+        "student: {width: 64}\n"
+    )
     assert scaledown_main(["run", "--config", str(bad), "--output-root", str(tmp_path)]) == 2
     assert "model_type" in capsys.readouterr().err
 
@@ -97,12 +99,17 @@ def test_quick_pipeline_end_to_end_and_resume(tmp_path):
     assert "alpha: 0.9" in (run / "report.md").read_text()
 
 
-@pytest.mark.parametrize("student,expected", [
-    ({"target_loss": 4.6}, 64),        # smallest width whose predicted loss reaches 4.6
-    ({"flops_budget": 4.0e11}, 48),    # largest width whose KD cost (6 N_s D + 2 N_t D) fits
-])
+@pytest.mark.parametrize(
+    "student,expected",
+    [
+        ({"target_loss": 4.6}, 64),  # smallest width whose predicted loss reaches 4.6
+        ({"flops_budget": 4.0e11}, 48),  # largest width whose KD cost (6 N_s D + 2 N_t D) fits
+    ],
+)
 def test_student_size_chosen_from_the_fit(tmp_path, student, expected):
-    config = load_pipeline_config(DEMO, overrides={"output_root": str(tmp_path), "student": {"width": None, **student}})
+    config = load_pipeline_config(
+        DEMO, overrides={"output_root": str(tmp_path), "student": {"width": None, **student}}
+    )
     pipeline = Pipeline(config)
     pipeline.validate()
     teacher_dir = tmp_path / "teacher"
@@ -116,11 +123,15 @@ def test_student_size_chosen_from_the_fit(tmp_path, student, expected):
 
 
 def test_unreachable_target_loss_is_refused(tmp_path):
-    config = load_pipeline_config(DEMO, overrides={"output_root": str(tmp_path), "student": {"width": None, "target_loss": 1.0}})
+    config = load_pipeline_config(
+        DEMO, overrides={"output_root": str(tmp_path), "student": {"width": None, "target_loss": 1.0}}
+    )
     pipeline = Pipeline(config)
     pipeline.validate()
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "all_results.json").write_text(json.dumps({"student_params": 430_752}))
     with pytest.raises(ValueError, match="target_loss"):
-        pipeline.pick_student({"full": {"law": "power", "params": {"E": 4.245, "A": 27.45, "alpha": 0.3793}}},
-                              {"dir": str(tmp_path / "t"), "width": 96})
+        pipeline.pick_student(
+            {"full": {"law": "power", "params": {"E": 4.245, "A": 27.45, "alpha": 0.3793}}},
+            {"dir": str(tmp_path / "t"), "width": 96},
+        )

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_students import inputs, logits, seq_cls_teacher, tiny  # noqa: F401  (fixture)
 
 from distill.students import get_architecture, prune_model, score_model
-from test_students import inputs, logits, seq_cls_teacher, tiny  # noqa: F401  (fixture)
 
 
 def batches(model_type, n=2):
@@ -22,7 +22,11 @@ def reference_block_influence(model, batch_list):
     for batch in batch_list:
         with torch.no_grad():
             hs = [h.double().numpy() for h in model(**batch, output_hidden_states=True).hidden_states]
-        mask = batch["attention_mask"].double().numpy() if "attention_mask" in batch else np.ones(hs[0].shape[:2])
+        mask = (
+            batch["attention_mask"].double().numpy()
+            if "attention_mask" in batch
+            else np.ones(hs[0].shape[:2])
+        )
         per = []
         for x, y in zip(hs[:-1], hs[1:]):
             cos = (x * y).sum(-1) / (np.linalg.norm(x, axis=-1) * np.linalg.norm(y, axis=-1))
@@ -37,8 +41,9 @@ def test_block_influence_matches_a_float64_reference(model_type):
     # BERT and ViT report every block's raw output as a hidden state (Llama's last one is after the final norm).
     model = tiny(model_type).eval()
     scores = score_model(model, get_architecture(model.config), batches(model_type))
-    np.testing.assert_allclose(scores["block_influence"], reference_block_influence(model, batches(model_type)),
-                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        scores["block_influence"], reference_block_influence(model, batches(model_type)), rtol=1e-4, atol=1e-7
+    )
 
 
 def test_neuron_and_head_importance_match_a_float64_reference():
@@ -54,8 +59,10 @@ def test_neuron_and_head_importance_match_a_float64_reference():
             block = ref.vit.layers[0]
             x = block.layernorm_before(h)
             attn = block.attention
-            q, k, v = (p(x).unflatten(-1, (4, 8)).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
-            heads = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, -1) @ v  # [B, H, T, d]
+            q, k, v = (
+                p(x).unflatten(-1, (4, 8)).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj)
+            )
+            heads = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1) @ v  # [B, H, T, d]
             r = h + attn.o_proj(heads.transpose(1, 2).flatten(-2))
             act = block.mlp.activation_fn(block.mlp.fc1(block.layernorm_after(r)))
         neuron_sum = neuron_sum + act.abs().sum((0, 1))
@@ -70,11 +77,13 @@ def test_padding_is_excluded_from_scores():
     arch = get_architecture(model.config)
     batch = inputs("bert")  # row 1 has 3 padded positions
     padded = score_model(model, arch, [batch])
-    rows = [{k: v[i:i + 1, : (6 if i else 9)] for k, v in batch.items()} for i in range(2)]
+    rows = [{k: v[i : i + 1, : (6 if i else 9)] for k, v in batch.items()} for i in range(2)]
     unpadded = score_model(model, arch, rows)
     assert padded["num_tokens"] == unpadded["num_tokens"] == 15
     np.testing.assert_allclose(padded["block_influence"], unpadded["block_influence"], rtol=1e-5)
-    torch.testing.assert_close(padded["neuron_importance"][1], unpadded["neuron_importance"][1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        padded["neuron_importance"][1], unpadded["neuron_importance"][1], rtol=1e-5, atol=1e-7
+    )
 
 
 def _kill_parts(model, model_type):
@@ -83,7 +92,9 @@ def _kill_parts(model, model_type):
     blocks = model.base_model.get_submodule(arch.blocks)
     with torch.no_grad():
         block = blocks[1]  # output = input: the attention and MLP outputs are zero
-        for name in (arch.attention_o, arch.mlp_out) if arch.attention_o else ("attention.output.dense", arch.mlp_out):
+        for name in (
+            (arch.attention_o, arch.mlp_out) if arch.attention_o else ("attention.output.dense", arch.mlp_out)
+        ):
             block.get_submodule(name).weight.zero_()
             if block.get_submodule(name).bias is not None:
                 block.get_submodule(name).bias.zero_()
@@ -137,10 +148,15 @@ def test_pruned_model_reloads_exactly(model_type, tmp_path):
         assert torch.equal(logits(reloaded, batch), logits(pruned, batch))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(drop_layers=4), "between 0 and 3"), (dict(mlp_width=49), "intermediate_size 48"),
-    (dict(heads=3), "multiple of 2"), (dict(), "Nothing to prune"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(drop_layers=4), "between 0 and 3"),
+        (dict(mlp_width=49), "intermediate_size 48"),
+        (dict(heads=3), "multiple of 2"),
+        (dict(), "Nothing to prune"),
+    ],
+)
 def test_bad_requests_are_refused(kwargs, match):
     from distill.students import check_prune_request
 
@@ -161,8 +177,23 @@ def test_prune_command_on_a_classifier(seq_cls_teacher, tmp_path):  # noqa: F811
     from distill.cli import main
 
     out = tmp_path / "pruned"
-    code = main(["prune", "--model", seq_cls_teacher, "--drop-layers", "1", "--mlp-width", "16",
-                 "--calibration", "builtin:docstring-topics", "--num-samples", "12", "--output_dir", str(out)])
+    code = main(
+        [
+            "prune",
+            "--model",
+            seq_cls_teacher,
+            "--drop-layers",
+            "1",
+            "--mlp-width",
+            "16",
+            "--calibration",
+            "builtin:docstring-topics",
+            "--num-samples",
+            "12",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert code == 0
     record = json.loads((out / "pruning.json").read_text())
     assert record["num_samples"] == 12 and record["scores"]["num_tokens"] > 12
@@ -174,8 +205,22 @@ def test_prune_command_on_a_classifier(seq_cls_teacher, tmp_path):  # noqa: F811
     assert sum(p.numel() for p in model.parameters()) == record["params_after"]
     assert AutoTokenizer.from_pretrained(out) is not None
     # Heads on BERT: refused before any calibration compute.
-    assert main(["prune", "--model", seq_cls_teacher, "--heads", "2", "--calibration", "builtin:docstring-topics",
-                 "--output_dir", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                seq_cls_teacher,
+                "--heads",
+                "2",
+                "--calibration",
+                "builtin:docstring-topics",
+                "--output_dir",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "x").exists()
 
 
@@ -187,8 +232,26 @@ def test_prune_command_on_a_vit_with_heads(tmp_path):
 
     tiny("vit", layers=2, num_labels=10).save_pretrained(tmp_path / "vit")
     out = tmp_path / "pruned"
-    assert main(["prune", "--model", str(tmp_path / "vit"), "--drop-layers", "1", "--heads", "2",
-                 "--calibration", "builtin:digits", "--num-samples", "8", "--output_dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(tmp_path / "vit"),
+                "--drop-layers",
+                "1",
+                "--heads",
+                "2",
+                "--calibration",
+                "builtin:digits",
+                "--num-samples",
+                "8",
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "pruning.json").read_text())
     assert record["scores"]["num_tokens"] == 8 * 17  # 16 patches + [CLS] per image
     assert len(record["scores"]["head_importance"]["0"]) == 4

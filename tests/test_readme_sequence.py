@@ -30,19 +30,43 @@ def readme_commands() -> list[tuple[list[str], str]]:
 @pytest.mark.slow
 def test_readme_commands_in_order_never_reuse_other_results(tmp_path, monkeypatch, capsys):
     from distill.cli import main as distill_main
-    from distill.trainer.fingerprint import read_fingerprint, run_fingerprint
     from distill.train import parse_args
+    from distill.trainer.fingerprint import read_fingerprint, run_fingerprint
 
     rng = random.Random(0)
     words = "model loss teacher student token layer weight data train step scale law fit size".split()
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(60))}) + "\n"
-                            for _ in range(200)))
-    tiny = ["--dataset_name", "json", "--data_files", str(data), "--max_steps", "2", "--max_eval_samples", "8",
-            "--max_test_samples", "8", "--disable_tqdm", "true", "--save_steps", "1"]
+    data.write_text(
+        "".join(
+            json.dumps({"text": " ".join(rng.choice(words) for _ in range(60))}) + "\n" for _ in range(200)
+        )
+    )
+    tiny = [
+        "--dataset_name",
+        "json",
+        "--data_files",
+        str(data),
+        "--max_steps",
+        "2",
+        "--max_eval_samples",
+        "8",
+        "--max_test_samples",
+        "8",
+        "--disable_tqdm",
+        "true",
+        "--save_steps",
+        "1",
+    ]
     monkeypatch.chdir(tmp_path)
     os.symlink(os.path.join(ROOT, "recipes"), tmp_path / "recipes")
-    teacher = ["train", "--config", "recipes/tiny/causal_lm_teacher.yaml", *tiny, "--tokenizer_vocab_size", "300"]
+    teacher = [
+        "train",
+        "--config",
+        "recipes/tiny/causal_lm_teacher.yaml",
+        *tiny,
+        "--tokenizer_vocab_size",
+        "300",
+    ]
     assert distill_main(teacher) == 0  # what the student recipe's comment says to run first
 
     commands = readme_commands()

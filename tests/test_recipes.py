@@ -25,7 +25,9 @@ def test_recipe_parses(recipe, tmp_path):
     first = open(recipe, encoding="utf-8").readline()
     rel = os.path.relpath(recipe, ROOT)
     assert first.startswith("# ") and rel in first, f"{rel} must start with the command that runs it"
-    model_args, data_args, args = parse_args(["--config", recipe, "--output_dir", str(tmp_path), "--bf16", "false"])
+    model_args, data_args, args = parse_args(
+        ["--config", recipe, "--output_dir", str(tmp_path), "--bf16", "false"]
+    )
     assert args.task in ("causal-lm", "seq-cls", "image-cls")
     # A multi-task recipe names a teacher per task (distill.data.multitask), not one at the top level.
     assert args.alpha == 0 or args.teacher_model_name_or_path or all(t.teacher for t in data_args.tasks or [])
@@ -36,7 +38,9 @@ def test_recipe_parses(recipe, tmp_path):
 
 def test_command_line_overrides_yaml(tmp_path):
     recipe = os.path.join(ROOT, "recipes", "tiny", "causal_lm.yaml")
-    _, data_args, args = parse_args(["--config", recipe, "--alpha", "0.9", "--block_size", "64", "--output_dir", str(tmp_path)])
+    _, data_args, args = parse_args(
+        ["--config", recipe, "--alpha", "0.9", "--block_size", "64", "--output_dir", str(tmp_path)]
+    )
     assert args.alpha == 0.9 and data_args.block_size == 64 and args.temperature == 2.0
 
 

@@ -32,9 +32,23 @@ def _assert_not_blank(png_path):
 
 def test_round_trip_fit_predict_optimal(tmp_path, capsys):
     fit_json = tmp_path / "fit.json"
-    rc, out, err = _run(capsys, "fit", FIXTURE, *EPOCH, "--law", "chinchilla", "--out",
-                        fit_json, "--bootstrap", "8", "--jobs", "1", "--json",
-                        "--plot", tmp_path / "fit.png")
+    rc, out, err = _run(
+        capsys,
+        "fit",
+        FIXTURE,
+        *EPOCH,
+        "--law",
+        "chinchilla",
+        "--out",
+        fit_json,
+        "--bootstrap",
+        "8",
+        "--jobs",
+        "1",
+        "--json",
+        "--plot",
+        tmp_path / "fit.png",
+    )
     assert rc == 0, err
     stdout = json.loads(out)
     fit = json.loads(fit_json.read_text())
@@ -58,8 +72,18 @@ def test_round_trip_fit_predict_optimal(tmp_path, capsys):
     assert rc == 0 and set(opt) >= {"params", "tokens", "loss", "interval"}
     assert 6 * opt["params"] * opt["tokens"] == pytest.approx(5.76e23)
 
-    rc, out, _ = _run(capsys, "optimal", "--fit", fit_json, "--flops", 5.76e23, "--cost",
-                      "6*N*D + 2*NT*D", "--teacher-params", 1e9)
+    rc, out, _ = _run(
+        capsys,
+        "optimal",
+        "--fit",
+        fit_json,
+        "--flops",
+        5.76e23,
+        "--cost",
+        "6*N*D + 2*NT*D",
+        "--teacher-params",
+        1e9,
+    )
     assert rc == 0 and json.loads(out)["tokens"] < opt["tokens"]
 
     for stem in ("fit", "fit_residuals", "fit_frontier"):
@@ -77,8 +101,18 @@ def test_power_law_fit_and_predict(tmp_path, capsys):
     table = tmp_path / "runs.json"
     table.write_text(json.dumps([{"N": a, "D": 1e9, "L": b} for a, b in zip(n, loss)]))
     fit_json = tmp_path / "fit.json"
-    rc, _, err = _run(capsys, "fit", table, "--law", "power", "--columns", "params=N,tokens=D,"
-                      "loss=L", "--out", fit_json, "--quiet")
+    rc, _, err = _run(
+        capsys,
+        "fit",
+        table,
+        "--law",
+        "power",
+        "--columns",
+        "params=N,tokens=D,loss=L",
+        "--out",
+        fit_json,
+        "--quiet",
+    )
     assert rc == 0, err
     fit = json.loads(fit_json.read_text())
     assert set(fit["params"]) == {"E", "A", "alpha"}
@@ -118,24 +152,30 @@ def test_isoflop_cli_warns_and_plots(tmp_path, capsys):
 def test_runs_table_from_a_run_directory(tmp_path, capsys):
     run = tmp_path / "r"
     run.mkdir()
-    (run / "trainer_state.json").write_text(json.dumps({"global_step": 10, "log_history": [
-        {"step": 10, "eval_loss": 2.5}]}))
-    (run / "all_results.json").write_text(json.dumps({"eval_loss": 2.5, "student_params": 5e4,
-                                                      "train_tokens": 1e6}))
+    (run / "trainer_state.json").write_text(
+        json.dumps({"global_step": 10, "log_history": [{"step": 10, "eval_loss": 2.5}]})
+    )
+    (run / "all_results.json").write_text(
+        json.dumps({"eval_loss": 2.5, "student_params": 5e4, "train_tokens": 1e6})
+    )
     rc, out, _ = _run(capsys, "runs", run, "--out", tmp_path / "t.csv", "--json")
     assert rc == 0 and json.loads(out)[0]["params"] == 5e4
     assert "all_results.train_tokens" in (tmp_path / "t.csv").read_text()
 
 
-@pytest.mark.parametrize("content,needle", [
-    ("params,tokens,loss\n1e6,1e9,3\n1e6,nan,2\n", "row 2 (line 3): tokens"),
-    ("size,loss\n1,2\n", "missing columns"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("params,tokens,loss\n1e6,1e9,3\n1e6,nan,2\n", "row 2 (line 3): tokens"),
+        ("size,loss\n1,2\n", "missing columns"),
+    ],
+)
 def test_bad_input_exits_2_with_clear_message(tmp_path, content, needle):
     f = tmp_path / "bad.csv"
     f.write_text(content)
-    proc = subprocess.run([sys.executable, "-m", "scaling", "fit", str(f)], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scaling", "fit", str(f)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and needle in proc.stderr and "bad.csv" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -150,11 +190,13 @@ def test_cli_errors_for_missing_fit_and_empty_dir(tmp_path, capsys):
 
 
 def test_help_imports_nothing_heavy():
-    code = ("import sys, scaling.cli\n"
-            "heavy = [m for m in ('numpy', 'scipy', 'matplotlib', 'torch', 'transformers') "
-            "if m in sys.modules]\n"
-            "assert not heavy, heavy\n"
-            "scaling.cli.build_parser().format_help()")
+    code = (
+        "import sys, scaling.cli\n"
+        "heavy = [m for m in ('numpy', 'scipy', 'matplotlib', 'torch', 'transformers') "
+        "if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "scaling.cli.build_parser().format_help()"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -165,26 +207,52 @@ def _sweep(root):
         run = root / f"run{i}"
         run.mkdir(parents=True)
         steps = np.arange(1, 41) * 50
-        history = [{"step": int(s), "eval_loss": float(law.predict(HOFFMANN, n, s * 2.5e6)),
-                    "num_input_tokens_seen": int(s * 2.5e6)} for s in steps]
-        (run / "trainer_state.json").write_text(json.dumps({"global_step": 2000,
-                                                            "log_history": history}))
-        (run / "all_results.json").write_text(json.dumps({
-            "eval_loss": history[-1]["eval_loss"], "student_params": n,
-            "student_non_embedding_params": 0.8 * n, "train_tokens": 5e9}))
+        history = [
+            {
+                "step": int(s),
+                "eval_loss": float(law.predict(HOFFMANN, n, s * 2.5e6)),
+                "num_input_tokens_seen": int(s * 2.5e6),
+            }
+            for s in steps
+        ]
+        (run / "trainer_state.json").write_text(json.dumps({"global_step": 2000, "log_history": history}))
+        (run / "all_results.json").write_text(
+            json.dumps(
+                {
+                    "eval_loss": history[-1]["eval_loss"],
+                    "student_params": n,
+                    "student_non_embedding_params": 0.8 * n,
+                    "train_tokens": 5e9,
+                }
+            )
+        )
 
 
 def test_sweep_of_run_dirs_all_points_bootstrap_by_run_and_envelope(tmp_path, capsys):
     _sweep(tmp_path / "sweep")
-    rc, out, err = _run(capsys, "fit", tmp_path / "sweep", "--points", "all", "--bootstrap", 6,
-                        "--jobs", 1, "--json", "--quiet", "--param-count", "non_embedding")
+    rc, out, err = _run(
+        capsys,
+        "fit",
+        tmp_path / "sweep",
+        "--points",
+        "all",
+        "--bootstrap",
+        6,
+        "--jobs",
+        1,
+        "--json",
+        "--quiet",
+        "--param-count",
+        "non_embedding",
+    )
     assert rc == 0, err
     fit = json.loads(out)
     assert fit["n_points"] == 200 and fit["param_count"] == "non_embedding"
     assert fit["bootstrap"]["resampled"] == "runs"
     assert fit["params"]["alpha"] == pytest.approx(0.34, rel=1e-3)  # N scale 0.8 -> same alpha
-    rc, out, err = _run(capsys, "envelope", tmp_path / "sweep", "--points", "all", "--json",
-                        "--plot", tmp_path / "env.png")
+    rc, out, err = _run(
+        capsys, "envelope", tmp_path / "sweep", "--points", "all", "--json", "--plot", tmp_path / "env.png"
+    )
     assert rc == 0, err
     env = json.loads(out)
     assert 0.2 < env["a"] < 0.8  # 5 sizes only: a coarse envelope

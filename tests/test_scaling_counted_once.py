@@ -8,12 +8,13 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from trainer_runs import write_ladder
 
 from scaling.cli import main
 from scaling.logs import load_runs, read_run_dir
 from scaling.optimal import IsoFLOPWarning, envelope_analysis
-from trainer_runs import write_ladder
 
 TINY_RUN = """\
 task: causal-lm
@@ -58,8 +59,11 @@ def test_real_trainer_run_counts_its_final_evaluation_once(tmp_path):
     rng = random.Random(0)
     words = "the of and to a in is it that for on with as was by this be are from or".split()
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(60))}) + "\n"
-                            for _ in range(80)))
+    data.write_text(
+        "".join(
+            json.dumps({"text": " ".join(rng.choice(words) for _ in range(60))}) + "\n" for _ in range(80)
+        )
+    )
     recipe = tmp_path / "run.yaml"
     recipe.write_text(TINY_RUN.format(data=data))
     out = tmp_path / "run"
@@ -90,8 +94,19 @@ def test_ladder_every_evaluation_point_once(ladder, capsys):
 def test_holdout_rows_once(ladder, capsys):
     largest = read_run_dir(ladder / "w96")[0].flops
     second = read_run_dir(ladder / "w80")[0].flops
-    rc, out, err = _cli(capsys, "fit", ladder, "--points", "all", "--law", "chinchilla", "--holdout-above",
-                        (largest + second) / 2, "--json", "--quiet")
+    rc, out, err = _cli(
+        capsys,
+        "fit",
+        ladder,
+        "--points",
+        "all",
+        "--law",
+        "chinchilla",
+        "--holdout-above",
+        (largest + second) / 2,
+        "--json",
+        "--quiet",
+    )
     assert rc == 0, err
     held = json.loads(out)["holdout"]
     keys = [(r["params"], r["tokens"]) for r in held["points"]]
@@ -116,15 +131,17 @@ def test_envelope_never_rises_where_a_small_run_ends_low():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.lists(st.floats(1.0, 5.0), min_size=2, max_size=6), min_size=2, max_size=5),
-       st.lists(st.floats(0.0, 3.0), min_size=5, max_size=5))
+@given(
+    st.lists(st.lists(st.floats(1.0, 5.0), min_size=2, max_size=6), min_size=2, max_size=5),
+    st.lists(st.floats(0.0, 3.0), min_size=5, max_size=5),
+)
 def test_envelope_is_the_running_minimum_of_every_curve(curves, starts):
     n, c, loss, run = [], [], [], []
     reference = {}
     for i, (ls, start) in enumerate(zip(curves, starts)):
         cs = 10.0 ** (start + np.arange(len(ls)) * 0.5)
         reference[f"r{i}"] = (cs, np.array(ls))
-        n += [10.0 ** i] * len(ls)
+        n += [10.0**i] * len(ls)
         c += list(cs)
         loss += ls
         run += [f"r{i}"] * len(ls)
@@ -153,10 +170,12 @@ def test_cli_envelope_and_pipeline_frontier_count_the_same_parameters(ladder, tm
     rc, out, err = _cli(capsys, "envelope", ladder, "--points", "all", "--json")
     assert rc == 0, err
     cli = json.loads(out)
-    demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "pipeline",
-                        "demo.yaml")
-    config = load_pipeline_config(demo, quick=True, overrides={"output_root": str(tmp_path),
-                                                                "fit": {"bootstrap": 0}})
+    demo = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "pipeline", "demo.yaml"
+    )
+    config = load_pipeline_config(
+        demo, quick=True, overrides={"output_root": str(tmp_path), "fit": {"bootstrap": 0}}
+    )
     pipeline = Pipeline(config, log=lambda m: None)
     os.makedirs(pipeline.root)
     fit = pipeline.fit_ladder({"runs": [{"dir": str(d)} for d in sorted(ladder.iterdir())]})

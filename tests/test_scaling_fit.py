@@ -57,8 +57,14 @@ def _true_chinchilla(alpha, beta, e, r_n, r_d):
 
 
 @settings(max_examples=15, deadline=None, derandomize=True, database=None)
-@given(alpha=st.floats(0.25, 0.55), beta=st.floats(0.25, 0.55), e=st.floats(1.5, 2.5),
-       r_n=st.floats(1.0, 3.0), r_d=st.floats(1.0, 3.0), seed=st.integers(0, 2**31))
+@given(
+    alpha=st.floats(0.25, 0.55),
+    beta=st.floats(0.25, 0.55),
+    e=st.floats(1.5, 2.5),
+    r_n=st.floats(1.0, 3.0),
+    r_d=st.floats(1.0, 3.0),
+    seed=st.integers(0, 2**31),
+)
 def test_recovers_exponents_with_one_percent_noise(alpha, beta, e, r_n, r_d, seed):
     law = get_law("chinchilla")
     true = _true_chinchilla(alpha, beta, e, r_n, r_d)
@@ -73,11 +79,14 @@ def test_recovers_exponents_with_one_percent_noise(alpha, beta, e, r_n, r_d, see
     assert fit["objective"] <= truth * (1 + 1e-9)
 
 
-@pytest.mark.parametrize("law,true", [
-    ("power", {"E": 1.7, "A": 350.0, "alpha": 0.31}),
-    ("chinchilla", {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}),
-    ("kaplan", {"N_c": 6.4e13, "D_c": 1.8e13, "alpha_N": 0.076, "alpha_D": 0.103}),
-])
+@pytest.mark.parametrize(
+    "law,true",
+    [
+        ("power", {"E": 1.7, "A": 350.0, "alpha": 0.31}),
+        ("chinchilla", {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}),
+        ("kaplan", {"N_c": 6.4e13, "D_c": 1.8e13, "alpha_N": 0.076, "alpha_D": 0.103}),
+    ],
+)
 def test_exact_recovery_without_noise(law, true):
     n, d = (g.ravel() for g in np.meshgrid(np.logspace(6, 10, 9), np.logspace(8, 12, 9)))
     loss = get_law(law).predict(true, n, d)
@@ -103,15 +112,20 @@ def test_objective_gradient_matches_finite_differences():
     law = get_law("chinchilla")
     rng = np.random.default_rng(0)
     n, d = 10 ** rng.uniform(6, 10, 50), 10 ** rng.uniform(8, 12, 50)
-    log_l = np.log(law.predict({"E": 2, "A": 400, "B": 900, "alpha": .3, "beta": .3}, n, d))
+    log_l = np.log(law.predict({"E": 2, "A": 400, "B": 900, "alpha": 0.3, "beta": 0.3}, n, d))
     log_l += 0.02 * rng.standard_normal(50)
     theta = np.array([6.0, 7.0, 0.6, 0.32, 0.29])
     for kind in ("huber", "squared", "cauchy"):
         _, g = objective(theta, law, np.log(n), np.log(d), log_l, kind)
         eps = 1e-6
-        num = [(objective(theta + eps * e, law, np.log(n), np.log(d), log_l, kind)[0]
-                - objective(theta - eps * e, law, np.log(n), np.log(d), log_l, kind)[0])
-               / (2 * eps) for e in np.eye(5)]
+        num = [
+            (
+                objective(theta + eps * e, law, np.log(n), np.log(d), log_l, kind)[0]
+                - objective(theta - eps * e, law, np.log(n), np.log(d), log_l, kind)[0]
+            )
+            / (2 * eps)
+            for e in np.eye(5)
+        ]
         np.testing.assert_allclose(g, num, rtol=1e-4, atol=1e-9)
 
 
@@ -125,7 +139,7 @@ def test_huber_matches_scipy():
 def test_bootstrap_is_deterministic_and_independent_of_jobs():
     law = get_law("chinchilla")
     n, d = (g.ravel() for g in np.meshgrid(np.logspace(6, 9, 6), np.logspace(8, 11, 6)))
-    loss = law.predict({"E": 1.8, "A": 400, "B": 1000, "alpha": .33, "beta": .3}, n, d)
+    loss = law.predict({"E": 1.8, "A": 400, "B": 1000, "alpha": 0.33, "beta": 0.3}, n, d)
     loss = loss * (1 + 0.01 * np.random.default_rng(1).standard_normal(n.size))
     one = bootstrap(n, d, loss, n_boot=12, seed=3, jobs=1)
     two = bootstrap(n, d, loss, n_boot=12, seed=3, jobs=2)

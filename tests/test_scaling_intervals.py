@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scaling.cli import main
 from scaling.fit import fit_runs
@@ -24,8 +25,10 @@ def _five_rungs(seed=0, noise=0.01):
 
 
 def _points(n, loss):
-    return [RunPoint(params=a, tokens=1e6, loss=b, flops=6e6 * a, flops_6nd=6e6 * a, source=f"r{i}", run=f"r{i}")
-            for i, (a, b) in enumerate(zip(n, loss))]
+    return [
+        RunPoint(params=a, tokens=1e6, loss=b, flops=6e6 * a, flops_6nd=6e6 * a, source=f"r{i}", run=f"r{i}")
+        for i, (a, b) in enumerate(zip(n, loss))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +54,21 @@ def test_interval_reaching_the_search_edge_is_unbounded(five_rung_fit):
 def test_printed_summary_says_unbounded_and_counts_refits(tmp_path, capsys):
     table = tmp_path / "rungs.json"
     table.write_text(json.dumps([{"params": a, "tokens": 1e6, "loss": b} for a, b in zip(N5, _five_rungs())]))
-    rc = main(["fit", str(table), "--law", "power", "--bootstrap", "40", "--jobs", "1", "--json",
-               "--out", str(tmp_path / "fit.json")])
+    rc = main(
+        [
+            "fit",
+            str(table),
+            "--law",
+            "power",
+            "--bootstrap",
+            "40",
+            "--jobs",
+            "1",
+            "--json",
+            "--out",
+            str(tmp_path / "fit.json"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     doc = json.loads(out)
@@ -114,14 +130,21 @@ def test_percentile_intervals_match_numpy_with_bounds_left_open(values, data, le
         if got is not None:
             assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
     inside = _contains(res["interval"], estimate)
-    assert res["status"] == ("excludes_estimate" if not inside else "unbounded" if None in res["interval"] else "ok")
+    assert res["status"] == (
+        "excludes_estimate" if not inside else "unbounded" if None in res["interval"] else "ok"
+    )
     assert (res["note"] is None) == (res["status"] == "ok")
 
 
 def test_failed_and_unconverged_refits_are_left_out_and_counted():
     rng = np.random.default_rng(0)
-    good = np.column_stack([4 + 0.1 * rng.standard_normal(50), 30 * np.exp(0.1 * rng.standard_normal(50)),
-                            0.3 + 0.02 * rng.standard_normal(50)])
+    good = np.column_stack(
+        [
+            4 + 0.1 * rng.standard_normal(50),
+            30 * np.exp(0.1 * rng.standard_normal(50)),
+            0.3 + 0.02 * rng.standard_normal(50),
+        ]
+    )
     samples = np.vstack([good, [[1e-9, 1e12, 40.0]], [[np.nan] * 3]])
     converged = np.array([True] * 50 + [False, False])
     honest = interval_summary(POWER, samples, converged, {"E": 4.0, "A": 30.0, "alpha": 0.3}, N5, np.ones(5))
@@ -135,8 +158,15 @@ def test_biased_refits_are_said_not_hidden():
     # every refit above the estimate: the percentile interval cannot contain it
     samples = np.column_stack([np.full(30, 4.0), np.linspace(31, 40, 30), np.full(30, 0.3)])
     fit = {"params": {"E": 4.0, "A": 30.0, "alpha": 0.3}}
-    fit.update({k: v for k, v in interval_summary(POWER, samples, np.ones(30, bool), fit["params"], N5,
-                                                   np.ones(5)).items() if k != "counts"})
+    fit.update(
+        {
+            k: v
+            for k, v in interval_summary(
+                POWER, samples, np.ones(30, bool), fit["params"], N5, np.ones(5)
+            ).items()
+            if k != "counts"
+        }
+    )
     assert fit["ci_status"]["A"] == "excludes_estimate" and fit["ci"]["A"][0] > 30.0
     assert "(excludes the estimate" in format_interval(fit, "A")
     assert any(line.startswith("A: the estimate 30 lies outside") for line in bootstrap_lines(fit))
@@ -163,7 +193,11 @@ def test_prediction_interval_that_misses_its_estimate_says_why():
 
     params = {"E": 4.0, "A": 30.0, "alpha": 0.3}
     rows = [[4.0, a, 0.3] for a in np.linspace(31, 40, 30)]  # every refit above the estimate
-    fit = {"law": "power", "params": params, "bootstrap": {"param_names": ["E", "A", "alpha"], "samples": rows}}
+    fit = {
+        "law": "power",
+        "params": params,
+        "bootstrap": {"param_names": ["E", "A", "alpha"], "samples": rows},
+    }
     pred = predict_from_fit(fit, 1e5)
     assert pred["interval"][0] > pred["loss"] and "outside the central 95%" in pred["interval_note"]
     fit["bootstrap"]["samples"] = [[4.0, a, 0.3] for a in np.linspace(20, 40, 30)]
@@ -173,8 +207,8 @@ def test_prediction_interval_that_misses_its_estimate_says_why():
 
 def test_a_fit_at_a_bound_says_so():
     n = np.geomspace(1e4, 1e7, 6)
-    fit = fit_runs(_points(n, 30.0 * n ** -0.3), law="power")  # no irreducible loss: E's term vanishes
+    fit = fit_runs(_points(n, 30.0 * n**-0.3), law="power")  # no irreducible loss: E's term vanishes
     assert fit["params"]["E"] < 1e-6 and any(f.startswith("e has no effect") for f in fit["at_bound"])
     assert bootstrap_lines(fit)[0].startswith("warning: the fit itself is at an optimiser bound")
-    inside = fit_runs(_points(n, 2.0 + 30.0 * n ** -0.3), law="power")
+    inside = fit_runs(_points(n, 2.0 + 30.0 * n**-0.3), law="power")
     assert inside["at_bound"] == [] and bootstrap_lines(inside) == []

@@ -9,14 +9,23 @@ import pytest
 from scaling.fit import check_fit_data, fit_runs
 from scaling.logs import ScalingDataError, load_runs, read_run_dir, read_table, to_arrays
 
-TINY_LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 256,
-              "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2,
-              "max_position_embeddings": 64, "tie_word_embeddings": False}
+TINY_LLAMA = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "vocab_size": 256,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+    "tie_word_embeddings": False,
+}
 
 
-def make_run(root, name="run", evals=((10, 3.0), (20, 2.5)), results=None, config=True,
-             tokens_seen=None, state=True):
+def make_run(
+    root, name="run", evals=((10, 3.0), (20, 2.5)), results=None, config=True, tokens_seen=None, state=True
+):
     """Write a fake Trainer output directory; returns its path."""
     path = root / name
     path.mkdir(parents=True)
@@ -27,9 +36,16 @@ def make_run(root, name="run", evals=((10, 3.0), (20, 2.5)), results=None, confi
             if tokens_seen:
                 entry["num_input_tokens_seen"] = tokens_seen * step
             history.append(entry)
-        (path / "trainer_state.json").write_text(json.dumps({
-            "global_step": evals[-1][0] if evals else 20, "max_steps": 20,
-            "train_batch_size": 4, "log_history": history}))
+        (path / "trainer_state.json").write_text(
+            json.dumps(
+                {
+                    "global_step": evals[-1][0] if evals else 20,
+                    "max_steps": 20,
+                    "train_batch_size": 4,
+                    "log_history": history,
+                }
+            )
+        )
     if results is not None:
         (path / "all_results.json").write_text(json.dumps(results))
     if config:
@@ -37,9 +53,15 @@ def make_run(root, name="run", evals=((10, 3.0), (20, 2.5)), results=None, confi
     return path
 
 
-OURS = {"train_loss": 2.9, "eval_loss": 2.4, "student_params": 40000,
-        "student_non_embedding_params": 24000, "train_tokens": 20 * 8 * 64, "block_size": 64,
-        "global_batch_size": 8}
+OURS = {
+    "train_loss": 2.9,
+    "eval_loss": 2.4,
+    "student_params": 40000,
+    "student_non_embedding_params": 24000,
+    "train_tokens": 20 * 8 * 64,
+    "block_size": 64,
+    "global_batch_size": 8,
+}
 
 
 def test_run_dir_with_our_keys(tmp_path):
@@ -89,7 +111,7 @@ def test_sweep_folder_reads_every_run(tmp_path):
 
 def test_csv_with_column_mapping_and_flops(tmp_path):
     f = tmp_path / "t.csv"
-    f.write_text('Model Size,Training FLOP,loss\n1e6,6e15,3.0\n2e6,2.4e16,2.8\n')
+    f.write_text("Model Size,Training FLOP,loss\n1e6,6e15,3.0\n2e6,2.4e16,2.8\n")
     pts = read_table(f, 'params="Model Size",flops="Training FLOP"')
     assert pts[0].tokens == pytest.approx(1e9) and pts[1].tokens == pytest.approx(2e9)
     assert pts[0].flops == 6e15
@@ -98,8 +120,9 @@ def test_csv_with_column_mapping_and_flops(tmp_path):
 @pytest.mark.parametrize("layout", ["records", "columns", "runs"])
 def test_json_tables(tmp_path, layout):
     recs = [{"N": 1e6, "tokens": 1e9, "loss": 3.0}, {"N": 2e6, "tokens": 1e9, "loss": 2.9}]
-    obj = {"records": recs, "runs": {"runs": recs},
-           "columns": {k: [r[k] for r in recs] for k in recs[0]}}[layout]
+    obj = {"records": recs, "runs": {"runs": recs}, "columns": {k: [r[k] for r in recs] for k in recs[0]}}[
+        layout
+    ]
     f = tmp_path / "t.json"
     f.write_text(json.dumps(obj))
     pts = read_table(f, {"params": "N"})
@@ -107,8 +130,7 @@ def test_json_tables(tmp_path, layout):
 
 
 # ------------------------------------------------------------------------ bad input
-@pytest.mark.parametrize("bad,what", [("nan", "loss"), ("inf", "loss"), ("-1", "loss"),
-                                      ("0", "loss")])
+@pytest.mark.parametrize("bad,what", [("nan", "loss"), ("inf", "loss"), ("-1", "loss"), ("0", "loss")])
 def test_bad_loss_names_file_and_row(tmp_path, bad, what):
     f = tmp_path / "bad.csv"
     f.write_text(f"params,tokens,loss\n1e6,1e9,3.0\n2e6,1e9,{bad}\n")
@@ -129,8 +151,11 @@ def test_bad_n_or_d_names_file_and_row(tmp_path, col, bad):
 
 def test_bad_json_record_is_named(tmp_path):
     f = tmp_path / "bad.json"
-    f.write_text(json.dumps([{"params": 1, "tokens": 1, "loss": 1},
-                             {"params": 1, "tokens": None, "loss": float("nan")}]))
+    f.write_text(
+        json.dumps(
+            [{"params": 1, "tokens": 1, "loss": 1}, {"params": 1, "tokens": None, "loss": float("nan")}]
+        )
+    )
     with pytest.raises(ScalingDataError, match=r"bad\.json: record 1"):
         read_table(f)
 
@@ -144,25 +169,27 @@ def test_missing_columns(tmp_path):
 
 def test_too_few_points_for_the_law(tmp_path):
     f = tmp_path / "t.csv"
-    f.write_text("params,tokens,loss\n" + "".join(f"{n},{d},3\n" for n, d in
-                                                   [(1e6, 1e9), (2e6, 2e9), (4e6, 1e9),
-                                                    (8e6, 3e9), (1e7, 1e9)]))
+    f.write_text(
+        "params,tokens,loss\n"
+        + "".join(f"{n},{d},3\n" for n, d in [(1e6, 1e9), (2e6, 2e9), (4e6, 1e9), (8e6, 3e9), (1e7, 1e9)])
+    )
     with pytest.raises(ScalingDataError, match="needs at least 6 points; got 5"):
         fit_runs(read_table(f), "chinchilla")
 
 
 def test_single_distinct_n_for_n_d_law(tmp_path):
     f = tmp_path / "t.csv"
-    f.write_text("params,tokens,loss\n" + "".join(f"1e6,{d},{3 - i / 10}\n" for i, d in
-                                                   enumerate([1e9, 2e9, 4e9, 8e9, 16e9, 32e9])))
+    f.write_text(
+        "params,tokens,loss\n"
+        + "".join(f"1e6,{d},{3 - i / 10}\n" for i, d in enumerate([1e9, 2e9, 4e9, 8e9, 16e9, 32e9]))
+    )
     with pytest.raises(ScalingDataError, match="single parameter count N"):
         fit_runs(read_table(f), "chinchilla")
 
 
 def test_check_fit_data_names_the_source():
     with pytest.raises(ScalingDataError, match="runs/x: step 3: loss"):
-        check_fit_data("power", [1, 2, 3, 4], None, [1, 2, math.nan, 3],
-                       ["a", "b", "runs/x: step 3", "c"])
+        check_fit_data("power", [1, 2, 3, 4], None, [1, 2, math.nan, 3], ["a", "b", "runs/x: step 3", "c"])
 
 
 def test_empty_run_directory(tmp_path):

@@ -6,9 +6,17 @@ import pytest
 from scaling.fit import fit_runs
 from scaling.laws import get_law
 from scaling.logs import RunPoint, ScalingDataError
-from scaling.optimal import (IsoFLOPWarning, allocation, compute_optimal, compute_optimal_numeric,
-                             envelope_analysis, isoflop_analysis, optimal_from_fit, parse_cost,
-                             predict_from_fit)
+from scaling.optimal import (
+    IsoFLOPWarning,
+    allocation,
+    compute_optimal,
+    compute_optimal_numeric,
+    envelope_analysis,
+    isoflop_analysis,
+    optimal_from_fit,
+    parse_cost,
+    predict_from_fit,
+)
 
 HOFFMANN = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 KAPLAN = {"N_c": 6.4e13, "D_c": 1.8e13, "alpha_N": 0.076, "alpha_D": 0.103}
@@ -41,11 +49,13 @@ def test_numeric_matches_closed_form(law, params):
 
 def test_teacher_cost_shifts_the_optimum_to_fewer_tokens():
     plain = compute_optimal("chinchilla", HOFFMANN, 1e21)
-    distil = compute_optimal_numeric("chinchilla", HOFFMANN, 1e21,
-                                     parse_cost("6*N*D + 2*NT*D", teacher_params=7e10))
+    distil = compute_optimal_numeric(
+        "chinchilla", HOFFMANN, 1e21, parse_cost("6*N*D + 2*NT*D", teacher_params=7e10)
+    )
     assert distil["tokens"] < plain["tokens"]
-    assert 6 * distil["params"] * distil["tokens"] + 2 * 7e10 * distil["tokens"] == \
-        pytest.approx(1e21, rel=1e-6)
+    assert 6 * distil["params"] * distil["tokens"] + 2 * 7e10 * distil["tokens"] == pytest.approx(
+        1e21, rel=1e-6
+    )
 
 
 def test_power_law_has_no_allocation_and_cost_names_are_checked():
@@ -96,8 +106,12 @@ def test_envelope_approach_one():
 
 
 def _points(n, d, loss):
-    return [RunPoint(params=a, tokens=b, loss=c, flops=6 * a * b, flops_6nd=6 * a * b,
-                     source=f"synthetic row {i}") for i, (a, b, c) in enumerate(zip(n, d, loss))]
+    return [
+        RunPoint(
+            params=a, tokens=b, loss=c, flops=6 * a * b, flops_6nd=6 * a * b, source=f"synthetic row {i}"
+        )
+        for i, (a, b, c) in enumerate(zip(n, d, loss))
+    ]
 
 
 def test_holdout_above_reports_errors_on_larger_runs():

@@ -6,9 +6,16 @@ import pytest
 
 from scaling.params import count_parameters, flops_per_token, load_config, model_shape
 
-LLAMA = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 64,
-         "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "num_key_value_heads": 2, "max_position_embeddings": 128}
+LLAMA = {
+    "model_type": "llama",
+    "vocab_size": 1000,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+}
 
 
 def _llama_non_embedding(d=64, ff=128, layers=2, heads=4, kv=2):
@@ -28,8 +35,16 @@ def test_llama_counts(tied):
 
 
 def test_gpt2_tied_head_counted_once_and_positions_are_embeddings(tmp_path):
-    cfg = {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 1000,
-           "n_positions": 128, "bos_token_id": 0, "eos_token_id": 0}
+    cfg = {
+        "model_type": "gpt2",
+        "n_embd": 64,
+        "n_layer": 2,
+        "n_head": 4,
+        "vocab_size": 1000,
+        "n_positions": 128,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+    }
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     c = count_parameters(tmp_path)  # a directory works too
     assert c["embedding"] == 1000 * 64 + 128 * 64
@@ -39,8 +54,14 @@ def test_gpt2_tied_head_counted_once_and_positions_are_embeddings(tmp_path):
 
 def test_flops_per_token_by_hand():
     t, d, v, ff, h, kv, dh, layers = 32, 64, 1000, 128, 4, 2, 16, 2
-    layer = (2 * d * (h + 2 * kv) * dh + 2 * t * h * dh + 3 * h * t + 2 * t * h * dh
-             + 2 * h * dh * d + 2 * 3 * d * ff)
+    layer = (
+        2 * d * (h + 2 * kv) * dh
+        + 2 * t * h * dh
+        + 3 * h * t
+        + 2 * t * h * dh
+        + 2 * h * dh * d
+        + 2 * 3 * d * ff
+    )
     forward = 2 * v * d + layers * layer + 2 * d * v
     assert flops_per_token(LLAMA, t, training=False) == forward
     assert flops_per_token(LLAMA, t) == 3 * forward

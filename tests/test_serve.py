@@ -7,9 +7,9 @@ import io
 import json
 
 import pytest
+from deploy_models import model_dir
 
 from deploy.loadtest import load_test, request, running_server
-from deploy_models import model_dir
 from scaledown.cli import main as scaledown
 
 pytestmark = pytest.mark.slow
@@ -24,9 +24,19 @@ def root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def classifier(root):
     log = str(root / "seq-cls.log")
-    with running_server(model_dir(root, "seq-cls"), "--api-key-env", "SCALEDOWN_TEST_KEY", "--max-concurrency", "4",
-                        "--max-batch-size", "8", "--max-input-chars", "2000", env={"SCALEDOWN_TEST_KEY": KEY},
-                        log_path=log) as url:
+    with running_server(
+        model_dir(root, "seq-cls"),
+        "--api-key-env",
+        "SCALEDOWN_TEST_KEY",
+        "--max-concurrency",
+        "4",
+        "--max-batch-size",
+        "8",
+        "--max-input-chars",
+        "2000",
+        env={"SCALEDOWN_TEST_KEY": KEY},
+        log_path=log,
+    ) as url:
         yield url, log
 
 
@@ -41,12 +51,17 @@ def test_auth(classifier):
     status, payload = request(url + "/v1/classify", body, key=KEY)
     assert status == 200
     [[best]] = payload["predictions"]
-    assert best["label"] in {"asyncio", "email", "concurrency", "web", "xml", "unittest"} and 0 < best["score"] <= 1
+    assert (
+        best["label"] in {"asyncio", "email", "concurrency", "web", "xml", "unittest"}
+        and 0 < best["score"] <= 1
+    )
 
 
 def test_classify_top_k_is_sorted_and_batched(classifier):
     url, _ = classifier
-    status, payload = request(url + "/v1/classify", {"inputs": ["a", "Send an email.", "b c"], "top_k": 3}, key=KEY)
+    status, payload = request(
+        url + "/v1/classify", {"inputs": ["a", "Send an email.", "b c"], "top_k": 3}, key=KEY
+    )
     assert status == 200 and len(payload["predictions"]) == 3
     for ranked in payload["predictions"]:
         scores = [p["score"] for p in ranked]
@@ -57,17 +72,20 @@ def test_classify_top_k_is_sorted_and_batched(classifier):
     assert alone[0]["score"] == pytest.approx(payload["predictions"][0][0]["score"], abs=1e-5)
 
 
-@pytest.mark.parametrize("body, raw, status", [
-    (None, b"{not json", 400),
-    ({"inputs": [1, 2]}, None, 422),
-    ({"inputs": "text"}, None, 422),
-    ({"inputs": []}, None, 422),
-    ({"inputs": ["x"], "top_k": 0}, None, 422),
-    ({"texts": ["x"]}, None, 422),
-    ({"inputs": ["x"] * 9}, None, 413),
-    ({"inputs": ["x" * 2001]}, None, 413),
-    ({"prompt": "x"}, "completions", 400),
-])
+@pytest.mark.parametrize(
+    "body, raw, status",
+    [
+        (None, b"{not json", 400),
+        ({"inputs": [1, 2]}, None, 422),
+        ({"inputs": "text"}, None, 422),
+        ({"inputs": []}, None, 422),
+        ({"inputs": ["x"], "top_k": 0}, None, 422),
+        ({"texts": ["x"]}, None, 422),
+        ({"inputs": ["x"] * 9}, None, 413),
+        ({"inputs": ["x" * 2001]}, None, 413),
+        ({"prompt": "x"}, "completions", 400),
+    ],
+)
 def test_bad_inputs_get_json_4xx(classifier, body, raw, status):
     url, _ = classifier
     path = "/v1/completions" if raw == "completions" else "/v1/classify"
@@ -84,8 +102,11 @@ def test_oversized_body_is_refused_unread(classifier):
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     connection.putrequest("POST", "/v1/classify")
-    for name, value in (("Content-Type", "application/json"), ("Content-Length", str(16 * 2**20 + 1)),
-                        ("Authorization", f"Bearer {KEY}")):
+    for name, value in (
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(16 * 2**20 + 1)),
+        ("Authorization", f"Bearer {KEY}"),
+    ):
         connection.putheader(name, value)
     connection.endheaders()
     response = connection.getresponse()
@@ -96,7 +117,9 @@ def test_oversized_body_is_refused_unread(classifier):
 
 def test_load_then_health_and_metrics(classifier, root):
     url, log = classifier
-    result = load_test(url + "/v1/classify", {"inputs": ["Run the unit tests."] * 4}, requests=200, clients=16, key=KEY)
+    result = load_test(
+        url + "/v1/classify", {"inputs": ["Run the unit tests."] * 4}, requests=200, clients=16, key=KEY
+    )
     counts = result["status_counts"]
     assert sum(counts.values()) == 200 and set(counts) <= {"200", "503"} and counts.get("200", 0) > 0
     assert request(url + "/health")[0] == 200
@@ -104,8 +127,11 @@ def test_load_then_health_and_metrics(classifier, root):
     assert status == 200
     assert 'scaledown_requests_total{method="POST",path="/v1/classify",status="200"}' in text
     assert "scaledown_request_duration_seconds_bucket" in text and "scaledown_in_flight_requests 0" in text
-    served = sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                 if line.startswith('scaledown_requests_total{method="POST",path="/v1/classify",status="200"}'))
+    served = sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('scaledown_requests_total{method="POST",path="/v1/classify",status="200"}')
+    )
     assert served >= counts["200"]
     with open(log) as f:
         assert KEY not in f.read()  # the key never reaches the log
@@ -140,7 +166,7 @@ def test_completions_openai_shape(root):
     ids = tokenizer("The event loop", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         greedy = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    expected = tokenizer.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True)
+    expected = tokenizer.decode(greedy[0, ids.shape[1] :], skip_special_tokens=True)
     assert choice["text"] == expected
     # The ONNX graph has no KV cache: the server recomputes the sequence per token, to the same greedy text.
     onnx_dir = str(root / "causal-lm-onnx")
@@ -161,8 +187,12 @@ def test_onnx_int8_image_classifier(root, tmp_path):
     Image.new("RGB", (8, 8), (255, 0, 0)).save(buffer, format="PNG")
     image = base64.b64encode(buffer.getvalue()).decode()
     with running_server(int8_dir, "--onnx") as url:
-        status, out = request(url + "/v1/classify", {"inputs": [image, "data:image/png;base64," + image], "top_k": 2})
+        status, out = request(
+            url + "/v1/classify", {"inputs": [image, "data:image/png;base64," + image], "top_k": 2}
+        )
         assert status == 200 and out["predictions"][0] == out["predictions"][1]
-        assert request(url + "/v1/classify", {"inputs": [base64.b64encode(b"not an image").decode()]})[0] == 415
+        assert (
+            request(url + "/v1/classify", {"inputs": [base64.b64encode(b"not an image").decode()]})[0] == 415
+        )
         assert request(url + "/v1/classify", {"inputs": ["%%%"]})[0] == 422
         assert request(url + "/health")[1]["format"] == "onnx-int8"

@@ -7,7 +7,6 @@ import os
 from types import SimpleNamespace
 
 import pytest
-
 from deploy_models import save_causal_lm
 
 
@@ -15,19 +14,34 @@ from deploy_models import save_causal_lm
 def test_ship_stage_table_plot_and_report(tmp_path):
     from scaledown.ship import ShipConfig, add_ship_to_report, ship_stage
 
-    teacher, student, baseline = (save_causal_lm(str(tmp_path / n), seed=s)
-                                  for n, s in (("teacher", 0), ("student", 1), ("baseline", 2)))
+    teacher, student, baseline = (
+        save_causal_lm(str(tmp_path / n), seed=s)
+        for n, s in (("teacher", 0), ("student", 1), ("baseline", 2))
+    )
     root = str(tmp_path / "run")
     os.makedirs(root)
-    config = SimpleNamespace(ship=ShipConfig(enabled=True, latency_samples=2, rounds=1, batch_size=4,
-                                             max_eval_samples=8, compile_int8=False),
-                             data={"dataset_name": "builtin:python-docs", "block_size": 32, "packing": True,
-                                   "tokenizer_vocab_size": 1024})
+    config = SimpleNamespace(
+        ship=ShipConfig(
+            enabled=True, latency_samples=2, rounds=1, batch_size=4, max_eval_samples=8, compile_int8=False
+        ),
+        data={
+            "dataset_name": "builtin:python-docs",
+            "block_size": 32,
+            "packing": True,
+            "tokenizer_vocab_size": 1024,
+        },
+    )
     pipeline = SimpleNamespace(root=root, config=config)
     ship = ship_stage(pipeline, {"dir": teacher}, {"runs": [{"dir": student}]}, {"runs": [{"dir": baseline}]})
     names = [r["variant"] for r in ship["rows"]]
-    assert names == ["student pytorch-fp32", "baseline pytorch-fp32", "student pytorch-int8", "student onnx-fp32",
-                     "student onnx-int8", "teacher"]
+    assert names == [
+        "student pytorch-fp32",
+        "baseline pytorch-fp32",
+        "student pytorch-int8",
+        "student onnx-fp32",
+        "student onnx-int8",
+        "teacher",
+    ]
     rows = {r["variant"]: r for r in ship["rows"]}
     assert rows["student onnx-fp32"]["loss"] == pytest.approx(rows["student pytorch-fp32"]["loss"], rel=1e-5)
     assert rows["student onnx-int8"]["disk_bytes"] < rows["student onnx-fp32"]["disk_bytes"]

@@ -9,11 +9,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_losses import assert_matches, make_batch, ref_loss
 
 from distill.config import DistillationConfig
 from distill.losses import chunked_distillation_loss, distillation_loss, fused_linear_distillation_loss
 from distill.losses.cached import cached_distillation_loss, teacher_topk
-from test_losses import assert_matches, make_batch, ref_loss
 
 SKEW_KINDS = ("skew_forward_kl", "skew_reverse_kl")
 
@@ -24,13 +24,23 @@ SKEW_KINDS = ("skew_forward_kl", "skew_reverse_kl")
 def test_plain_and_chunked_match_numpy_reference(kind, skew_alpha, nib):
     student, teacher, labels = make_batch(seed=3, scale=4.0)
     kw = dict(alpha=0.7, temperature=1.5, kind=kind, skew_alpha=skew_alpha, num_items_in_batch=nib)
-    ref = ref_loss(student, teacher, labels, alpha=0.7, temperature=1.5, kind=kind, skew_alpha=skew_alpha,
-                   num_items_in_batch=nib)
+    ref = ref_loss(
+        student,
+        teacher,
+        labels,
+        alpha=0.7,
+        temperature=1.5,
+        kind=kind,
+        skew_alpha=skew_alpha,
+        num_items_in_batch=nib,
+    )
     assert_matches(distillation_loss(student, teacher, labels, **kw), ref)
     assert_matches(chunked_distillation_loss(student, teacher, labels, chunk_size=4, **kw), ref)
 
 
-@pytest.mark.parametrize("kind, plain", [("skew_forward_kl", "forward_kl"), ("skew_reverse_kl", "reverse_kl")])
+@pytest.mark.parametrize(
+    "kind, plain", [("skew_forward_kl", "forward_kl"), ("skew_reverse_kl", "reverse_kl")]
+)
 def test_zero_skew_is_the_plain_kl(kind, plain):
     student, teacher, labels = make_batch(seed=4, student_dtype=torch.float64, teacher_dtype=torch.float64)
     for fn in (distillation_loss, chunked_distillation_loss):
@@ -71,9 +81,16 @@ def test_gradcheck_float64(kind, skew_alpha):
         # A masked teacher token: 0 log 0 = 0 (forward); the skew keeps reverse KL finite (m >= a q > 0).
         teacher[0, 0, 2] = -math.inf
     labels = torch.tensor([[1, -100, 4], [0, 2, 5]])
-    kw = dict(alpha=0.4, temperature=1.7, kind=kind, skew_alpha=skew_alpha, chunk_size=2, num_items_in_batch=7)
-    assert torch.autograd.gradcheck(lambda s: _RecomputedChunkedLoss.apply(s, teacher, labels, kw), (student,),
-                                    eps=1e-6, atol=1e-8, rtol=1e-6)
+    kw = dict(
+        alpha=0.4, temperature=1.7, kind=kind, skew_alpha=skew_alpha, chunk_size=2, num_items_in_batch=7
+    )
+    assert torch.autograd.gradcheck(
+        lambda s: _RecomputedChunkedLoss.apply(s, teacher, labels, kw),
+        (student,),
+        eps=1e-6,
+        atol=1e-8,
+        rtol=1e-6,
+    )
     plain = distillation_loss(student, teacher, labels, **{k: v for k, v in kw.items() if k != "chunk_size"})
     (g_plain,) = torch.autograd.grad(plain.loss, student)
     leaf = student.detach().requires_grad_()
@@ -85,8 +102,12 @@ def test_gradcheck_float64(kind, skew_alpha):
 @pytest.mark.parametrize("kind", SKEW_KINDS)
 def test_fused_head_and_full_vocab_cache_match_plain(kind):
     g = torch.Generator().manual_seed(5)
-    hs, ht, w_s, w_t = (torch.randn(2, 5, 6, generator=g), torch.randn(2, 5, 8, generator=g),
-                        torch.randn(13, 6, generator=g), torch.randn(13, 8, generator=g))
+    hs, ht, w_s, w_t = (
+        torch.randn(2, 5, 6, generator=g),
+        torch.randn(2, 5, 8, generator=g),
+        torch.randn(13, 6, generator=g),
+        torch.randn(13, 8, generator=g),
+    )
     labels = torch.randint(0, 13, (2, 5), generator=g)
     labels[0, 1] = -100
     kw = dict(alpha=0.5, temperature=2.0, kind=kind, skew_alpha=0.2)
@@ -108,8 +129,9 @@ def test_gradient_accumulation_invariance(kind):
     chunked_distillation_loss(leaf, teacher, labels, **kw).loss.backward()
     parts = student.clone().requires_grad_()
     for i in range(0, 4, 2):
-        chunked_distillation_loss(parts[i:i + 2], teacher[i:i + 2], labels[i:i + 2], num_items_in_batch=n,
-                                  **kw).loss.backward()
+        chunked_distillation_loss(
+            parts[i : i + 2], teacher[i : i + 2], labels[i : i + 2], num_items_in_batch=n, **kw
+        ).loss.backward()
     torch.testing.assert_close(parts.grad, leaf.grad, rtol=1e-5, atol=1e-7)
 
 
@@ -124,8 +146,16 @@ def test_gradient_accumulation_invariance(kind):
 )
 def test_skew_kl_is_bounded_and_decreases_with_the_skew(seed, v, scale, temperature, kind, skew_alpha):
     """0 <= KL(x || a x + (1-a) y) <= -log a (as m >= a x), it decreases in a, and chunked = plain."""
-    student, teacher, labels = make_batch(2, 4, v, seed=seed, scale=scale, pad_row=False,
-                                          student_dtype=torch.float64, teacher_dtype=torch.float64)
+    student, teacher, labels = make_batch(
+        2,
+        4,
+        v,
+        seed=seed,
+        scale=scale,
+        pad_row=False,
+        student_dtype=torch.float64,
+        teacher_dtype=torch.float64,
+    )
     kw = dict(alpha=1.0, temperature=temperature, kind=kind)
     n = int((labels != -100).sum())
     kd = distillation_loss(student, teacher, labels, skew_alpha=skew_alpha, **kw).kd_loss.item()
@@ -142,11 +172,23 @@ def test_bad_skew_alpha_is_refused_everywhere(skew_alpha):
     student, teacher, labels = make_batch(seed=7)
     for fn in (distillation_loss, chunked_distillation_loss):
         with pytest.raises(ValueError, match="skew_alpha"):
-            fn(student, teacher, labels, alpha=0.5, temperature=2.0, kind="skew_forward_kl", skew_alpha=skew_alpha)
+            fn(
+                student,
+                teacher,
+                labels,
+                alpha=0.5,
+                temperature=2.0,
+                kind="skew_forward_kl",
+                skew_alpha=skew_alpha,
+            )
     with pytest.raises(ValueError, match="skew_alpha"):
-        DistillationConfig(output_dir="unused", kd_kind="skew_reverse_kl", skew_alpha=skew_alpha, report_to="none")
+        DistillationConfig(
+            output_dir="unused", kd_kind="skew_reverse_kl", skew_alpha=skew_alpha, report_to="none"
+        )
     # Only the kind that uses it checks it.
-    distillation_loss(student, teacher, labels, alpha=0.5, temperature=2.0, kind="forward_kl", skew_alpha=skew_alpha)
+    distillation_loss(
+        student, teacher, labels, alpha=0.5, temperature=2.0, kind="forward_kl", skew_alpha=skew_alpha
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,10 +204,20 @@ def test_trainer_gradient_accumulation_is_exact(tmp_path, kind):
     results = []
     for bs, ga in ((8, 1), (2, 4)):
         student = tiny_llama(seed=0)
-        trainer = make_trainer(tmp_path / f"{bs}x{ga}", student, teacher, data, max_steps=2,
-                               per_device_train_batch_size=bs, gradient_accumulation_steps=ga, kd_kind=kind)
+        trainer = make_trainer(
+            tmp_path / f"{bs}x{ga}",
+            student,
+            teacher,
+            data,
+            max_steps=2,
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+            kd_kind=kind,
+        )
         trainer.train()
-        results.append((weights(student), [h["kd_loss"] for h in trainer.state.log_history if "kd_loss" in h]))
+        results.append(
+            (weights(student), [h["kd_loss"] for h in trainer.state.log_history if "kd_loss" in h])
+        )
     assert max_diff(results[0][0], results[1][0]) < 1e-5
     np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-4)
 
@@ -173,18 +225,28 @@ def test_trainer_gradient_accumulation_is_exact(tmp_path, kind):
 def test_trainer_evaluates_the_skew_kl_it_was_given(tmp_path):
     """eval_kd_loss is T^2 * the token mean of KL(p || a p + (1-a) q), the float64 numpy reference."""
     from helpers import lm_dataset, tiny_llama
-    from distill.trainer.tasks import CausalLMCollator
     from test_trainer import make_trainer
+
+    from distill.trainer.tasks import CausalLMCollator
 
     data = lm_dataset(12, seed=3)
     student, teacher = tiny_llama(seed=0), tiny_llama(hidden=48, seed=1)
-    trainer = make_trainer(tmp_path, student, teacher, data, kd_kind="skew_forward_kl", skew_alpha=0.3,
-                           temperature=1.5, per_device_eval_batch_size=4)
+    trainer = make_trainer(
+        tmp_path,
+        student,
+        teacher,
+        data,
+        kd_kind="skew_forward_kl",
+        skew_alpha=0.3,
+        temperature=1.5,
+        per_device_eval_batch_size=4,
+    )
     metrics = trainer.evaluate(eval_dataset=data)
     batch = CausalLMCollator(pad_token_id=0)([data[i] for i in range(len(data))])
     with torch.no_grad():
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         s, t = student(**inputs).logits[:, :-1], teacher(**inputs).logits[:, :-1]
-    ref = ref_loss(s, t, batch["labels"][:, 1:], alpha=1.0, temperature=1.5, kind="skew_forward_kl",
-                   skew_alpha=0.3)
+    ref = ref_loss(
+        s, t, batch["labels"][:, 1:], alpha=1.0, temperature=1.5, kind="skew_forward_kl", skew_alpha=0.3
+    )
     np.testing.assert_allclose(metrics["eval_kd_loss"], ref[1], rtol=1e-4)

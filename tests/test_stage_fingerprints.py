@@ -24,6 +24,7 @@ def run_recorded(tmp_path, monkeypatch, **overrides):
         def fn(*args, **kwargs):
             ran.append(name)
             return result
+
         return fn
 
     pipeline = Pipeline(config, log=lines.append)
@@ -32,22 +33,34 @@ def run_recorded(tmp_path, monkeypatch, **overrides):
     monkeypatch.setattr(pipeline, "fit_ladder", stub("fit", {"full": {}}))
     monkeypatch.setattr(pipeline, "pick_teacher", stub("teacher", {"dir": "w96"}))
     monkeypatch.setattr(pipeline, "pick_student", stub("student", {"width": 48}))
-    monkeypatch.setattr(pipeline, "train_students", lambda student, teacher, distill: stub(
-        "distill" if distill else "baseline", {"runs": []})())
+    monkeypatch.setattr(
+        pipeline,
+        "train_students",
+        lambda student, teacher, distill: stub("distill" if distill else "baseline", {"runs": []})(),
+    )
     monkeypatch.setattr("scaledown.evaluation.evaluate_models", stub("evaluate", {}))
     monkeypatch.setattr("scaledown.report.write_report", lambda *a: {})
     pipeline.run()
     return ran, lines
 
 
-@pytest.mark.parametrize("overrides,rerun", [
-    ({"distill": {"alpha": 0.9}}, ["distill", "evaluate"]),
-    ({"distill": {"seeds": [0, 1, 2]}}, ["distill", "baseline", "evaluate"]),
-    ({"fit": {"bootstrap": 30}}, ["fit", "student", "distill", "baseline", "evaluate"]),
-    ({"ladder": {"tokens": 40960}}, ["ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate"]),
-    ({"data": {"tokenizer_vocab_size": 512}}, ALL),
-    ({"data": {"max_test_samples": 32}}, ["ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate"]),
-])
+@pytest.mark.parametrize(
+    "overrides,rerun",
+    [
+        ({"distill": {"alpha": 0.9}}, ["distill", "evaluate"]),
+        ({"distill": {"seeds": [0, 1, 2]}}, ["distill", "baseline", "evaluate"]),
+        ({"fit": {"bootstrap": 30}}, ["fit", "student", "distill", "baseline", "evaluate"]),
+        (
+            {"ladder": {"tokens": 40960}},
+            ["ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate"],
+        ),
+        ({"data": {"tokenizer_vocab_size": 512}}, ALL),
+        (
+            {"data": {"max_test_samples": 32}},
+            ["ladder", "fit", "teacher", "student", "distill", "baseline", "evaluate"],
+        ),
+    ],
+)
 def test_changed_input_reruns_that_stage_and_downstream_only(tmp_path, monkeypatch, overrides, rerun):
     assert run_recorded(tmp_path, monkeypatch)[0] == ALL
     assert run_recorded(tmp_path, monkeypatch)[0] == []  # unchanged: every stage reused
@@ -56,8 +69,10 @@ def test_changed_input_reruns_that_stage_and_downstream_only(tmp_path, monkeypat
     first = next(line for line in lines if "rerunning" in line)
     key, value = next(iter(overrides.items()))
     field, new = next(iter(value.items()))
-    assert first.startswith(f"[{rerun[0]}] {key}.{field} ") and f"→ {json.dumps(new) if isinstance(new, list) else new}" \
-        in first
+    assert (
+        first.startswith(f"[{rerun[0]}] {key}.{field} ")
+        and f"→ {json.dumps(new) if isinstance(new, list) else new}" in first
+    )
     assert run_recorded(tmp_path, monkeypatch, **overrides)[0] == []
 
 
@@ -86,9 +101,27 @@ def test_scaledown_ladder_leaves_finished_rungs_to_the_run_fingerprint(tmp_path,
     from scaledown.cli import main as scaledown_main
 
     (tmp_path / "w64").mkdir()
-    (tmp_path / "w64" / "all_results.json").write_text("{}")  # an earlier ladder's rung, perhaps other settings
+    (tmp_path / "w64" / "all_results.json").write_text(
+        "{}"
+    )  # an earlier ladder's rung, perhaps other settings
     calls = []
     monkeypatch.setattr("distill.train.main", calls.append)
-    assert scaledown_main(["ladder", "--base-config", '{"model_type": "llama"}', "--widths", "64,96", "--vocab-size",
-                           "512", "--tokens", "1e4", "--out", str(tmp_path)]) == 0
+    assert (
+        scaledown_main(
+            [
+                "ladder",
+                "--base-config",
+                '{"model_type": "llama"}',
+                "--widths",
+                "64,96",
+                "--vocab-size",
+                "512",
+                "--tokens",
+                "1e4",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert [c[c.index("--output_dir") + 1] for c in calls] == [str(tmp_path / "w64"), str(tmp_path / "w96")]

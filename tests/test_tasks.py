@@ -5,52 +5,93 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
+from helpers import max_diff, tiny_llama, weights
 
 from distill import DistillationConfig, DistillationTrainer
-from distill.trainer.tasks import get_task, infer_task, make_collator
 from distill.teacher import check_same_tokenizer
-from helpers import max_diff, tiny_llama, weights
+from distill.trainer.tasks import get_task, infer_task, make_collator
 
 
 def tiny_bert(hidden=32, seed=0, num_labels=3):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=50, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, intermediate_size=2 * hidden,
-        max_position_embeddings=32, num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    ))
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=32,
+            num_labels=num_labels,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
 
 
 def tiny_vit(hidden=32, seed=0, num_labels=4):
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(seed)
-    return ViTForImageClassification(ViTConfig(
-        image_size=16, patch_size=4, num_channels=1, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=2 * hidden, num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    ))
+    return ViTForImageClassification(
+        ViTConfig(
+            image_size=16,
+            patch_size=4,
+            num_channels=1,
+            hidden_size=hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=2 * hidden,
+            num_labels=num_labels,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
 
 
 def args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=0.1, optim="sgd",
-                logging_steps=1, save_strategy="no", report_to="none", seed=0, disable_tqdm=True, alpha=0.5)
+    base = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=0.1,
+        optim="sgd",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+        alpha=0.5,
+    )
     base.update(kw)
     return DistillationConfig(**base)
 
 
 def cls_dataset(n=16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return Dataset.from_list([
-        {"input_ids": torch.randint(1, 50, (int(torch.randint(4, 12, (1,), generator=g)),), generator=g).tolist(),
-         "label": int(torch.randint(0, 3, (1,), generator=g))} for _ in range(n)
-    ])
+    return Dataset.from_list(
+        [
+            {
+                "input_ids": torch.randint(
+                    1, 50, (int(torch.randint(4, 12, (1,), generator=g)),), generator=g
+                ).tolist(),
+                "label": int(torch.randint(0, 3, (1,), generator=g)),
+            }
+            for _ in range(n)
+        ]
+    )
 
 
 def image_dataset(n=16):
     g = torch.Generator().manual_seed(0)
-    return Dataset.from_dict({"pixel_values": torch.randn(n, 1, 16, 16, generator=g).numpy(),
-                              "labels": torch.randint(0, 4, (n,), generator=g).tolist()}).with_format("torch")
+    return Dataset.from_dict(
+        {
+            "pixel_values": torch.randn(n, 1, 16, 16, generator=g).numpy(),
+            "labels": torch.randint(0, 4, (n,), generator=g).tolist(),
+        }
+    ).with_format("torch")
 
 
 class _PadTokenizer:
@@ -81,7 +122,10 @@ def test_sequence_classification_distills(tmp_path):
     student, teacher = tiny_bert(seed=0), tiny_bert(hidden=48, seed=1)
     before_t = weights(teacher)
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args(tmp_path), train_dataset=cls_dataset(),
+        model=student,
+        teacher_model=teacher,
+        args=args(tmp_path),
+        train_dataset=cls_dataset(),
         data_collator=lambda feats: dict(_PadTokenizer().pad(feats)),
     )
     trainer.train()
@@ -95,8 +139,11 @@ def test_sequence_classification_distills(tmp_path):
 def test_image_classification_distills(tmp_path):
     student, teacher = tiny_vit(seed=0), tiny_vit(hidden=48, seed=1)
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args(tmp_path, remove_unused_columns=False),
-        train_dataset=image_dataset(), data_collator=make_collator(get_task("image-cls")),
+        model=student,
+        teacher_model=teacher,
+        args=args(tmp_path, remove_unused_columns=False),
+        train_dataset=image_dataset(),
+        data_collator=make_collator(get_task("image-cls")),
     )
     trainer.train()
     assert [h for h in trainer.state.log_history if "kd_loss" in h]
@@ -107,9 +154,11 @@ def test_classification_gradient_accumulation_is_exact(tmp_path):
     for bs, ga in ((8, 1), (2, 4)):
         student = tiny_bert(seed=0)
         DistillationTrainer(
-            model=student, teacher_model=tiny_bert(hidden=48, seed=1),
+            model=student,
+            teacher_model=tiny_bert(hidden=48, seed=1),
             args=args(tmp_path / str(bs), per_device_train_batch_size=bs, gradient_accumulation_steps=ga),
-            train_dataset=cls_dataset(32), data_collator=lambda feats: dict(_PadTokenizer().pad(feats)),
+            train_dataset=cls_dataset(32),
+            data_collator=lambda feats: dict(_PadTokenizer().pad(feats)),
         ).train()
         results.append(weights(student))
     assert max_diff(*results) < 1e-5
@@ -118,7 +167,9 @@ def test_classification_gradient_accumulation_is_exact(tmp_path):
 def test_missing_labels_refused_before_training(tmp_path):
     data = Dataset.from_list([{"input_ids": [1, 2, 3]}] * 4)
     with pytest.raises(ValueError, match="no 'labels' column"):
-        DistillationTrainer(model=tiny_bert(), teacher_model=tiny_bert(seed=1), args=args(tmp_path), train_dataset=data)
+        DistillationTrainer(
+            model=tiny_bert(), teacher_model=tiny_bert(seed=1), args=args(tmp_path), train_dataset=data
+        )
 
 
 class _Tok:

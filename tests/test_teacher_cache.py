@@ -7,15 +7,20 @@ import os
 
 import pytest
 import torch
+from helpers import VOCAB, lm_dataset, tiny_llama, word_tokenizer
 
 from distill import DistillationConfig, DistillationTrainer
 from distill.losses import distillation_loss
-from distill.trainer.tasks import CausalLMCollator
 from distill.teacher.cache import (
-    CACHE_COLUMNS, MANIFEST_NAME, TeacherCache, TeacherCacheCollator, build_teacher_cache, cached_distillation_loss,
+    CACHE_COLUMNS,
+    MANIFEST_NAME,
+    TeacherCache,
+    TeacherCacheCollator,
+    build_teacher_cache,
+    cached_distillation_loss,
     teacher_topk,
 )
-from helpers import VOCAB, lm_dataset, tiny_llama, word_tokenizer
+from distill.trainer.tasks import CausalLMCollator
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +29,17 @@ def teacher():
 
 
 def make_cache(tmp_path, teacher, data, k=VOCAB, dtype="float32", temperature=2.0, name="cache"):
-    return build_teacher_cache(teacher, data, str(tmp_path / name), tokenizer=word_tokenizer(), k=k,
-                               temperature=temperature, teacher_name="tiny-teacher", value_dtype=dtype, batch_size=5)
+    return build_teacher_cache(
+        teacher,
+        data,
+        str(tmp_path / name),
+        tokenizer=word_tokenizer(),
+        k=k,
+        temperature=temperature,
+        teacher_name="tiny-teacher",
+        value_dtype=dtype,
+        batch_size=5,
+    )
 
 
 def batch_of(cache_ds, n, k=VOCAB):
@@ -45,7 +59,9 @@ def test_full_vocab_cache_equals_online_loss(tmp_path, teacher, kind):
     s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
     ref = distillation_loss(s, t, labels, alpha=0.5, temperature=2.0, kind=kind)
-    got = cached_distillation_loss(s, *(batch[c] for c in CACHE_COLUMNS), labels, alpha=0.5, temperature=2.0, kind=kind)
+    got = cached_distillation_loss(
+        s, *(batch[c] for c in CACHE_COLUMNS), labels, alpha=0.5, temperature=2.0, kind=kind
+    )
     # float32 logits and float32 storage: the only difference is summation order (and the k+1-th bucket,
     # exactly empty at k = V).
     assert got.kd_loss.item() == pytest.approx(ref.kd_loss.item(), rel=1e-5, abs=1e-6)
@@ -79,8 +95,13 @@ def test_left_padding_lines_up_with_the_cache(tmp_path, teacher):
     embed = torch.randn(VOCAB, VOCAB)  # position-free "student": the same logits for a token anywhere
     losses = []
     for batch in (right, left):
-        out = cached_distillation_loss(embed[batch["input_ids"]][:, :-1], *(batch[c] for c in CACHE_COLUMNS),
-                                       batch["labels"][:, 1:], alpha=0.5, temperature=2.0)
+        out = cached_distillation_loss(
+            embed[batch["input_ids"]][:, :-1],
+            *(batch[c] for c in CACHE_COLUMNS),
+            batch["labels"][:, 1:],
+            alpha=0.5,
+            temperature=2.0,
+        )
         losses.append(out)
     assert losses[0].num_valid == losses[1].num_valid
     assert losses[1].loss.item() == pytest.approx(losses[0].loss.item(), rel=1e-6)
@@ -97,7 +118,9 @@ def test_float16_storage_and_topk_are_close_and_never_above_online(tmp_path, tea
     ref = distillation_loss(s, t, labels, alpha=1.0, temperature=2.0).kd_loss.item()
     # float16 storage at k = V: |rounding| <= |log p| * 2^-11 per value, ~1e-3 relative on the loss at most.
     ids, lp, rest = teacher_topk(t, VOCAB, 2.0)
-    f16 = cached_distillation_loss(s, ids, lp.half(), rest.half(), labels, alpha=1.0, temperature=2.0).kd_loss.item()
+    f16 = cached_distillation_loss(
+        s, ids, lp.half(), rest.half(), labels, alpha=1.0, temperature=2.0
+    ).kd_loss.item()
     assert f16 == pytest.approx(ref, rel=2e-3)
     # k < V: a coarsening, so the KL can only shrink (data-processing inequality), and grows with k.
     previous = 0.0
@@ -118,11 +141,25 @@ def test_fused_forward_kl_matches_autograd(temperature, alpha):
     labels[0, :4] = -100
     ids, lp, rest = teacher_topk(t, 8, temperature)
     lp, rest = lp.half(), rest.half()
-    outs = [cached_distillation_loss(s, ids, lp, rest, labels, alpha=alpha, temperature=temperature,
-                                     num_items_in_batch=30, fused_off=off) for off in (False, True)]
+    outs = [
+        cached_distillation_loss(
+            s,
+            ids,
+            lp,
+            rest,
+            labels,
+            alpha=alpha,
+            temperature=temperature,
+            num_items_in_batch=30,
+            fused_off=off,
+        )
+        for off in (False, True)
+    ]
     grads = [torch.autograd.grad(o.loss, s)[0] for o in outs]
     for name in ("loss", "kd_loss", "ce_loss"):
-        assert getattr(outs[0], name).item() == pytest.approx(getattr(outs[1], name).item(), rel=1e-5, abs=1e-6)
+        assert getattr(outs[0], name).item() == pytest.approx(
+            getattr(outs[1], name).item(), rel=1e-5, abs=1e-6
+        )
     assert (grads[0] - grads[1]).abs().max().item() < 1e-6
 
 
@@ -133,8 +170,9 @@ def test_step_without_targets_gives_zero_loss(fused_off):
     s = torch.randn(2, 5, VOCAB, requires_grad=True)
     ids, lp, rest = teacher_topk(torch.randn(2, 5, VOCAB), 8, 2.0)
     labels = torch.full((2, 5), -100)
-    out = cached_distillation_loss(s, ids, lp, rest, labels, alpha=0.5, temperature=2.0, num_items_in_batch=0,
-                                   fused_off=fused_off)
+    out = cached_distillation_loss(
+        s, ids, lp, rest, labels, alpha=0.5, temperature=2.0, num_items_in_batch=0, fused_off=fused_off
+    )
     assert out.loss.item() == 0.0 and out.kd_loss.item() == 0.0
     (grad,) = torch.autograd.grad(out.loss, s)
     assert torch.count_nonzero(grad) == 0
@@ -163,11 +201,26 @@ def test_training_from_cache_without_teacher(tmp_path, teacher):
     cache = make_cache(tmp_path, teacher, data, k=16, dtype="float16")
     student = tiny_llama(seed=0)
     args = DistillationConfig(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=3, learning_rate=0.1, optim="sgd",
-        logging_steps=1, save_strategy="no", report_to="none", alpha=0.5, temperature=2.0, disable_tqdm=True,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=0.1,
+        optim="sgd",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        alpha=0.5,
+        temperature=2.0,
+        disable_tqdm=True,
     )
-    trainer = DistillationTrainer(model=student, args=args, teacher_cache=cache.path, train_dataset=data,
-                                  processing_class=word_tokenizer(), data_collator=CausalLMCollator(0))
+    trainer = DistillationTrainer(
+        model=student,
+        args=args,
+        teacher_cache=cache.path,
+        train_dataset=data,
+        processing_class=word_tokenizer(),
+        data_collator=CausalLMCollator(0),
+    )
     assert trainer.teacher is None
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
@@ -188,14 +241,28 @@ def test_cache_loss_in_trainer_matches_cached_loss_despite_shuffling(tmp_path, t
     data = lm_dataset(16, seed=1)
     cache = make_cache(tmp_path, teacher, data, k=VOCAB)
     student = tiny_llama(seed=0)
-    args = DistillationConfig(output_dir=str(tmp_path / "o"), per_device_train_batch_size=4, report_to="none",
-                              alpha=0.7, temperature=2.0, max_steps=1)
-    trainer = DistillationTrainer(model=student, args=args, teacher_cache=cache, train_dataset=data,
-                                  processing_class=word_tokenizer(), data_collator=CausalLMCollator(0))
+    args = DistillationConfig(
+        output_dir=str(tmp_path / "o"),
+        per_device_train_batch_size=4,
+        report_to="none",
+        alpha=0.7,
+        temperature=2.0,
+        max_steps=1,
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        args=args,
+        teacher_cache=cache,
+        train_dataset=data,
+        processing_class=word_tokenizer(),
+        data_collator=CausalLMCollator(0),
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     assert set(CACHE_COLUMNS) <= set(batch)
     student.train()
-    loss = trainer.compute_loss(student, dict(batch), num_items_in_batch=batch["labels"][:, 1:].ne(-100).sum())
+    loss = trainer.compute_loss(
+        student, dict(batch), num_items_in_batch=batch["labels"][:, 1:].ne(-100).sum()
+    )
     with torch.no_grad():
         t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
@@ -218,8 +285,14 @@ def test_mismatches_are_refused(tmp_path, teacher):
         TeacherCache.load(str(tmp_path / "nowhere"))
     args = DistillationConfig(output_dir=str(tmp_path / "o"), report_to="none", alpha=0.5, temperature=2.0)
     with pytest.raises(ValueError, match="not both"):
-        DistillationTrainer(model=tiny_llama(), teacher_model=teacher, teacher_cache=cache, args=args,
-                            train_dataset=data, data_collator=CausalLMCollator(0))
+        DistillationTrainer(
+            model=tiny_llama(),
+            teacher_model=teacher,
+            teacher_cache=cache,
+            args=args,
+            train_dataset=data,
+            data_collator=CausalLMCollator(0),
+        )
 
 
 def test_cli_cache_teacher_then_train(tmp_path, capsys):
@@ -229,17 +302,48 @@ def test_cli_cache_teacher_then_train(tmp_path, capsys):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     tiny = os.path.join(root, "recipes", "tiny")
-    quick = ["--max_steps", "2", "--max_eval_samples", "8", "--max_test_samples", "8", "--logging_steps", "1",
-             "--save_strategy", "no", "--disable_tqdm", "true", "--max_train_samples", "24"]
+    quick = [
+        "--max_steps",
+        "2",
+        "--max_eval_samples",
+        "8",
+        "--max_test_samples",
+        "8",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--max_train_samples",
+        "24",
+    ]
     teacher_dir = str(tmp_path / "teacher")
-    train_main(["--config", os.path.join(tiny, "causal_lm_teacher.yaml"), "--output_dir", teacher_dir,
-                "--tokenizer_vocab_size", "300", *quick])
+    train_main(
+        [
+            "--config",
+            os.path.join(tiny, "causal_lm_teacher.yaml"),
+            "--output_dir",
+            teacher_dir,
+            "--tokenizer_vocab_size",
+            "300",
+            *quick,
+        ]
+    )
     cache_dir = str(tmp_path / "cache")
-    student_args = ["--config", os.path.join(tiny, "causal_lm.yaml"), "--teacher_model_name_or_path", teacher_dir,
-                    "--max_train_samples", "24"]
+    student_args = [
+        "--config",
+        os.path.join(tiny, "causal_lm.yaml"),
+        "--teacher_model_name_or_path",
+        teacher_dir,
+        "--max_train_samples",
+        "24",
+    ]
     assert cli_main(["cache-teacher", *student_args, "--cache_dir", cache_dir, "--top_k", "8"]) == 0
     manifest = json.load(open(os.path.join(cache_dir, MANIFEST_NAME)))
-    assert manifest["k"] == 8 and manifest["teacher"] == teacher_dir and manifest["data"]["num_examples"] == 24
+    assert (
+        manifest["k"] == 8 and manifest["teacher"] == teacher_dir and manifest["data"]["num_examples"] == 24
+    )
     assert os.path.isfile(os.path.join(cache_dir, "dataset_info.json"))
     out = str(tmp_path / "student")
     results = train_main([*student_args, "--teacher_cache", cache_dir, "--output_dir", out, *quick])
@@ -250,17 +354,61 @@ def test_cli_cache_teacher_then_train(tmp_path, capsys):
     # output_dir: into `out`, the run fingerprint would refuse the changed settings first).
     out = str(tmp_path / "student2")
     capsys.readouterr()
-    assert cli_main(["train", *student_args, "--teacher_cache", cache_dir, "--output_dir", out, *quick,
-                     "--max_train_samples", "20"]) == 2
+    assert (
+        cli_main(
+            [
+                "train",
+                *student_args,
+                "--teacher_cache",
+                cache_dir,
+                "--output_dir",
+                out,
+                *quick,
+                "--max_train_samples",
+                "20",
+            ]
+        )
+        == 2
+    )
     assert "data.sha256" in capsys.readouterr().err
-    assert cli_main(["train", *student_args, "--teacher_cache", cache_dir, "--output_dir", out, *quick,
-                     "--temperature", "1.0"]) == 2
+    assert (
+        cli_main(
+            [
+                "train",
+                *student_args,
+                "--teacher_cache",
+                cache_dir,
+                "--output_dir",
+                out,
+                *quick,
+                "--temperature",
+                "1.0",
+            ]
+        )
+        == 2
+    )
     assert "temperature" in capsys.readouterr().err
     # A student with another tokenizer is refused too.
     other_tok = str(tmp_path / "other_tok")
     from distill.data.corpus import train_bpe_tokenizer
 
-    train_bpe_tokenizer(["some other text for a different tokenizer"] * 50, vocab_size=280).save_pretrained(other_tok)
-    assert cli_main(["train", *student_args, "--teacher_cache", cache_dir, "--output_dir", out, *quick,
-                     "--tokenizer_name_or_path", other_tok]) == 2
+    train_bpe_tokenizer(["some other text for a different tokenizer"] * 50, vocab_size=280).save_pretrained(
+        other_tok
+    )
+    assert (
+        cli_main(
+            [
+                "train",
+                *student_args,
+                "--teacher_cache",
+                cache_dir,
+                "--output_dir",
+                out,
+                *quick,
+                "--tokenizer_name_or_path",
+                other_tok,
+            ]
+        )
+        == 2
+    )
     assert "tokenizer.fingerprint" in capsys.readouterr().err

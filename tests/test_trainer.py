@@ -6,23 +6,40 @@ import os
 
 import pytest
 import torch
+from helpers import lm_dataset, max_diff, tiny_llama, weights
 
 from distill import DistillationConfig, DistillationTrainer
 from distill.trainer.tasks import CausalLMCollator
-from helpers import lm_dataset, max_diff, tiny_llama, weights
 
 
 def make_trainer(tmp_path, student, teacher, dataset, **overrides):
     kwargs = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=8, gradient_accumulation_steps=1,
-        max_steps=3, learning_rate=0.5, optim="sgd", lr_scheduler_type="constant", warmup_steps=0,
-        weight_decay=0.0, max_grad_norm=0.0, logging_steps=1, save_strategy="no", report_to="none",
-        alpha=0.5, temperature=2.0, seed=0, data_seed=0, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        max_steps=3,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        alpha=0.5,
+        temperature=2.0,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
     )
     kwargs.update(overrides)
     args = DistillationConfig(**kwargs)
     return DistillationTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=dataset,
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=dataset,
         data_collator=CausalLMCollator(pad_token_id=0),
     )
 
@@ -34,8 +51,15 @@ def test_gradient_accumulation_is_exact(tmp_path, kind):
     results = []
     for bs, ga in ((8, 1), (2, 4)):
         student = tiny_llama(seed=0)
-        trainer = make_trainer(tmp_path / f"{bs}x{ga}", student, teacher, data,
-                               per_device_train_batch_size=bs, gradient_accumulation_steps=ga, kd_kind=kind)
+        trainer = make_trainer(
+            tmp_path / f"{bs}x{ga}",
+            student,
+            teacher,
+            data,
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+            kd_kind=kind,
+        )
         trainer.train()
         results.append((weights(student), [h for h in trainer.state.log_history if "loss" in h]))
     assert max_diff(results[0][0], results[1][0]) < 1e-5
@@ -67,7 +91,9 @@ def test_evaluation_reports_plain_cross_entropy(tmp_path):
     teacher = tiny_llama(hidden=48, seed=1)
     student = tiny_llama(seed=0)
     eval_data = lm_dataset(12, seed=5)
-    trainer = make_trainer(tmp_path, student, teacher, lm_dataset(16), alpha=0.9, per_device_eval_batch_size=5)
+    trainer = make_trainer(
+        tmp_path, student, teacher, lm_dataset(16), alpha=0.9, per_device_eval_batch_size=5
+    )
     metrics = trainer.evaluate(eval_dataset=eval_data)
     # Reference: token-weighted CE of the student over all valid shifted positions, in float64.
     collator = CausalLMCollator(0)
@@ -75,17 +101,24 @@ def test_evaluation_reports_plain_cross_entropy(tmp_path):
     with torch.no_grad():
         logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
     labels = batch["labels"][:, 1:]
-    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                           ignore_index=-100, reduction="mean")
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="mean"
+    )
     assert metrics["eval_loss"] == pytest.approx(ce.item(), rel=1e-5)
     # KD term and teacher CE against float64 references (evaluation walks the logits in chunks).
     from distill.losses import distillation_loss
 
     with torch.no_grad():
-        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+        t_logits = teacher(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits.double()
     kd = distillation_loss(logits[:, :-1], t_logits[:, :-1], labels, alpha=1.0, temperature=2.0)
-    t_ce = torch.nn.functional.cross_entropy(t_logits[:, :-1].reshape(-1, t_logits.shape[-1]), labels.reshape(-1),
-                                             ignore_index=-100, reduction="mean")
+    t_ce = torch.nn.functional.cross_entropy(
+        t_logits[:, :-1].reshape(-1, t_logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=-100,
+        reduction="mean",
+    )
     assert metrics["eval_kd_loss"] == pytest.approx(kd.kd_loss.item(), rel=1e-5)
     assert metrics["eval_teacher_loss"] == pytest.approx(t_ce.item(), rel=1e-5)
 
@@ -107,8 +140,13 @@ def test_alpha_without_teacher_is_refused(tmp_path):
 def test_resume_matches_straight_run(tmp_path):
     teacher = tiny_llama(hidden=48, seed=1)
     data = lm_dataset(96)
-    common = dict(max_steps=10, per_device_train_batch_size=4, optim="adamw_torch", learning_rate=1e-2,
-                  lr_scheduler_type="linear")
+    common = dict(
+        max_steps=10,
+        per_device_train_batch_size=4,
+        optim="adamw_torch",
+        learning_rate=1e-2,
+        lr_scheduler_type="linear",
+    )
     straight = tiny_llama(seed=0)
     make_trainer(tmp_path / "a", straight, teacher, data, **common).train()
     first = tiny_llama(seed=0)
@@ -153,8 +191,14 @@ def test_training_loss_is_chunked_and_equal_to_plain(tmp_path):
     with torch.no_grad():
         s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    ref = distillation_loss(s[:, :-1].double(), t[:, :-1].double(), batch["labels"][:, 1:], alpha=0.5, temperature=2.0,
-                            num_items_in_batch=n)
+    ref = distillation_loss(
+        s[:, :-1].double(),
+        t[:, :-1].double(),
+        batch["labels"][:, 1:],
+        alpha=0.5,
+        temperature=2.0,
+        num_items_in_batch=n,
+    )
     assert loss.item() == pytest.approx(ref.loss.item(), rel=1e-5)
     loss.backward()
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)

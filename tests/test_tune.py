@@ -15,8 +15,15 @@ from distill.config import DistillationConfig
 from distill.tune.search import main as tune_main
 from distill.tune.search import parse_search_space
 
-STUDENT = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-           "num_attention_heads": 4, "num_key_value_heads": 4, "tie_word_embeddings": True}
+STUDENT = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "tie_word_embeddings": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +36,38 @@ def workspace(tmp_path_factory):
     word_tokenizer().save_pretrained(teacher)
     rng = random.Random(0)
     data = root / "train.jsonl"
-    data.write_text("".join(json.dumps({"text": " ".join(f"t{rng.randrange(3, 64)}" for _ in range(
-        rng.randint(8, 24)))}) + "\n" for _ in range(200)))
+    data.write_text(
+        "".join(
+            json.dumps({"text": " ".join(f"t{rng.randrange(3, 64)}" for _ in range(rng.randint(8, 24)))})
+            + "\n"
+            for _ in range(200)
+        )
+    )
     recipe = root / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "task": "causal-lm", "teacher_model_name_or_path": teacher, "alpha": 0.5, "temperature": 2.0,
-        "model_config": STUDENT, "dataset_name": "json", "data_files": str(data), "block_size": 32,
-        "validation_split_percentage": 10, "max_eval_samples": 8, "max_steps": 4,
-        "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "learning_rate": 0.01,
-        "logging_steps": 1, "seed": 0, "report_to": "none", "disable_tqdm": True}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "task": "causal-lm",
+                "teacher_model_name_or_path": teacher,
+                "alpha": 0.5,
+                "temperature": 2.0,
+                "model_config": STUDENT,
+                "dataset_name": "json",
+                "data_files": str(data),
+                "block_size": 32,
+                "validation_split_percentage": 10,
+                "max_eval_samples": 8,
+                "max_steps": 4,
+                "per_device_train_batch_size": 4,
+                "per_device_eval_batch_size": 8,
+                "learning_rate": 0.01,
+                "logging_steps": 1,
+                "seed": 0,
+                "report_to": "none",
+                "disable_tqdm": True,
+            }
+        )
+    )
     return {"root": root, "recipe": str(recipe)}
 
 
@@ -47,15 +77,18 @@ def _space(root, space):
     return str(path)
 
 
-@pytest.mark.parametrize("space,message", [
-    ({"alpah": {"low": 0.1, "high": 0.9}}, "not a training field.*did you mean 'alpha'"),
-    ({"block_size": {"choices": [16, 32]}}, "not a training field"),
-    ({"alpha": {"low": 0.9, "high": 0.1}}, "empty range"),
-    ({"learning_rate": {"low": 0.0, "high": 0.1, "log": True}}, "log: true needs low > 0"),
-    ({"lr_scheduler_type": {"choices": []}}, "non-empty list"),
-    ({"alpha": {"low": 0.1, "high": 1.5}}, "value 1.5 is refused"),
-    ({"alpha": {"low": 0.1, "hi": 0.5}}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "space,message",
+    [
+        ({"alpah": {"low": 0.1, "high": 0.9}}, "not a training field.*did you mean 'alpha'"),
+        ({"block_size": {"choices": [16, 32]}}, "not a training field"),
+        ({"alpha": {"low": 0.9, "high": 0.1}}, "empty range"),
+        ({"learning_rate": {"low": 0.0, "high": 0.1, "log": True}}, "log: true needs low > 0"),
+        ({"lr_scheduler_type": {"choices": []}}, "non-empty list"),
+        ({"alpha": {"low": 0.1, "high": 1.5}}, "value 1.5 is refused"),
+        ({"alpha": {"low": 0.1, "hi": 0.5}}, "unknown key"),
+    ],
+)
 def test_bad_search_space_is_refused_before_compute(space, message):
     args = DistillationConfig(output_dir="unused", alpha=0.5, report_to="none")
     with pytest.raises(ValueError, match=message):
@@ -74,9 +107,14 @@ class _Record:
 
         class CB(TrainerCallback):
             def on_train_begin(self, args, state, control, model=None, **kw):
-                outer.seen.append({"alpha": args.alpha, "temperature": args.temperature,
-                                   "learning_rate": args.learning_rate,
-                                   "model.hidden_size": model.config.hidden_size})
+                outer.seen.append(
+                    {
+                        "alpha": args.alpha,
+                        "temperature": args.temperature,
+                        "learning_rate": args.learning_rate,
+                        "model.hidden_size": model.config.hidden_size,
+                    }
+                )
 
             def on_step_end(self, args, state, control, **kw):
                 if outer.interrupt_at == (len(outer.seen), state.global_step):
@@ -92,12 +130,29 @@ def _matches(seen, params):
 @pytest.mark.slow
 def test_tune_runs_prunes_and_resumes(workspace, tmp_path):
     out = str(tmp_path / "study")
-    space = _space(workspace["root"], {"alpha": {"low": 0.1, "high": 0.9},
-                                       "temperature": {"low": 1.0, "high": 4.0},
-                                       "learning_rate": {"choices": [0.03, 1.0e-7]},
-                                       "model.hidden_size": {"choices": [32, 64]}})
-    argv = ["--config", workspace["recipe"], "--search-space", space, "--output_dir", out,
-            "--pruner", "median", "--pruner_startup_trials", "1", "--eval_steps", "2"]
+    space = _space(
+        workspace["root"],
+        {
+            "alpha": {"low": 0.1, "high": 0.9},
+            "temperature": {"low": 1.0, "high": 4.0},
+            "learning_rate": {"choices": [0.03, 1.0e-7]},
+            "model.hidden_size": {"choices": [32, 64]},
+        },
+    )
+    argv = [
+        "--config",
+        workspace["recipe"],
+        "--search-space",
+        space,
+        "--output_dir",
+        out,
+        "--pruner",
+        "median",
+        "--pruner_startup_trials",
+        "1",
+        "--eval_steps",
+        "2",
+    ]
     first = _Record(interrupt_at=(2, 1))  # Ctrl-C in the second trial, after its first step
     with pytest.raises(KeyboardInterrupt):
         tune_main(argv + ["--n_trials", "4"], callbacks=[first.callback])

@@ -21,11 +21,11 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
+from helpers import lm_dataset, tiny_llama  # noqa: E402
 
 import distill.trainer.distillation_trainer as trainer_module  # noqa: E402
 from distill import DistillationConfig, DistillationTrainer  # noqa: E402
 from distill.trainer.tasks import CausalLMCollator  # noqa: E402
-from helpers import lm_dataset, tiny_llama  # noqa: E402
 
 _AT_LOAD = {}
 
@@ -92,9 +92,22 @@ def main():
             model.set_attn_implementation("eager")
     torch.set_num_threads(1)
     args = DistillationConfig(
-        output_dir=out, per_device_train_batch_size=batch, max_steps=3, learning_rate=0.5, optim="sgd",
-        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0, logging_steps=1, save_strategy="no",
-        per_device_eval_batch_size=4, report_to="none", alpha=0.5, temperature=2.0, seed=0, disable_tqdm=True,
+        output_dir=out,
+        per_device_train_batch_size=batch,
+        max_steps=3,
+        learning_rate=0.5,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        per_device_eval_batch_size=4,
+        report_to="none",
+        alpha=0.5,
+        temperature=2.0,
+        seed=0,
+        disable_tqdm=True,
         **extra,
     )
     if teacher is None:
@@ -104,8 +117,11 @@ def main():
     from helpers import word_tokenizer
 
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args,
-        train_dataset=lm_dataset(48), eval_dataset=lm_dataset(16, seed=1),  # 16 = 2 x 2 x 4: no padded rows
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=lm_dataset(48),
+        eval_dataset=lm_dataset(16, seed=1),  # 16 = 2 x 2 x 4: no padded rows
         data_collator=CausalLMCollator(pad_token_id=0),
         processing_class=word_tokenizer() if args.lmbda > 0 else None,  # on-policy steps stop at its eos
     )

@@ -22,11 +22,21 @@ BUILTIN_SOURCES = {
     "builtin:digits": "image-cls",
     "builtin:docstring-kind": "seq-cls",  # class / method / function (distill.data.docstring_kind)
 }
-DEFAULT_SOURCE = {"causal-lm": "builtin:python-docs", "seq-cls": "builtin:docstring-topics",
-                  "image-cls": "builtin:digits"}
+DEFAULT_SOURCE = {
+    "causal-lm": "builtin:python-docs",
+    "seq-cls": "builtin:docstring-topics",
+    "image-cls": "builtin:digits",
+}
 LOCAL_BUILDERS = ("text", "json", "csv", "parquet", "arrow", "imagefolder")
-_EXTENSION_TO_BUILDER = {"txt": "text", "text": "text", "json": "json", "jsonl": "json",
-                         "csv": "csv", "parquet": "parquet", "arrow": "arrow"}
+_EXTENSION_TO_BUILDER = {
+    "txt": "text",
+    "text": "text",
+    "json": "json",
+    "jsonl": "json",
+    "csv": "csv",
+    "parquet": "parquet",
+    "arrow": "arrow",
+}
 # Streaming sources without a validation split and of unknown length: eval examples to carve.
 _STREAMING_EVAL_FALLBACK = 1_000
 
@@ -35,73 +45,159 @@ _STREAMING_EVAL_FALLBACK = 1_000
 class DataArguments:
     """Which data to train and evaluate on, and how to turn it into model inputs."""
 
-    dataset_name: Optional[str] = field(default=None, metadata={"help": (
-        "A Hub dataset id (e.g. 'HuggingFaceFW/fineweb-edu'); a local builder ('text', 'json', "
-        "'csv', 'parquet', 'arrow', 'imagefolder') used with data_files; a folder written by "
-        "save_to_disk; or an offline built-in: 'builtin:python-docs' (causal-lm), "
-        "'builtin:docstring-topics' (seq-cls), 'builtin:digits' (image-cls), "
-        "'builtin:docstring-kind' (seq-cls: class, method or function). Default: the "
-        "task's built-in, or the builder implied by data_files' extension.")})
-    dataset_config_name: Optional[str] = field(default=None, metadata={
-        "help": "Configuration (subset) of the Hub dataset, e.g. 'sample-10BT'."})
-    data_files: Optional[str] = field(default=None, metadata={"help": (
-        "Local file(s): a path or glob, or a JSON object mapping split to path(s), e.g. "
-        "'{\"train\": \"data/train.jsonl\", \"validation\": \"data/val.jsonl\"}'. A mapping is "
-        "also accepted from YAML. For imagefolder a directory is passed as data_dir.")})
-    streaming: bool = field(default=False, metadata={"help": (
-        "Stream examples instead of downloading and preparing the whole dataset; gives "
-        "IterableDatasets (train shuffled with shuffle_buffer_size), so set max_steps.")})
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "A Hub dataset id (e.g. 'HuggingFaceFW/fineweb-edu'); a local builder ('text', 'json', "
+                "'csv', 'parquet', 'arrow', 'imagefolder') used with data_files; a folder written by "
+                "save_to_disk; or an offline built-in: 'builtin:python-docs' (causal-lm), "
+                "'builtin:docstring-topics' (seq-cls), 'builtin:digits' (image-cls), "
+                "'builtin:docstring-kind' (seq-cls: class, method or function). Default: the "
+                "task's built-in, or the builder implied by data_files' extension."
+            )
+        },
+    )
+    dataset_config_name: Optional[str] = field(
+        default=None, metadata={"help": "Configuration (subset) of the Hub dataset, e.g. 'sample-10BT'."}
+    )
+    data_files: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Local file(s): a path or glob, or a JSON object mapping split to path(s), e.g. "
+                '\'{"train": "data/train.jsonl", "validation": "data/val.jsonl"}\'. A mapping is '
+                "also accepted from YAML. For imagefolder a directory is passed as data_dir."
+            )
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "Stream examples instead of downloading and preparing the whole dataset; gives "
+                "IterableDatasets (train shuffled with shuffle_buffer_size), so set max_steps."
+            )
+        },
+    )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_split: Optional[str] = field(default="validation", metadata={"help": (
-        "Split to evaluate on. If the default 'validation' is absent, "
-        "validation_split_percentage of train is carved off instead. Empty: no evaluation.")})
-    test_split: Optional[str] = field(default="test", metadata={"help": (
-        "Split for the final test metrics; the default 'test' is skipped when absent.")})
-    validation_split_percentage: int = field(default=5, metadata={"help": (
-        "Percent of train held out for evaluation when the source has no eval_split. When "
-        "streaming, the first max_eval_samples (else this percent of the known split size, "
-        "else 1,000) examples are taken for evaluation and skipped in train. 0: no carving.")})
-    text_column: Optional[str] = field(default=None, metadata={"help": (
-        "Column with the text. Default: 'text'; for seq-cls 'text', 'sentence', "
-        "'sentence1' (+ 'sentence2'), else the first string column.")})
-    text_pair_column: Optional[str] = field(default=None, metadata={
-        "help": "seq-cls only: the second text of a sentence pair (e.g. 'sentence2')."})
-    prompt_column: Optional[str] = field(default=None, metadata={"help": (
-        "causal-lm only: column with a prompt placed before text_column. Prompt tokens get "
-        "label -100 (loss only on the completion), and without packing the sequence is "
-        "truncated to block_size instead of chunked, so no chunk loses its prompt.")})
-    label_column: str = field(default="label", metadata={
-        "help": "seq-cls / image-cls: column with the class (int, string or ClassLabel)."})
-    image_column: Optional[str] = field(default=None, metadata={
-        "help": "image-cls: column with the image. Default: 'image', else 'img'."})
-    block_size: int = field(default=128, metadata={
-        "help": "causal-lm: tokens per example (the longest chunk; packed block length)."})
-    packing: bool = field(default=False, metadata={"help": (
-        "causal-lm: concatenate documents, each ending with eos, and cut full block_size "
-        "blocks (run_clm's group_texts; the remainder of every 1,000 documents is dropped). "
-        "Off: one example per document chunk, of varying length, padded by the collator.")})
-    max_seq_length: int = field(default=128, metadata={
-        "help": "seq-cls: tokens kept per example (longer inputs are truncated)."})
-    image_size: Optional[int] = field(default=None, metadata={"help": (
-        "image-cls: side of the square input when no image processor is given (default 32), "
-        "and the size builtin:digits is rendered at. An image processor uses its own size.")})
-    max_train_samples: Optional[int] = field(default=None, metadata={
-        "help": "Keep only the first N training examples (after tokenization and chunking)."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={
-        "help": "Keep only the first N evaluation examples (after tokenization and chunking)."})
-    max_test_samples: Optional[int] = field(default=None, metadata={
-        "help": "Keep only the first N test examples (after tokenization and chunking)."})
-    preprocessing_num_workers: Optional[int] = field(default=None, metadata={
-        "help": "Processes for Dataset.map (not used when streaming)."})
-    shuffle_buffer_size: int = field(default=10_000, metadata={
-        "help": "Streaming only: size of the buffer the train stream is shuffled in."})
-    tasks: Optional[str] = field(default=None, metadata={"help": (
-        "Multi-task distillation (seq-cls): a list of tasks, each with name, dataset_name (or "
-        "data_files), teacher, weight, and optionally label_column, text_column, text_pair_column, "
-        "max_train_samples, max_eval_samples; see distill.data.multitask. YAML list or JSON string.")})
-    tokenizer_vocab_size: int = field(default=2048, metadata={"help": (
-        "Vocabulary of the byte-level BPE tokenizer trained on the train split when no "
-        "tokenizer is given.")})
+    eval_split: Optional[str] = field(
+        default="validation",
+        metadata={
+            "help": (
+                "Split to evaluate on. If the default 'validation' is absent, "
+                "validation_split_percentage of train is carved off instead. Empty: no evaluation."
+            )
+        },
+    )
+    test_split: Optional[str] = field(
+        default="test",
+        metadata={"help": ("Split for the final test metrics; the default 'test' is skipped when absent.")},
+    )
+    validation_split_percentage: int = field(
+        default=5,
+        metadata={
+            "help": (
+                "Percent of train held out for evaluation when the source has no eval_split. When "
+                "streaming, the first max_eval_samples (else this percent of the known split size, "
+                "else 1,000) examples are taken for evaluation and skipped in train. 0: no carving."
+            )
+        },
+    )
+    text_column: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Column with the text. Default: 'text'; for seq-cls 'text', 'sentence', "
+                "'sentence1' (+ 'sentence2'), else the first string column."
+            )
+        },
+    )
+    text_pair_column: Optional[str] = field(
+        default=None,
+        metadata={"help": "seq-cls only: the second text of a sentence pair (e.g. 'sentence2')."},
+    )
+    prompt_column: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "causal-lm only: column with a prompt placed before text_column. Prompt tokens get "
+                "label -100 (loss only on the completion), and without packing the sequence is "
+                "truncated to block_size instead of chunked, so no chunk loses its prompt."
+            )
+        },
+    )
+    label_column: str = field(
+        default="label",
+        metadata={"help": "seq-cls / image-cls: column with the class (int, string or ClassLabel)."},
+    )
+    image_column: Optional[str] = field(
+        default=None, metadata={"help": "image-cls: column with the image. Default: 'image', else 'img'."}
+    )
+    block_size: int = field(
+        default=128,
+        metadata={"help": "causal-lm: tokens per example (the longest chunk; packed block length)."},
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "causal-lm: concatenate documents, each ending with eos, and cut full block_size "
+                "blocks (run_clm's group_texts; the remainder of every 1,000 documents is dropped). "
+                "Off: one example per document chunk, of varying length, padded by the collator."
+            )
+        },
+    )
+    max_seq_length: int = field(
+        default=128, metadata={"help": "seq-cls: tokens kept per example (longer inputs are truncated)."}
+    )
+    image_size: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": (
+                "image-cls: side of the square input when no image processor is given (default 32), "
+                "and the size builtin:digits is rendered at. An image processor uses its own size."
+            )
+        },
+    )
+    max_train_samples: Optional[int] = field(
+        default=None,
+        metadata={"help": "Keep only the first N training examples (after tokenization and chunking)."},
+    )
+    max_eval_samples: Optional[int] = field(
+        default=None,
+        metadata={"help": "Keep only the first N evaluation examples (after tokenization and chunking)."},
+    )
+    max_test_samples: Optional[int] = field(
+        default=None,
+        metadata={"help": "Keep only the first N test examples (after tokenization and chunking)."},
+    )
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Processes for Dataset.map (not used when streaming)."}
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000,
+        metadata={"help": "Streaming only: size of the buffer the train stream is shuffled in."},
+    )
+    tasks: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Multi-task distillation (seq-cls): a list of tasks, each with name, dataset_name (or "
+                "data_files), teacher, weight, and optionally label_column, text_column, text_pair_column, "
+                "max_train_samples, max_eval_samples; see distill.data.multitask. YAML list or JSON string."
+            )
+        },
+    )
+    tokenizer_vocab_size: int = field(
+        default=2048,
+        metadata={
+            "help": (
+                "Vocabulary of the byte-level BPE tokenizer trained on the train split when no "
+                "tokenizer is given."
+            )
+        },
+    )
 
     def __post_init__(self):
         self.data_files = _parse_data_files(self.data_files)
@@ -114,16 +210,21 @@ class DataArguments:
         _check_ranges(self)
         name = self.dataset_name
         if name and name.startswith("builtin:") and name not in BUILTIN_SOURCES:
-            raise ValueError(f"dataset_name={name!r} is not a built-in source; choose one of "
-                             f"{sorted(BUILTIN_SOURCES)}.")
+            raise ValueError(
+                f"dataset_name={name!r} is not a built-in source; choose one of {sorted(BUILTIN_SOURCES)}."
+            )
         if name in LOCAL_BUILDERS and self.data_files is None:
-            raise ValueError(f"dataset_name={name!r} is a local file builder and needs "
-                             "data_files (a path, glob or JSON mapping of split to paths).")
+            raise ValueError(
+                f"dataset_name={name!r} is a local file builder and needs "
+                "data_files (a path, glob or JSON mapping of split to paths)."
+            )
         if self.data_files is not None:
             if name in BUILTIN_SOURCES:
-                raise ValueError(f"data_files cannot be combined with dataset_name={name!r} (a "
-                                 "built-in source); drop data_files or set dataset_name to a "
-                                 f"builder such as {LOCAL_BUILDERS}.")
+                raise ValueError(
+                    f"data_files cannot be combined with dataset_name={name!r} (a "
+                    "built-in source); drop data_files or set dataset_name to a "
+                    f"builder such as {LOCAL_BUILDERS}."
+                )
             builder = self.builder  # raises when it cannot be told
             if builder in LOCAL_BUILDERS:
                 _check_paths_exist(self.data_files)
@@ -140,7 +241,8 @@ class DataArguments:
             raise ValueError(
                 f"data_files={self.data_files!r} was given without dataset_name and its "
                 f"extension(s) {sorted(extensions)} do not name one builder; set dataset_name "
-                f"to one of {LOCAL_BUILDERS}.")
+                f"to one of {LOCAL_BUILDERS}."
+            )
         return builders.pop()
 
 
@@ -149,8 +251,10 @@ def _parse_data_files(value: Any) -> Any:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            raise ValueError(f"data_files looks like a JSON object but does not parse ({err}); "
-                             "write it as '{\"train\": \"path\", ...}'.") from None
+            raise ValueError(
+                f"data_files looks like a JSON object but does not parse ({err}); "
+                'write it as \'{"train": "path", ...}\'.'
+            ) from None
     if isinstance(value, dict):
         return {str(k): list(v) if isinstance(v, (list, tuple)) else v for k, v in value.items()}
     return list(value) if isinstance(value, tuple) else value
@@ -168,8 +272,10 @@ def _check_paths_exist(data_files: Any) -> None:
             continue
         found = glob.glob(path, recursive=True) if glob.has_magic(path) else os.path.exists(path)
         if not found:
-            raise FileNotFoundError(f"data_files: {path!r} does not exist (relative to "
-                                    f"{os.getcwd()!r}); fix the path or the glob.")
+            raise FileNotFoundError(
+                f"data_files: {path!r} does not exist (relative to "
+                f"{os.getcwd()!r}); fix the path or the glob."
+            )
 
 
 def _check_ranges(args: DataArguments) -> None:
@@ -186,10 +292,11 @@ def _check_ranges(args: DataArguments) -> None:
     ]
     for name, value, low, why in checks:
         if value is not None and value < low:
-            raise ValueError(f"{name} must be >= {low}{f' ({why})' if why else ''}, got "
-                             f"{value}; set --{name} to a larger value.")
+            raise ValueError(
+                f"{name} must be >= {low}{f' ({why})' if why else ''}, got "
+                f"{value}; set --{name} to a larger value."
+            )
     if not 0 <= args.validation_split_percentage < 100:
-        raise ValueError("validation_split_percentage must be in [0, 100), got "
-                         f"{args.validation_split_percentage}.")
-
-
+        raise ValueError(
+            f"validation_split_percentage must be in [0, 100), got {args.validation_split_percentage}."
+        )

@@ -39,8 +39,11 @@ from transformers import TrainerCallback
 
 TEXT_AUGMENTATIONS = ("token_replace", "span_mask", "token_drop")
 IMAGE_AUGMENTATIONS = ("flip", "resized_crop", "mixup", "cutmix")
-DEFAULT_AUGMENTATIONS = {"causal-lm": ("token_replace",), "seq-cls": ("token_replace",),
-                         "image-cls": ("flip", "resized_crop")}
+DEFAULT_AUGMENTATIONS = {
+    "causal-lm": ("token_replace",),
+    "seq-cls": ("token_replace",),
+    "image-cls": ("flip", "resized_crop"),
+}
 AUGMENTED_KEY = "augmented"
 
 
@@ -56,7 +59,9 @@ def check_augmentations(names, task: Optional[str]) -> tuple[str, ...]:
     fits = IMAGE_AUGMENTATIONS if task == "image-cls" else TEXT_AUGMENTATIONS
     wrong = [n for n in names or () if n not in fits]
     if wrong:
-        raise ValueError(f"augmentations {wrong} do not apply to task {task!r}; for it choose from {', '.join(fits)}.")
+        raise ValueError(
+            f"augmentations {wrong} do not apply to task {task!r}; for it choose from {', '.join(fits)}."
+        )
     return tuple(names) if names else DEFAULT_AUGMENTATIONS[task]
 
 
@@ -97,9 +102,20 @@ class AugmentingCollator:
         seed: the run's seed. ``epoch`` is set by :class:`AugmentEpochCallback`.
     """
 
-    def __init__(self, base: Callable, *, task: str, augmentations, fraction: float, tokenizer: Any = None,
-                 token_prob: float = 0.15, span_length: int = 3, crop_scale: float = 0.5, mix_alpha: float = 1.0,
-                 seed: int = 0):
+    def __init__(
+        self,
+        base: Callable,
+        *,
+        task: str,
+        augmentations,
+        fraction: float,
+        tokenizer: Any = None,
+        token_prob: float = 0.15,
+        span_length: int = 3,
+        crop_scale: float = 0.5,
+        mix_alpha: float = 1.0,
+        seed: int = 0,
+    ):
         self.base, self.task, self.fraction, self.seed, self.epoch = base, task, fraction, seed, 0
         self.augmentations = check_augmentations(augmentations, task)
         self.token_prob, self.span_length = token_prob, span_length
@@ -112,14 +128,21 @@ class AugmentingCollator:
             raise ValueError("Text augmentations need the tokenizer (processing_class) for the vocabulary.")
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         self.special_ids = torch.tensor(sorted(special), dtype=torch.long)
-        self.replacement_ids = torch.tensor([i for i in range(len(tokenizer)) if i not in special], dtype=torch.long)
+        self.replacement_ids = torch.tensor(
+            [i for i in range(len(tokenizer)) if i not in special], dtype=torch.long
+        )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.left_padded = getattr(tokenizer, "padding_side", "right") == "left"
-        self.mask_id = tokenizer.mask_token_id if getattr(tokenizer, "mask_token_id", None) is not None \
+        self.mask_id = (
+            tokenizer.mask_token_id
+            if getattr(tokenizer, "mask_token_id", None) is not None
             else getattr(tokenizer, "unk_token_id", None)
+        )
         if "span_mask" in self.augmentations and self.mask_id is None:
-            raise ValueError("augmentations: span_mask needs a tokenizer with a mask or unk token; use "
-                             "token_replace or token_drop instead.")
+            raise ValueError(
+                "augmentations: span_mask needs a tokenizer with a mask or unk token; use "
+                "token_replace or token_drop instead."
+            )
 
     def __call__(self, examples: list) -> dict:
         batch = dict(self.base(examples))
@@ -146,8 +169,9 @@ class AugmentingCollator:
             eligible = ~torch.isin(row, self.special_ids)
             if "token_replace" in self.augmentations:
                 hit = eligible & torch.from_numpy(rng.random(row.numel()) < p)
-                row[hit] = self.replacement_ids[torch.from_numpy(rng.integers(0, len(self.replacement_ids),
-                                                                                size=int(hit.sum())))]
+                row[hit] = self.replacement_ids[
+                    torch.from_numpy(rng.integers(0, len(self.replacement_ids), size=int(hit.sum())))
+                ]
             if "span_mask" in self.augmentations:
                 starts = eligible & torch.from_numpy(rng.random(row.numel()) < p)
                 span = starts.clone()
@@ -172,7 +196,7 @@ class AugmentingCollator:
             for r in range(value.shape[0]):
                 kept = value[r][~drop[r]]
                 if self.left_padded:
-                    new[r, width - kept.numel():] = kept
+                    new[r, width - kept.numel() :] = kept
                 else:
                     new[r, : kept.numel()] = kept
             out[key] = new
@@ -180,7 +204,9 @@ class AugmentingCollator:
 
 
 # ---- images ------------------------------------------------------------------------------------
-def augment_images(pixels: torch.Tensor, rows: torch.Tensor, cfg: AugmentingCollator, rngs: list) -> torch.Tensor:
+def augment_images(
+    pixels: torch.Tensor, rows: torch.Tensor, cfg: AugmentingCollator, rngs: list
+) -> torch.Tensor:
     """Augment the ``rows`` of ``pixels`` ``[B, C, H, W]``, row ``r`` with ``rngs[r]``; mixup/cutmix partners
     are clean images of the same batch (so, unlike the other augmentations, they depend on the batching)."""
     import torch.nn.functional as F
@@ -196,7 +222,7 @@ def augment_images(pixels: torch.Tensor, rows: torch.Tensor, cfg: AugmentingColl
             ch = int(round(min(h, max(1.0, np.sqrt(area / aspect)))))
             cw = int(round(min(w, max(1.0, np.sqrt(area * aspect)))))
             top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            crop = x[:, top:top + ch, left:left + cw][None]
+            crop = x[:, top : top + ch, left : left + cw][None]
             x = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0]
         if "flip" in cfg.augmentations and rng.random() < 0.5:
             x = x.flip(-1)
@@ -209,7 +235,7 @@ def augment_images(pixels: torch.Tensor, rows: torch.Tensor, cfg: AugmentingColl
             ch, cw = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
             top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             x = x.clone()
-            x[:, top:top + ch, left:left + cw] = partner[:, top:top + ch, left:left + cw]
+            x[:, top : top + ch, left : left + cw] = partner[:, top : top + ch, left : left + cw]
         out[r] = x
     return out
 
@@ -230,19 +256,27 @@ def augmented_kd_loss(kd_fn: Callable, labels: torch.Tensor, augmented: torch.Te
     if not bool(rows.any()):
         return clean
     aug = kd_fn(labels.masked_fill(~rows, -100), 1.0)
-    return DistillationLossOutput(loss=clean.loss + aug.loss, kd_loss=clean.kd_loss + aug.kd_loss,
-                                  ce_loss=clean.ce_loss, num_valid=clean.num_valid + aug.num_valid)
+    return DistillationLossOutput(
+        loss=clean.loss + aug.loss,
+        kd_loss=clean.kd_loss + aug.kd_loss,
+        ce_loss=clean.ce_loss,
+        num_valid=clean.num_valid + aug.num_valid,
+    )
 
 
 def augmenting_kwargs(kwargs: dict, task, args, processing_class, *, has_cache: bool) -> dict:
     """The Trainer's keyword arguments with the collator wrapped for ``args.augment_fraction > 0`` and the
     epoch callback added, after the checks that need the task (the trainer's ``__init__`` calls this)."""
     if has_cache:
-        raise ValueError("augment_fraction > 0 needs an online teacher: a teacher cache cannot score augmented "
-                         "inputs. Set augment_fraction: 0 or train without teacher_cache.")
+        raise ValueError(
+            "augment_fraction > 0 needs an online teacher: a teacher cache cannot score augmented "
+            "inputs. Set augment_fraction: 0 or train without teacher_cache."
+        )
     if args.dataloader_persistent_workers:
-        raise ValueError("augment_fraction > 0 needs dataloader_persistent_workers=false: persistent workers "
-                         "would keep an old epoch's augmentation seed.")
+        raise ValueError(
+            "augment_fraction > 0 needs dataloader_persistent_workers=false: persistent workers "
+            "would keep an old epoch's augmentation seed."
+        )
     check_augmentations(args.augmentations, task.name)
     kwargs = dict(kwargs)
     collator = kwargs.get("data_collator")
@@ -252,9 +286,17 @@ def augmenting_kwargs(kwargs: dict, task, args, processing_class, *, has_cache: 
 
             collator = make_collator(task, processing_class)
         collator = AugmentingCollator(
-            collator, task=task.name, augmentations=args.augmentations, fraction=args.augment_fraction,
-            tokenizer=processing_class, token_prob=args.augment_token_prob, span_length=args.augment_span_length,
-            crop_scale=args.augment_crop_scale, mix_alpha=args.augment_mix_alpha, seed=args.seed)
+            collator,
+            task=task.name,
+            augmentations=args.augmentations,
+            fraction=args.augment_fraction,
+            tokenizer=processing_class,
+            token_prob=args.augment_token_prob,
+            span_length=args.augment_span_length,
+            crop_scale=args.augment_crop_scale,
+            mix_alpha=args.augment_mix_alpha,
+            seed=args.seed,
+        )
     kwargs["data_collator"] = collator
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [AugmentEpochCallback(collator)]
     return kwargs

@@ -155,7 +155,6 @@ def _extract_records() -> list[dict[str, str]]:
     """
     import inspect
     import warnings
-
     from pydoc_data.topics import topics
 
     records, seen = [], set()
@@ -212,8 +211,11 @@ def _corpus_records(path: str) -> tuple[dict[str, str], ...]:
             # distutils shim), so the corpus holds the standard library only.
             proc = subprocess.run(
                 [sys.executable, "-I", "-S", os.path.abspath(__file__), "--extract", tmp],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                timeout=600, check=False,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=600,
+                check=False,
             )
             if proc.returncode != 0:
                 tail = proc.stderr.decode(errors="replace")[-2000:]
@@ -254,16 +256,16 @@ def python_docs_corpus() -> "DatasetDict":
     """
     from datasets import Dataset, DatasetDict, Features, Value
 
-    features = Features({"text": Value("string"), "source": Value("string"),
-                         "doc_id": Value("string")})
+    features = Features({"text": Value("string"), "source": Value("string"), "doc_id": Value("string")})
     splits = _split_records(
-        r for r in corpus_records()
-        if r["source"] == "topics" or len(r["text"]) >= MIN_DOCSTRING_CHARS
+        r for r in corpus_records() if r["source"] == "topics" or len(r["text"]) >= MIN_DOCSTRING_CHARS
     )
-    return DatasetDict({
-        split: Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
-        for split, rows in splits.items()
-    })
+    return DatasetDict(
+        {
+            split: Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
+            for split, rows in splits.items()
+        }
+    )
 
 
 def _area_of(doc_id: str) -> str | None:
@@ -298,12 +300,15 @@ def docstring_classification() -> "DatasetDict":
         kept = sorted(by_area[area], key=lambda r: stable_bucket("cls:" + r["doc_id"], 2**62))
         rows += [dict(r, label=label) for r in kept[:cap]]
     rows.sort(key=lambda r: r["doc_id"])
-    features = Features({"text": Value("string"), "label": ClassLabel(names=names),
-                         "doc_id": Value("string")})
-    return DatasetDict({
-        split: Dataset.from_dict({k: [r[k] for r in part] for k in features}, features=features)
-        for split, part in _split_records(rows, (0.8, 0.1)).items()
-    })
+    features = Features(
+        {"text": Value("string"), "label": ClassLabel(names=names), "doc_id": Value("string")}
+    )
+    return DatasetDict(
+        {
+            split: Dataset.from_dict({k: [r[k] for r in part] for k in features}, features=features)
+            for split, part in _split_records(rows, (0.8, 0.1)).items()
+        }
+    )
 
 
 def digits_images(image_size: int = 32) -> "DatasetDict":
@@ -338,8 +343,7 @@ def _digits_pil(image_size: int) -> tuple:
     digits = load_digits()
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 -> 0..255
     return tuple(
-        (Image.fromarray(p, mode="L").resize((image_size, image_size), Image.Resampling.BILINEAR),
-         int(t))
+        (Image.fromarray(p, mode="L").resize((image_size, image_size), Image.Resampling.BILINEAR), int(t))
         for p, t in zip(pixels, digits.target)
     )
 
@@ -367,20 +371,28 @@ def train_bpe_tokenizer(
 
     specials = [EOS_TOKEN, PAD_TOKEN, UNK_TOKEN]
     if vocab_size < 256 + len(specials):
-        raise ValueError(f"vocab_size must be >= {256 + len(specials)} (256 bytes + special "
-                         f"tokens), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be >= {256 + len(specials)} (256 bytes + special tokens), got {vocab_size}"
+        )
     tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=specials, show_progress=False,
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=specials,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
-        pad_token=PAD_TOKEN, unk_token=UNK_TOKEN, model_max_length=model_max_length,
+        tokenizer_object=tokenizer,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        model_max_length=model_max_length,
         padding_side="right",
     )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .corpus import MIN_CLASSIFICATION_CHARS, _MAX_CLASS_RATIO, _split_records, corpus_records, stable_bucket
+from .corpus import _MAX_CLASS_RATIO, MIN_CLASSIFICATION_CHARS, _split_records, corpus_records, stable_bucket
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -54,9 +54,12 @@ def docstring_kind_classification() -> "DatasetDict":
         kept = sorted(by_kind[kind], key=lambda r: stable_bucket("kind:" + r["doc_id"], 2**62))
         rows += [dict(r, label=label) for r in kept[:cap]]
     rows.sort(key=lambda r: r["doc_id"])
-    features = Features({"text": Value("string"), "label": ClassLabel(names=list(KIND_LABELS)),
-                         "doc_id": Value("string")})
-    return DatasetDict({
-        split: Dataset.from_dict({k: [r[k] for r in part] for k in features}, features=features)
-        for split, part in _split_records(rows, (0.8, 0.1)).items()
-    })
+    features = Features(
+        {"text": Value("string"), "label": ClassLabel(names=list(KIND_LABELS)), "doc_id": Value("string")}
+    )
+    return DatasetDict(
+        {
+            split: Dataset.from_dict({k: [r[k] for r in part] for k in features}, features=features)
+            for split, part in _split_records(rows, (0.8, 0.1)).items()
+        }
+    )

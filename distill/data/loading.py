@@ -30,10 +30,16 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
-from .arguments import (_STREAMING_EVAL_FALLBACK, BUILTIN_SOURCES, DEFAULT_SOURCE, TASKS,
-                        DataArguments)
-from .prep import (_cls_text_columns, _columns, _finish, _prepare_causal_lm, _prepare_image_cls,
-                   _prepare_seq_cls, _require_column)
+from .arguments import _STREAMING_EVAL_FALLBACK, BUILTIN_SOURCES, DEFAULT_SOURCE, TASKS, DataArguments
+from .prep import (
+    _cls_text_columns,
+    _columns,
+    _finish,
+    _prepare_causal_lm,
+    _prepare_image_cls,
+    _prepare_seq_cls,
+    _require_column,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +73,8 @@ def load_raw_datasets(data_args: DataArguments, seed: int = 42, *, task: str = "
     from datasets import DatasetDict, IterableDatasetDict, load_dataset, load_from_disk
 
     name = data_args.dataset_name or (
-        DEFAULT_SOURCE[_check_task(task)] if data_args.data_files is None else None)
+        DEFAULT_SOURCE[_check_task(task)] if data_args.data_files is None else None
+    )
     if name in BUILTIN_SOURCES:
         raw = _builtin(name, data_args.image_size)
         if data_args.streaming:
@@ -81,8 +88,13 @@ def load_raw_datasets(data_args: DataArguments, seed: int = 42, *, task: str = "
         if builder == "imagefolder" and isinstance(data_files, str) and os.path.isdir(data_files):
             data_files, data_dir = None, data_args.data_files
         try:
-            raw = load_dataset(builder, data_args.dataset_config_name, data_files=data_files,
-                               data_dir=data_dir, streaming=data_args.streaming)
+            raw = load_dataset(
+                builder,
+                data_args.dataset_config_name,
+                data_files=data_files,
+                data_dir=data_dir,
+                streaming=data_args.streaming,
+            )
         except (ConnectionError, TimeoutError) as err:  # the Hub unreachable, or offline mode on
             raise ValueError(_unreachable_hub_message(builder, err)) from None
     if not isinstance(raw, (DatasetDict, IterableDatasetDict)):  # a saved single Dataset
@@ -92,13 +104,21 @@ def load_raw_datasets(data_args: DataArguments, seed: int = 42, *, task: str = "
 
 def _unreachable_hub_message(name: str, err: Exception) -> str:
     """One line that says why a Hub dataset did not load and the ways on (no traceback)."""
-    offline = [v for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "").upper() in
-               ("1", "ON", "YES", "TRUE")]
-    why = (f"offline mode is on ({' and '.join(f'{v}=1' for v in offline)}) and it is not in the local cache"
-           if offline else f"the Hub could not be reached ({type(err).__name__})")
-    return (f"dataset_name={name!r} is a Hugging Face Hub dataset and {why}: with network access, unset "
-            f"HF_DATASETS_OFFLINE/HF_HUB_OFFLINE to download it, or train offline on a built-in source "
-            f"({', '.join(sorted(BUILTIN_SOURCES))}) or local files (dataset_name: json + data_files).")
+    offline = [
+        v
+        for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+        if os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+    ]
+    why = (
+        f"offline mode is on ({' and '.join(f'{v}=1' for v in offline)}) and it is not in the local cache"
+        if offline
+        else f"the Hub could not be reached ({type(err).__name__})"
+    )
+    return (
+        f"dataset_name={name!r} is a Hugging Face Hub dataset and {why}: with network access, unset "
+        f"HF_DATASETS_OFFLINE/HF_HUB_OFFLINE to download it, or train offline on a built-in source "
+        f"({', '.join(sorted(BUILTIN_SOURCES))}) or local files (dataset_name: json + data_files)."
+    )
 
 
 def _builtin(name: str, image_size: Optional[int]):
@@ -116,8 +136,7 @@ def _builtin(name: str, image_size: Optional[int]):
 
 
 def _is_saved_dataset(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, f))
-               for f in ("dataset_dict.json", "state.json"))
+    return any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
 
 
 def _select_splits(raw, data_args: DataArguments, seed: int, source: Any):
@@ -126,8 +145,10 @@ def _select_splits(raw, data_args: DataArguments, seed: int, source: Any):
     available = list(raw.keys())
 
     def missing(field_name: str, split: str) -> ValueError:
-        return ValueError(f"{field_name}={split!r} is not a split of {source!r}; available "
-                          f"splits: {available}. Set --{field_name} to one of them.")
+        return ValueError(
+            f"{field_name}={split!r} is not a split of {source!r}; available "
+            f"splits: {available}. Set --{field_name} to one of them."
+        )
 
     if data_args.train_split not in raw:
         raise missing("train_split", data_args.train_split)
@@ -153,9 +174,11 @@ def _carve_eval(train, data_args: DataArguments, seed: int):
     pct = data_args.validation_split_percentage
     if isinstance(train, Dataset):
         if len(train) < 2:
-            raise ValueError(f"train_split has {len(train)} example(s), too few to carve a "
-                             "validation split; give an eval_split or set "
-                             "validation_split_percentage=0.")
+            raise ValueError(
+                f"train_split has {len(train)} example(s), too few to carve a "
+                "validation split; give an eval_split or set "
+                "validation_split_percentage=0."
+            )
         n_eval = min(len(train) - 1, max(1, round(len(train) * pct / 100)))
         parts = train.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
         return parts["train"], parts["test"]
@@ -163,10 +186,16 @@ def _carve_eval(train, data_args: DataArguments, seed: int):
     if n_eval is None:
         splits = getattr(train.info, "splits", None) or {}
         known = splits.get(data_args.train_split)
-        n_eval = (max(1, known.num_examples * pct // 100) if known and known.num_examples
-                  else _STREAMING_EVAL_FALLBACK)
-    logger.info("No %r split: the first %d streamed examples are held out for evaluation.",
-                data_args.eval_split, n_eval)
+        n_eval = (
+            max(1, known.num_examples * pct // 100)
+            if known and known.num_examples
+            else _STREAMING_EVAL_FALLBACK
+        )
+    logger.info(
+        "No %r split: the first %d streamed examples are held out for evaluation.",
+        data_args.eval_split,
+        n_eval,
+    )
     return train.skip(n_eval), train.take(n_eval)
 
 
@@ -176,12 +205,12 @@ def _check_task(task: str) -> str:
     return task
 
 
-
 # --------------------------------------------------------------------------------------------
 # Texts for a tokenizer
 # --------------------------------------------------------------------------------------------
-def texts_for_tokenizer(data_args: DataArguments, max_chars: int = 20_000_000, *,
-                        task: str = "causal-lm") -> Iterator[str]:
+def texts_for_tokenizer(
+    data_args: DataArguments, max_chars: int = 20_000_000, *, task: str = "causal-lm"
+) -> Iterator[str]:
     """Yield train-split texts (prompt and pair columns too) until `max_chars` are reached.
 
     Used to train a BPE tokenizer (`distill.data.corpus.train_bpe_tokenizer`) when none is given.
@@ -193,8 +222,7 @@ def texts_for_tokenizer(data_args: DataArguments, max_chars: int = 20_000_000, *
     train = load_raw_datasets(data_args, task=task)["train"]
     columns = _columns(train)
     if task == "causal-lm":
-        wanted = {"text_column": data_args.text_column or "text",
-                  "prompt_column": data_args.prompt_column}
+        wanted = {"text_column": data_args.text_column or "text", "prompt_column": data_args.prompt_column}
     else:
         text, pair = _cls_text_columns(train, columns, data_args)
         wanted = {"text_column": text, "text_pair_column": pair}
@@ -217,8 +245,9 @@ def texts_for_tokenizer(data_args: DataArguments, max_chars: int = 20_000_000, *
 # --------------------------------------------------------------------------------------------
 # Building model-ready datasets
 # --------------------------------------------------------------------------------------------
-def build_datasets(data_args: DataArguments, task: str, processing_class: Any = None, *,
-                   seed: int = 42) -> DatasetBundle:
+def build_datasets(
+    data_args: DataArguments, task: str, processing_class: Any = None, *, seed: int = 42
+) -> DatasetBundle:
     """Load, tokenize / transform and check the train, eval and test splits for `task`.
 
     Args:
@@ -232,12 +261,21 @@ def build_datasets(data_args: DataArguments, task: str, processing_class: Any = 
         A `DatasetBundle`; `num_labels`/`id2label` are set for the classification tasks.
     """
     raw = load_raw_datasets(data_args, seed, task=_check_task(task))
-    prepare = {"causal-lm": _prepare_causal_lm, "seq-cls": _prepare_seq_cls,
-               "image-cls": _prepare_image_cls}[task]
+    prepare = {"causal-lm": _prepare_causal_lm, "seq-cls": _prepare_seq_cls, "image-cls": _prepare_image_cls}[
+        task
+    ]
     splits, num_labels, id2label, transform = prepare(raw, data_args, processing_class)
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
-              "test": data_args.max_test_samples}
+    limits = {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_test_samples,
+    }
     for split, ds in splits.items():
         splits[split] = _finish(ds, split, limits[split], transform, data_args, seed)
-    return DatasetBundle(train=splits["train"], eval=splits.get("validation"),
-                         test=splits.get("test"), num_labels=num_labels, id2label=id2label)
+    return DatasetBundle(
+        train=splits["train"],
+        eval=splits.get("validation"),
+        test=splits.get("test"),
+        num_labels=num_labels,
+        id2label=id2label,
+    )

@@ -45,7 +45,9 @@ def build_multitask_datasets(data_args, entries: list[TaskEntry], tokenizer, *, 
     for index, entry in enumerate(entries):
         bundle = build_datasets(task_data_args(data_args, entry), "seq-cls", tokenizer, seed=seed)
         if not isinstance(bundle.train, Dataset):
-            raise ValueError(f"tasks ({entry.name!r}): multi-task training needs map-style datasets, not streaming.")
+            raise ValueError(
+                f"tasks ({entry.name!r}): multi-task training needs map-style datasets, not streaming."
+            )
         for split in ("train", "eval", "test"):
             ds = getattr(bundle, split)
             if ds is not None:
@@ -59,6 +61,10 @@ def build_multitask_datasets(data_args, entries: list[TaskEntry], tokenizer, *, 
     total = sum(w for _, w in active)
     if len(active) == 1:
         return active[0][0], bundles
-    mixture = interleave_datasets([ds for ds, _ in active], probabilities=[w / total for _, w in active],
-                                  seed=seed, stopping_strategy="all_exhausted")
+    mixture = interleave_datasets(
+        [ds for ds, _ in active],
+        probabilities=[w / total for _, w in active],
+        seed=seed,
+        stopping_strategy="all_exhausted",
+    )
     return mixture, bundles

@@ -32,7 +32,9 @@ from .augment import AUGMENTED_KEY
 
 
 def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "little"
+    )
 
 
 def step_is_on_policy(seed: int, global_step: int, lmbda: float) -> bool:
@@ -42,7 +44,9 @@ def step_is_on_policy(seed: int, global_step: int, lmbda: float) -> bool:
     return bool(np.random.default_rng(_seed(seed, "on-policy", global_step)).random() < lmbda)
 
 
-def split_prompts(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+def split_prompts(
+    input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor
+) -> list[torch.Tensor]:
     """Each row's prompt: its real tokens before the first target (at least the first token)."""
     prompts = []
     for ids, lab, mask in zip(input_ids, labels, attention_mask):
@@ -79,19 +83,33 @@ def generate_continuations(trainer, batch: dict, *, seed: int) -> dict:
     left = torch.full((len(prompts), width), pad, dtype=ids.dtype, device=ids.device)
     left_mask = torch.zeros_like(left)
     for r, p in enumerate(prompts):  # left padding, as generation wants
-        left[r, width - p.numel():], left_mask[r, width - p.numel():] = p, 1
+        left[r, width - p.numel() :], left_mask[r, width - p.numel() :] = p, 1
     sampling = args.generation_temperature > 0
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=sampling, top_k=0, top_p=1.0,
-                              temperature=args.generation_temperature if sampling else None, pad_token_id=pad,
-                              eos_token_id=eos, num_beams=1)
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=sampling,
+        top_k=0,
+        top_p=1.0,
+        temperature=args.generation_temperature if sampling else None,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        num_beams=1,
+    )
     model = trainer.accelerator.unwrap_model(trainer.model)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
+        with (
+            torch.no_grad(),
+            torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []),
+        ):
             torch.manual_seed(seed)
-            out = model.generate(input_ids=left, attention_mask=left_mask, generation_config=config,
-                                 synced_gpus=_needs_synced_gpus(trainer))
+            out = model.generate(
+                input_ids=left,
+                attention_mask=left_mask,
+                generation_config=config,
+                synced_gpus=_needs_synced_gpus(trainer),
+            )
     finally:
         model.train(was_training)
     new = out[:, width:]
@@ -111,10 +129,14 @@ def _right_padded(rows: list, pad: int, like: torch.Tensor) -> dict:
     for r, (p, c) in enumerate(rows):
         n = p.numel() + c.numel()
         input_ids[r, :n] = torch.cat([p, c])
-        labels[r, p.numel():n] = c
+        labels[r, p.numel() : n] = c
         attention_mask[r, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            AUGMENTED_KEY: torch.ones(len(rows), dtype=torch.bool, device=like.device)}  # KD alone on every row
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        AUGMENTED_KEY: torch.ones(len(rows), dtype=torch.bool, device=like.device),
+    }  # KD alone on every row
 
 
 def on_policy_batches(trainer, batch_samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -122,9 +144,12 @@ def on_policy_batches(trainer, batch_samples: list[dict[str, Any]]) -> list[dict
     args = trainer.args
     if not step_is_on_policy(args.seed, trainer.state.global_step, args.lmbda):
         return batch_samples
-    return [generate_continuations(trainer, batch, seed=_seed(args.seed, trainer.state.global_step, i,
-                                                                args.process_index))
-            for i, batch in enumerate(batch_samples)]
+    return [
+        generate_continuations(
+            trainer, batch, seed=_seed(args.seed, trainer.state.global_step, i, args.process_index)
+        )
+        for i, batch in enumerate(batch_samples)
+    ]
 
 
 def check_on_policy(args, task, *, has_cache: bool, tokenizer) -> None:
@@ -132,11 +157,17 @@ def check_on_policy(args, task, *, has_cache: bool, tokenizer) -> None:
     if args.lmbda <= 0:
         return
     if not task.token_level:
-        raise ValueError(f"lmbda={args.lmbda} > 0 (on-policy distillation) applies to causal-lm only, not task "
-                         f"{task.name!r}: set lmbda: 0.")
+        raise ValueError(
+            f"lmbda={args.lmbda} > 0 (on-policy distillation) applies to causal-lm only, not task "
+            f"{task.name!r}: set lmbda: 0."
+        )
     if has_cache:
-        raise ValueError("lmbda > 0 needs an online teacher to score the student's continuations, not a teacher "
-                         "cache: set lmbda: 0 or drop teacher_cache.")
+        raise ValueError(
+            "lmbda > 0 needs an online teacher to score the student's continuations, not a teacher "
+            "cache: set lmbda: 0 or drop teacher_cache."
+        )
     if tokenizer is None or getattr(tokenizer, "eos_token_id", None) is None:
-        raise ValueError("lmbda > 0 needs the tokenizer (processing_class) with an eos token, to stop and pad "
-                         "the student's continuations.")
+        raise ValueError(
+            "lmbda > 0 needs the tokenizer (processing_class) with an eos token, to stop and pad "
+            "the student's continuations."
+        )

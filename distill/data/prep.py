@@ -36,13 +36,16 @@ def _columns(ds) -> list[str]:
 
 def _require_column(columns: list[str], name: str, field_name: str, split: str) -> None:
     if name not in columns:
-        raise ValueError(f"{field_name}={name!r} is not a column of the {split} split; "
-                         f"available columns: {columns}. Set --{field_name} to one of them.")
+        raise ValueError(
+            f"{field_name}={name!r} is not a column of the {split} split; "
+            f"available columns: {columns}. Set --{field_name} to one of them."
+        )
 
 
 # ---- finishing a split ---------------------------------------------------------------------
-def _finish(ds, split: str, limit: Optional[int], transform: Optional[Callable],
-            data_args: DataArguments, seed: int):
+def _finish(
+    ds, split: str, limit: Optional[int], transform: Optional[Callable], data_args: DataArguments, seed: int
+):
     """Apply max_*_samples and the lazy transform, check for emptiness, shuffle a stream.
 
     The first example is computed here, so that a broken transform fails before training.
@@ -63,7 +66,8 @@ def _finish(ds, split: str, limit: Optional[int], transform: Optional[Callable],
         raise ValueError(
             f"the {split} split is empty after preprocessing; check dataset_name/data_files, "
             "the text column, block_size (causal-lm drops examples under 2 tokens or without a "
-            "trainable label) and max_*_samples.")
+            "trainable label) and max_*_samples."
+        )
     if split == "train" and not isinstance(ds, Dataset):
         ds = ds.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
     return ds
@@ -80,11 +84,16 @@ def _map(ds, fn: Callable, data_args: DataArguments, desc: str):
 
 
 def _require_tokenizer(processing_class: Any, task: str) -> Any:
-    if processing_class is None or not callable(processing_class) or not hasattr(
-            processing_class, "convert_tokens_to_ids"):
-        raise ValueError(f"task {task!r} needs a tokenizer as processing_class, got "
-                         f"{type(processing_class).__name__}; pass --tokenizer_name or let the "
-                         "CLI train one (tokenizer_vocab_size).")
+    if (
+        processing_class is None
+        or not callable(processing_class)
+        or not hasattr(processing_class, "convert_tokens_to_ids")
+    ):
+        raise ValueError(
+            f"task {task!r} needs a tokenizer as processing_class, got "
+            f"{type(processing_class).__name__}; pass --tokenizer_name or let the "
+            "CLI train one (tokenizer_vocab_size)."
+        )
     return processing_class
 
 
@@ -92,8 +101,10 @@ def _require_tokenizer(processing_class: Any, task: str) -> Any:
 def _prepare_causal_lm(raw, data_args: DataArguments, tokenizer: Any):
     tokenizer = _require_tokenizer(tokenizer, "causal-lm")
     if tokenizer.eos_token_id is None:
-        raise ValueError("causal-lm appends eos to every document, but the tokenizer has no "
-                         "eos_token; set tokenizer.eos_token (e.g. to its sep token).")
+        raise ValueError(
+            "causal-lm appends eos to every document, but the tokenizer has no "
+            "eos_token; set tokenizer.eos_token (e.g. to its sep token)."
+        )
     text_col, prompt_col = data_args.text_column or "text", data_args.prompt_column
     for split, ds in raw.items():
         columns = _columns(ds)
@@ -105,8 +116,9 @@ def _prepare_causal_lm(raw, data_args: DataArguments, tokenizer: Any):
     return splits, None, None, None
 
 
-def _causal_lm_fn(tokenizer, text_col: str, prompt_col: Optional[str], block_size: int,
-                  packing: bool) -> Callable:
+def _causal_lm_fn(
+    tokenizer, text_col: str, prompt_col: Optional[str], block_size: int, packing: bool
+) -> Callable:
     eos = tokenizer.eos_token_id
     # Tokenizers with a distinct bos (Llama: <s> ... </s>) start every document with it, as
     # their models were trained; GPT-2-style ones (bos == eos) only separate with eos. bos
@@ -130,17 +142,24 @@ def _causal_lm_fn(tokenizer, text_col: str, prompt_col: Optional[str], block_siz
             elif prompt_col:  # truncate: a chunk without its prompt would be a different task
                 examples.append((ids[:block_size], labels[:block_size]))
             else:
-                examples += [(ids[i:i + block_size], labels[i:i + block_size])
-                             for i in range(0, len(ids), block_size)]
+                examples += [
+                    (ids[i : i + block_size], labels[i : i + block_size])
+                    for i in range(0, len(ids), block_size)
+                ]
         if packing and examples:  # run_clm's group_texts
             all_ids = [t for ids, _ in examples for t in ids]
             all_labels = [t for _, labels in examples for t in labels]
             usable = len(all_ids) // block_size * block_size
-            examples = [(all_ids[i:i + block_size], all_labels[i:i + block_size])
-                        for i in range(0, usable, block_size)]
+            examples = [
+                (all_ids[i : i + block_size], all_labels[i : i + block_size])
+                for i in range(0, usable, block_size)
+            ]
         # Keep examples with at least one token to predict (labels are shifted by one).
-        examples = [(ids, labels) for ids, labels in examples
-                    if len(ids) >= 2 and any(t != IGNORE_INDEX for t in labels[1:])]
+        examples = [
+            (ids, labels)
+            for ids, labels in examples
+            if len(ids) >= 2 and any(t != IGNORE_INDEX for t in labels[1:])
+        ]
         return {"input_ids": [e[0] for e in examples], "labels": [e[1] for e in examples]}
 
     return fn
@@ -168,13 +187,13 @@ def _label_info(raw, label_column: str):
             for batch in raw[split].select_columns([label_column]).iter(batch_size=10_000):
                 values.update(batch[label_column])
     if None in values:
-        raise ValueError(f"label_column={label_column!r} has missing (None) values; fill or "
-                         "filter them before training.")
+        raise ValueError(
+            f"label_column={label_column!r} has missing (None) values; fill or filter them before training."
+        )
     if all(isinstance(v, int) for v in values) and values <= set(range(len(values))):
         return len(values), {i: str(i) for i in range(len(values))}, None
     names = sorted(values, key=lambda v: (str(type(v)), v))
-    return len(names), {i: str(v) for i, v in enumerate(names)}, {v: i for i, v in
-                                                                  enumerate(names)}
+    return len(names), {i: str(v) for i, v in enumerate(names)}, {v: i for i, v in enumerate(names)}
 
 
 def _label_ids(values: list, mapping: Optional[dict], label_column: str) -> list:
@@ -182,8 +201,10 @@ def _label_ids(values: list, mapping: Optional[dict], label_column: str) -> list
         return list(values)
     unknown = {v for v in values if v not in mapping}
     if unknown:
-        raise ValueError(f"label_column={label_column!r}: values {sorted(map(str, unknown))} "
-                         "are not among the train/validation labels.")
+        raise ValueError(
+            f"label_column={label_column!r}: values {sorted(map(str, unknown))} "
+            "are not among the train/validation labels."
+        )
     return [mapping[v] for v in values]
 
 
@@ -198,8 +219,7 @@ def _cls_text_columns(ds, columns: list[str], data_args: DataArguments):
                 break
         else:
             first = next(iter(ds.take(1)), None) or {}
-            strings = [c for c in columns if c != data_args.label_column
-                       and isinstance(first.get(c), str)]
+            strings = [c for c in columns if c != data_args.label_column and isinstance(first.get(c), str)]
             text = strings[0] if strings else "text"
         if pair is None and text == "sentence1" and "sentence2" in columns:
             pair = "sentence2"
@@ -234,23 +254,28 @@ def _prepare_image_cls(raw, data_args: DataArguments, image_processor: Any):
     from datasets import Dataset
 
     columns = _columns(raw["train"])
-    image_col = data_args.image_column or next(
-        (c for c in ("image", "img") if c in columns), "image")
+    image_col = data_args.image_column or next((c for c in ("image", "img") if c in columns), "image")
     for split, ds in raw.items():
         _require_column(_columns(ds), image_col, "image_column", split)
     num_labels, id2label, mapping = _label_info(raw, data_args.label_column)
-    to_pixels = (_processor_pixels(image_processor) if image_processor is not None
-                 else simple_pixels(data_args.image_size or 32))
+    to_pixels = (
+        _processor_pixels(image_processor)
+        if image_processor is not None
+        else simple_pixels(data_args.image_size or 32)
+    )
     label_col = data_args.label_column
 
     def transform(batch: dict) -> dict:
         images = [image.convert("RGB") for image in batch[image_col]]
-        return {"pixel_values": to_pixels(images),
-                "labels": _label_ids(batch[label_col], mapping, label_col)}
+        return {"pixel_values": to_pixels(images), "labels": _label_ids(batch[label_col], mapping, label_col)}
 
     if isinstance(raw["train"], Dataset):  # with_transform in _finish: pixels made per batch
-        return ({s: ds.select_columns([image_col, label_col]) for s, ds in raw.items()},
-                num_labels, id2label, transform)
+        return (
+            {s: ds.select_columns([image_col, label_col]) for s, ds in raw.items()},
+            num_labels,
+            id2label,
+            transform,
+        )
     splits = {s: _map(ds, transform, data_args, f"Transforming {s}") for s, ds in raw.items()}
     return splits, num_labels, id2label, None
 
@@ -264,8 +289,9 @@ def simple_pixels(size: int) -> Callable:
     def to_pixels(images: list) -> list:
         out = []
         for image in images:
-            array = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR),
-                               dtype=np.float32) / 255.0
+            array = (
+                np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+            )
             out.append(torch.from_numpy(((array - 0.5) / 0.5).transpose(2, 0, 1).copy()))
         return out
 
@@ -274,8 +300,10 @@ def simple_pixels(size: int) -> Callable:
 
 def _processor_pixels(image_processor: Any) -> Callable:
     if not callable(image_processor):
-        raise ValueError("image-cls needs an image processor (BaseImageProcessor) or None as "
-                         f"processing_class, got {type(image_processor).__name__}.")
+        raise ValueError(
+            "image-cls needs an image processor (BaseImageProcessor) or None as "
+            f"processing_class, got {type(image_processor).__name__}."
+        )
 
     import torch
 
@@ -286,8 +314,15 @@ def _processor_pixels(image_processor: Any) -> Callable:
     return to_pixels
 
 
-def prepare_split(split, split_name: str, task: str, data_args: DataArguments, processing_class: Any,
-                  limit: Optional[int] = None, seed: int = 0):
+def prepare_split(
+    split,
+    split_name: str,
+    task: str,
+    data_args: DataArguments,
+    processing_class: Any,
+    limit: Optional[int] = None,
+    seed: int = 0,
+):
     """One raw split prepared exactly as training prepares it (tokenized, grouped or given its pixel
     transform), for code outside training that must feed the model what training saw (`deploy`)."""
     from datasets import DatasetDict

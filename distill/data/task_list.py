@@ -51,11 +51,15 @@ def parse_tasks(value: Any, *, needs_teacher: bool = True) -> list[TaskEntry]:
         unknown = sorted(set(raw) - known)
         if unknown:
             hints = ", ".join(f"{k!r}{did_you_mean(k, known)}" for k in unknown)
-            raise ValueError(f"tasks[{i}] ({raw['name']!r}): unknown field(s) {hints}; known: {', '.join(sorted(known))}.")
+            raise ValueError(
+                f"tasks[{i}] ({raw['name']!r}): unknown field(s) {hints}; known: {', '.join(sorted(known))}."
+            )
         entry = TaskEntry(**raw)
         if not isinstance(entry.name, str) or not _NAME.match(entry.name):
-            raise ValueError(f"tasks[{i}]: name={entry.name!r} must start with a letter and hold only letters, "
-                             "digits, '_' and '-' (it names the metrics eval_<name>_loss, ...).")
+            raise ValueError(
+                f"tasks[{i}]: name={entry.name!r} must start with a letter and hold only letters, "
+                "digits, '_' and '-' (it names the metrics eval_<name>_loss, ...)."
+            )
         if needs_teacher and not entry.teacher:
             raise ValueError(f"tasks[{i}] ({entry.name!r}) has no teacher: set its teacher (or alpha: 0).")
         entries.append(entry)
@@ -71,8 +75,18 @@ def parse_tasks(value: Any, *, needs_teacher: bool = True) -> list[TaskEntry]:
 
 def task_data_args(data_args, entry: TaskEntry):
     """The recipe's `DataArguments` with this task's data fields."""
-    overrides = {k: getattr(entry, k) for k in ("dataset_name", "data_files", "label_column", "text_column",
-                                                 "text_pair_column", "max_train_samples", "max_eval_samples")}
+    overrides = {
+        k: getattr(entry, k)
+        for k in (
+            "dataset_name",
+            "data_files",
+            "label_column",
+            "text_column",
+            "text_pair_column",
+            "max_train_samples",
+            "max_eval_samples",
+        )
+    }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     base = {f.name: getattr(data_args, f.name) for f in dataclasses.fields(data_args) if f.init}
     base.update(tasks=None, **overrides)

@@ -12,13 +12,41 @@
 """
 
 from .cached import cached_distillation_loss, teacher_topk  # noqa: F401
-from .hidden import (HIDDEN_LOSSES, attention_kl_loss, default_layer_map, hidden_state_loss,  # noqa: F401
-                     position_weights)
 from .chunked import chunked_distillation_loss, fused_linear_distillation_loss  # noqa: F401
-from .logit import (KD_KINDS, DistillationLossOutput, align_vocab, check_kd_kind,  # noqa: F401
-                    distillation_loss, divergence, loss_denominator, student_cross_entropy)
+from .hidden import (
+    HIDDEN_LOSSES,
+    attention_kl_loss,
+    default_layer_map,
+    hidden_state_loss,  # noqa: F401
+    position_weights,
+)
+from .logit import (
+    KD_KINDS,
+    DistillationLossOutput,
+    align_vocab,
+    check_kd_kind,  # noqa: F401
+    distillation_loss,
+    divergence,
+    loss_denominator,
+    student_cross_entropy,
+)
 
-__all__ = ["KD_KINDS", "DistillationLossOutput", "align_vocab", "check_kd_kind", "distillation_loss",
-           "divergence", "loss_denominator", "student_cross_entropy", "chunked_distillation_loss",
-           "fused_linear_distillation_loss", "cached_distillation_loss", "teacher_topk",
-           "HIDDEN_LOSSES", "attention_kl_loss", "default_layer_map", "hidden_state_loss", "position_weights"]
+__all__ = [
+    "KD_KINDS",
+    "DistillationLossOutput",
+    "align_vocab",
+    "check_kd_kind",
+    "distillation_loss",
+    "divergence",
+    "loss_denominator",
+    "student_cross_entropy",
+    "chunked_distillation_loss",
+    "fused_linear_distillation_loss",
+    "cached_distillation_loss",
+    "teacher_topk",
+    "HIDDEN_LOSSES",
+    "attention_kl_loss",
+    "default_layer_map",
+    "hidden_state_loss",
+    "position_weights",
+]

@@ -49,8 +49,13 @@ from typing import Optional
 
 import torch
 
-from .logit import (DistillationLossOutput, check_kd_kind, check_mixture_weights, divergence_from_log_probs,
-                    loss_denominator)
+from .logit import (
+    DistillationLossOutput,
+    check_kd_kind,
+    check_mixture_weights,
+    divergence_from_log_probs,
+    loss_denominator,
+)
 
 __all__ = ["cached_distillation_loss", "teacher_topk"]
 
@@ -139,7 +144,9 @@ class _CachedForwardKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _kd, _ce):
         if not ctx.has_grad:
-            raise RuntimeError("cached_distillation_loss: no gradient was computed (the input did not require grad).")
+            raise RuntimeError(
+                "cached_distillation_loss: no gradient was computed (the input did not require grad)."
+            )
         (grad,) = ctx.saved_tensors
         # The graph is backpropagated once (as in distill.losses.chunked): scale the buffer in place.
         return grad.mul_(grad_loss), None, None, None, None, None, None, None
@@ -188,7 +195,9 @@ def cached_distillation_loss(
     check_kd_kind(kind)
     check_mixture_weights(kind, jsd_beta, skew_alpha)
     if labels is None and alpha != 1.0:
-        raise ValueError(f"alpha={alpha} < 1 needs labels for the cross-entropy term; pass labels or set alpha=1.")
+        raise ValueError(
+            f"alpha={alpha} < 1 needs labels for the cross-entropy term; pass labels or set alpha=1."
+        )
     if vocab_size is not None:
         student_logits = student_logits[..., :vocab_size]
     lead = student_logits.shape[:-1]
@@ -204,7 +213,9 @@ def cached_distillation_loss(
         flat_labels = None
     else:
         if labels.shape != lead:
-            raise ValueError(f"labels {tuple(labels.shape)} must have the leading shape of the logits {tuple(lead)}.")
+            raise ValueError(
+                f"labels {tuple(labels.shape)} must have the leading shape of the logits {tuple(lead)}."
+            )
         flat_labels = labels.reshape(-1)
         valid = flat_labels != ignore_index
     num_valid = valid.sum()
@@ -218,7 +229,10 @@ def cached_distillation_loss(
     if ids.numel() and int(ids.max()) >= vocab:
         raise ValueError(f"Cached token id {int(ids.max())} is outside the student's vocabulary ({vocab}).")
     log_pt = torch.cat(
-        [topk_logprobs.reshape(-1, k)[valid].to(flat_s.device, dtype), rest_logprob.reshape(-1, 1)[valid].to(flat_s.device, dtype)],
+        [
+            topk_logprobs.reshape(-1, k)[valid].to(flat_s.device, dtype),
+            rest_logprob.reshape(-1, 1)[valid].to(flat_s.device, dtype),
+        ],
         dim=-1,
     )
     log_pt = log_pt - log_pt.logsumexp(-1, keepdim=True)  # renormalise 16-bit storage over k + 1 buckets

@@ -41,8 +41,9 @@ __all__ = ["chunked_distillation_loss", "fused_linear_distillation_loss"]
 # ----------------------------------------------------------------------------------------------
 # Validation and bookkeeping shared by both entry points
 # ----------------------------------------------------------------------------------------------
-def _validate(alpha: float, temperature: float, kind: str, jsd_beta: float, skew_alpha: float, labels,
-              chunk_size: int):
+def _validate(
+    alpha: float, temperature: float, kind: str, jsd_beta: float, skew_alpha: float, labels, chunk_size: int
+):
     # Same checks, order and messages as distillation_loss (plus chunk_size).
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} must be in [0, 1].")
@@ -60,14 +61,13 @@ def _validate(alpha: float, temperature: float, kind: str, jsd_beta: float, skew
 
 def _shared_vocab(vs: int, vt: int, vocab_size: Optional[int]) -> int:
     """Vocabulary width after slicing, validated exactly like :func:`align_vocab` (on meta tensors)."""
-    s, _ = align_vocab(
-        torch.empty((0, vs), device="meta"), torch.empty((0, vt), device="meta"), vocab_size
-    )
+    s, _ = align_vocab(torch.empty((0, vs), device="meta"), torch.empty((0, vt), device="meta"), vocab_size)
     return s.shape[-1]
 
 
-def _valid_rows(lead_shape: torch.Size, labels: Optional[torch.Tensor], ignore_index: int,
-                device: torch.device):
+def _valid_rows(
+    lead_shape: torch.Size, labels: Optional[torch.Tensor], ignore_index: int, device: torch.device
+):
     """Index tuple of the valid positions (works on non-contiguous tensors without a copy),
     their labels, and the count."""
     if labels is None:
@@ -76,8 +76,7 @@ def _valid_rows(lead_shape: torch.Size, labels: Optional[torch.Tensor], ignore_i
     else:
         if labels.shape != lead_shape:
             raise ValueError(
-                f"labels {tuple(labels.shape)} must have the leading shape of the logits "
-                f"{tuple(lead_shape)}."
+                f"labels {tuple(labels.shape)} must have the leading shape of the logits {tuple(lead_shape)}."
             )
         valid = labels != ignore_index
         valid_labels = labels[valid].to(device)
@@ -273,10 +272,16 @@ def chunked_distillation_loss(
             # Fresh contiguous copies, so the kernel owns (and may overwrite) these chunks.
             chunk = [student_rows.take(start, stop), teacher_rows.take(start, stop)]
             div_sum, ce_sum = chunk_loss_and_grad(
-                chunk, lab,
-                temperature=temperature, kind=kind, jsd_beta=jsd_beta, skew_alpha=skew_alpha,
-                kd_coef=alpha / denom, ce_coef=(1.0 - alpha) / denom,
-                emit=emit if need_grad else None, dtype=dtype,
+                chunk,
+                lab,
+                temperature=temperature,
+                kind=kind,
+                jsd_beta=jsd_beta,
+                skew_alpha=skew_alpha,
+                kd_coef=alpha / denom,
+                ce_coef=(1.0 - alpha) / denom,
+                emit=emit if need_grad else None,
+                dtype=dtype,
             )
             div_total += div_sum.to(torch.float64)
             if ce_sum is not None:
@@ -285,8 +290,9 @@ def chunked_distillation_loss(
                 grad_rows.index_copy_(0, flat_idx, acc.pop().to(grad_buf.dtype))
             elif need_grad:  # no gradient terms (alpha = 0 without labels): zero rows
                 grad_rows.index_fill_(0, flat_idx, 0.0)
-        loss, kd_loss, ce_loss = _finish(div_total, ce_total, denom, alpha, temperature, dtype,
-                                         device, valid_labels is not None)
+        loss, kd_loss, ce_loss = _finish(
+            div_total, ce_total, denom, alpha, temperature, dtype, device, valid_labels is not None
+        )
         return loss, kd_loss, ce_loss, (grad_buf,)
 
     if need_grad:
@@ -343,8 +349,10 @@ def fused_linear_distillation_loss(
     if student_hidden.dim() == 1 and teacher_hidden.dim() == 1:  # a single position
         student_hidden, teacher_hidden = student_hidden[None], teacher_hidden[None]
         labels = None if labels is None else labels.reshape(1)
-    for name, h, w in (("student", student_hidden, student_head_weight),
-                       ("teacher", teacher_hidden, teacher_head_weight)):
+    for name, h, w in (
+        ("student", student_hidden, student_head_weight),
+        ("teacher", teacher_hidden, teacher_head_weight),
+    ):
         if w.dim() != 2 or w.shape[1] != h.shape[-1]:
             raise ValueError(f"{name} head weight {tuple(w.shape)} must be [V, {h.shape[-1]}].")
     vocab = _shared_vocab(student_head_weight.shape[0], teacher_head_weight.shape[0], vocab_size)
@@ -377,10 +385,16 @@ def fused_linear_distillation_loss(
 
     def compute():
         grad_h = torch.zeros_like(student_hidden) if need_h else None
-        grad_w = (torch.zeros(student_head_weight.shape, dtype=acc_dtype(student_head_weight),
-                              device=device) if need_w else None)
-        grad_b = (torch.zeros(student_head_bias.shape, dtype=acc_dtype(student_head_bias),
-                              device=device) if need_b else None)
+        grad_w = (
+            torch.zeros(student_head_weight.shape, dtype=acc_dtype(student_head_weight), device=device)
+            if need_w
+            else None
+        )
+        grad_b = (
+            torch.zeros(student_head_bias.shape, dtype=acc_dtype(student_head_bias), device=device)
+            if need_b
+            else None
+        )
         div_total = torch.zeros((), dtype=torch.float64, device=device)
         ce_total = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, n_rows, chunk_size):
@@ -397,10 +411,16 @@ def fused_linear_distillation_loss(
 
             chunk = [F.linear(h, w_s, b_s), F.linear(teacher_hidden[idx].detach(), w_t, b_t)]
             div_sum, ce_sum = chunk_loss_and_grad(
-                chunk, lab,
-                temperature=temperature, kind=kind, jsd_beta=jsd_beta, skew_alpha=skew_alpha,
-                kd_coef=alpha / denom, ce_coef=(1.0 - alpha) / denom,
-                emit=emit if need_grad else None, dtype=dtype,
+                chunk,
+                lab,
+                temperature=temperature,
+                kind=kind,
+                jsd_beta=jsd_beta,
+                skew_alpha=skew_alpha,
+                kd_coef=alpha / denom,
+                ce_coef=(1.0 - alpha) / denom,
+                emit=emit if need_grad else None,
+                dtype=dtype,
             )
             div_total += div_sum.to(torch.float64)
             if ce_sum is not None:
@@ -415,8 +435,9 @@ def fused_linear_distillation_loss(
                 if need_b:
                     grad_b[:vocab] += g.sum(0).to(grad_b.dtype)
                 del g
-        loss, kd_loss, ce_loss = _finish(div_total, ce_total, denom, alpha, temperature, dtype,
-                                         device, valid_labels is not None)
+        loss, kd_loss, ce_loss = _finish(
+            div_total, ce_total, denom, alpha, temperature, dtype, device, valid_labels is not None
+        )
         grads = (
             grad_h,
             None if grad_w is None else grad_w.to(student_head_weight.dtype),
@@ -425,8 +446,11 @@ def fused_linear_distillation_loss(
         return loss, kd_loss, ce_loss, grads
 
     if need_grad:
-        inputs = (student_hidden, student_head_weight,
-                  student_head_bias if student_head_bias is not None else torch.empty(0))
+        inputs = (
+            student_hidden,
+            student_head_weight,
+            student_head_bias if student_head_bias is not None else torch.empty(0),
+        )
         loss, kd_loss, ce_loss = _PrecomputedGradLoss.apply(compute, *inputs)
     else:
         with torch.no_grad():

@@ -118,15 +118,21 @@ def fused_head_problem(trainer, has_teacher: bool) -> Optional[str]:
     if not trainer.task.token_level:
         return f"kd_fused_lm_head applies to causal-lm only, not task {trainer.task.name!r}; set it to false."
     if not has_teacher:
-        return ("kd_fused_lm_head fuses the distillation loss with the teacher's and the student's LM heads, "
-                "so it needs an online teacher (not teacher_cache, not alpha=0); set it to false.")
+        return (
+            "kd_fused_lm_head fuses the distillation loss with the teacher's and the student's LM heads, "
+            "so it needs an online teacher (not teacher_cache, not alpha=0); set it to false."
+        )
     if trainer.is_fsdp_enabled:
-        return ("kd_fused_lm_head cannot be used under FSDP, which shards the LM-head weights outside the "
-                "forward; set it to false (the default chunked loss bounds the loss's memory there).")
+        return (
+            "kd_fused_lm_head cannot be used under FSDP, which shards the LM-head weights outside the "
+            "forward; set it to false (the default chunked loss bounds the loss's memory there)."
+        )
     if trainer.is_deepspeed_enabled:
         plugin = trainer.accelerator.state.deepspeed_plugin
         stage = (plugin.deepspeed_config.get("zero_optimization") or {}).get("stage", 0)
         if stage == 3:
-            return ("kd_fused_lm_head cannot be used under DeepSpeed ZeRO-3, which partitions the LM-head "
-                    "weights outside the forward; set it to false or use ZeRO-2.")
+            return (
+                "kd_fused_lm_head cannot be used under DeepSpeed ZeRO-3, which partitions the LM-head "
+                "weights outside the forward; set it to false or use ZeRO-2."
+            )
     return None

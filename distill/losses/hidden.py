@@ -41,7 +41,9 @@ def default_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int
     from the teacher, is already matched. Add ``0: 0`` to an explicit map to include it (TinyBERT does).
     """
     if student_layers < 1 or teacher_layers < 1:
-        raise ValueError(f"Both models need at least one layer (student {student_layers}, teacher {teacher_layers}).")
+        raise ValueError(
+            f"Both models need at least one layer (student {student_layers}, teacher {teacher_layers})."
+        )
     return {m: m * teacher_layers // student_layers for m in range(1, student_layers + 1)}
 
 
@@ -64,7 +66,9 @@ def parse_layer_map(value: Union[None, str, Mapping]) -> Optional[dict[int, int]
                     "or as a YAML/JSON mapping {1: 2, 2: 4}."
                 ) from None
     if not isinstance(value, Mapping) or not value:
-        raise ValueError(f"hidden_layer_map={value!r} must be a non-empty mapping of student layer -> teacher layer.")
+        raise ValueError(
+            f"hidden_layer_map={value!r} must be a non-empty mapping of student layer -> teacher layer."
+        )
     try:
         layer_map = {int(s): int(t) for s, t in value.items()}
     except (TypeError, ValueError):
@@ -89,8 +93,13 @@ def check_layer_map(layer_map: Mapping[int, int], student_layers: int, teacher_l
 
 
 def position_weights(
-    token_level: bool, labels: Optional[torch.Tensor], attention_mask: Optional[torch.Tensor],
-    batch: int, length: int, device=None, ignore_index: int = -100,
+    token_level: bool,
+    labels: Optional[torch.Tensor],
+    attention_mask: Optional[torch.Tensor],
+    batch: int,
+    length: int,
+    device=None,
+    ignore_index: int = -100,
 ) -> torch.Tensor:
     """``[batch, length]`` float weights: how much each position's loss counts (see the module docstring).
 
@@ -113,7 +122,12 @@ def position_weights(
         tokens = torch.ones(batch, length, device=device)
     weights = tokens / tokens.sum(-1, keepdim=True).clamp_min(1.0)
     if labels is not None:
-        weights = weights * (labels.reshape(batch, -1)[:, 0] != ignore_index).to(device=device, dtype=weights.dtype)[:, None]
+        weights = (
+            weights
+            * (labels.reshape(batch, -1)[:, 0] != ignore_index).to(device=device, dtype=weights.dtype)[
+                :, None
+            ]
+        )
     return weights
 
 
@@ -125,8 +139,11 @@ def _weighted_sum(per_position: torch.Tensor, weights: torch.Tensor) -> torch.Te
     """``sum(weights * per_position)`` where zero-weight positions are selected out, not multiplied
     (a padded position's NaN or inf cannot leak through ``0 * nan``)."""
     weights = weights.to(per_position.dtype)
-    return torch.where(weights > 0, per_position * weights, torch.zeros((), dtype=per_position.dtype,
-                                                                        device=per_position.device)).sum()
+    return torch.where(
+        weights > 0,
+        per_position * weights,
+        torch.zeros((), dtype=per_position.dtype, device=per_position.device),
+    ).sum()
 
 
 def hidden_state_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse") -> torch.Tensor:
@@ -210,15 +227,19 @@ def attention_kl_loss(
     """
     pairs = [(s, t) for s, t in layer_map.items() if s > 0 and t > 0]
     if not pairs:
-        raise ValueError(f"hidden_layer_map={dict(layer_map)} maps no transformer block, so there is no attention to transfer.")
+        raise ValueError(
+            f"hidden_layer_map={dict(layer_map)} maps no transformer block, so there is no attention to transfer."
+        )
     num_items = weights.sum()
     denom = loss_denominator(num_items, num_items_in_batch)
     total = None
     for s_index, t_index in pairs:
         s_att, t_att = student_attentions[s_index - 1], teacher_attentions[t_index - 1]
         if s_att is None or t_att is None:
-            raise ValueError("The attention probabilities are missing (None): load both models with "
-                             "attn_implementation='eager'.")
+            raise ValueError(
+                "The attention probabilities are missing (None): load both models with "
+                "attn_implementation='eager'."
+            )
         dtype = _compute_dtype(s_att)
         s_att, t_att = s_att.to(dtype), t_att.to(device=s_att.device, dtype=dtype)
         if s_att.shape != t_att.shape:
@@ -235,5 +256,13 @@ def attention_kl_loss(
     return total / len(pairs) / denom, num_items
 
 
-__all__ = ["HIDDEN_LOSSES", "attention_kl_loss", "check_layer_map", "default_layer_map", "hidden_state_distance",
-           "hidden_state_loss", "parse_layer_map", "position_weights"]
+__all__ = [
+    "HIDDEN_LOSSES",
+    "attention_kl_loss",
+    "check_layer_map",
+    "default_layer_map",
+    "hidden_state_distance",
+    "hidden_state_loss",
+    "parse_layer_map",
+    "position_weights",
+]

@@ -66,8 +66,9 @@ def chunk_loss_and_grad(
         ``(divergence_sum, ce_sum or None)`` as 0-dim tensors in ``dtype``.
     """
     if kind == "forward_kl":
-        return forward_kl_chunk(logits, labels, temperature=temperature, kd_coef=kd_coef,
-                                ce_coef=ce_coef, emit=emit, dtype=dtype)
+        return forward_kl_chunk(
+            logits, labels, temperature=temperature, kd_coef=kd_coef, ce_coef=ce_coef, emit=emit, dtype=dtype
+        )
     s = logits.pop(0).to(dtype)
     t = logits.pop(0).to(dtype)
     T = temperature

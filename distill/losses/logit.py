@@ -94,7 +94,11 @@ def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> t
 
 
 def divergence_from_log_probs(
-    log_ps: torch.Tensor, log_pt: torch.Tensor, *, kind: str = "forward_kl", jsd_beta: float = 0.5,
+    log_ps: torch.Tensor,
+    log_pt: torch.Tensor,
+    *,
+    kind: str = "forward_kl",
+    jsd_beta: float = 0.5,
     skew_alpha: float = 0.1,
 ) -> torch.Tensor:
     """Per-row divergence between student (``log_ps``) and teacher (``log_pt``) log-probabilities.
@@ -230,7 +234,9 @@ def distillation_loss(
         denom = denom.to(device=flat_s.device)
     # Select valid rows first: ignored positions cost no softmax and cannot leak NaNs.
     s_valid, t_valid = flat_s[valid], flat_t[valid]
-    div = divergence(s_valid, t_valid, temperature=temperature, kind=kind, jsd_beta=jsd_beta, skew_alpha=skew_alpha)
+    div = divergence(
+        s_valid, t_valid, temperature=temperature, kind=kind, jsd_beta=jsd_beta, skew_alpha=skew_alpha
+    )
     kd_loss = temperature**2 * div.sum() / denom
     if flat_labels is not None:
         dtype = torch.float64 if s_valid.dtype == torch.float64 else torch.float32
@@ -243,7 +249,10 @@ def distillation_loss(
 
 
 def student_cross_entropy(
-    student_logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100,
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = -100,
     chunk_values: int = 2**22,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed float32 cross-entropy over valid positions and their count (evaluation, and ``alpha=0``).
@@ -257,9 +266,12 @@ def student_cross_entropy(
     rows = valid.nonzero(as_tuple=True)
     targets = labels[rows]
     step = max(1, chunk_values // max(vocab, 1))
-    total = student_logits.new_zeros((), dtype=torch.float64 if student_logits.dtype == torch.float64 else torch.float32)
+    total = student_logits.new_zeros(
+        (), dtype=torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    )
     for start in range(0, targets.numel(), step):
-        index = tuple(r[start:start + step] for r in rows)
-        total = total + F.cross_entropy(student_logits[index].to(total.dtype), targets[start:start + step],
-                                        reduction="sum")
+        index = tuple(r[start : start + step] for r in rows)
+        total = total + F.cross_entropy(
+            student_logits[index].to(total.dtype), targets[start : start + step], reduction="sum"
+        )
     return total, valid.sum()

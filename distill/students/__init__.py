@@ -7,12 +7,27 @@
 """
 
 from .architectures import ARCHITECTURES, Architecture, get_architecture, supported_model_types  # noqa: F401
-from .from_layers import (init_student_from_teacher, load_model_dir, resolve_layers,  # noqa: F401
-                          save_student_from_teacher)
-
 from .calibration import calibration_batches, score_model  # noqa: F401
+from .from_layers import (
+    init_student_from_teacher,
+    load_model_dir,
+    resolve_layers,  # noqa: F401
+    save_student_from_teacher,
+)
 from .prune import check_prune_request, prune_model, prune_model_dir  # noqa: F401
 
-__all__ = ["calibration_batches", "score_model", "check_prune_request", "prune_model", "prune_model_dir",
-           "ARCHITECTURES", "Architecture", "get_architecture", "supported_model_types",
-           "init_student_from_teacher", "load_model_dir", "resolve_layers", "save_student_from_teacher"]
+__all__ = [
+    "calibration_batches",
+    "score_model",
+    "check_prune_request",
+    "prune_model",
+    "prune_model_dir",
+    "ARCHITECTURES",
+    "Architecture",
+    "get_architecture",
+    "supported_model_types",
+    "init_student_from_teacher",
+    "load_model_dir",
+    "resolve_layers",
+    "save_student_from_teacher",
+]

@@ -51,16 +51,29 @@ class Architecture:
 
 
 ARCHITECTURES = (
-    Architecture("llama", ("llama", "mistral", "qwen2", "qwen3"), "layers",
-                 mlp_in=("mlp.gate_proj", "mlp.up_proj"), mlp_out="mlp.down_proj",
-                 attention_q="self_attn.q_proj", attention_kv=("self_attn.k_proj", "self_attn.v_proj"),
-                 attention_o="self_attn.o_proj"),
-    Architecture("bert", ("bert", "roberta"), "encoder.layer",
-                 mlp_in=("intermediate.dense",), mlp_out="output.dense"),
-    Architecture("vit", ("vit",), "layers",
-                 mlp_in=("mlp.fc1",), mlp_out="mlp.fc2",
-                 attention_q="attention.q_proj", attention_kv=("attention.k_proj", "attention.v_proj"),
-                 attention_o="attention.o_proj"),
+    Architecture(
+        "llama",
+        ("llama", "mistral", "qwen2", "qwen3"),
+        "layers",
+        mlp_in=("mlp.gate_proj", "mlp.up_proj"),
+        mlp_out="mlp.down_proj",
+        attention_q="self_attn.q_proj",
+        attention_kv=("self_attn.k_proj", "self_attn.v_proj"),
+        attention_o="self_attn.o_proj",
+    ),
+    Architecture(
+        "bert", ("bert", "roberta"), "encoder.layer", mlp_in=("intermediate.dense",), mlp_out="output.dense"
+    ),
+    Architecture(
+        "vit",
+        ("vit",),
+        "layers",
+        mlp_in=("mlp.fc1",),
+        mlp_out="mlp.fc2",
+        attention_q="attention.q_proj",
+        attention_kv=("attention.k_proj", "attention.v_proj"),
+        attention_o="attention.o_proj",
+    ),
 )
 
 

@@ -42,8 +42,12 @@ def calibration_data_args(source: str, num_samples: int, task: str, max_length: 
     from ..data import DataArguments
 
     fields = {f.name for f in dataclasses.fields(DataArguments)}
-    limits = {"max_train_samples": num_samples, "eval_split": None, "test_split": None,
-              "validation_split_percentage": 0}
+    limits = {
+        "max_train_samples": num_samples,
+        "eval_split": None,
+        "test_split": None,
+        "validation_split_percentage": 0,
+    }
     if max_length is not None:
         limits.update(max_seq_length=max_length, block_size=max_length)
     if isinstance(source, dict):  # DataArguments fields, e.g. a pipeline's data block
@@ -54,22 +58,31 @@ def calibration_data_args(source: str, num_samples: int, task: str, max_length: 
         with open(source, encoding="utf-8") as f:
             recipe = yaml.safe_load(f) or {}
         if recipe.get("task", task) != task:
-            raise ValueError(f"--calibration {source}: the recipe's task is {recipe['task']!r} but the model is {task!r}.")
+            raise ValueError(
+                f"--calibration {source}: the recipe's task is {recipe['task']!r} but the model is {task!r}."
+            )
         return DataArguments(**{**{k: v for k, v in recipe.items() if k in fields}, **limits})
     if os.path.isfile(source):
         return DataArguments(data_files=source, **limits)
     return DataArguments(dataset_name=source, **limits)
 
 
-def calibration_batches(model: nn.Module, source: str, num_samples: int, batch_size: int = 8,
-                        processing_class: Any = None, max_length: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
+def calibration_batches(
+    model: nn.Module,
+    source: str,
+    num_samples: int,
+    batch_size: int = 8,
+    processing_class: Any = None,
+    max_length: Optional[int] = None,
+) -> list[dict[str, torch.Tensor]]:
     """The first ``num_samples`` training examples of ``source``, prepared for ``model`` and collated.
 
     Text is cut to ``max_length`` tokens (default: the recipe's length, else 128), never beyond the
     model's ``max_position_embeddings``.
     """
-    from ..data import build_datasets
     from distill.trainer.tasks import infer_task, make_collator
+
+    from ..data import build_datasets
 
     task = infer_task(model)
     positions = getattr(model.config, "max_position_embeddings", None)
@@ -79,14 +92,17 @@ def calibration_batches(model: nn.Module, source: str, num_samples: int, batch_s
     if task.name == "image-cls" and processing_class is None and data_args.image_size is None:
         data_args.image_size = getattr(model.config, "image_size", None)  # the model's input size, not 32
     bundle = build_datasets(data_args, task.name, processing_class, seed=0)
-    rows = list(bundle.train.take(num_samples)) if hasattr(bundle.train, "take") and not hasattr(
-        bundle.train, "__len__") else [bundle.train[i] for i in range(min(num_samples, len(bundle.train)))]
+    rows = (
+        list(bundle.train.take(num_samples))
+        if hasattr(bundle.train, "take") and not hasattr(bundle.train, "__len__")
+        else [bundle.train[i] for i in range(min(num_samples, len(bundle.train)))]
+    )
     if not rows:
         raise ValueError(f"--calibration {source}: no training examples.")
     collate = make_collator(task, processing_class)
     batches = []
     for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start:start + batch_size])
+        batch = collate(rows[start : start + batch_size])
         batches.append({k: v for k, v in batch.items() if k in MODEL_INPUTS})
     return batches
 
@@ -115,7 +131,9 @@ class _Scores:
         return value if total is None else total + value
 
 
-def score_model(model: nn.Module, arch: Architecture, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, Any]:
+def score_model(
+    model: nn.Module, arch: Architecture, batches: Iterable[dict[str, torch.Tensor]]
+) -> dict[str, Any]:
     """Block influence, neuron importance and (if supported) head importance of every block.
 
     Returns:
@@ -130,6 +148,7 @@ def score_model(model: nn.Module, arch: Architecture, batches: Iterable[dict[str
     def block_in(i):
         def hook(module, args, kwargs):
             s.inputs[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+
         return hook
 
     def block_out(i):
@@ -140,6 +159,7 @@ def score_model(model: nn.Module, arch: Architecture, batches: Iterable[dict[str
             s.influence[i] += float(((1 - nn.functional.cosine_similarity(x, y, dim=-1)) * mask).sum())
             if i == 0:
                 s.tokens += float(mask.sum())
+
         return hook
 
     def neurons(i):
@@ -147,6 +167,7 @@ def score_model(model: nn.Module, arch: Architecture, batches: Iterable[dict[str
             a = args[0].detach().double()
             mask = _token_mask(s.mask, a)
             s.neurons[i] = s._add(s.neurons[i], (a.abs() * mask[..., None]).sum((0, 1)))
+
         return hook
 
     def heads(i):
@@ -155,6 +176,7 @@ def score_model(model: nn.Module, arch: Architecture, batches: Iterable[dict[str
             norms = a.unflatten(-1, (-1, head_dim)).norm(dim=-1)  # [B, T, H]
             mask = _token_mask(s.mask, a)
             s.heads[i] = s._add(s.heads[i], (norms * mask[..., None]).sum((0, 1)))
+
         return hook
 
     for i, block in enumerate(blocks):
@@ -186,4 +208,3 @@ def score_model(model: nn.Module, arch: Architecture, batches: Iterable[dict[str
 
 def _head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-

@@ -78,14 +78,16 @@ def student_config(teacher_config, layers: Sequence[int]):
     return config
 
 
-def remap_blocks(state: dict[str, torch.Tensor], prefix: str, layers: Sequence[int]) -> dict[str, torch.Tensor]:
+def remap_blocks(
+    state: dict[str, torch.Tensor], prefix: str, layers: Sequence[int]
+) -> dict[str, torch.Tensor]:
     """Keep the blocks ``layers`` of a state dict, renumbered 0..n-1; every other entry unchanged."""
     new_index = {old: new for new, old in enumerate(layers)}
     head = prefix + "."
     out = {}
     for key, value in state.items():
         if key.startswith(head):
-            index, rest = key[len(head):].split(".", 1)
+            index, rest = key[len(head) :].split(".", 1)
             if int(index) in new_index:
                 out[f"{head}{new_index[int(index)]}.{rest}"] = value
         else:
@@ -141,22 +143,35 @@ def load_model_dir(path: str, task: Optional[str] = None, trust_remote_code: boo
         names = getattr(config, "architectures", None) or []
         model_class = getattr(transformers, names[0], None) if names else None
         if model_class is None:
-            raise ValueError(f"{path}: config.json names no known architecture; pass task (causal-lm, seq-cls, image-cls).")
+            raise ValueError(
+                f"{path}: config.json names no known architecture; pass task (causal-lm, seq-cls, image-cls)."
+            )
     return model_class.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
 
 
-def save_with_processor(model: nn.Module, source_dir: str, output_dir: str, record_name: str, record: dict,
-                        overwrite: bool = False, trust_remote_code: bool = False) -> None:
+def save_with_processor(
+    model: nn.Module,
+    source_dir: str,
+    output_dir: str,
+    record_name: str,
+    record: dict,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> None:
     """``save_pretrained`` (safetensors) plus the source's tokenizer or image processor and a JSON record."""
     from ..teacher.loading import load_tokenizer_if_present
 
     if os.path.isfile(os.path.join(output_dir, "config.json")) and not overwrite:
-        raise FileExistsError(f"output_dir={output_dir!r} already holds a model; choose another or pass --overwrite.")
+        raise FileExistsError(
+            f"output_dir={output_dir!r} already holds a model; choose another or pass --overwrite."
+        )
     model.save_pretrained(output_dir, safe_serialization=True)
     if os.path.isfile(os.path.join(source_dir, "preprocessor_config.json")):
         from transformers import AutoImageProcessor
 
-        AutoImageProcessor.from_pretrained(source_dir, trust_remote_code=trust_remote_code).save_pretrained(output_dir)
+        AutoImageProcessor.from_pretrained(source_dir, trust_remote_code=trust_remote_code).save_pretrained(
+            output_dir
+        )
     tokenizer = load_tokenizer_if_present(source_dir, trust_remote_code=trust_remote_code)
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)
@@ -164,8 +179,14 @@ def save_with_processor(model: nn.Module, source_dir: str, output_dir: str, reco
         json.dump(record, f, indent=2)
 
 
-def save_student_from_teacher(teacher_dir: str, layers: LayerSpec, output_dir: str, task: Optional[str] = None,
-                              overwrite: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
+def save_student_from_teacher(
+    teacher_dir: str,
+    layers: LayerSpec,
+    output_dir: str,
+    task: Optional[str] = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
     """`distill init-student`: write a student of chosen teacher blocks as a ``save_pretrained`` directory.
 
     Returns:
@@ -175,24 +196,37 @@ def save_student_from_teacher(teacher_dir: str, layers: LayerSpec, output_dir: s
     chosen = resolve_layers(layers, teacher.config.num_hidden_layers)
     student = init_student_from_teacher(teacher, chosen)
     record = {
-        "teacher": os.path.abspath(teacher_dir), "teacher_class": type(teacher).__name__,
-        "teacher_num_hidden_layers": teacher.config.num_hidden_layers, "layers": chosen,
+        "teacher": os.path.abspath(teacher_dir),
+        "teacher_class": type(teacher).__name__,
+        "teacher_num_hidden_layers": teacher.config.num_hidden_layers,
+        "layers": chosen,
         "teacher_params": sum(p.numel() for p in teacher.parameters()),
         "student_params": sum(p.numel() for p in student.parameters()),
     }
-    save_with_processor(student, teacher_dir, output_dir, "student_init.json", record, overwrite=overwrite,
-                        trust_remote_code=trust_remote_code)
+    save_with_processor(
+        student,
+        teacher_dir,
+        output_dir,
+        "student_init.json",
+        record,
+        overwrite=overwrite,
+        trust_remote_code=trust_remote_code,
+    )
     return record
 
 
 def _teacher_config_dict(teacher_dir: Optional[str]) -> dict:
     if not teacher_dir:
-        raise ValueError("init_from_teacher_layers needs teacher_model_name_or_path: the teacher whose blocks "
-                         "make the student.")
+        raise ValueError(
+            "init_from_teacher_layers needs teacher_model_name_or_path: the teacher whose blocks "
+            "make the student."
+        )
     path = os.path.join(os.path.expanduser(teacher_dir), "config.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"init_from_teacher_layers: teacher_model_name_or_path={teacher_dir!r} is not a "
-                                "local model directory (no config.json there).")
+        raise FileNotFoundError(
+            f"init_from_teacher_layers: teacher_model_name_or_path={teacher_dir!r} is not a "
+            "local model directory (no config.json there)."
+        )
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -206,15 +240,23 @@ def check_layers_of_teacher_dir(teacher_dir: Optional[str], layers: LayerSpec) -
     return resolve_layers(layers, int(config["num_hidden_layers"]))
 
 
-def student_from_teacher_dir(teacher_dir: str, layers: LayerSpec, model_class, num_labels: Optional[int] = None,
-                             trust_remote_code: bool = False) -> nn.Module:
+def student_from_teacher_dir(
+    teacher_dir: str,
+    layers: LayerSpec,
+    model_class,
+    num_labels: Optional[int] = None,
+    trust_remote_code: bool = False,
+) -> nn.Module:
     """`distill train` with ``init_from_teacher_layers``: load the teacher with the task's class, keep ``layers``."""
-    teacher = model_class.from_pretrained(os.path.expanduser(teacher_dir), use_safetensors=True,
-                                          trust_remote_code=trust_remote_code)
+    teacher = model_class.from_pretrained(
+        os.path.expanduser(teacher_dir), use_safetensors=True, trust_remote_code=trust_remote_code
+    )
     teacher_labels = getattr(teacher.config, "num_labels", None)
     if num_labels is not None and teacher_labels != num_labels:
-        raise ValueError(f"init_from_teacher_layers: the teacher classifies {teacher_labels} labels but the data has "
-                         f"{num_labels}; a student copied from it needs the teacher's labels.")
+        raise ValueError(
+            f"init_from_teacher_layers: the teacher classifies {teacher_labels} labels but the data has "
+            f"{num_labels}; a student copied from it needs the teacher's labels."
+        )
     student = init_student_from_teacher(teacher, layers)
     del teacher
     return student.train()

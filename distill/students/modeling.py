@@ -26,14 +26,22 @@ def build_student(model_args, data_args, args, task, tokenizer, bundle):
     if model_args.init_from_teacher_layers is not None:
         from distill.students.from_layers import student_from_teacher_dir
 
-        student = student_from_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers,
-                                           model_class, bundle.num_labels, args.trust_remote_code)
+        student = student_from_teacher_dir(
+            args.teacher_model_name_or_path,
+            model_args.init_from_teacher_layers,
+            model_class,
+            bundle.num_labels,
+            args.trust_remote_code,
+        )
         if args.attention_weight > 0:
             student.set_attn_implementation("eager")
         return student
     if model_args.model_name_or_path:
         return model_class.from_pretrained(
-            model_args.model_name_or_path, use_safetensors=True, trust_remote_code=args.trust_remote_code, **extra
+            model_args.model_name_or_path,
+            use_safetensors=True,
+            trust_remote_code=args.trust_remote_code,
+            **extra,
         )
     config = parse_model_config(model_args.model_config)
     if tokenizer is not None and hasattr(tokenizer, "get_vocab"):
@@ -46,7 +54,9 @@ def build_student(model_args, data_args, args, task, tokenizer, bundle):
         config.setdefault("max_position_embeddings", max(512, data_args.block_size))
     config.update(extra)
     model_type = config.pop("model_type")
-    attn = {"attn_implementation": config.pop("attn_implementation")} if "attn_implementation" in config else {}
+    attn = (
+        {"attn_implementation": config.pop("attn_implementation")} if "attn_implementation" in config else {}
+    )
     return model_class.from_config(AutoConfig.for_model(model_type, **config), **attn)
 
 
@@ -60,6 +70,8 @@ def parameter_counts(model) -> tuple[int, int]:
         return getattr(p, "ds_numel", p.numel())
 
     # Without a hidden-state projection, which is not saved with the model.
-    total = sum(numel(p) for name, p in model.named_parameters() if not name.startswith(PROJECTION_NAME + "."))
+    total = sum(
+        numel(p) for name, p in model.named_parameters() if not name.startswith(PROJECTION_NAME + ".")
+    )
     embedding = sum(numel(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return total, total - embedding

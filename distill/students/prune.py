@@ -23,26 +23,38 @@ from .calibration import _head_dim, calibration_batches, score_model
 from .from_layers import load_model_dir, model_from_state, remap_blocks, save_with_processor, student_config
 
 
-def check_prune_request(config, drop_layers: int = 0, mlp_width: Optional[int] = None,
-                        heads: Optional[int] = None) -> Architecture:
+def check_prune_request(
+    config, drop_layers: int = 0, mlp_width: Optional[int] = None, heads: Optional[int] = None
+) -> Architecture:
     """Every request a config cannot satisfy, refused before any calibration compute."""
     arch = get_architecture(config)
     layers = config.num_hidden_layers
     if not 0 <= drop_layers < layers:
-        raise ValueError(f"--drop-layers {drop_layers}: the model has {layers} blocks; drop between 0 and {layers - 1}.")
+        raise ValueError(
+            f"--drop-layers {drop_layers}: the model has {layers} blocks; drop between 0 and {layers - 1}."
+        )
     if mlp_width is not None and not 1 <= mlp_width <= config.intermediate_size:
-        raise ValueError(f"--mlp-width {mlp_width}: must be between 1 and the model's intermediate_size "
-                         f"{config.intermediate_size}.")
+        raise ValueError(
+            f"--mlp-width {mlp_width}: must be between 1 and the model's intermediate_size "
+            f"{config.intermediate_size}."
+        )
     if heads is not None:
         if not arch.prunes_heads:
             raise ValueError(
                 f"--heads: not supported for {config.model_type}: its head size is hidden_size / num_attention_heads, "
-                "so a config with fewer heads would not reload. Head pruning works for Llama-style models and ViT.")
+                "so a config with fewer heads would not reload. Head pruning works for Llama-style models and ViT."
+            )
         total, group = config.num_attention_heads, _group_size(config)
         if not 1 <= heads <= total or heads % group:
-            raise ValueError(f"--heads {heads}: must be between 1 and {total} and a multiple of {group} (the query "
-                             "heads per key-value head, which are kept or dropped together).")
-    if drop_layers == 0 and mlp_width in (None, config.intermediate_size) and heads in (None, config.num_attention_heads):
+            raise ValueError(
+                f"--heads {heads}: must be between 1 and {total} and a multiple of {group} (the query "
+                "heads per key-value head, which are kept or dropped together)."
+            )
+    if (
+        drop_layers == 0
+        and mlp_width in (None, config.intermediate_size)
+        and heads in (None, config.num_attention_heads)
+    ):
         raise ValueError("Nothing to prune: set --drop-layers, a smaller --mlp-width or fewer --heads.")
     return arch
 
@@ -69,8 +81,9 @@ def _slice_mlp(state: dict, prefix: str, arch: Architecture, keep: list[int]) ->
     state[key] = state[key].index_select(1, index).clone()
 
 
-def _slice_heads(state: dict, prefix: str, arch: Architecture, keep_groups: list[int], group: int,
-                 head_dim: int) -> None:
+def _slice_heads(
+    state: dict, prefix: str, arch: Architecture, keep_groups: list[int], group: int, head_dim: int
+) -> None:
     heads = [g * group + j for g in keep_groups for j in range(group)]
     q_rows = torch.tensor([h * head_dim + d for h in heads for d in range(head_dim)])
     kv_rows = torch.tensor([g * head_dim + d for g in keep_groups for d in range(head_dim)])
@@ -83,8 +96,13 @@ def _slice_heads(state: dict, prefix: str, arch: Architecture, keep_groups: list
     state[key] = state[key].index_select(1, q_rows).clone()
 
 
-def prune_model(model: nn.Module, scores: dict[str, Any], drop_layers: int = 0, mlp_width: Optional[int] = None,
-                heads: Optional[int] = None) -> tuple[nn.Module, dict[str, Any]]:
+def prune_model(
+    model: nn.Module,
+    scores: dict[str, Any],
+    drop_layers: int = 0,
+    mlp_width: Optional[int] = None,
+    heads: Optional[int] = None,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Apply a pruning to ``model`` given its `score_model` scores.
 
     Returns:
@@ -98,8 +116,10 @@ def prune_model(model: nn.Module, scores: dict[str, Any], drop_layers: int = 0, 
     prefix = blocks_prefix(model, arch)
     state = remap_blocks({k: v.detach().clone() for k, v in model.state_dict().items()}, prefix, kept)
     new_config = student_config(config, kept)
-    removed: dict[str, Any] = {"kept_layers": kept,
-                               "dropped_layers": [i for i in range(config.num_hidden_layers) if i not in kept]}
+    removed: dict[str, Any] = {
+        "kept_layers": kept,
+        "dropped_layers": [i for i in range(config.num_hidden_layers) if i not in kept],
+    }
     if mlp_width is not None and mlp_width < config.intermediate_size:
         removed["kept_neurons"] = {}
         for new, old in enumerate(kept):
@@ -129,16 +149,30 @@ def _as_lists(scores: dict[str, Any]) -> dict[str, Any]:
     def rounded(v):
         return [round(float(x), 7) for x in v]
 
-    out = {"block_influence": rounded(scores["block_influence"]), "num_tokens": scores["num_tokens"],
-           "neuron_importance": {str(i): rounded(v) for i, v in enumerate(scores["neuron_importance"])}}
+    out = {
+        "block_influence": rounded(scores["block_influence"]),
+        "num_tokens": scores["num_tokens"],
+        "neuron_importance": {str(i): rounded(v) for i, v in enumerate(scores["neuron_importance"])},
+    }
     if scores.get("head_importance") is not None:
         out["head_importance"] = {str(i): rounded(v) for i, v in enumerate(scores["head_importance"])}
     return out
 
 
-def prune_model_dir(model_dir: str, output_dir: str, calibration: str, num_samples: int = 64, drop_layers: int = 0,
-                    mlp_width: Optional[int] = None, heads: Optional[int] = None, task: Optional[str] = None,
-                    batch_size: int = 8, max_length: Optional[int] = None, overwrite: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
+def prune_model_dir(
+    model_dir: str,
+    output_dir: str,
+    calibration: str,
+    num_samples: int = 64,
+    drop_layers: int = 0,
+    mlp_width: Optional[int] = None,
+    heads: Optional[int] = None,
+    task: Optional[str] = None,
+    batch_size: int = 8,
+    max_length: Optional[int] = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> dict[str, Any]:
     """`distill prune`: score ``model_dir`` on calibration data, prune, and save with ``pruning.json``.
 
     Returns:
@@ -152,22 +186,33 @@ def prune_model_dir(model_dir: str, output_dir: str, calibration: str, num_sampl
     if num_samples < 1:
         raise ValueError(f"--num-samples {num_samples}: give at least one calibration example.")
     if os.path.isfile(os.path.join(output_dir, "config.json")) and not overwrite:
-        raise FileExistsError(f"output_dir={output_dir!r} already holds a model; choose another or pass --overwrite.")
+        raise FileExistsError(
+            f"output_dir={output_dir!r} already holds a model; choose another or pass --overwrite."
+        )
     model = load_model_dir(model_dir, task=task, trust_remote_code=trust_remote_code)
     processing_class = _processing_class(model_dir, trust_remote_code)
     batches = calibration_batches(model, calibration, num_samples, batch_size, processing_class, max_length)
     scores = score_model(model, get_architecture(config), batches)
     pruned, removed = prune_model(model, scores, drop_layers, mlp_width, heads)
     record = {
-        "model": os.path.abspath(model_dir), "calibration": calibration,
+        "model": os.path.abspath(model_dir),
+        "calibration": calibration,
         "num_samples": sum(len(next(iter(b.values()))) for b in batches),
         "request": {"drop_layers": drop_layers, "mlp_width": mlp_width, "heads": heads},
         "params_before": sum(p.numel() for p in model.parameters()),
         "params_after": sum(p.numel() for p in pruned.parameters()),
-        **removed, "scores": _as_lists(scores),
+        **removed,
+        "scores": _as_lists(scores),
     }
-    save_with_processor(pruned, model_dir, output_dir, "pruning.json", record, overwrite=overwrite,
-                        trust_remote_code=trust_remote_code)
+    save_with_processor(
+        pruned,
+        model_dir,
+        output_dir,
+        "pruning.json",
+        record,
+        overwrite=overwrite,
+        trust_remote_code=trust_remote_code,
+    )
     return record
 
 

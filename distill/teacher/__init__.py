@@ -6,6 +6,16 @@ from .cache import CACHE_COLUMNS, TeacherCache, TeacherCacheCollator, build_teac
 from .loading import check_same_tokenizer, freeze, load_teacher, load_tokenizer_if_present  # noqa: F401
 from .placement import place_teacher, shard_teacher_fsdp2, teacher_deepspeed_config  # noqa: F401
 
-__all__ = ["CACHE_COLUMNS", "TeacherCache", "TeacherCacheCollator", "build_teacher_cache",
-           "check_same_tokenizer", "freeze", "load_teacher", "load_tokenizer_if_present",
-           "place_teacher", "shard_teacher_fsdp2", "teacher_deepspeed_config"]
+__all__ = [
+    "CACHE_COLUMNS",
+    "TeacherCache",
+    "TeacherCacheCollator",
+    "build_teacher_cache",
+    "check_same_tokenizer",
+    "freeze",
+    "load_teacher",
+    "load_tokenizer_if_present",
+    "place_teacher",
+    "shard_teacher_fsdp2",
+    "teacher_deepspeed_config",
+]

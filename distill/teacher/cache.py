@@ -58,6 +58,7 @@ from typing import Any, Optional
 import torch
 
 from distill.trainer.checkpoints import process_alive
+
 from ..losses.cached import cached_distillation_loss, teacher_topk
 from ..losses.logit import check_kd_kind
 
@@ -69,8 +70,14 @@ FORMAT_VERSION = 1
 VALUE_DTYPES = ("float16", "float32")
 
 __all__ = [
-    "CACHE_COLUMNS", "TeacherCache", "TeacherCacheCollator", "build_teacher_cache", "cached_distillation_loss",
-    "data_fingerprint", "tokenizer_fingerprint", "teacher_topk",
+    "CACHE_COLUMNS",
+    "TeacherCache",
+    "TeacherCacheCollator",
+    "build_teacher_cache",
+    "cached_distillation_loss",
+    "data_fingerprint",
+    "tokenizer_fingerprint",
+    "teacher_topk",
 ]
 
 
@@ -154,11 +161,16 @@ class TeacherCacheCollator:
                         f"Example {i} of the batch has {m} cached positions but only {width - a} fit after its "
                         "padding: the collator must keep every token of a cached example (no truncation)."
                     )
-                ids[i, a:a + m] = e_ids
-                logprobs[i, a:a + m] = np.asarray(e[CACHE_COLUMNS[1]], dtype=np.float32).reshape(-1, k)
-                rest[i, a:a + m] = np.asarray(e[CACHE_COLUMNS[2]], dtype=np.float32)
-        batch.update({CACHE_COLUMNS[0]: torch.from_numpy(ids), CACHE_COLUMNS[1]: torch.from_numpy(logprobs),
-                      CACHE_COLUMNS[2]: torch.from_numpy(rest)})
+                ids[i, a : a + m] = e_ids
+                logprobs[i, a : a + m] = np.asarray(e[CACHE_COLUMNS[1]], dtype=np.float32).reshape(-1, k)
+                rest[i, a : a + m] = np.asarray(e[CACHE_COLUMNS[2]], dtype=np.float32)
+        batch.update(
+            {
+                CACHE_COLUMNS[0]: torch.from_numpy(ids),
+                CACHE_COLUMNS[1]: torch.from_numpy(logprobs),
+                CACHE_COLUMNS[2]: torch.from_numpy(rest),
+            }
+        )
         return batch
 
 
@@ -215,7 +227,9 @@ class TeacherCache:
     def check_settings(self, *, temperature: float, task: Optional[str] = "causal-lm") -> None:
         """Refuse a training temperature or task the cache was not made for (no data needed)."""
         if task is not None and task != self.manifest.get("task", "causal-lm"):
-            raise ValueError(f"teacher_cache={self.path!r} holds {self.manifest.get('task')} targets, not {task}.")
+            raise ValueError(
+                f"teacher_cache={self.path!r} holds {self.manifest.get('task')} targets, not {task}."
+            )
         if abs(float(temperature) - self.temperature) > 1e-9:
             raise ValueError(
                 f"temperature={temperature} does not match the teacher cache's temperature={self.temperature} "
@@ -239,7 +253,11 @@ class TeacherCache:
 
     def check_data(self, dataset) -> None:
         want = self.manifest["data"]
-        if dataset is None or "input_ids" not in getattr(dataset, "column_names", []) or not hasattr(dataset, "__len__"):
+        if (
+            dataset is None
+            or "input_ids" not in getattr(dataset, "column_names", [])
+            or not hasattr(dataset, "__len__")
+        ):
             raise ValueError(
                 "A teacher cache needs a map-style training dataset with an input_ids column (not a stream), "
                 f"to check it against teacher_cache {self.path!r}."
@@ -308,7 +326,9 @@ def build_teacher_cache(
         raise ValueError(f"cache_dtype={value_dtype!r} is unknown: use one of {', '.join(VALUE_DTYPES)}.")
     if k < 1:
         raise ValueError(f"top_k={k} must be a positive integer.")
-    if os.path.exists(os.path.join(output_dir, MANIFEST_NAME)) or (os.path.isdir(output_dir) and os.listdir(output_dir)):
+    if os.path.exists(os.path.join(output_dir, MANIFEST_NAME)) or (
+        os.path.isdir(output_dir) and os.listdir(output_dir)
+    ):
         raise FileExistsError(f"cache_dir={output_dir!r} is not empty; choose a new directory or delete it.")
     vocab_size = len(tokenizer)
     k = min(k, vocab_size)
@@ -333,10 +353,16 @@ def build_teacher_cache(
             examples = [{c: batch[c][i] for c in cols} for i in range(len(batch["input_ids"]))]
             inputs = collate(examples)
             with torch.no_grad():
-                logits = teacher(input_ids=inputs["input_ids"].to(device),
-                                 attention_mask=inputs["attention_mask"].to(device)).logits[:, :-1]
+                logits = teacher(
+                    input_ids=inputs["input_ids"].to(device),
+                    attention_mask=inputs["attention_mask"].to(device),
+                ).logits[:, :-1]
                 ids, values, rest = teacher_topk(logits, k, temperature, vocab_size)
-            ids, values, rest = ids.cpu().numpy(), values.cpu().numpy().astype(np_dtype), rest.cpu().numpy().astype(np_dtype)
+            ids, values, rest = (
+                ids.cpu().numpy(),
+                values.cpu().numpy().astype(np_dtype),
+                rest.cpu().numpy().astype(np_dtype),
+            )
             out = {c: batch[c] for c in cols}
             lengths = [len(x) - 1 for x in batch["input_ids"]]
             out[CACHE_COLUMNS[0]] = [ids[i, :n].reshape(-1) for i, n in enumerate(lengths)]
@@ -384,11 +410,10 @@ def _fresh_staging(final: str) -> str:
     os.makedirs(parent, exist_ok=True)
     prefix = f".{name}.partial-"
     for entry in os.listdir(parent):
-        pid = entry[len(prefix):].split("-")[0]
+        pid = entry[len(prefix) :].split("-")[0]
         if entry.startswith(prefix) and pid.isdigit() and not process_alive(int(pid)):
             logger.warning("Removing %s, left by a teacher-cache run that was interrupted.", entry)
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
     staging = os.path.join(parent, f"{prefix}{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     return staging
-

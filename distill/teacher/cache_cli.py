@@ -9,7 +9,6 @@ import os
 import sys
 from typing import Optional
 
-
 # ----------------------------------------------------------------------------------------------
 # `distill cache-teacher`
 # ----------------------------------------------------------------------------------------------
@@ -62,17 +61,20 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     import transformers
 
-    from ..data import build_datasets
     from distill.trainer.tasks import get_task
-    from .loading import check_same_tokenizer, load_teacher
+
+    from ..data import build_datasets
     from ..train import _check_before_compute, _load_processing_class, parse_args
+    from .loading import check_same_tokenizer, load_teacher
 
     model_args, data_args, args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if args.task != "causal-lm":
         raise ValueError(f"cache-teacher supports task causal-lm only (the recipe has task={args.task!r}).")
     if not args.teacher_model_name_or_path:
-        raise ValueError("cache-teacher needs teacher_model_name_or_path in the recipe or on the command line.")
+        raise ValueError(
+            "cache-teacher needs teacher_model_name_or_path in the recipe or on the command line."
+        )
     args.alpha = max(args.alpha, 1e-6)  # only so that _check_before_compute checks the teacher path
     _check_before_compute(model_args, data_args, args)
     task = get_task(args.task)
@@ -86,12 +88,21 @@ def main(argv: Optional[list[str]] = None) -> dict:
     teacher.to(args.device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     cache = build_teacher_cache(
-        teacher, bundle.train, cache_dir, tokenizer=tokenizer, k=k, temperature=args.temperature,
-        teacher_name=args.teacher_model_name_or_path, value_dtype=value_dtype,
-        batch_size=int(batch_size or args.per_device_eval_batch_size), pad_token_id=pad if pad is not None else 0,
+        teacher,
+        bundle.train,
+        cache_dir,
+        tokenizer=tokenizer,
+        k=k,
+        temperature=args.temperature,
+        teacher_name=args.teacher_model_name_or_path,
+        value_dtype=value_dtype,
+        batch_size=int(batch_size or args.per_device_eval_batch_size),
+        pad_token_id=pad if pad is not None else 0,
         device=args.device,
     )
     m = cache.manifest
-    print(f"wrote teacher cache {cache_dir}: {m['data']['num_examples']} examples, {m['data']['num_tokens']} tokens, "
-          f"k={m['k']}, T={m['temperature']}, {m['value_dtype']}")
+    print(
+        f"wrote teacher cache {cache_dir}: {m['data']['num_examples']} examples, {m['data']['num_tokens']} tokens, "
+        f"k={m['k']}, T={m['temperature']}, {m['value_dtype']}"
+    )
     return m

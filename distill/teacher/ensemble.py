@@ -46,7 +46,11 @@ def normalized_teacher_weights(weights: Optional[Sequence[float]], n_teachers: i
 
 
 def combine_teacher_logits(
-    logits: Sequence[torch.Tensor], weights: Sequence[float], *, temperature: float, mode: str = "mean",
+    logits: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    temperature: float,
+    mode: str = "mean",
     vocab_size: Optional[int] = None,
 ) -> torch.Tensor:
     """One teacher's worth of logits from several (``[..., V_k]`` each, sliced to ``vocab_size``).
@@ -102,15 +106,24 @@ class TeacherEnsemble(TeacherGroup):
     called through their wrappers (DeepSpeed engines, FSDP modules) once placed.
     """
 
-    def __init__(self, members: Sequence[nn.Module], *, weights: Optional[Sequence[float]] = None,
-                 temperature: float, mode: str = "mean", vocab_size: Optional[int] = None):
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        *,
+        weights: Optional[Sequence[float]] = None,
+        temperature: float,
+        mode: str = "mean",
+        vocab_size: Optional[int] = None,
+    ):
         super().__init__()
         if len(members) < 2:
             raise ValueError("A teacher ensemble needs at least two teachers.")
         if mode not in ENSEMBLE_MODES:
             raise ValueError(f"teacher_ensemble={mode!r} is unknown: use one of {', '.join(ENSEMBLE_MODES)}.")
         if mode == "most_confident" and weights is not None:
-            raise ValueError("teacher_weights apply to teacher_ensemble='mean' only; remove them for most_confident.")
+            raise ValueError(
+                "teacher_weights apply to teacher_ensemble='mean' only; remove them for most_confident."
+            )
         self.members = nn.ModuleList(freeze(m) for m in members)
         self.weights = normalized_teacher_weights(weights, len(members))
         self.temperature, self.mode, self.vocab_size = temperature, mode, vocab_size
@@ -118,12 +131,16 @@ class TeacherEnsemble(TeacherGroup):
 
     def forward(self, **inputs):
         logits = [member(**inputs).logits for member in self.members]
-        return SimpleNamespace(logits=combine_teacher_logits(
-            logits, self.weights, temperature=self.temperature, mode=self.mode, vocab_size=self.vocab_size))
+        return SimpleNamespace(
+            logits=combine_teacher_logits(
+                logits, self.weights, temperature=self.temperature, mode=self.mode, vocab_size=self.vocab_size
+            )
+        )
 
 
-def build_ensemble(teachers: Sequence, task, args, student: nn.Module, processing_class,
-                   teacher_processing_class=None):
+def build_ensemble(
+    teachers: Sequence, task, args, student: nn.Module, processing_class, teacher_processing_class=None
+):
     """Load (paths) and check (tokenizers, vocabularies) the teachers, and combine them.
 
     Each member's tokenizer (saved beside it, or ``teacher_processing_class``) must equal the
@@ -132,7 +149,9 @@ def build_ensemble(teachers: Sequence, task, args, student: nn.Module, processin
     from .loading import check_same_tokenizer, load_teacher
 
     if getattr(args, "kd_fused_lm_head", False):
-        raise ValueError("kd_fused_lm_head works with one teacher only; set it to false for several teachers.")
+        raise ValueError(
+            "kd_fused_lm_head works with one teacher only; set it to false for several teachers."
+        )
     members, vocab_size = [], None
     for teacher in teachers:
         tokenizer = teacher_processing_class
@@ -143,6 +162,11 @@ def build_ensemble(teachers: Sequence, task, args, student: nn.Module, processin
             vocab_size = check_same_tokenizer(processing_class, tokenizer, student, teacher)
         members.append(teacher)
     weights = getattr(args, "teacher_weights", None)
-    ensemble = TeacherEnsemble(members, weights=weights, temperature=args.temperature,
-                               mode=getattr(args, "teacher_ensemble", "mean"), vocab_size=vocab_size)
+    ensemble = TeacherEnsemble(
+        members,
+        weights=weights,
+        temperature=args.temperature,
+        mode=getattr(args, "teacher_ensemble", "mean"),
+        vocab_size=vocab_size,
+    )
     return ensemble

@@ -56,7 +56,8 @@ def load_tokenizer_if_present(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     if os.path.isdir(path) and not any(
-        os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+        os.path.exists(os.path.join(path, f))
+        for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
     ):
         return None
     try:
@@ -74,7 +75,9 @@ def _output_vocab(model: nn.Module) -> Optional[int]:
     return getattr(getattr(model, "config", None), "vocab_size", None)
 
 
-def check_same_tokenizer(student_tokenizer, teacher_tokenizer, student: nn.Module, teacher: nn.Module) -> Optional[int]:
+def check_same_tokenizer(
+    student_tokenizer, teacher_tokenizer, student: nn.Module, teacher: nn.Module
+) -> Optional[int]:
     """Refuse different tokenizers; return the vocabulary size both logit tensors are sliced to.
 
     Teacher and student may pad their vocabularies differently (e.g. 151936 vs 152064 rows); what

@@ -57,8 +57,10 @@ class TaskTeachers(TeacherGroup):
         for k, (member, (_, size)) in enumerate(zip(members, ranges)):
             got = getattr(getattr(member, "config", None), "num_labels", size)
             if got != size:
-                raise ValueError(f"The teacher of task {k} has {got} labels but its data has {size}: "
-                                 "give each task the teacher trained on its labels.")
+                raise ValueError(
+                    f"The teacher of task {k} has {got} labels but its data has {size}: "
+                    "give each task the teacher trained on its labels."
+                )
         self.members = nn.ModuleList(freeze(m) for m in members)
         self.ranges = [tuple(r) for r in ranges]
         self.task_ids = None
@@ -76,6 +78,8 @@ class TaskTeachers(TeacherGroup):
             if collective:
                 logits = member(**inputs).logits[rows]
             else:
-                logits = member(**{n: v[rows] if isinstance(v, torch.Tensor) else v for n, v in inputs.items()}).logits
-            out[rows, offset:offset + size] = logits.float()
+                logits = member(
+                    **{n: v[rows] if isinstance(v, torch.Tensor) else v for n, v in inputs.items()}
+                ).logits
+            out[rows, offset : offset + size] = logits.float()
         return SimpleNamespace(logits=out)

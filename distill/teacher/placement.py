@@ -85,8 +85,14 @@ def teacher_deepspeed_config(student_config: dict, teacher: nn.Module, args) -> 
         config["zero_optimization"] = {"stage": 0}  # a replica: sharding a frozen model saves nothing here
     config["train_micro_batch_size_per_gpu"] = args.per_device_train_batch_size
     config["gradient_accumulation_steps"] = args.gradient_accumulation_steps
-    config["train_batch_size"] = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    precision = {"bf16": args.bf16 or args.bf16_full_eval, "fp16": args.fp16 or args.fp16_full_eval, "amp": False}
+    config["train_batch_size"] = (
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    )
+    precision = {
+        "bf16": args.bf16 or args.bf16_full_eval,
+        "fp16": args.fp16 or args.fp16_full_eval,
+        "amp": False,
+    }
     for name, enabled in precision.items():
         if isinstance(config.get(name), dict) and config[name].get("enabled") == "auto":
             config[name]["enabled"] = bool(enabled)

@@ -9,8 +9,13 @@ from typing import Optional
 
 from transformers.trainer_utils import rotate_checkpoints
 
-from distill.trainer.checkpoints import (check_finite_weights, disk_full_error, last_complete_checkpoint, resolve_resume,
-                          write_completion_record)
+from distill.trainer.checkpoints import (
+    check_finite_weights,
+    disk_full_error,
+    last_complete_checkpoint,
+    resolve_resume,
+    write_completion_record,
+)
 from distill.trainer.intermediate import PROJECTION_NAME, load_projection, save_projection
 
 _STAGING = ".staging"
@@ -37,11 +42,15 @@ class CheckpointingMixin:
         try:
             super()._save_checkpoint(model, trial)
             projection = self._intermediate.projection if self._intermediate is not None else None
-            if projection is not None and self.args.should_save:  # not in model.safetensors (see intermediate)
+            # not in model.safetensors (see intermediate)
+            if projection is not None and self.args.should_save:
                 save_projection(projection.state_dict(), staged)
         except OSError as e:  # out of disk: say so; the previous checkpoint was not touched
             shutil.rmtree(os.path.join(run_dir, _STAGING), ignore_errors=True)
-            raise disk_full_error(e, final, last_complete_checkpoint(run_dir)) or e
+            error = disk_full_error(e, final, last_complete_checkpoint(run_dir))
+            if error is None:
+                raise
+            raise error from e
         finally:
             self._staging_dir = None
         self.accelerator.wait_for_everyone()
@@ -78,14 +87,20 @@ class CheckpointingMixin:
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # The projection is not in model.safetensors by design (it is loaded from its own file): not "missing".
-        load_result.missing_keys[:] = [k for k in load_result.missing_keys if not k.startswith(PROJECTION_NAME + ".")]
+        load_result.missing_keys[:] = [
+            k for k in load_result.missing_keys if not k.startswith(PROJECTION_NAME + ".")
+        ]
         super()._issue_warnings_after_load(load_result)
 
     def _load_best_model(self) -> None:
         super()._load_best_model()
         best = self.state.best_model_checkpoint
-        if self._intermediate is not None and self._intermediate.projection is not None and best \
-                and not self.is_deepspeed_enabled:
+        if (
+            self._intermediate is not None
+            and self._intermediate.projection is not None
+            and best
+            and not self.is_deepspeed_enabled
+        ):
             load_projection(self._intermediate.projection, best)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:

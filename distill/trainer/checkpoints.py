@@ -72,8 +72,9 @@ def check_safetensors(path: str) -> None:
             raise CorruptCheckpointError(path, f"safetensors file of {size} bytes has no header (truncated)")
         (header_len,) = struct.unpack("<Q", head)
         if header_len > size - 8:
-            raise CorruptCheckpointError(path, f"safetensors header claims {header_len} bytes but the file has "
-                                               f"{size} (truncated)")
+            raise CorruptCheckpointError(
+                path, f"safetensors header claims {header_len} bytes but the file has {size} (truncated)"
+            )
         try:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -81,8 +82,10 @@ def check_safetensors(path: str) -> None:
     ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
     expected = 8 + header_len + max(ends, default=0)
     if size != expected:
-        raise CorruptCheckpointError(path, f"safetensors file has {size} bytes, its header describes {expected} "
-                                           "(truncated or overwritten)")
+        raise CorruptCheckpointError(
+            path,
+            f"safetensors file has {size} bytes, its header describes {expected} (truncated or overwritten)",
+        )
 
 
 def _check_torch_archive(path: str) -> None:
@@ -135,12 +138,16 @@ def check_checkpoint(checkpoint: str, *, need_optimizer: bool = True) -> None:
     names = os.listdir(checkpoint)
     weights = [n for n in names if n.endswith(".safetensors")]
     if not weights:
-        raise CorruptCheckpointError(os.path.join(checkpoint, "model.safetensors"), "missing (no safetensors weights)")
+        raise CorruptCheckpointError(
+            os.path.join(checkpoint, "model.safetensors"), "missing (no safetensors weights)"
+        )
     for name in weights:
         check_safetensors(os.path.join(checkpoint, name))
     deepspeed = any(n.startswith("global_step") for n in names)
     if need_optimizer and not deepspeed and OPTIMIZER not in names:
-        raise CorruptCheckpointError(os.path.join(checkpoint, OPTIMIZER), "missing: the optimizer state was not saved")
+        raise CorruptCheckpointError(
+            os.path.join(checkpoint, OPTIMIZER), "missing: the optimizer state was not saved"
+        )
     for name in names:
         if _TORCH_ARCHIVES.match(name):
             _check_torch_archive(os.path.join(checkpoint, name))
@@ -150,8 +157,11 @@ def sorted_checkpoints(output_dir: str) -> list[str]:
     """``checkpoint-N`` directories of ``output_dir``, newest (highest N) first."""
     if not os.path.isdir(output_dir):
         return []
-    found = [(int(m.group(1)), name) for name in os.listdir(output_dir)
-             if (m := _CHECKPOINT_RE.match(name)) and os.path.isdir(os.path.join(output_dir, name))]
+    found = [
+        (int(m.group(1)), name)
+        for name in os.listdir(output_dir)
+        if (m := _CHECKPOINT_RE.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    ]
     return [os.path.join(output_dir, name) for _, name in sorted(found, reverse=True)]
 
 
@@ -165,8 +175,12 @@ def last_complete_checkpoint(output_dir: str, *, need_optimizer: bool = True) ->
             check_checkpoint(checkpoint, need_optimizer=need_optimizer)
             return checkpoint
         except CorruptCheckpointError as e:
-            logger.warning("Skipping checkpoint %s, which cannot be resumed from: %s. Falling back to the previous "
-                           "complete checkpoint.", checkpoint, e)
+            logger.warning(
+                "Skipping checkpoint %s, which cannot be resumed from: %s. Falling back to the previous "
+                "complete checkpoint.",
+                checkpoint,
+                e,
+            )
     return None
 
 
@@ -174,10 +188,17 @@ def disk_full_error(error: OSError, checkpoint: str, previous: Optional[str]) ->
     """For ENOSPC / EDQUOT while writing ``checkpoint``: an error that says so and what is still usable."""
     if error.errno not in (errno.ENOSPC, errno.EDQUOT):
         return None
-    kept = (f"The previous checkpoint {previous} is intact: free some space and rerun the same command to resume "
-            "from it." if previous else "There is no earlier checkpoint; free some space and rerun.")
-    return OSError(error.errno, f"Out of disk space while writing {checkpoint} ({error}). Nothing partial was left "
-                                f"in place of it. {kept}")
+    kept = (
+        f"The previous checkpoint {previous} is intact: free some space and rerun the same command to resume "
+        "from it."
+        if previous
+        else "There is no earlier checkpoint; free some space and rerun."
+    )
+    return OSError(
+        error.errno,
+        f"Out of disk space while writing {checkpoint} ({error}). Nothing partial was left "
+        f"in place of it. {kept}",
+    )
 
 
 def check_finite_weights(model, accelerator=None) -> None:

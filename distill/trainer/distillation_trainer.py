@@ -11,22 +11,26 @@ from torch import nn
 from transformers import Trainer
 
 from distill.config import DistillationConfig
+from distill.data.augment import AUGMENTED_KEY, augmented_kd_loss, augmenting_kwargs
+from distill.data.on_policy import check_on_policy, on_policy_batches
+from distill.losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
+from distill.losses.fused_head import (
+    bypass_head,
+    check_head_gives_logits,
+    check_head_placement,
+    fused_head_problem,
+    output_head,
+)
+from distill.losses.logit import distillation_loss, loss_denominator, student_cross_entropy
+from distill.teacher.cache import CACHE_COLUMNS
+from distill.teacher.ensemble import build_ensemble
+from distill.teacher.loading import check_same_tokenizer, load_teacher
+from distill.teacher.placement import place_teacher
 from distill.trainer.checkpointing import CheckpointingMixin
 from distill.trainer.evaluation import _NOT_MODEL_INPUTS, EvaluationMixin
 from distill.trainer.intermediate import IntermediateLayerTransfer
-from distill.losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
-from distill.losses.fused_head import (bypass_head, check_head_gives_logits, check_head_placement, fused_head_problem,
-                         output_head)
 from distill.trainer.numerics import check_teacher_logits, install_nonfinite_guard
-from distill.losses.logit import distillation_loss, loss_denominator, student_cross_entropy
 from distill.trainer.tasks import TaskSpec, align_logits_and_labels, count_valid, get_task, infer_task
-from distill.teacher.loading import check_same_tokenizer, load_teacher
-from distill.teacher.placement import place_teacher
-from distill.teacher.cache import CACHE_COLUMNS
-from distill.teacher.ensemble import build_ensemble
-from distill.data.augment import AUGMENTED_KEY, augmented_kd_loss, augmenting_kwargs
-from distill.data.on_policy import check_on_policy, on_policy_batches
-
 
 
 class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
@@ -83,8 +87,10 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
             raise ValueError("Give the student as model= or model_init=, not both.")
         if model is None and model_init is not None:
             if args.kd_fused_lm_head or args.hidden_weight > 0 or args.attention_weight > 0:
-                raise ValueError("kd_fused_lm_head and hidden/attention terms hold on to the student's modules: "
-                                 "they cannot follow model_init's new models (distill tune).")
+                raise ValueError(
+                    "kd_fused_lm_head and hidden/attention terms hold on to the student's modules: "
+                    "they cannot follow model_init's new models (distill tune)."
+                )
             model = model_init(None)
         if model is None:
             raise ValueError("DistillationTrainer needs the student as model=... (or model_init=...)")
@@ -95,8 +101,9 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
                 "teacher_model_name_or_path (or set alpha=0 to train on labels alone)."
             )
         if isinstance(teacher_model, (list, tuple)):  # several teachers for the same task
-            teacher_model = build_ensemble(teacher_model, task, args, model, kwargs.get("processing_class"),
-                                           teacher_processing_class)
+            teacher_model = build_ensemble(
+                teacher_model, task, args, model, kwargs.get("processing_class"), teacher_processing_class
+            )
         if isinstance(teacher_model, (str, os.PathLike)):
             teacher_model, loaded_tok = load_teacher(str(teacher_model), task, args)
             teacher_processing_class = teacher_processing_class or loaded_tok
@@ -109,17 +116,25 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
             )
         self.teacher_cache = None
         if teacher_cache is not None:
-            kwargs = self._attach_teacher_cache(teacher_cache, teacher_model, task, args, processing_class, kwargs)
+            kwargs = self._attach_teacher_cache(
+                teacher_cache, teacher_model, task, args, processing_class, kwargs
+            )
             self.kd_vocab_size = self.teacher_cache.vocab_size
         self._check_train_dataset(kwargs.get("train_dataset"), args)
-        check_on_policy(args, task, has_cache=self.teacher_cache is not None, tokenizer=processing_class)  # lmbda > 0
+        check_on_policy(
+            args, task, has_cache=self.teacher_cache is not None, tokenizer=processing_class
+        )  # lmbda > 0
         if args.augment_fraction > 0:  # data-augmentation distillation: augmenting collator
-            kwargs = augmenting_kwargs(kwargs, task, args, processing_class, has_cache=self.teacher_cache is not None)
+            kwargs = augmenting_kwargs(
+                kwargs, task, args, processing_class, has_cache=self.teacher_cache is not None
+            )
         # Hidden-state / attention terms: checked, and the projection attached to the student, before the
         # Trainer moves and wraps it.
         self._intermediate = None
         if args.hidden_weight > 0 or args.attention_weight > 0:
-            self._intermediate = IntermediateLayerTransfer(args, task, model, teacher_model, self.teacher_cache)
+            self._intermediate = IntermediateLayerTransfer(
+                args, task, model, teacher_model, self.teacher_cache
+            )
         super().__init__(model=None if model_init is not None else model, args=args, **kwargs)
         if self._intermediate is not None:
             self._intermediate.check_placement(self)
@@ -134,18 +149,23 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
     # ---- input checks ------------------------------------------------------------------------
 
     def _attach_teacher_cache(self, cache, teacher_model, task, args, processing_class, kwargs) -> dict:
-        from distill.trainer.tasks import make_collator
         from distill.teacher.cache import TeacherCache, TeacherCacheCollator
+        from distill.trainer.tasks import make_collator
 
         if teacher_model is not None:
-            raise ValueError("Give either teacher_model or teacher_cache, not both: a cache replaces the teacher.")
+            raise ValueError(
+                "Give either teacher_model or teacher_cache, not both: a cache replaces the teacher."
+            )
         if not task.token_level:
             raise ValueError(f"teacher_cache supports causal-lm only, not task {task.name!r}.")
         if not isinstance(cache, TeacherCache):
             cache = TeacherCache.load(cache)
         kwargs = dict(kwargs)
         kwargs["train_dataset"] = cache.attach(
-            kwargs.get("train_dataset"), tokenizer=processing_class, temperature=args.temperature, kind=args.kd_kind
+            kwargs.get("train_dataset"),
+            tokenizer=processing_class,
+            temperature=args.temperature,
+            kind=args.kd_kind,
         )
         base = kwargs.get("data_collator") or make_collator(task, processing_class)
         if not isinstance(base, TeacherCacheCollator):
@@ -209,7 +229,7 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
         """The teacher's outputs: ``.logits`` are its logits, or with ``fused`` its final hidden states (its head
         bypassed); per-layer hidden states and attentions too when the intermediate terms need them."""
         extra = self._intermediate.model_kwargs() if self._intermediate is not None else {}
-        with torch.no_grad(), (bypass_head(self._heads[1]) if fused else contextlib.nullcontext()):
+        with torch.no_grad(), bypass_head(self._heads[1]) if fused else contextlib.nullcontext():
             outputs = self.teacher(**inputs, **extra)
         check_teacher_logits(outputs.logits, self)
         return outputs
@@ -221,22 +241,45 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
         """The KD loss against the online teacher's logits. Token-level logits are large (B x T x V), so
         they are walked in chunks: gradients are computed in the forward pass (none under no_grad) and no
         full-size float32 copies exist; same values as the plain loss to 1e-5."""
-        loss_fn, extra = ((chunked_distillation_loss, {"chunk_size": self.args.kd_chunk_size})
-                          if self.task.token_level else (distillation_loss, {}))
-        return loss_fn(s_logits, t_logits, s_labels, alpha=alpha, temperature=self.args.temperature,
-                       kind=self.args.kd_kind, jsd_beta=self.args.jsd_beta, num_items_in_batch=num_items_in_batch,
-                       vocab_size=self.kd_vocab_size, skew_alpha=self.args.skew_alpha, **extra)
+        loss_fn, extra = (
+            (chunked_distillation_loss, {"chunk_size": self.args.kd_chunk_size})
+            if self.task.token_level
+            else (distillation_loss, {})
+        )
+        return loss_fn(
+            s_logits,
+            t_logits,
+            s_labels,
+            alpha=alpha,
+            temperature=self.args.temperature,
+            kind=self.args.kd_kind,
+            jsd_beta=self.args.jsd_beta,
+            num_items_in_batch=num_items_in_batch,
+            vocab_size=self.kd_vocab_size,
+            skew_alpha=self.args.skew_alpha,
+            **extra,
+        )
 
     def _fused_kd(self, s_hidden, s_labels, t_outputs, num_items_in_batch):
         """The KD loss computed chunk by chunk from both models' hidden states and head weights."""
         t_hidden, _ = align_logits_and_labels(self.task, t_outputs.logits, None)
         s_head, t_head = self._heads
         return fused_linear_distillation_loss(
-            s_hidden, s_head.weight, t_hidden, t_head.weight, s_labels,
-            student_head_bias=getattr(s_head, "bias", None), teacher_head_bias=getattr(t_head, "bias", None),
-            alpha=self.args.alpha, temperature=self.args.temperature, kind=self.args.kd_kind,
-            jsd_beta=self.args.jsd_beta, num_items_in_batch=num_items_in_batch, vocab_size=self.kd_vocab_size,
-            chunk_size=self.args.kd_chunk_size, skew_alpha=self.args.skew_alpha,
+            s_hidden,
+            s_head.weight,
+            t_hidden,
+            t_head.weight,
+            s_labels,
+            student_head_bias=getattr(s_head, "bias", None),
+            teacher_head_bias=getattr(t_head, "bias", None),
+            alpha=self.args.alpha,
+            temperature=self.args.temperature,
+            kind=self.args.kd_kind,
+            jsd_beta=self.args.jsd_beta,
+            num_items_in_batch=num_items_in_batch,
+            vocab_size=self.kd_vocab_size,
+            chunk_size=self.args.kd_chunk_size,
+            skew_alpha=self.args.skew_alpha,
         )
 
     def _cached_kd(self, s_logits, s_labels, cached, num_items_in_batch, **extra):
@@ -244,9 +287,18 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
 
         ids, logprobs, rest = (cached[c] for c in CACHE_COLUMNS)
         return cached_distillation_loss(
-            s_logits, ids, logprobs, rest, s_labels, alpha=extra.pop("alpha", self.args.alpha),
-            temperature=self.args.temperature, kind=self.args.kd_kind, jsd_beta=self.args.jsd_beta,
-            num_items_in_batch=num_items_in_batch, vocab_size=self.kd_vocab_size, skew_alpha=self.args.skew_alpha,
+            s_logits,
+            ids,
+            logprobs,
+            rest,
+            s_labels,
+            alpha=extra.pop("alpha", self.args.alpha),
+            temperature=self.args.temperature,
+            kind=self.args.kd_kind,
+            jsd_beta=self.args.jsd_beta,
+            num_items_in_batch=num_items_in_batch,
+            vocab_size=self.kd_vocab_size,
+            skew_alpha=self.args.skew_alpha,
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -276,12 +328,21 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
         elif self.teacher is not None:
             t_outputs = self._teacher_outputs(model_inputs)
             teacher_logits, _ = align_logits_and_labels(self.task, t_outputs.logits, None)
-            if inputs.get(AUGMENTED_KEY) is not None and shifted_labels is not None:  # KD alone on augmented rows
+            if (
+                inputs.get(AUGMENTED_KEY) is not None and shifted_labels is not None
+            ):  # KD alone on augmented rows
                 out = augmented_kd_loss(
-                    lambda lab, a: self._online_kd(student_logits, teacher_logits, lab, a, num_items_in_batch),
-                    shifted_labels, inputs[AUGMENTED_KEY], self.args.alpha)
+                    lambda lab, a: self._online_kd(
+                        student_logits, teacher_logits, lab, a, num_items_in_batch
+                    ),
+                    shifted_labels,
+                    inputs[AUGMENTED_KEY],
+                    self.args.alpha,
+                )
             else:
-                out = self._online_kd(student_logits, teacher_logits, shifted_labels, self.args.alpha, num_items_in_batch)
+                out = self._online_kd(
+                    student_logits, teacher_logits, shifted_labels, self.args.alpha, num_items_in_batch
+                )
         if out is not None:
             loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
         else:
@@ -309,8 +370,9 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
         # avoid a sync per micro-batch.
         return torch.zeros(5, dtype=torch.float64, device=self.args.device)
 
-    def _accumulate(self, kd: Optional[torch.Tensor], ce: torch.Tensor, denom, n_local, hidden=None,
-                    attention=None) -> None:
+    def _accumulate(
+        self, kd: Optional[torch.Tensor], ce: torch.Tensor, denom, n_local, hidden=None, attention=None
+    ) -> None:
         """Keep token-weighted raw sums, so logged means are exact across GA steps and processes."""
         denom = torch.as_tensor(denom, dtype=torch.float64, device=self._train_sums.device)
         for index, term in ((0, kd), (1, ce), (3, hidden), (4, attention)):

@@ -7,8 +7,8 @@ import torch
 
 from distill.data.augment import AUGMENTED_KEY, clean_collator
 from distill.losses.logit import student_cross_entropy
-from distill.trainer.tasks import align_logits_and_labels
 from distill.teacher.cache import CACHE_COLUMNS
+from distill.trainer.tasks import align_logits_and_labels
 
 _NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, *CACHE_COLUMNS)
 
@@ -60,8 +60,10 @@ class EvaluationMixin:
                         hits = (t_logits[:k].argmax(-1) == labels_k) & (labels_k != -100)
                         sums["teacher_correct"] += float(hits.sum())
                 if self._intermediate is not None and sums is not None:  # raw sums over the real rows
-                    for name, term in zip(("hidden", "attention"),
-                                          self._intermediate.losses(s_outputs, t_outputs, inputs, 1, rows=k)):
+                    for name, term in zip(
+                        ("hidden", "attention"),
+                        self._intermediate.losses(s_outputs, t_outputs, inputs, 1, rows=k),
+                    ):
                         if term is not None:
                             sums[name] = sums.get(name, 0.0) + float(term)
             elif cached is not None:
@@ -83,7 +85,9 @@ class EvaluationMixin:
             return max(0, min(batch_size, state.remainder - self.args.process_index * batch_size))
         return batch_size
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         self._eval_sums = {"kd": 0.0, "ce": 0.0, "n": 0.0, "teacher_ce": 0.0, "teacher_correct": 0.0}
         try:
             output = super().evaluation_loop(
@@ -91,7 +95,8 @@ class EvaluationMixin:
             )
             sums = self._eval_sums
             values = torch.tensor(
-                [sums["ce"], sums["kd"], sums["teacher_ce"], sums["n"], sums["teacher_correct"]], dtype=torch.float64,
+                [sums["ce"], sums["kd"], sums["teacher_ce"], sums["n"], sums["teacher_correct"]],
+                dtype=torch.float64,
                 device=self.args.device,
             )
             if self.args.world_size > 1:
@@ -121,9 +126,17 @@ class EvaluationMixin:
         """The evaluation's hidden / attention raw sums, summed over processes (every process calls this)."""
         if self._intermediate is None:
             return {}
-        names = [name for name, weight in (("hidden", self.args.hidden_weight), ("attention", self.args.attention_weight))
-                 if weight > 0]
-        values = torch.tensor([sums.get(name, 0.0) for name in names], dtype=torch.float64, device=self.args.device)
+        names = [
+            name
+            for name, weight in (
+                ("hidden", self.args.hidden_weight),
+                ("attention", self.args.attention_weight),
+            )
+            if weight > 0
+        ]
+        values = torch.tensor(
+            [sums.get(name, 0.0) for name in names], dtype=torch.float64, device=self.args.device
+        )
         if self.args.world_size > 1:
             values = self.accelerator.reduce(values, reduction="sum")
         return dict(zip(names, values.tolist()))

@@ -42,41 +42,96 @@ FINGERPRINT_NAME = "run_fingerprint.json"
 FORMAT_VERSION = 1
 
 # Fields that cannot change the trained weights or the reported metrics, left out of the fingerprint.
-IGNORED_FIELDS = frozenset({
-    # where things go, and what is printed or logged
-    "output_dir", "run_name", "project", "report_to", "disable_tqdm", "log_level", "log_level_replica",
-    "log_on_each_node", "logging_strategy", "logging_steps", "logging_first_step", "logging_nan_inf_filter",
-    "skip_memory_metrics", "include_num_input_tokens_seen", "trackio_space_id", "trackio_bucket_id",
-    "trackio_static_space_id",
-    # checkpoint and evaluation cadence (they count when load_best_model_at_end picks the final weights)
-    "save_strategy", "save_steps", "save_total_limit", "save_on_each_node", "save_only_model",
-    "eval_strategy", "eval_steps", "eval_delay", "eval_on_start", "do_train", "do_eval", "do_predict",
-    # evaluation batching and gathering (the same metrics)
-    "per_device_eval_batch_size", "eval_accumulation_steps", "eval_do_concat_batches", "eval_use_gather_object",
-    # the Hub upload
-    "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
-    "hub_revision",
-    # how to start: these choose whether and where from to resume, not what the run is
-    "resume_from_checkpoint", "overwrite_output_dir", "restore_callback_states_from_checkpoint",
-    # data loading workers and memory housekeeping
-    "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
-    "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "preprocessing_num_workers",
-    "torch_empty_cache_steps", "ddp_timeout", "ddp_backend", "local_rank",
-    # performance knobs that compute the same loss (tested to 1e-5)
-    "kd_chunk_size", "kd_fused_lm_head",
-})
+IGNORED_FIELDS = frozenset(
+    {
+        # where things go, and what is printed or logged
+        "output_dir",
+        "run_name",
+        "project",
+        "report_to",
+        "disable_tqdm",
+        "log_level",
+        "log_level_replica",
+        "log_on_each_node",
+        "logging_strategy",
+        "logging_steps",
+        "logging_first_step",
+        "logging_nan_inf_filter",
+        "skip_memory_metrics",
+        "include_num_input_tokens_seen",
+        "trackio_space_id",
+        "trackio_bucket_id",
+        "trackio_static_space_id",
+        # checkpoint and evaluation cadence (they count when load_best_model_at_end picks the final weights)
+        "save_strategy",
+        "save_steps",
+        "save_total_limit",
+        "save_on_each_node",
+        "save_only_model",
+        "eval_strategy",
+        "eval_steps",
+        "eval_delay",
+        "eval_on_start",
+        "do_train",
+        "do_eval",
+        "do_predict",
+        # evaluation batching and gathering (the same metrics)
+        "per_device_eval_batch_size",
+        "eval_accumulation_steps",
+        "eval_do_concat_batches",
+        "eval_use_gather_object",
+        # the Hub upload
+        "push_to_hub",
+        "hub_model_id",
+        "hub_strategy",
+        "hub_token",
+        "hub_private_repo",
+        "hub_always_push",
+        "hub_revision",
+        # how to start: these choose whether and where from to resume, not what the run is
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "restore_callback_states_from_checkpoint",
+        # data loading workers and memory housekeeping
+        "dataloader_num_workers",
+        "dataloader_pin_memory",
+        "dataloader_persistent_workers",
+        "dataloader_prefetch_factor",
+        "dataloader_multiprocessing_context",
+        "preprocessing_num_workers",
+        "torch_empty_cache_steps",
+        "ddp_timeout",
+        "ddp_backend",
+        "local_rank",
+        # performance knobs that compute the same loss (tested to 1e-5)
+        "kd_chunk_size",
+        "kd_fused_lm_head",
+    }
+)
 _CADENCE = {"save_strategy", "save_steps", "eval_strategy", "eval_steps", "eval_delay", "do_eval"}
 
 FULL_HASH_BYTES = 64 * 2**20
 SAMPLE_BLOCKS, SAMPLE_BLOCK_BYTES = 16, 64 * 2**10
-_MODEL_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
-                "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
-                "merges.txt", "chat_template.jinja", "chat_template.json")
+_MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 _MODEL_SUFFIXES = (".safetensors", ".safetensors.index.json", ".model", ".tiktoken")
 _MAX_DIR_FILES = 1000
 
 
 # ---- content fingerprints -------------------------------------------------------------------
+
 
 def file_fingerprint(path: str) -> str:
     """SHA-256 of a file up to 64 MiB; above, of its size, safetensors header and 16 sampled blocks."""
@@ -150,6 +205,7 @@ def _builtin_version(dataset_name: Optional[str]) -> Optional[str]:
 
 # ---- the run fingerprint --------------------------------------------------------------------
 
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
@@ -168,22 +224,32 @@ def run_fingerprint(model_args, data_args, args) -> dict:
     fingerprint = {k: v for k, v in values.items() if k not in ignored}
     if model_args.model_config is not None:
         fingerprint["model_config"] = parse_model_config(model_args.model_config)
-    for key in ("model_name_or_path", "teacher_model_name_or_path", "tokenizer_name_or_path",
-                "image_processor_name_or_path", "teacher_cache"):
+    for key in (
+        "model_name_or_path",
+        "teacher_model_name_or_path",
+        "tokenizer_name_or_path",
+        "image_processor_name_or_path",
+        "teacher_cache",
+    ):
         if fingerprint.get(key) and os.path.exists(os.path.expanduser(str(fingerprint[key]))):
             fingerprint[key] = os.path.normpath(str(fingerprint[key]))
     fingerprint["world_size"] = args.world_size
     content = {
         "student_files": path_fingerprint(model_args.model_name_or_path, model_files_only=True),
         "teacher_files": path_fingerprint(args.teacher_model_name_or_path, model_files_only=True),
-        "extra_teacher_files": [path_fingerprint(t, model_files_only=True)
-                                for t in getattr(args, "extra_teachers", None) or []] or None,
+        "extra_teacher_files": [
+            path_fingerprint(t, model_files_only=True) for t in getattr(args, "extra_teachers", None) or []
+        ]
+        or None,
         "tokenizer_files": path_fingerprint(model_args.tokenizer_name_or_path, model_files_only=True),
-        "image_processor_files": path_fingerprint(model_args.image_processor_name_or_path, model_files_only=True),
+        "image_processor_files": path_fingerprint(
+            model_args.image_processor_name_or_path, model_files_only=True
+        ),
         "teacher_cache_files": path_fingerprint(model_args.teacher_cache),
         "data_files_content": _data_files_fingerprint(data_args.data_files),
-        "dataset_dir_content": path_fingerprint(data_args.dataset_name) if data_args.dataset_name
-        and os.path.isdir(os.path.expanduser(data_args.dataset_name)) else None,
+        "dataset_dir_content": path_fingerprint(data_args.dataset_name)
+        if data_args.dataset_name and os.path.isdir(os.path.expanduser(data_args.dataset_name))
+        else None,
         "builtin_source": _builtin_version(data_args.dataset_name),
     }
     fingerprint.update({k: v for k, v in content.items() if v is not None})
@@ -209,17 +275,26 @@ def _short(value: Any, width: int = 70) -> str:
 
 # ---- the output directory -------------------------------------------------------------------
 
-_RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "test_results.json",
-                 "trainer_state.json", FINGERPRINT_NAME)
+_RESULT_FILES = (
+    "all_results.json",
+    "train_results.json",
+    "eval_results.json",
+    "test_results.json",
+    "trainer_state.json",
+    FINGERPRINT_NAME,
+)
 
 
 def _earlier_outputs(output_dir: str) -> list[str]:
     """What an earlier run left in ``output_dir``: checkpoints and result files."""
     if not os.path.isdir(output_dir):
         return []
-    return sorted(name for name in os.listdir(output_dir)
-                  if (name.startswith("checkpoint-") and os.path.isdir(os.path.join(output_dir, name)))
-                  or name in _RESULT_FILES[:-1])
+    return sorted(
+        name
+        for name in os.listdir(output_dir)
+        if (name.startswith("checkpoint-") and os.path.isdir(os.path.join(output_dir, name)))
+        or name in _RESULT_FILES[:-1]
+    )
 
 
 def _write_json_atomic(path: str, data: Any) -> None:
@@ -249,8 +324,12 @@ class OutputDirState:
 
     def write(self, finished: bool = False) -> None:
         """Record the fingerprint (when training starts) or mark the run finished (when its results are saved)."""
-        record = {"format_version": FORMAT_VERSION, "finished": finished, "fingerprint": self.fingerprint,
-                  "ignored_fields": sorted(IGNORED_FIELDS)}
+        record = {
+            "format_version": FORMAT_VERSION,
+            "finished": finished,
+            "fingerprint": self.fingerprint,
+            "ignored_fields": sorted(IGNORED_FIELDS),
+        }
         _write_json_atomic(os.path.join(self.output_dir, FINGERPRINT_NAME), record)
 
 
@@ -283,23 +362,29 @@ def prepare_output_dir(model_args, data_args, args) -> OutputDirState:
     if getattr(args, "overwrite_output_dir", False):
         earlier = _earlier_outputs(output_dir)
         if earlier and args.process_index == 0:
-            logger.info("overwrite_output_dir: deleting the earlier run's %s in %s", ", ".join(earlier), output_dir)
+            logger.info(
+                "overwrite_output_dir: deleting the earlier run's %s in %s", ", ".join(earlier), output_dir
+            )
             for name in earlier + [FINGERPRINT_NAME]:
                 path = os.path.join(output_dir, name)
                 shutil.rmtree(path) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
         return OutputDirState(output_dir, fingerprint, "fresh")
     status, changes, stored = compare_output_dir(output_dir, fingerprint)
-    ways_on = ("Start afresh there with --overwrite_output_dir true (this deletes its checkpoints and results), "
-               "or choose another --output_dir.")
+    ways_on = (
+        "Start afresh there with --overwrite_output_dir true (this deletes its checkpoints and results), "
+        "or choose another --output_dir."
+    )
     if status == "changed" and stored is None:
         raise ValueError(
             f"output_dir={output_dir!r} holds an earlier run ({', '.join(_earlier_outputs(output_dir))}) without "
-            f"{FINGERPRINT_NAME}, so whether it had these settings is unknown and it is not resumed. {ways_on}")
+            f"{FINGERPRINT_NAME}, so whether it had these settings is unknown and it is not resumed. {ways_on}"
+        )
     if status == "changed":
         lines = "\n".join(f"  {name}: {_short(old)} -> {_short(new)}" for name, old, new in changes)
         raise ValueError(
             f"output_dir={output_dir!r} holds a run with different settings ({FINGERPRINT_NAME}), so it is not "
-            f"resumed; changed field(s), earlier -> now:\n{lines}\n{ways_on}")
+            f"resumed; changed field(s), earlier -> now:\n{lines}\n{ways_on}"
+        )
     results = None
     if status == "finished" and os.path.isfile(os.path.join(output_dir, "all_results.json")):
         with open(os.path.join(output_dir, "all_results.json"), encoding="utf-8") as f:

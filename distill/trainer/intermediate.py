@@ -29,7 +29,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from distill.losses.hidden import attention_kl_loss, check_layer_map, default_layer_map, hidden_state_loss, position_weights
+from distill.losses.hidden import (
+    attention_kl_loss,
+    check_layer_map,
+    default_layer_map,
+    hidden_state_loss,
+    position_weights,
+)
 
 PROJECTION_NAME = "distill_hidden_projection"
 PROJECTION_FILE = "hidden_projection.safetensors"
@@ -61,7 +67,9 @@ def _attention_dropout(model: nn.Module) -> float:
         if type(module).__name__.endswith("Attention"):
             for name in ("attention_dropout", "dropout"):
                 value = getattr(module, name, 0)
-                rates.append(value.p if isinstance(value, nn.Dropout) else value if isinstance(value, float) else 0)
+                rates.append(
+                    value.p if isinstance(value, nn.Dropout) else value if isinstance(value, float) else 0
+                )
     return max(rates)
 
 
@@ -73,7 +81,9 @@ def _make_projection(student_width: int, teacher_width: int, student: nn.Module,
     generator = torch.Generator().manual_seed(seed)
     bound = 1.0 / student_width**0.5
     with torch.no_grad():
-        projection.weight.copy_(torch.empty_like(projection.weight).uniform_(-bound, bound, generator=generator))
+        projection.weight.copy_(
+            torch.empty_like(projection.weight).uniform_(-bound, bound, generator=generator)
+        )
         projection.bias.copy_(torch.empty_like(projection.bias).uniform_(-bound, bound, generator=generator))
     return projection.to(reference.device)
 
@@ -88,19 +98,31 @@ class IntermediateLayerTransfer:
         teacher: the teacher model (unplaced), or None.
     """
 
-    def __init__(self, args, task, student: nn.Module, teacher: Optional[nn.Module], teacher_cache: Any = None):
+    def __init__(
+        self, args, task, student: nn.Module, teacher: Optional[nn.Module], teacher_cache: Any = None
+    ):
         self.args, self.task = args, task
         if teacher is None:
-            why = "a teacher cache holds only the teacher's top-k log-probabilities, no hidden states or attentions" \
-                if teacher_cache is not None else "there is no teacher"
-            raise ValueError(f"hidden_weight/attention_weight > 0 need an online teacher model: {why}; "
-                             "set both to 0 or pass teacher_model.")
+            why = (
+                "a teacher cache holds only the teacher's top-k log-probabilities, no hidden states or attentions"
+                if teacher_cache is not None
+                else "there is no teacher"
+            )
+            raise ValueError(
+                f"hidden_weight/attention_weight > 0 need an online teacher model: {why}; "
+                "set both to 0 or pass teacher_model."
+            )
         from distill.teacher.ensemble import TeacherGroup
 
         if isinstance(teacher, TeacherGroup):  # an ensemble (extra_teachers) or one teacher per task
-            raise ValueError("hidden_weight/attention_weight > 0 match one teacher's layers, but several teachers "
-                             "(extra_teachers, or one per task) are given: use one teacher, or set both weights to 0.")
-        (s_layers, s_width, s_heads), (t_layers, t_width, t_heads) = _shape(student, "student"), _shape(teacher, "teacher")
+            raise ValueError(
+                "hidden_weight/attention_weight > 0 match one teacher's layers, but several teachers "
+                "(extra_teachers, or one per task) are given: use one teacher, or set both weights to 0."
+            )
+        (s_layers, s_width, s_heads), (t_layers, t_width, t_heads) = (
+            _shape(student, "student"),
+            _shape(teacher, "teacher"),
+        )
         self.layer_map = args.hidden_layer_map or default_layer_map(s_layers, t_layers)
         check_layer_map(self.layer_map, s_layers, t_layers)
         self.num_states = (s_layers + 1, t_layers + 1)
@@ -129,7 +151,9 @@ class IntermediateLayerTransfer:
                 )
         dropout = _attention_dropout(_unwrap(student))
         if dropout:
-            field = next((n for n in _DROPOUT_FIELDS if hasattr(_unwrap(student).config, n)), "attention dropout")
+            field = next(
+                (n for n in _DROPOUT_FIELDS if hasattr(_unwrap(student).config, n)), "attention dropout"
+            )
             raise ValueError(
                 f"attention_weight > 0: the student's attention has dropout {dropout} ({field}), and transformers "
                 "returns the attention probabilities after dropout, which would be compared instead of the "
@@ -179,18 +203,31 @@ class IntermediateLayerTransfer:
         k = batch if rows is None else rows
         cut = (lambda states: [x[:k] for x in states]) if k < batch else (lambda states: states)
         labels, mask = inputs.get("labels"), inputs.get("attention_mask")
-        weights = position_weights(self.task.token_level, None if labels is None else labels[:k],
-                                   None if mask is None else mask[:k], k, length, device=s_hidden[0].device)
+        weights = position_weights(
+            self.task.token_level,
+            None if labels is None else labels[:k],
+            None if mask is None else mask[:k],
+            k,
+            length,
+            device=s_hidden[0].device,
+        )
         hidden = attention = None
         if self.args.hidden_weight > 0:
-            hidden, _ = hidden_state_loss(cut(s_hidden), cut(t_hidden), self.layer_map, weights,
-                                          kind=self.args.hidden_loss, projection=self.projection,
-                                          num_items_in_batch=num_items_in_batch)
+            hidden, _ = hidden_state_loss(
+                cut(s_hidden),
+                cut(t_hidden),
+                self.layer_map,
+                weights,
+                kind=self.args.hidden_loss,
+                projection=self.projection,
+                num_items_in_batch=num_items_in_batch,
+            )
         if self.args.attention_weight > 0:
             s_att = self._states(s_out, "student", "attentions", self.num_states[0])
             t_att = self._states(t_out, "teacher", "attentions", self.num_states[1])
-            attention, _ = attention_kl_loss(cut(s_att), cut(t_att), self.layer_map, weights,
-                                             num_items_in_batch=num_items_in_batch)
+            attention, _ = attention_kl_loss(
+                cut(s_att), cut(t_att), self.layer_map, weights, num_items_in_batch=num_items_in_batch
+            )
         return hidden, attention
 
     def weighted(self, hidden, attention) -> torch.Tensor:
@@ -249,10 +286,17 @@ def intermediate_description(trainer) -> str:
     layer_map = transfer.layer_map if transfer is not None else args.hidden_layer_map
     parts = []
     if args.hidden_weight > 0:
-        projection = " through a learned projection (not part of this model)" if getattr(transfer, "projection", None) \
-            is not None else ""
+        projection = (
+            " through a learned projection (not part of this model)"
+            if getattr(transfer, "projection", None) is not None
+            else ""
+        )
         parts.append(f"`{args.hidden_weight} * {args.hidden_loss}` between hidden states{projection}")
     if args.attention_weight > 0:
-        parts.append(f"`{args.attention_weight} * KL(teacher || student)` between attention distributions (MiniLM)")
-    return ("Intermediate layers: " + " and ".join(parts) + f", student layer -> teacher layer {layer_map} "
-            "(indices of `hidden_states`: 0 = embeddings), added to the loss above.")
+        parts.append(
+            f"`{args.attention_weight} * KL(teacher || student)` between attention distributions (MiniLM)"
+        )
+    return (
+        "Intermediate layers: " + " and ".join(parts) + f", student layer -> teacher layer {layer_map} "
+        "(indices of `hidden_states`: 0 = embeddings), added to the loss above."
+    )

@@ -40,28 +40,48 @@ class MultiTaskDistillationTrainer(DistillationTrainer):
             ``eval_dataset`` is a dict ``{task name: dataset}``.
     """
 
-    def __init__(self, model=None, teachers: Optional[Sequence[Any]] = None, *, task_names: Sequence[str],
-                 label_ranges: Sequence[tuple[int, int]], args=None, **kwargs):
-        from distill.trainer.tasks import get_task
+    def __init__(
+        self,
+        model=None,
+        teachers: Optional[Sequence[Any]] = None,
+        *,
+        task_names: Sequence[str],
+        label_ranges: Sequence[tuple[int, int]],
+        args=None,
+        **kwargs,
+    ):
         from distill.teacher.loading import load_teacher
         from distill.teacher.per_task import TaskTeachers
+        from distill.trainer.tasks import get_task
 
         if args is not None and (args.extra_teachers or args.augment_fraction > 0 or args.kd_fused_lm_head):
-            raise ValueError("Multi-task distillation takes one teacher per task: extra_teachers, augment_fraction > 0 "
-                             "and kd_fused_lm_head are not supported with tasks.")
+            raise ValueError(
+                "Multi-task distillation takes one teacher per task: extra_teachers, augment_fraction > 0 "
+                "and kd_fused_lm_head are not supported with tasks."
+            )
         if len(task_names) != len(label_ranges):
             raise ValueError("task_names and label_ranges must have one entry per task.")
         teacher = None
         if teachers is not None:
             if len(teachers) != len(task_names):
-                raise ValueError(f"{len(teachers)} teachers for {len(task_names)} tasks: give one teacher per task.")
-            loaded = [load_teacher(str(t), get_task("seq-cls"), args)[0] if isinstance(t, (str, os.PathLike)) else t
-                      for t in teachers]
+                raise ValueError(
+                    f"{len(teachers)} teachers for {len(task_names)} tasks: give one teacher per task."
+                )
+            loaded = [
+                load_teacher(str(t), get_task("seq-cls"), args)[0] if isinstance(t, (str, os.PathLike)) else t
+                for t in teachers
+            ]
             teacher = TaskTeachers(loaded, label_ranges)
-        self.task_names, self.label_ranges, self._task_ids = list(task_names), [tuple(r) for r in label_ranges], None
+        self.task_names, self.label_ranges, self._task_ids = (
+            list(task_names),
+            [tuple(r) for r in label_ranges],
+            None,
+        )
         width = getattr(getattr(model, "config", None), "num_labels", None)
         if width is not None and width != sum(r[1] for r in self.label_ranges):
-            raise ValueError(f"The student has {width} labels but the tasks have {sum(r[1] for r in label_ranges)}.")
+            raise ValueError(
+                f"The student has {width} labels but the tasks have {sum(r[1] for r in label_ranges)}."
+            )
         super().__init__(model=model, teacher_model=teacher, args=args, **kwargs)
         model.register_forward_hook(self._mask_student_logits)
 
@@ -121,8 +141,8 @@ def multitask_main(model_args, data_args, args) -> dict[str, float]:
     """`distill train` for a recipe with ``tasks:`` (called by :func:`distill.train.main`)."""
     from distill.data import DatasetBundle
     from distill.data.multitask import build_multitask_datasets
-    from distill.trainer.tasks import accuracy_metric, make_collator
     from distill.students.modeling import build_student, parameter_counts
+    from distill.trainer.tasks import accuracy_metric, make_collator
 
     entries = data_args.tasks
     task = _check_multitask_run(entries, model_args, args)
@@ -133,21 +153,40 @@ def multitask_main(model_args, data_args, args) -> dict[str, float]:
     for e in entries:
         for i, label in (bundles[e.name].id2label or {}).items():
             id2label[bundles[e.name].label_offset + int(i)] = f"{e.name}:{label}"
-    student = build_student(model_args, data_args, args, task, tokenizer,
-                             DatasetBundle(train=mixture, num_labels=sum(r[1] for r in ranges), id2label=id2label))
+    student = build_student(
+        model_args,
+        data_args,
+        args,
+        task,
+        tokenizer,
+        DatasetBundle(train=mixture, num_labels=sum(r[1] for r in ranges), id2label=id2label),
+    )
     student.config.task_label_ranges = {e.name: list(r) for e, r in zip(entries, ranges)}
-    split = {s: {e.name: getattr(bundles[e.name], s) for e in entries if getattr(bundles[e.name], s) is not None}
-             for s in ("eval", "test")}
+    split = {
+        s: {e.name: getattr(bundles[e.name], s) for e in entries if getattr(bundles[e.name], s) is not None}
+        for s in ("eval", "test")
+    }
     trainer = MultiTaskDistillationTrainer(
-        model=student, teachers=[e.teacher for e in entries] if args.alpha > 0 else None,
-        task_names=[e.name for e in entries], label_ranges=ranges, args=args, train_dataset=mixture,
-        eval_dataset=split["eval"] or None, processing_class=tokenizer, data_collator=make_collator(task, tokenizer),
-        compute_metrics=accuracy_metric())
+        model=student,
+        teachers=[e.teacher for e in entries] if args.alpha > 0 else None,
+        task_names=[e.name for e in entries],
+        label_ranges=ranges,
+        args=args,
+        train_dataset=mixture,
+        eval_dataset=split["eval"] or None,
+        processing_class=tokenizer,
+        data_collator=make_collator(task, tokenizer),
+        compute_metrics=accuracy_metric(),
+    )
     train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
     total, non_embedding = parameter_counts(trainer.model)
-    metrics = dict(train_result.metrics, student_params=total, student_non_embedding_params=non_embedding,
-                   tasks=len(entries))
+    metrics = dict(
+        train_result.metrics,
+        student_params=total,
+        student_non_embedding_params=non_embedding,
+        tasks=len(entries),
+    )
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     results = dict(metrics)
@@ -164,20 +203,32 @@ def multitask_main(model_args, data_args, args) -> dict[str, float]:
 
 def _check_multitask_run(entries, model_args, args):
     """Errors a user can fix, before any compute: task kind, teachers present and on disk."""
-    from distill.trainer.tasks import get_task
     from distill.teacher.loading import _looks_local
+    from distill.trainer.tasks import get_task
 
     if args.task not in (None, "seq-cls"):
-        raise ValueError(f"tasks: multi-task distillation supports text classification (task: seq-cls), not {args.task!r}.")
+        raise ValueError(
+            f"tasks: multi-task distillation supports text classification (task: seq-cls), not {args.task!r}."
+        )
     args.task = "seq-cls"
     if model_args.teacher_cache or args.teacher_model_name_or_path:
-        raise ValueError("With tasks, each task names its own teacher: remove teacher_model_name_or_path / teacher_cache.")
+        raise ValueError(
+            "With tasks, each task names its own teacher: remove teacher_model_name_or_path / teacher_cache."
+        )
     for entry in entries:
         if args.alpha > 0 and not entry.teacher:
-            raise ValueError(f"tasks ({entry.name!r}) has no teacher but alpha={args.alpha} > 0: give it a teacher.")
+            raise ValueError(
+                f"tasks ({entry.name!r}) has no teacher but alpha={args.alpha} > 0: give it a teacher."
+            )
         path = entry.teacher
-        if path and _looks_local(path) and not os.path.isfile(os.path.join(os.path.expanduser(path), "config.json")):
-            raise FileNotFoundError(f"tasks ({entry.name!r}): teacher {path!r} is not a model directory (no config.json).")
+        if (
+            path
+            and _looks_local(path)
+            and not os.path.isfile(os.path.join(os.path.expanduser(path), "config.json"))
+        ):
+            raise FileNotFoundError(
+                f"tasks ({entry.name!r}): teacher {path!r} is not a model directory (no config.json)."
+            )
     return get_task("seq-cls")
 
 
@@ -189,8 +240,9 @@ def _shared_tokenizer(entries, model_args, args):
 
     tokenizer = None
     if model_args.tokenizer_name_or_path:
-        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path,
-                                                  trust_remote_code=args.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_args.tokenizer_name_or_path, trust_remote_code=args.trust_remote_code
+        )
     for entry in entries:
         if not entry.teacher:
             continue
@@ -198,8 +250,10 @@ def _shared_tokenizer(entries, model_args, args):
         if tokenizer is None:
             tokenizer = theirs
         elif theirs is not None and theirs.get_vocab() != tokenizer.get_vocab():
-            raise ValueError(f"tasks ({entry.name!r}): its teacher's tokenizer differs from the student's. Train every "
-                             "task's teacher with the same tokenizer (tokenizer_name_or_path) and give it here too.")
+            raise ValueError(
+                f"tasks ({entry.name!r}): its teacher's tokenizer differs from the student's. Train every "
+                "task's teacher with the same tokenizer (tokenizer_name_or_path) and give it here too."
+            )
     if tokenizer is None:
         raise ValueError("tasks: no tokenizer; set tokenizer_name_or_path (the teachers' tokenizer).")
     return tokenizer

@@ -60,10 +60,15 @@ class NonFiniteGuard(TrainerCallback):
             p.grad = None  # the optimizer skips parameters without a gradient: no update, moments unchanged
         self.consecutive += 1
         step = state.global_step + 1
-        logger.warning("Step %d: non-finite loss or gradient norm; the step is skipped (%d in a row, limit %d).",
-                       step, self.consecutive, args.max_nonfinite_steps)
-        state.log_history.append({"nonfinite_step_skipped": step, "nonfinite_consecutive": self.consecutive,
-                                  "step": step})
+        logger.warning(
+            "Step %d: non-finite loss or gradient norm; the step is skipped (%d in a row, limit %d).",
+            step,
+            self.consecutive,
+            args.max_nonfinite_steps,
+        )
+        state.log_history.append(
+            {"nonfinite_step_skipped": step, "nonfinite_consecutive": self.consecutive, "step": step}
+        )
         if self.consecutive >= args.max_nonfinite_steps:
             from distill.trainer.checkpoints import last_complete_checkpoint
 

@@ -117,7 +117,9 @@ class CausalLMCollator:
             ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
             input_ids[i, :n] = ids
             attention_mask[i, :n] = 1
-            labels[i, :n] = torch.as_tensor(example["labels"], dtype=torch.long) if "labels" in example else ids
+            labels[i, :n] = (
+                torch.as_tensor(example["labels"], dtype=torch.long) if "labels" in example else ids
+            )
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

@@ -13,13 +13,19 @@ def _trial_rows(study) -> list[dict]:
     interrupted = set(study.user_attrs.get("interrupted", []))
     rows = []
     for t in study.get_trials(deepcopy=False):
-        rows.append({
-            "number": t.number, "state": t.state.name, "value": t.value, "params": dict(t.params),
-            "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-            "rerun_of": t.user_attrs.get("rerun_of"), "interrupted": t.number in interrupted,
-            "start": t.datetime_start.isoformat() if t.datetime_start else None,
-            "complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
-        })
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": dict(t.params),
+                "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                "rerun_of": t.user_attrs.get("rerun_of"),
+                "interrupted": t.number in interrupted,
+                "start": t.datetime_start.isoformat() if t.datetime_start else None,
+                "complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+            }
+        )
     return rows
 
 
@@ -59,14 +65,16 @@ def write_best_recipe(path, best, config_path, argv, output_dir) -> dict:
         if name.startswith(MODEL_PREFIX):
             config = recipe.get("model_config")
             config = dict(config) if isinstance(config, dict) else json.loads(config)
-            config[name[len(MODEL_PREFIX):]] = value
+            config[name[len(MODEL_PREFIX) :]] = value
             recipe["model_config"] = config
         else:
             recipe[name] = value
     recipe["output_dir"] = os.path.join(output_dir, "best")
-    head = (f"# distill train --config {path}\n#\n# Best trial ({best.number}) of the study in "
-            f"{output_dir}/study.db: eval_loss {best.value:.6g}.\n# Base recipe: {config_path or '-'}; "
-            f"searched: {', '.join(sorted(best.params))}.\n")
+    head = (
+        f"# distill train --config {path}\n#\n# Best trial ({best.number}) of the study in "
+        f"{output_dir}/study.db: eval_loss {best.value:.6g}.\n# Base recipe: {config_path or '-'}; "
+        f"searched: {', '.join(sorted(best.params))}.\n"
+    )
     with open(path, "w", encoding="utf-8") as f:
         f.write(head + yaml.safe_dump(recipe, sort_keys=False))
     return recipe
@@ -85,10 +93,20 @@ def plot_objective(rows, dims, path) -> str:
     nrows = math.ceil(len(dims) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
     for ax, dim in zip(axes.ravel(), dims):
-        for state, style in (("COMPLETE", dict(color="C0", marker="o")), ("PRUNED", dict(color="0.6", marker="x"))):
-            pts = [(r["params"][dim.name], r["value"] if r["value"] is not None else
-                    (list(r["intermediate"].values()) or [None])[-1]) for r in rows
-                   if r["state"] == state and dim.name in r["params"]]
+        for state, style in (
+            ("COMPLETE", dict(color="C0", marker="o")),
+            ("PRUNED", dict(color="0.6", marker="x")),
+        ):
+            pts = [
+                (
+                    r["params"][dim.name],
+                    r["value"]
+                    if r["value"] is not None
+                    else (list(r["intermediate"].values()) or [None])[-1],
+                )
+                for r in rows
+                if r["state"] == state and dim.name in r["params"]
+            ]
             pts = [(x, y) for x, y in pts if y is not None]
             if not pts:
                 continue
@@ -99,7 +117,7 @@ def plot_objective(rows, dims, path) -> str:
         elif dim.log:
             ax.set_xscale("log")
         ax.set(xlabel=dim.name, ylabel="eval_loss")
-    for ax in axes.ravel()[len(dims):]:
+    for ax in axes.ravel()[len(dims) :]:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize="small")
     fig.tight_layout()
@@ -114,10 +132,16 @@ def write_reports(study, dims, output_dir, config_path, argv) -> dict:
 
     rows = _trial_rows(study)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    summary = {"study": study.study_name, "storage": os.path.join(output_dir, "study.db"),
-               "objective": "eval_loss", "direction": "minimize", "trials": rows,
-               "n_complete": len(complete), "n_pruned": sum(r["state"] == "PRUNED" for r in rows),
-               "search_space": [{k: v for k, v in vars(d).items() if v is not None} for d in dims]}
+    summary = {
+        "study": study.study_name,
+        "storage": os.path.join(output_dir, "study.db"),
+        "objective": "eval_loss",
+        "direction": "minimize",
+        "trials": rows,
+        "n_complete": len(complete),
+        "n_pruned": sum(r["state"] == "PRUNED" for r in rows),
+        "search_space": [{k: v for k, v in vars(d).items() if v is not None} for d in dims],
+    }
     if complete:
         best = min(complete, key=lambda t: t.value)
         summary["best"] = {"number": best.number, "value": best.value, "params": dict(best.params)}
@@ -130,5 +154,7 @@ def write_reports(study, dims, output_dir, config_path, argv) -> dict:
         w = csv.writer(f)
         w.writerow(["number", "state", "value", *names, "rerun_of"])
         for r in rows:
-            w.writerow([r["number"], r["state"], r["value"], *[r["params"].get(n) for n in names], r["rerun_of"]])
+            w.writerow(
+                [r["number"], r["state"], r["value"], *[r["params"].get(n) for n in names], r["rerun_of"]]
+            )
     return summary

@@ -32,12 +32,21 @@ import os
 
 logger = logging.getLogger("distill")
 
-TUNE_FLAGS = {"--n_trials": int, "--search_space": str, "--pruner": str, "--study_name": str,
-              "--pruner_startup_trials": int, "--sampler_seed": int}
+TUNE_FLAGS = {
+    "--n_trials": int,
+    "--search_space": str,
+    "--pruner": str,
+    "--study_name": str,
+    "--pruner_startup_trials": int,
+    "--sampler_seed": int,
+}
 MODEL_PREFIX = "model."
 # Fields the trainer reads once, at construction: a per-trial value would be silently ignored.
-UNTUNABLE = {name: "the trainer builds its hidden-state / attention transfer (projection attached to the "
-             "student) once, before the trials" for name in ("hidden_weight", "attention_weight")}
+UNTUNABLE = {
+    name: "the trainer builds its hidden-state / attention transfer (projection attached to the "
+    "student) once, before the trials"
+    for name in ("hidden_weight", "attention_weight")
+}
 UNTUNABLE["kd_fused_lm_head"] = "the fused loss holds the student's head, which model_init replaces"
 UNTUNABLE["output_dir"] = "trials share the study's output_dir"
 
@@ -62,8 +71,9 @@ class Dimension:
         if self.kind == "categorical":
             return trial.suggest_categorical(self.name, self.choices)
         if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
-                                     step=int(self.step or 1))
+            return trial.suggest_int(
+                self.name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
         return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
 
 
@@ -89,15 +99,21 @@ def parse_search_space(space: dict, args, model_config=None) -> list[Dimension]:
         where = f"search space field {name!r}"
         if name.startswith(MODEL_PREFIX):
             if model_config is None:
-                raise ValueError(f"{where}: architecture entries need a student built from model_config "
-                                 "(a pretrained model_name_or_path has a fixed architecture)")
+                raise ValueError(
+                    f"{where}: architecture entries need a student built from model_config "
+                    "(a pretrained model_name_or_path has a fixed architecture)"
+                )
         elif name not in types:
-            raise ValueError(f"{where}: not a training field{did_you_mean(name, set(types))} (data and model "
-                             "fields are fixed for a study; model.<key> changes the student's model_config)")
+            raise ValueError(
+                f"{where}: not a training field{did_you_mean(name, set(types))} (data and model "
+                "fields are fixed for a study; model.<key> changes the student's model_config)"
+            )
         if name in UNTUNABLE:
             raise ValueError(f"{where}: not supported by distill tune: {UNTUNABLE[name]}")
         if not isinstance(spec, dict):
-            raise ValueError(f"{where}: expected {{low: .., high: .., log: true}} or {{choices: [...]}}, got {spec!r}")
+            raise ValueError(
+                f"{where}: expected {{low: .., high: .., log: true}} or {{choices: [...]}}, got {spec!r}"
+            )
         extra = set(spec) - {"low", "high", "log", "step", "choices"}
         if extra:
             raise ValueError(f"{where}: unknown key(s) {sorted(extra)}; use low/high/log/step or choices")
@@ -115,10 +131,27 @@ def parse_search_space(space: dict, args, model_config=None) -> list[Dimension]:
             raise ValueError(f"{where}: empty range: low ({low}) must be below high ({high})")
         if spec.get("log") and low <= 0:
             raise ValueError(f"{where}: log: true needs low > 0, got {low}")
-        current = model_config.get(name[len(MODEL_PREFIX):]) if name.startswith(MODEL_PREFIX) else getattr(args, name)
-        is_int = isinstance(current, int) and not isinstance(current, bool) and isinstance(low, int) and isinstance(high, int)
-        dims.append(Dimension(name, "int" if is_int else "float", float(low), float(high),
-                              bool(spec.get("log", False)), spec.get("step")))
+        current = (
+            model_config.get(name[len(MODEL_PREFIX) :])
+            if name.startswith(MODEL_PREFIX)
+            else getattr(args, name)
+        )
+        is_int = (
+            isinstance(current, int)
+            and not isinstance(current, bool)
+            and isinstance(low, int)
+            and isinstance(high, int)
+        )
+        dims.append(
+            Dimension(
+                name,
+                "int" if is_int else "float",
+                float(low),
+                float(high),
+                bool(spec.get("log", False)),
+                spec.get("step"),
+            )
+        )
     _check_values(dims, args)
     return dims
 
@@ -135,7 +168,9 @@ def _check_values(dims, args) -> None:
             try:
                 dataclasses.replace(args, **{dim.name: value})
             except (ValueError, TypeError) as e:
-                raise ValueError(f"search space field {dim.name!r}: value {value!r} is refused: {e}") from None
+                raise ValueError(
+                    f"search space field {dim.name!r}: value {value!r} is refused: {e}"
+                ) from None
 
 
 def _split_argv(argv):
@@ -186,7 +221,9 @@ def _mark_interrupted(study) -> None:
 
     failed = [t.number for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
     if failed:
-        study.set_user_attr("interrupted", sorted(set(study.user_attrs.get("interrupted", [])) | {failed[-1]}))
+        study.set_user_attr(
+            "interrupted", sorted(set(study.user_attrs.get("interrupted", [])) | {failed[-1]})
+        )
 
 
 def _forced_overrides(args, pruner: str) -> list[str]:
@@ -221,13 +258,17 @@ def main(argv: list[str], callbacks=None) -> dict:
 
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
-        print("Tune flags: --n_trials N, --search_space SPACE.yaml, --pruner median|none, --pruner_startup_trials K "
-              "(default 2), --study_name NAME, --sampler_seed S (TPE, default 0); every other flag is a "
-              "`distill train` field (see distill train --help).")
+        print(
+            "Tune flags: --n_trials N, --search_space SPACE.yaml, --pruner median|none, --pruner_startup_trials K "
+            "(default 2), --study_name NAME, --sampler_seed S (TPE, default 0); every other flag is a "
+            "`distill train` field (see distill train --help)."
+        )
         return {}
     opts, rest = _split_argv(argv)
     if "search_space" not in opts:
-        raise ValueError("distill tune needs --search_space SPACE.yaml (fields with {low, high} or {choices})")
+        raise ValueError(
+            "distill tune needs --search_space SPACE.yaml (fields with {low, high} or {choices})"
+        )
     if opts.get("n_trials", 0) < 1:
         raise ValueError("distill tune needs --n_trials N with N >= 1")
     pruner_name = opts.get("pruner", "none")
@@ -252,15 +293,25 @@ def main(argv: list[str], callbacks=None) -> dict:
         logger.info("Continuing study %s: trials %s were interrupted and run again first.", name, requeued)
     from optuna.trial import TrialState
 
-    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+    finished = sum(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)
+    )
     remaining = opts["n_trials"] - finished
     try:
         if remaining > 0:
             trainer.hyperparameter_search(
                 hp_space=_hp_space(dims),
-                compute_objective=lambda metrics: metrics["eval_loss"], n_trials=remaining,
-                direction="minimize", backend="optuna", storage=storage, study_name=name, load_if_exists=True,
-                pruner=_pruner(pruner_name, opts), sampler=_sampler(opts), catch=(ValueError,))
+                compute_objective=lambda metrics: metrics["eval_loss"],
+                n_trials=remaining,
+                direction="minimize",
+                backend="optuna",
+                storage=storage,
+                study_name=name,
+                load_if_exists=True,
+                pruner=_pruner(pruner_name, opts),
+                sampler=_sampler(opts),
+                catch=(ValueError,),
+            )
     except KeyboardInterrupt:
         _mark_interrupted(study)
         write_reports(study, dims, args.output_dir, _config_path(rest), rest)
@@ -282,7 +333,9 @@ def _pruner(name, opts):
     import optuna
 
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=opts.get("pruner_startup_trials", 2), n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=opts.get("pruner_startup_trials", 2), n_warmup_steps=0
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -306,10 +359,10 @@ def _build_trainer(model_args, data_args, args, dims, model_config, callbacks):
     """The `distill train` pipeline up to the Trainer, with `model_init` in place of the student."""
     import transformers
 
-    from distill.trainer.tasks import accuracy_metric, get_task, make_collator
     from distill.students.modeling import build_student
     from distill.train import prepare_data
     from distill.trainer.distillation_trainer import DistillationTrainer
+    from distill.trainer.tasks import accuracy_metric, get_task, make_collator
 
     task = get_task(args.task)
     transformers.set_seed(args.seed)
@@ -322,7 +375,7 @@ def _build_trainer(model_args, data_args, args, dims, model_config, callbacks):
         margs = model_args
         if trial is not None and model_dims:
             config = dict(model_config)
-            config.update({d.name[len(MODEL_PREFIX):]: d.suggest(trial) for d in model_dims})
+            config.update({d.name[len(MODEL_PREFIX) :]: d.suggest(trial) for d in model_dims})
             margs = dataclasses.replace(model_args, model_config=config)
         return build_student(margs, data_args, args, task, processing_class, bundle)
 
@@ -332,7 +385,15 @@ def _build_trainer(model_args, data_args, args, dims, model_config, callbacks):
     elif args.extra_teachers:
         teacher = [teacher, *args.extra_teachers]
     return DistillationTrainer(
-        model=None, model_init=model_init, teacher_model=teacher, teacher_cache=model_args.teacher_cache or None,
-        args=args, train_dataset=bundle.train, eval_dataset=bundle.eval,
-        processing_class=processing_class, data_collator=make_collator(task, processing_class),
-        compute_metrics=None if task.token_level else accuracy_metric(), callbacks=callbacks)
+        model=None,
+        model_init=model_init,
+        teacher_model=teacher,
+        teacher_cache=model_args.teacher_cache or None,
+        args=args,
+        train_dataset=bundle.train,
+        eval_dataset=bundle.eval,
+        processing_class=processing_class,
+        data_collator=make_collator(task, processing_class),
+        compute_metrics=None if task.token_level else accuracy_metric(),
+        callbacks=callbacks,
+    )

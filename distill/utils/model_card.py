@@ -17,7 +17,11 @@ from typing import Optional
 
 from distill.trainer.intermediate import intermediate_description, parameter_count
 
-_TASK_TAGS = {"causal-lm": "text-generation", "seq-cls": "text-classification", "image-cls": "image-classification"}
+_TASK_TAGS = {
+    "causal-lm": "text-generation",
+    "seq-cls": "text-classification",
+    "image-cls": "image-classification",
+}
 _METRIC_TYPES = {"loss": "loss", "accuracy": "accuracy", "perplexity": "perplexity", "teacher_loss": "loss"}
 
 
@@ -37,8 +41,13 @@ def _teacher_name(trainer) -> str:
 
 def _is_hub_id(name: Optional[str]) -> bool:
     """A Hub repo id (`org/name` or `name`), not a local path or a built-in source."""
-    return bool(name) and ":" not in name and not os.path.exists(os.path.expanduser(name)) and \
-        not name.startswith((".", "/", "~")) and name.count("/") <= 1
+    return (
+        bool(name)
+        and ":" not in name
+        and not os.path.exists(os.path.expanduser(name))
+        and not name.startswith((".", "/", "~"))
+        and name.count("/") <= 1
+    )
 
 
 def _last_metrics(log_history: list[dict]) -> dict[str, float]:
@@ -46,7 +55,11 @@ def _last_metrics(log_history: list[dict]) -> dict[str, float]:
     out: dict[str, float] = {}
     for entry in log_history:
         for key, value in entry.items():
-            if key.startswith(("eval_", "test_")) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (
+                key.startswith(("eval_", "test_"))
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+            ):
                 out[key] = float(value)
     return out
 
@@ -60,10 +73,17 @@ def _eval_results(metrics: dict[str, float], pipeline_tag: Optional[str], datase
     for key, value in sorted(metrics.items()):
         split, _, name = key.partition("_")
         if name in _METRIC_TYPES and math.isfinite(value):
-            results.append(EvalResult(
-                task_type=pipeline_tag or "other", dataset_type=dataset or "custom", dataset_name=dataset or "custom",
-                dataset_split="test" if split == "test" else "validation", metric_type=_METRIC_TYPES[name],
-                metric_name=f"{split} {name.replace('_', ' ')}", metric_value=round(value, 6)))
+            results.append(
+                EvalResult(
+                    task_type=pipeline_tag or "other",
+                    dataset_type=dataset or "custom",
+                    dataset_name=dataset or "custom",
+                    dataset_split="test" if split == "test" else "validation",
+                    metric_type=_METRIC_TYPES[name],
+                    metric_name=f"{split} {name.replace('_', ' ')}",
+                    metric_value=round(value, 6),
+                )
+            )
     return results
 
 
@@ -72,10 +92,14 @@ def _retention_lines(metrics: dict[str, float]) -> list[str]:
     for split in ("test", "eval"):
         student, teacher = metrics.get(f"{split}_loss"), metrics.get(f"{split}_teacher_loss")
         if student and teacher:
-            lines += ["", "## Retention against the teacher", "",
-                      f"On the {'test' if split == 'test' else 'validation'} split the student's cross-entropy is "
-                      f"{student:.4f} against the teacher's {teacher:.4f}: a loss retention (teacher / student) of "
-                      f"{teacher / student:.3f}."]
+            lines += [
+                "",
+                "## Retention against the teacher",
+                "",
+                f"On the {'test' if split == 'test' else 'validation'} split the student's cross-entropy is "
+                f"{student:.4f} against the teacher's {teacher:.4f}: a loss retention (teacher / student) of "
+                f"{teacher / student:.3f}.",
+            ]
             break
     return lines
 
@@ -87,8 +111,13 @@ def _file_sections(output_dir: str) -> list[str]:
         with open(fit_path) as f:
             fit = json.load(f)
         params = ", ".join(f"{k} = {v:.4g}" for k, v in (fit.get("params") or {}).items())
-        lines += ["", "## Scaling fit", "", f"`{fit.get('formula', fit.get('law', ''))}` with {params} "
-                  f"({fit.get('n_points', '?')} points, `scaling fit`)."]
+        lines += [
+            "",
+            "## Scaling fit",
+            "",
+            f"`{fit.get('formula', fit.get('law', ''))}` with {params} "
+            f"({fit.get('n_points', '?')} points, `scaling fit`).",
+        ]
     bench_path = os.path.join(output_dir, "bench.md")
     if os.path.isfile(bench_path):
         with open(bench_path) as f:
@@ -100,26 +129,54 @@ def _settings_lines(trainer, teacher: str, distilled: bool, n_params: int) -> li
     args = trainer.args
     cache = getattr(trainer, "teacher_cache", None)
     if not distilled:
-        lines = [f"A {n_params:,}-parameter model trained with scaledown (no teacher, alpha = 0).", "", "## Training",
-                 "", "| setting | value |", "|---|---|"]
+        lines = [
+            f"A {n_params:,}-parameter model trained with scaledown (no teacher, alpha = 0).",
+            "",
+            "## Training",
+            "",
+            "| setting | value |",
+            "|---|---|",
+        ]
     else:
-        lines = [f"A {n_params:,}-parameter student distilled from `{teacher}` with "
-                 "[scaledown](https://pypi.org/project/scaledown/)'s `DistillationTrainer`.", "", "## Distillation", "",
-                 f"Loss: `alpha * T^2 * {args.kd_kind}(teacher || student) + (1 - alpha) * CE(student, labels)`", ""]
+        lines = [
+            f"A {n_params:,}-parameter student distilled from `{teacher}` with "
+            "[scaledown](https://pypi.org/project/scaledown/)'s `DistillationTrainer`.",
+            "",
+            "## Distillation",
+            "",
+            f"Loss: `alpha * T^2 * {args.kd_kind}(teacher || student) + (1 - alpha) * CE(student, labels)`",
+            "",
+        ]
         if getattr(args, "extra_teachers", None):
-            lines += [f"Teachers: `{teacher}` and " + ", ".join(f"`{t}`" for t in args.extra_teachers)
-                      + f", combined by `{args.teacher_ensemble}`"
-                      + (f" with weights {args.teacher_weights}." if args.teacher_weights else "."), ""]
+            lines += [
+                f"Teachers: `{teacher}` and "
+                + ", ".join(f"`{t}`" for t in args.extra_teachers)
+                + f", combined by `{args.teacher_ensemble}`"
+                + (f" with weights {args.teacher_weights}." if args.teacher_weights else "."),
+                "",
+            ]
         if getattr(args, "hidden_weight", 0) > 0 or getattr(args, "attention_weight", 0) > 0:
             lines += [intermediate_description(trainer), ""]
         if cache is not None:
             exact = cache.k >= cache.vocab_size
-            lines += [f"The teacher's targets came from an offline cache of its top-{cache.k} log-probabilities per "
-                      "token plus one bucket for the rest (`distill cache-teacher`)"
-                      + (", which covers the whole vocabulary." if exact else
-                         ", so the KD term approximates the full-vocabulary one."), ""]
-        lines += ["| setting | value |", "|---|---|", f"| teacher | `{teacher}` |", f"| alpha | {args.alpha} |",
-                  f"| temperature | {args.temperature} |", f"| kd_kind | {args.kd_kind} |"]
+            lines += [
+                f"The teacher's targets came from an offline cache of its top-{cache.k} log-probabilities per "
+                "token plus one bucket for the rest (`distill cache-teacher`)"
+                + (
+                    ", which covers the whole vocabulary."
+                    if exact
+                    else ", so the KD term approximates the full-vocabulary one."
+                ),
+                "",
+            ]
+        lines += [
+            "| setting | value |",
+            "|---|---|",
+            f"| teacher | `{teacher}` |",
+            f"| alpha | {args.alpha} |",
+            f"| temperature | {args.temperature} |",
+            f"| kd_kind | {args.kd_kind} |",
+        ]
     return lines + [
         f"| learning_rate | {args.learning_rate} |",
         f"| per_device_train_batch_size | {args.per_device_train_batch_size} |",
@@ -140,7 +197,9 @@ def write_model_card(trainer, output_dir: str, **kwargs) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
     teacher = _teacher_name(trainer)
-    n_params = parameter_count(trainer.model)  # not a hidden-state projection, which is not saved with the model
+    n_params = parameter_count(
+        trainer.model
+    )  # not a hidden-state projection, which is not saved with the model
     distilled = trainer.teacher is not None or getattr(trainer, "teacher_cache", None) is not None
     dataset = kwargs.get("dataset") or kwargs.get("dataset_tags")
     dataset = dataset if isinstance(dataset, str) or dataset is None else (list(dataset) or [None])[0]
@@ -149,10 +208,13 @@ def write_model_card(trainer, output_dir: str, **kwargs) -> str:
     metrics = _last_metrics(trainer.state.log_history)
     extra_tags = kwargs.get("tags") or []
     data = ModelCardData(
-        model_name=model_name, library_name="transformers", pipeline_tag=pipeline_tag,
+        model_name=model_name,
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
         base_model=teacher if distilled and _is_hub_id(teacher) else None,
         datasets=[dataset] if _is_hub_id(dataset) else None,
-        tags=["scaledown"] + (["distillation", "knowledge-distillation"] if distilled else [])
+        tags=["scaledown"]
+        + (["distillation", "knowledge-distillation"] if distilled else [])
         + ([extra_tags] if isinstance(extra_tags, str) else list(extra_tags)),
         eval_results=_eval_results(metrics, pipeline_tag, dataset) or None,
     )
@@ -161,7 +223,11 @@ def write_model_card(trainer, output_dir: str, **kwargs) -> str:
         lines += [f"| dataset | `{dataset}` |"]
     if metrics:
         lines += ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if not k.endswith(("_runtime", "_per_second"))]
+        lines += [
+            f"| {k} | {v:.4f} |"
+            for k, v in sorted(metrics.items())
+            if not k.endswith(("_runtime", "_per_second"))
+        ]
     lines += _retention_lines(metrics) + _file_sections(output_dir)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
     os.makedirs(output_dir, exist_ok=True)

@@ -28,8 +28,8 @@ def check_model_dir(path: str, field: str, trust_remote_code: bool = False) -> N
             raise ValueError(
                 f"{field}={path!r} holds only pickled weights ({', '.join(sorted(pickled))}), which are refused: loading "
                 "a pickle can run arbitrary code. If you trust the file, convert it once to safetensors:\n"
-                f"  python -c \"from transformers import AutoModel as M; m = M.from_pretrained({path!r}, "
-                f"use_safetensors=False); m.save_pretrained({path!r})\"\n(use the Auto class of its task, e.g. "
+                f'  python -c "from transformers import AutoModel as M; m = M.from_pretrained({path!r}, '
+                f'use_safetensors=False); m.save_pretrained({path!r})"\n(use the Auto class of its task, e.g. '
                 "AutoModelForCausalLM, so the head is kept)."
             )
     config_path = os.path.join(path, "config.json")
