@@ -40,7 +40,13 @@ from .prep import (
     _prepare_seq_cls,
     _require_column,
 )
-from .transfer import append_transfer_set, build_transfer_set, check_transfer_task, uses_transfer_set
+from .transfer import (
+    append_transfer_set,
+    build_transfer_set,
+    check_transfer_task,
+    transfer_source_args,
+    uses_transfer_set,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +286,8 @@ def build_datasets(
     for split, ds in splits.items():
         splits[split] = _finish(ds, split, limits[split], transform, data_args, seed)
     if uses_transfer_set(data_args):  # unlabelled rows the teacher labels (distill.data.transfer)
-        transfer = build_transfer_set(data_args, task, processing_class, seed)
+        raw_transfer = load_raw_datasets(transfer_source_args(data_args), seed, task=task)["train"]
+        transfer = build_transfer_set(raw_transfer, data_args, task, processing_class)
         splits["train"] = append_transfer_set(splits["train"], transfer)
     return DatasetBundle(
         train=splits["train"],

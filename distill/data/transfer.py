@@ -56,15 +56,12 @@ def transfer_source_args(data_args: DataArguments) -> DataArguments:
     )
 
 
-def build_transfer_set(data_args: DataArguments, task: str, tokenizer: Any, seed: int):
-    """The transfer texts tokenized like the seq-cls training split, with ``labels`` 0 (a placeholder that
-    no loss reads) and ``transfer`` True; at most ``max_transfer_samples`` of them."""
-    from .loading import load_raw_datasets
-
+def build_transfer_set(raw, data_args: DataArguments, task: str, tokenizer: Any):
+    """The raw transfer texts (loaded with `transfer_source_args`) tokenized like the seq-cls training split,
+    with ``labels`` 0 (a placeholder that no loss reads) and ``transfer`` True; at most
+    ``max_transfer_samples`` of them."""
     check_transfer_task(task)
     tokenizer = _require_tokenizer(tokenizer, task)
-    source = transfer_source_args(data_args)
-    raw = load_raw_datasets(source, seed, task=task)["train"]
     columns = _columns(raw)
     text_col, pair_col = _cls_text_columns(raw, columns, data_args)
     _require_column(columns, text_col, "text_column", "transfer")
