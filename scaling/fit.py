@@ -25,9 +25,11 @@ re-exported here.
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
+from .checks import ignored_tokens
 from .intervals import bound_flags, interval_summary
 from .laws import get_law
 from .logs import ScalingDataError
@@ -382,6 +384,16 @@ def fit_runs(
             )
     n, d, y = arrays["params"][use], arrays["tokens"][use], arrays["loss"][use]
     check_fit_data(law, n, d, y, [s for s, u in zip(arrays["source"], use) if u])
+    several = ignored_tokens(lw.uses_tokens, n, d)
+    warned = []
+    if several:
+        warned.append(
+            f"law {lw.name!r} has no token term, but {len(several)} of {np.unique(n).size} sizes were "
+            f"run at several token budgets (N = {', '.join(dict.fromkeys(f'{v:.3g}' for v in several[:4]))}"
+            f"{' ...' if len(several) > 4 else ''}): the fit ignores D and mixes those points; fit an "
+            "L(N, D) law (--law chinchilla) or one point per size (--points final)"
+        )
+        warnings.warn(warned[-1], stacklevel=2)
     res = fit_arrays(n, d, y, law, method, loss, delta, progress=progress)
     res["at_bound"] = bound_flags(lw, res["internal"], np.log(n), np.log(d))
     budgets = (
@@ -396,6 +408,7 @@ def fit_runs(
         "param_count": param_count_of(points),
         "budgets": budgets,
         "derived": derived,
+        "warnings": warned,
         "data": {
             "params": arrays["params"].tolist(),
             "tokens": arrays["tokens"].tolist(),
