@@ -9,8 +9,8 @@ from transformers import TrainingArguments
 
 from .data.arguments import TASKS  # one list of tasks, shared with the data layer
 from .losses.cross_tokenizer import CROSS_TOKENIZER_LOSSES
+from .losses.divergences import KD_KINDS, check_loss_settings
 from .losses.hidden import HIDDEN_LOSSES, parse_layer_map
-from .losses.logit import KD_KINDS
 
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -343,16 +343,7 @@ class DistillationConfig(TrainingArguments):
             self.ddp_find_unused_parameters = False
 
     def __post_init__(self):
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha={self.alpha} is out of range: set alpha to a value in [0, 1].")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature={self.temperature} must be greater than 0, e.g. 1.0 or 2.0.")
-        if self.kd_kind not in KD_KINDS:
-            raise ValueError(f"kd_kind={self.kd_kind!r} is unknown: use one of {', '.join(KD_KINDS)}.")
-        if not 0.0 < self.jsd_beta < 1.0:
-            raise ValueError(f"jsd_beta={self.jsd_beta} must be strictly between 0 and 1.")
-        if not 0.0 <= self.skew_alpha < 1.0:
-            raise ValueError(f"skew_alpha={self.skew_alpha} must be in [0, 1) (DistiLLM uses 0.1).")
+        check_loss_settings(self.alpha, self.temperature, self.kd_kind, self.jsd_beta, self.skew_alpha)
         if self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(
                 f"teacher_dtype={self.teacher_dtype!r} is unknown: use one of {', '.join(TEACHER_DTYPES)}."
