@@ -301,7 +301,9 @@ def load_any_fit(path) -> dict:
     return raw
 
 
-def predict_from_dfit(dfit: dict, params, tokens, teacher_loss, level: float = 0.95) -> dict:
+def predict_from_dfit(
+    dfit: dict, params, tokens, teacher_loss, level: float = 0.95, warn_extrapolation: bool = False
+) -> dict:
     """Predicted student loss, with a bootstrap interval when the fit has samples.
 
     The interval is the spread of the distillation fit's bootstrap refits at the supervised
@@ -322,6 +324,12 @@ def predict_from_dfit(dfit: dict, params, tokens, teacher_loss, level: float = 0
         "supervised_loss": float(np.ravel(supervised_terms(dfit["supervised"], params, tokens)["loss"])[0]),
         "param_count": dfit.get("param_count", "as given"),
     }
+    if warn_extrapolation:
+        from .checks import extrapolation
+
+        reach = extrapolation(dfit, float(params), float(tokens))
+        if reach:
+            out["extrapolation"] = reach
     boot = dfit.get("bootstrap") or {}
     if boot.get("samples"):
         from .intervals import percentile_intervals

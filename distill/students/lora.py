@@ -90,6 +90,8 @@ def self_teacher_conflicts(args) -> list[str]:
         conflicts.append("kd_fused_lm_head")
     if args.hidden_weight > 0 or args.attention_weight > 0:
         conflicts.append("hidden_weight/attention_weight")
+    if getattr(args, "cross_tokenizer_loss", None):  # the base model shares the student's tokenizer
+        conflicts.append("cross_tokenizer_loss")
     return conflicts
 
 
