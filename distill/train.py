@@ -150,6 +150,8 @@ def _load_processing_class(model_args, data_args, args, task):
     from .teacher.loading import load_tokenizer_if_present
 
     candidates = [model_args.model_name_or_path, args.teacher_model_name_or_path]
+    if getattr(args, "cross_tokenizer_loss", None):  # the student keeps (or trains) its own tokenizer
+        candidates = [model_args.model_name_or_path]
     if getattr(model_args, "teacher_cache", None):
         candidates.append(os.path.join(os.path.expanduser(model_args.teacher_cache), "tokenizer"))
     if task.name == "image-cls":
@@ -216,6 +218,11 @@ def _check_before_compute(model_args, data_args, args) -> None:
 
     if args.task is None:
         args.task = _infer_task_name(model_args, data_args, args)
+    if model_args.teacher_cache and args.cross_tokenizer_loss:
+        raise ValueError(
+            "teacher_cache holds top-k log-probabilities over the student's tokens; cross_tokenizer_loss needs the "
+            "teacher model: drop teacher_cache, or cross_tokenizer_loss."
+        )
     if model_args.teacher_cache and args.extra_teachers:
         raise ValueError(
             "teacher_cache replaces the teacher: remove extra_teachers, or train without the cache."

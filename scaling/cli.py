@@ -102,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
         "student term from the supervised fit)",
     )
 
+    p.add_argument(
+        "--drop-below-teacher",
+        action="store_true",
+        help="--law distillation: leave out students with L_S <= L_T (named in the fit JSON) instead of "
+        "refusing them; Eq. 8 cannot represent a student below its teacher",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="--law distillation: profile every parameter and report those the students do not pin down",
+    )
+
     p = sub.add_parser("predict", help="predicted loss from a fit")
     p.add_argument("--fit", required=True)
     p.add_argument("--params", type=float, required=True, help="parameter count N")

@@ -92,7 +92,8 @@ def check_same_tokenizer(
                 "Teacher and student use different tokenizers "
                 f"({len(t_vocab)} vs {len(s_vocab)} tokens, {differing} differing entries). Token-level "
                 "distillation compares distributions over the same token ids: use the teacher's tokenizer "
-                "for the student (tokenizer_name_or_path=<teacher>)."
+                "for the student (tokenizer_name_or_path=<teacher>), or set cross_tokenizer_loss (gold or uld) "
+                "to distil across tokenizers."
             )
     tokenizer = student_tokenizer or teacher_tokenizer
     s_rows, t_rows = _output_vocab(student), _output_vocab(teacher)

@@ -110,7 +110,15 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
         self.task: TaskSpec = task
         processing_class = kwargs.get("processing_class")
         self.kd_vocab_size = None
-        if teacher_model is not None and task.token_level:
+        self._xtok = None  # cross-tokenizer distillation (distill.trainer.cross_tokenizer)
+        if args.cross_tokenizer_loss and teacher_model is not None:
+            from distill.trainer.cross_tokenizer import CrossTokenizerTransfer
+
+            self._xtok = CrossTokenizerTransfer(
+                args, task, processing_class, teacher_processing_class, model, teacher_model
+            )
+            kwargs = self._xtok.wrap_collator(kwargs, task)
+        elif teacher_model is not None and task.token_level:
             self.kd_vocab_size = check_same_tokenizer(
                 processing_class, teacher_processing_class, model, teacher_model
             )
@@ -319,7 +327,10 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
                 count_valid(self.task, labels) if labels is not None else student_logits[..., 0].numel()
             )
         out = t_outputs = None
-        if cached is not None and self.teacher is None:
+        if self._xtok is not None and self.teacher is not None:
+            # The teacher reads the same text through its own tokenizer; spans aligned by characters.
+            out = self._xtok.loss(self, outputs.logits, inputs, labels, self.args.alpha, num_items_in_batch)
+        elif cached is not None and self.teacher is None:
             # Teacher targets from the offline cache: no teacher forward.
             out = self._cached_kd(student_logits, shifted_labels, cached, num_items_in_batch)
         elif fused:
