@@ -65,7 +65,35 @@ class ModelArguments:
         },
     )
 
+    # --- LoRA students (distill/students/lora.py; TRL's ModelConfig names and defaults) ---
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train LoRA adapters (peft) on the frozen student instead of all its weights. The saved student "
+            "is the merged model (safetensors), with the adapter in output_dir/adapter. Needs `pip install peft`."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(
+        default=32, metadata={"help": "LoRA alpha; the adapters' scale is lora_alpha / lora_r."}
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapters' input, in [0, 1)."})
+    lora_target_modules: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Modules that get adapters, e.g. q_proj v_proj, or all-linear. Default: peft's choice for "
+            "the architecture (the attention projections)."
+        },
+    )
+    lora_modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Modules trained in full beside the adapters (e.g. lm_head), saved merged."},
+    )
+
     def __post_init__(self):
+        from distill.students.lora import check_lora_arguments
+
+        check_lora_arguments(self)
         if self.init_from_teacher_layers == "":  # "" from the command line clears a recipe's value
             self.init_from_teacher_layers = None
         given = [
@@ -147,9 +175,11 @@ def parse_args(argv: list[str]):
 
 
 def _load_processing_class(model_args, data_args, args, task):
+    from .students.lora import is_self_teacher
     from .teacher.loading import load_tokenizer_if_present
 
-    candidates = [model_args.model_name_or_path, args.teacher_model_name_or_path]
+    teacher = None if is_self_teacher(args.teacher_model_name_or_path) else args.teacher_model_name_or_path
+    candidates = [model_args.model_name_or_path, teacher]
     if getattr(args, "cross_tokenizer_loss", None):  # the student keeps (or trains) its own tokenizer
         candidates = [model_args.model_name_or_path]
     if getattr(model_args, "teacher_cache", None):
@@ -235,7 +265,11 @@ def _check_before_compute(model_args, data_args, args) -> None:
         _check_teacher_cache(model_args.teacher_cache, args)
         return
     teacher = args.teacher_model_name_or_path
-    if args.alpha > 0 and not teacher:
+    from .students.lora import check_self_teacher
+
+    if check_self_teacher(model_args, args):  # teacher_model_name_or_path: self (the LoRA student's base)
+        teacher = None
+    elif args.alpha > 0 and not teacher:
         raise ValueError(
             f"alpha={args.alpha} needs a teacher: set teacher_model_name_or_path, or alpha: 0 to train "
             "on labels alone."
@@ -359,6 +393,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
 
     processing_class, bundle = prepare_data(model_args, data_args, args, task)
     student = build_student(model_args, data_args, args, task, processing_class, bundle)
+    if model_args.use_peft:  # LoRA adapters on the frozen student (distill/students/lora.py)
+        from distill.students.lora import apply_lora
+
+        student = apply_lora(student, model_args, task.name)
 
     use_cache = bool(model_args.teacher_cache)
     if use_cache:
@@ -406,7 +444,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         metrics["block_size"] = data_args.block_size
     if trainer.teacher is not None:
         teacher = getattr(trainer.teacher, "module", trainer.teacher)
-        metrics["teacher_params"] = sum(getattr(p, "ds_numel", p.numel()) for p in teacher.parameters())
+        metrics["teacher_params"] = parameter_counts(teacher)[0]
         # the teacher's N for scaling laws (issue 15: scaling fit --law distillation, advise)
         metrics["teacher_non_embedding_params"] = parameter_counts(teacher)[1]
     trainer.log_metrics("train", metrics)

@@ -105,6 +105,29 @@ def _prepare_causal_lm(raw, data_args: DataArguments, tokenizer: Any):
             "causal-lm appends eos to every document, but the tokenizer has no "
             "eos_token; set tokenizer.eos_token (e.g. to its sep token)."
         )
+    from .chat import chat_column, chat_lm_fn, prepare_chat_tokenizer
+
+    chat_col = chat_column(raw["train"], _columns(raw["train"]), data_args)
+    if chat_col is not None:  # conversational data: a messages column (distill.data.chat)
+        if data_args.prompt_column:
+            raise ValueError(
+                f"prompt_column={data_args.prompt_column!r} does not apply to conversational data "
+                f"({chat_col!r}): the chat template marks the assistant's turns; drop prompt_column."
+            )
+        for split, ds in raw.items():
+            _require_column(_columns(ds), chat_col, "text_column", split)
+        fn = chat_lm_fn(prepare_chat_tokenizer(tokenizer, data_args), chat_col, data_args)
+        return (
+            {s: _map(ds, fn, data_args, f"Rendering chats of {s}") for s, ds in raw.items()},
+            None,
+            None,
+            None,
+        )
+    if data_args.assistant_only_loss:
+        raise ValueError(
+            "assistant_only_loss: true needs conversational data (a messages column of {role, content} "
+            "lists, or text_column naming one); this data is plain text: set assistant_only_loss: false."
+        )
     text_col, prompt_col = data_args.text_column or "text", data_args.prompt_column
     for split, ds in raw.items():
         columns = _columns(ds)
