@@ -73,8 +73,9 @@ def add_deploy_commands(sub) -> None:
     serve = sub.add_parser(
         "serve",
         help="an HTTP server (FastAPI + uvicorn) for a model",
-        description="GET /health, GET /metrics (Prometheus), POST /v1/classify (classifiers), "
-        "POST /v1/completions (causal LMs, OpenAI-compatible). With --api-key-env every "
+        description="GET /health, GET /metrics (Prometheus), POST /v1/classify (classifiers, "
+        "dynamically batched), POST /v1/completions and /v1/chat/completions (causal LMs, "
+        "OpenAI-compatible, stream: true as server-sent events). With --api-key-env every "
         "endpoint but /health needs 'Authorization: Bearer <key>'; without a key only "
         "loopback addresses are served unless --insecure.",
     )
@@ -94,14 +95,53 @@ def add_deploy_commands(sub) -> None:
         help="name of the environment variable holding the API key (the key itself is never a flag)",
     )
     serve.add_argument(
-        "--max-concurrency",
-        dest="max_concurrency",
+        "--max-batch-size",
+        dest="max_batch_size",
         type=int,
-        default=4,
-        help="requests processed at once; more get 503 at once",
+        default=32,
+        help="most inputs in one batch, and in one request (1 turns batching off)",
     )
     serve.add_argument(
-        "--max-batch-size", dest="max_batch_size", type=int, default=32, help="inputs per request"
+        "--max-batch-tokens",
+        dest="max_batch_tokens",
+        type=int,
+        default=8192,
+        help="most padded tokens (inputs x longest input) in one batch",
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        dest="max_wait_ms",
+        type=float,
+        default=10.0,
+        help="longest wait for requests still arriving before a batch runs",
+    )
+    serve.add_argument(
+        "--max-queue",
+        dest="max_queue",
+        type=int,
+        default=256,
+        help="most requests waiting; more get 503 with Retry-After",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        dest="max_body_bytes",
+        type=int,
+        default=16 * 2**20,
+        help="largest request body, counted as it arrives, chunked or not (413 over it)",
+    )
+    serve.add_argument(
+        "--read-timeout",
+        dest="read_timeout",
+        type=float,
+        default=30.0,
+        help="seconds for a request's headers, then its body, to arrive (408 after)",
+    )
+    serve.add_argument(
+        "--request-timeout",
+        dest="request_timeout",
+        type=float,
+        default=60.0,
+        help="seconds from a request's arrival to the start of its answer (504 after)",
     )
     serve.add_argument(
         "--max-input-chars",

@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
         "student term from the supervised fit)",
     )
 
+    p.add_argument(
+        "--drop-below-teacher",
+        action="store_true",
+        help="--law distillation: leave out students with L_S <= L_T (named in the fit JSON) instead of "
+        "refusing them; Eq. 8 cannot represent a student below its teacher",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="--law distillation: profile every parameter and report those the students do not pin down",
+    )
+
     p = sub.add_parser("predict", help="predicted loss from a fit")
     p.add_argument("--fit", required=True)
     p.add_argument("--params", type=float, required=True, help="parameter count N")
@@ -139,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit", required=True)
     p.add_argument("--out", required=True, help="figure path, e.g. fit.png")
 
-    p = sub.add_parser("runs", help="read runs and print or write the table")
+    p = sub.add_parser(
+        "runs", help="read runs and print them as a table (--json: every field as JSON; --out: write a file)"
+    )
     _add_inputs(p)
 
     p = sub.add_parser(
@@ -287,7 +301,9 @@ def cmd_predict(args):
 
     fit = load_any_fit(args.fit)
     if is_distillation_fit(fit):
-        print(json.dumps(predict_from_dfit(fit, args.params, args.tokens, args.teacher_loss, args.level)))
+        print(
+            json.dumps(predict_from_dfit(fit, args.params, args.tokens, args.teacher_loss, args.level, True))
+        )
         return
     print(json.dumps(predict_from_fit(fit, args.params, args.tokens, args.level)))
 
@@ -360,8 +376,25 @@ def cmd_runs(args):
     points = _load(args)
     if args.out:
         write_table(points, args.out)
-    if args.json or not args.out:
+    if args.json:
         print(json.dumps([p.to_dict() for p in points], indent=1))
+    elif not args.out:
+        print(format_runs(points))
+
+
+def format_runs(points) -> str:
+    """The runs as a readable table (one line per point; `--json` gives every field)."""
+    head = f"{'run':<24} {'step':>7} {'params':>10} {'tokens':>10} {'flops':>10} {'loss':>8}  N counted"
+    lines = [head, "-" * len(head)]
+    for p in points:
+        step = "" if p.step is None else str(p.step)
+        name = p.run or p.source.rsplit(": ", 1)[-1]
+        lines.append(
+            f"{name[-24:]:<24} {step:>7} {p.params:>10.4g} {p.tokens:>10.4g} "
+            f"{p.flops:>10.4g} {p.loss:>8.4f}  {p.param_count}"
+        )
+    lines.append(f"{len(points)} points from {len({p.run or p.source for p in points})} runs")
+    return "\n".join(lines)
 
 
 def ladder_plans_from_args(args) -> list:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import torch
 
 from distill.data.augment import AUGMENTED_KEY, clean_collator
+from distill.losses.cross_tokenizer import CROSS_TOKENIZER_KEYS
 from distill.losses.logit import student_cross_entropy
 from distill.teacher.cache import CACHE_COLUMNS
 from distill.trainer.tasks import align_logits_and_labels
 
-_NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, *CACHE_COLUMNS)
+_NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, *CACHE_COLUMNS, *CROSS_TOKENIZER_KEYS)
 
 
 class EvaluationMixin:
@@ -48,7 +49,13 @@ class EvaluationMixin:
             if sums is not None:
                 sums["ce"] += float(ce_real)
                 sums["n"] += float(n_real)
-            if self.teacher is not None:
+            if (
+                getattr(self, "_xtok", None) is not None and self.teacher is not None
+            ):  # teacher on its own tokens: no teacher CE
+                out = self._xtok.loss(self, logits, inputs, labels, 1.0, 1, rows=k)
+                if sums is not None:
+                    sums["kd"] += float(out.kd_loss)
+            elif self.teacher is not None:
                 t_outputs = self._teacher_outputs(model_inputs)
                 t_logits, _ = align_logits_and_labels(self.task, t_outputs.logits, None)
                 out = self._online_kd(s_logits[:k], t_logits[:k], s_labels[:k], 1.0, 1)
@@ -114,7 +121,10 @@ class EvaluationMixin:
                 output.metrics[f"{p}_perplexity"] = float(torch.tensor(ce / n).exp())
             if self.teacher is not None:
                 output.metrics[f"{p}_kd_loss"] = kd / n
-                output.metrics[f"{p}_teacher_loss"] = t_ce / n
+                if (
+                    getattr(self, "_xtok", None) is None
+                ):  # cross-tokenizer: the teacher's CE counts other tokens
+                    output.metrics[f"{p}_teacher_loss"] = t_ce / n
                 if not self.task.token_level:
                     output.metrics[f"{p}_teacher_accuracy"] = t_correct / n
             elif cached_kd:  # an eval set that carries cache columns: KD from the cache, no teacher CE
