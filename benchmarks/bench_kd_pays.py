@@ -42,6 +42,7 @@ RECIPES = os.path.join(HERE, "..", "recipes", "minilm_to_3layer")
 RECOMMENDED = os.path.join(RECIPES, "student_transfer.yaml")
 sys.path.insert(0, HERE)
 from _kd_tasks import FRACTIONS, TASKS, build_task  # noqa: E402
+from _measure import provenance  # noqa: E402
 
 ARMS = ("labels only", "KD", "KD + hidden", "KD + transfer")
 RANDOM_CONFIG = {
@@ -415,7 +416,7 @@ def write_results(args, meta, rows: list[dict], table: str) -> None:
     config = {k: v for k, v in vars(meta).items()}
     config.update(python=platform.python_version(), machine=platform.machine())
     with open(os.path.join(args.results_dir, f"{args.results_stem}.json"), "w") as f:
-        json.dump({"config": config, "rows": rows}, f, indent=2)
+        json.dump({"provenance": provenance(), "config": config, "rows": rows}, f, indent=2)
     with open(os.path.join(args.results_dir, f"{args.results_stem}.md"), "w") as f:
         f.write(table + "\n")
 

@@ -25,13 +25,24 @@ re-exported here.
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
-from .intervals import bound_flags, interval_summary
+from .checks import ignored_tokens
+from .intervals import identification_flags, identification_hits, interval_summary
 from .laws import get_law
 from .logs import ScalingDataError
-from .optimize import LOSSES, _lbfgs, grid_starts, objective, robust_loss, single_thread_blas, vp_starts
+from .optimize import (
+    LOSSES,
+    NOT_FINITE,
+    _lbfgs,
+    grid_starts,
+    objective,
+    robust_loss,
+    single_thread_blas,
+    vp_starts,
+)
 
 __all__ = [
     "LOSSES",
@@ -106,7 +117,7 @@ def _fit_arrays(n, d, loss, law, method, kind, delta, starts, top_k, grid_points
     tight = method == "vp"  # the grid runs scipy's default tolerances, then polishes the best
     for th in it:
         res = _lbfgs(th, lw, log_n, log_d, log_l, kind, delta, tight)
-        if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
+        if np.isfinite(res.fun) and res.fun < NOT_FINITE and (best is None or res.fun < best.fun):
             best = res
     if best is None:
         raise ScalingDataError(f"law {lw.name!r}: no start reached a finite objective")
@@ -178,7 +189,8 @@ def _bootstrap_chunk(args):
 
 
 def _refit(law, n, d, loss, kind, delta, theta0, grid_points):
-    """A refit's internal vector; `None` when it failed, `False` when it did not converge."""
+    """A refit's `(internal vector, identification hits)`; `None` when it failed, `False` when it
+    did not converge."""
     try:
         check_fit_data(law, n, d, loss)
         res = fit_arrays(
@@ -186,7 +198,11 @@ def _refit(law, n, d, loss, kind, delta, theta0, grid_points):
         )
     except (ScalingDataError, ValueError, FloatingPointError):
         return None
-    return res["internal"] if res["converged"] else False
+    if not res["converged"]:
+        return False
+    lw = get_law(law)
+    # what this resample leaves undetermined is a property of its own points, not the full data's
+    return res["internal"], identification_hits(lw, res["internal"], np.log(n), np.log(d))
 
 
 def _mp_context():
@@ -235,7 +251,9 @@ def bootstrap(
 
     Returns:
         `dict` with `samples` (`(n_boot, p)` public parameters, NaN rows for refits that
-        failed or did not converge), `n_failed` (both), `n_not_converged`, `seed`, `n`.
+        failed or did not converge), `hits` (per refit, the parameters its resample leaves
+        undetermined, `scaling.intervals.identification_hits`), `n_failed` (both),
+        `n_not_converged`, `seed`, `n`.
     """
     import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -287,12 +305,15 @@ def bootstrap(
     bar and bar.close()
     samples = np.full((n_boot, len(lw.param_names)), np.nan)
     thetas = [t for r in results for t in r]
+    hits = [[] for _ in thetas]
     for i, th in enumerate(thetas):
         if th is not None and th is not False:
-            p = lw.from_internal(th)
+            p = lw.from_internal(th[0])
             samples[i] = [p[k] for k in lw.param_names]
+            hits[i] = th[1]
     return {
         "samples": samples,
+        "hits": hits,
         "n_failed": int(np.isnan(samples[:, 0]).sum()),
         "n_not_converged": sum(th is False for th in thetas),
         "seed": seed,
@@ -355,13 +376,14 @@ def fit_runs(
 
     Returns:
         `dict`: `law, formula, params, objective, n_points, converged, param_count, ...`, plus
-        `ci` and `bootstrap` when bootstrapped and `holdout` when asked. `at_bound` lists
-        why the fit itself sits at an optimiser bound (empty: it does not). Intervals come
-        from converged refits only (`scaling.intervals`): `ci[k]` is `[lo, hi]` with `None`
-        for a side that reaches a bound, `ci_status[k]` is `"ok"`, `"unbounded"` or
-        `"excludes_estimate"` (explained in `ci_notes`), and `bootstrap` counts the refits
-        that failed (`n_failed`, of which `n_not_converged`) or hit a bound (`n_at_bound`,
-        `at_bound`: reason -> count).
+        `ci` and `bootstrap` when bootstrapped and `holdout` when asked. `unidentified` lists
+        the parameters the data leave undetermined in the fit itself (empty: none). The
+        optimiser is unbounded: an exponent beyond the start grid is an ordinary value.
+        Intervals come from converged refits only (`scaling.intervals`): `ci[k]` is `[lo, hi]`
+        with `None` for a side that reaches refits that left `k` undetermined, `ci_status[k]`
+        is `"ok"`, `"unbounded"` or `"excludes_estimate"` (explained in `ci_notes`), and
+        `bootstrap` counts the refits that failed (`n_failed`, of which `n_not_converged`) or
+        left parameters undetermined (`n_unidentified`, `unidentified`: reason -> count).
     """
     from .logs import param_count_of, to_arrays
     from .optimal import budget_key, derived_quantities
@@ -382,8 +404,18 @@ def fit_runs(
             )
     n, d, y = arrays["params"][use], arrays["tokens"][use], arrays["loss"][use]
     check_fit_data(law, n, d, y, [s for s, u in zip(arrays["source"], use) if u])
+    several = ignored_tokens(lw.uses_tokens, n, d)
+    warned = []
+    if several:
+        warned.append(
+            f"law {lw.name!r} has no token term, but {len(several)} of {np.unique(n).size} sizes were "
+            f"run at several token budgets (N = {', '.join(dict.fromkeys(f'{v:.3g}' for v in several[:4]))}"
+            f"{' ...' if len(several) > 4 else ''}): the fit ignores D and mixes those points; fit an "
+            "L(N, D) law (--law chinchilla) or one point per size (--points final)"
+        )
+        warnings.warn(warned[-1], stacklevel=2)
     res = fit_arrays(n, d, y, law, method, loss, delta, progress=progress)
-    res["at_bound"] = bound_flags(lw, res["internal"], np.log(n), np.log(d))
+    res["unidentified"] = identification_flags(lw, res["internal"], np.log(n), np.log(d))
     budgets = (
         list(budgets) if budgets else [float(f"{arrays['flops'][use].max() * m:.2g}") for m in (1, 10, 100)]
     )
@@ -396,6 +428,7 @@ def fit_runs(
         "param_count": param_count_of(points),
         "budgets": budgets,
         "derived": derived,
+        "warnings": warned,
         "data": {
             "params": arrays["params"].tolist(),
             "tokens": arrays["tokens"].tolist(),
@@ -429,7 +462,15 @@ def fit_runs(
                 f"bootstrap: {boot['n_failed']} of {n_bootstrap} refits failed; too few points to resample?"
             )
         honest = interval_summary(
-            lw, boot["samples"], ok, res["params"], n, d, level, lambda p: derived_quantities(law, p, budgets)
+            lw,
+            boot["samples"],
+            ok,
+            res["params"],
+            n,
+            d,
+            level,
+            lambda p: derived_quantities(law, p, budgets),
+            hits=boot["hits"],
         )
         out.update({k: honest[k] for k in ("ci", "ci_status", "ci_notes")})
         out["bootstrap"] = {

@@ -1,22 +1,27 @@
-"""Honest bootstrap intervals: converged refits only, bounds said, the estimate inside or why not.
+"""Honest bootstrap intervals: converged refits only, undetermined parameters said, the estimate
+inside or why not.
 
-A bootstrap refit of a scaling law can end in three ways:
+The supervised fitter's L-BFGS runs **unbounded** (`scaling.optimize`); the exponent ranges of
+`scaling.laws` only lay out the variable-projection start grid, so an exponent beyond them (a
+converged fit with alpha = 2.8) is an ordinary value, not a bound. A bootstrap refit ends in one
+of three ways:
 
 - **failed**: too few distinct points to fit, an error, or L-BFGS did not converge. Left out.
-- **at a bound**: it converged, but an exponent sits at (or ran past) the edge of the law's
-  search range (`scaling.laws` `exponent_ranges`, e.g. alpha in [0.01, 2.5]), or a term of the
-  law vanished (its share of the predicted log-loss is below `VANISHED` at every data point, so
-  its coefficient went to zero and its exponent is free). Its parameter values are artefacts of
-  that bound; they only say in which direction the data failed to constrain the fit.
-- **inside**: everything else.
+- **unidentified**: it converged, but the data of that resample do not determine some of its
+  parameters: a term of the law vanished (its share of the predicted log-loss is below
+  `VANISHED` at every point, so its coefficient went to zero and its exponent is free), or the
+  Jacobian of the predicted log-loss has a null direction (e.g. three parameters and two distinct
+  sizes: a whole curve of parameters fits equally well). The values of the parameters along that
+  direction are arbitrary; they only say on which side of the estimate the resample left them.
+- **determined**: everything else.
 
 `percentile_intervals` takes the percentile interval over the converged refits (failed ones
-excluded), with each at-bound refit's value replaced by -inf or +inf on its side of the point
-estimate. A side of an interval that reaches such a refit is reported as `None` and the
-parameter's status is `"unbounded"`: the data do not bound it there at this level, and the
-number printed today would only be the search range's edge. A percentile interval need not
-contain the point estimate (with few runs the refits are biased); when it does not, the status
-is `"excludes_estimate"` and the note says so, instead of a silent contradiction.
+excluded), with each unidentified refit's value of an undetermined parameter replaced by -inf or
++inf on its side of the point estimate. A side of an interval that reaches such a refit is
+reported as `None` and the parameter's status is `"unbounded"`: the data do not bound it there at
+this level. A percentile interval need not contain the point estimate (with few runs the refits
+are biased); when it does not, the status is `"excludes_estimate"` and the note says so, instead
+of a silent contradiction.
 """
 
 from __future__ import annotations
@@ -27,11 +32,10 @@ from collections import Counter
 import numpy as np
 
 __all__ = [
-    "EDGE_TOLERANCE",
     "VANISHED",
-    "PARTNERS",
-    "bound_hits",
-    "bound_flags",
+    "NULL_TOLERANCE",
+    "identification_hits",
+    "identification_flags",
     "affected_parameters",
     "percentile_intervals",
     "bootstrap_lines",
@@ -39,49 +43,50 @@ __all__ = [
     "format_interval",
 ]
 
-EDGE_TOLERANCE = 1e-3  # share of an exponent's search range that counts as its edge
-VANISHED = 1e-6  # a term whose weight in the predicted log-loss stays below this has vanished
+VANISHED = 1e-5  # a term whose weight in the predicted log-loss stays below this has vanished (1e-5
+# of a loss of 2 nats is 2e-5 nats, below any measured noise)
+NULL_TOLERANCE = 1e-7  # singular value (relative to the largest) of a null direction of the Jacobian
+_NULL_SHARE = 0.1  # a parameter moves along a null direction when its component exceeds this
 
 
-# an exponent at the edge of its search range drags the coefficient of its own term with it
-PARTNERS = {"alpha": "a", "beta": "b", "alpha_N_over_alpha_D": "log_N_c", "alpha_D": "log_D_c"}
+def identification_hits(law, theta, log_n, log_d) -> list:
+    """The parameters a fitted internal vector leaves undetermined, as `(internal name, "vanished"
+    | "free" | "not finite")` pairs (empty when the data determine them all).
 
-
-def bound_hits(law, theta, log_n, log_d) -> list:
-    """The bounds a fitted internal vector reached, as `(internal name, "top" | "bottom" |
-    "vanished" | "not finite")` pairs (empty when it is inside)."""
+    `vanished`: its column of the Jacobian of the predicted log-loss is below `VANISHED` at every
+    point. `free`: it moves along a null direction of the (column-normalised) Jacobian, a
+    direction in which the predictions do not change to first order.
+    """
     theta = np.asarray(theta, float)
     if not np.all(np.isfinite(theta)):
         return [(name, "not finite") for name, v in zip(law.internal_names, theta) if not np.isfinite(v)]
-    hits = []
-    for name, (lo, hi) in zip(law.exponent_names, law.exponent_ranges):
-        if name not in law.internal_names:
-            continue
-        value = theta[law.internal_names.index(name)]
-        tol = EDGE_TOLERANCE * (hi - lo)
-        if value >= hi - tol or value <= lo + tol:
-            hits.append((name, "top" if value >= hi - tol else "bottom"))
     with np.errstate(all="ignore"):
         _, jac = law.log_loss_and_jac(theta, np.asarray(log_n, float), np.asarray(log_d, float))
-    for j, name in enumerate(law.internal_names):
-        if not np.max(np.abs(jac[:, j])) >= VANISHED:  # also NaN
-            hits.append((name, "vanished"))
+    norms = np.max(np.abs(jac), axis=0)
+    vanished = ~(norms >= VANISHED)  # also NaN
+    hits = [(name, "vanished") for name, v in zip(law.internal_names, vanished) if v]
+    keep = np.flatnonzero(~vanished)
+    if keep.size:
+        cols = jac[:, keep] / np.linalg.norm(jac[:, keep], axis=0)
+        _, sv, vt = np.linalg.svd(cols, full_matrices=True)
+        sv = np.concatenate([sv, np.zeros(max(0, keep.size - sv.size))])
+        null = vt[sv <= NULL_TOLERANCE * sv[0]]
+        moved = (np.abs(null) > _NULL_SHARE).any(axis=0) if null.size else np.zeros(keep.size, bool)
+        hits += [(law.internal_names[j], "free") for j, m in zip(keep, moved) if m]
     return hits
 
 
 def _describe(law, hit) -> str:
     name, kind = hit
-    if kind in ("top", "bottom"):
-        lo, hi = law.exponent_ranges[law.exponent_names.index(name)]
-        where = "above the top" if kind == "top" else "below the bottom"
-        return f"{name} at or {where} of its search range [{lo:g}, {hi:g}]"
     if kind == "vanished":
         return f"{name} has no effect on the fit (its term vanished)"
+    if kind == "free":
+        return f"{name} is not determined by the data (a flat direction of the fit)"
     return f"{name} is not finite"
 
 
-def bound_flags(law, theta, log_n, log_d) -> list:
-    """Why a fitted internal vector is at an optimiser bound (empty when it is inside).
+def identification_flags(law, theta, log_n, log_d) -> list:
+    """Why a fitted internal vector leaves parameters undetermined (empty when it does not).
 
     Args:
         law (`Law`): the law.
@@ -89,10 +94,10 @@ def bound_flags(law, theta, log_n, log_d) -> list:
         log_n, log_d (`np.ndarray`): logs of the data's N and D (the points it was fitted to).
 
     Returns:
-        `list[str]`: one sentence per bound reached, without numbers of the refit, so that
-        sentences of many refits can be counted.
+        `list[str]`: one sentence per undetermined parameter, without numbers of the refit, so
+        that sentences of many refits can be counted.
     """
-    return [_describe(law, h) for h in bound_hits(law, theta, log_n, log_d)]
+    return [_describe(law, h) for h in identification_hits(law, theta, log_n, log_d)]
 
 
 def _public_dependence(law, theta) -> dict:
@@ -108,15 +113,9 @@ def _public_dependence(law, theta) -> dict:
 
 
 def affected_parameters(law, hits, dependence) -> set:
-    """Public parameters whose refit values are artefacts of the bounds in `hits`: those of
-    each internal parameter at a bound, and of the coefficient paired with an exponent at the
-    edge of its range (`PARTNERS`)."""
+    """Public parameters whose refit values are arbitrary: those that change with an internal
+    parameter in `hits` (see `identification_hits`)."""
     internal = {name for name, _ in hits}
-    internal |= {
-        PARTNERS[name]
-        for name, kind in hits
-        if kind in ("top", "bottom") and PARTNERS.get(name) in law.internal_names
-    }
     return set().union(*(dependence[name] for name in internal)) if internal else set()
 
 
@@ -138,7 +137,8 @@ def percentile_intervals(names, values, estimates, at_bound, level: float = 0.95
         values (`np.ndarray`): `(m, p)` values of the converged refits (failed ones removed).
         estimates (`array-like`): `(p,)` point estimates from the full data.
         at_bound (`np.ndarray`): `(m,)` or `(m, p)` bool: refits whose value (of every
-            quantity, or of each) is an artefact of an optimiser bound.
+            quantity, or of each) is arbitrary (undetermined by the data, or at a real optimiser
+            bound, as in the bounded distillation fit).
         level (`float`): interval level.
 
     Returns:
@@ -173,7 +173,7 @@ def percentile_intervals(names, values, estimates, at_bound, level: float = 0.95
             status = "unbounded"
             note = (
                 f"unbounded {' and '.join(open_sides)}: more than {q:g}% of the refits on "
-                "that side ended at an optimiser bound (see bootstrap.at_bound)"
+                "that side left it undetermined (see bootstrap.unidentified)"
             )
         else:
             status, note = "ok", None
@@ -182,7 +182,7 @@ def percentile_intervals(names, values, estimates, at_bound, level: float = 0.95
 
 
 def interval_summary(
-    law, samples, converged, estimate, data_n, data_d, level: float = 0.95, derived=None
+    law, samples, converged, estimate, data_n, data_d, level: float = 0.95, derived=None, hits=None
 ) -> dict:
     """Intervals and refit counts of a bootstrap, for fit.json.
 
@@ -191,21 +191,27 @@ def interval_summary(
         samples (`np.ndarray`): `(n_boot, p)` public parameters of every refit (NaN rows: failed).
         converged (`np.ndarray`): `(n_boot,)` bool, refits that converged.
         estimate (`dict`): the full-data fit's public parameters.
-        data_n, data_d (`np.ndarray`): the fitted points' N and D (for `bound_flags`).
+        data_n, data_d (`np.ndarray`): the fitted points' N and D (for `identification_hits`).
         level (`float`): interval level.
         derived (`callable`, *optional*): public parameters -> `dict` of derived quantities
             (e.g. compute-optimal sizes), given intervals too.
+        hits (`list`, *optional*): per refit (rows of `samples`), its `identification_hits` on its own
+            resample (a resample can leave parameters undetermined that the full data pin
+            down); default: evaluated at the full data's points.
 
     Returns:
         `dict` with `ci` (name -> [lo, hi], `None` sides unbounded), `ci_status`, `ci_notes`
-        and `counts` (`n_converged`, `n_failed`, `n_at_bound`, `at_bound`: reason -> count).
+        and `counts` (`n_converged`, `n_failed`, `n_unidentified`, `unidentified`: reason -> count).
     """
     samples = np.asarray(samples, float)
     usable = np.asarray(converged, bool) & np.all(np.isfinite(samples), axis=1)
     rows = samples[usable]
     log_n, log_d = np.log(np.asarray(data_n, float)), np.log(np.asarray(data_d, float))
     thetas = [law.to_internal(dict(zip(law.param_names, r))) for r in rows]
-    hits = [bound_hits(law, th, log_n, log_d) for th in thetas]
+    if hits is None:
+        hits = [identification_hits(law, th, log_n, log_d) for th in thetas]
+    else:
+        hits = [[tuple(h) for h in hits[i]] for i in np.flatnonzero(usable)]
     dependence = _public_dependence(law, law.to_internal(estimate))
     names = list(law.param_names)
     pinned = np.zeros((len(rows), len(names)), bool)
@@ -223,7 +229,7 @@ def interval_summary(
         values = np.column_stack(
             [rows, np.array([[d[k] for k in extra] for d in per_refit], float).reshape(len(rows), len(extra))]
         )
-        # a derived quantity depends on every parameter: any bound makes it an artefact
+        # a derived quantity depends on every parameter: any undetermined one makes it arbitrary
         pinned = np.column_stack([pinned, np.repeat(pinned.any(axis=1, keepdims=True), len(extra), axis=1)])
     result = percentile_intervals(names, values, est, pinned, level)
     return {
@@ -233,8 +239,8 @@ def interval_summary(
         "counts": {
             "n_converged": int(usable.sum()),
             "n_failed": int((~usable).sum()),
-            "n_at_bound": sum(bool(h) for h in hits),
-            "at_bound": dict(Counter(_describe(law, x) for h in hits for x in set(h))),
+            "n_unidentified": sum(bool(h) for h in hits),
+            "unidentified": dict(Counter(_describe(law, x) for h in hits for x in set(h))),
         },
     }
 
@@ -253,17 +259,34 @@ def format_interval(fit: dict, name: str, digits: int = 5) -> str:
 
 
 def bootstrap_lines(fit: dict) -> list:
-    """Sentences for people about a fit's own bounds and its refits (empty when there is
-    nothing to say): how many refits failed or hit a bound, and why."""
+    """Sentences for people about what a fit and its refits leave undetermined (empty when there
+    is nothing to say): how many refits failed or left parameters undetermined, and why. Reads
+    fit.json files of both versions (`unidentified`, and the older `at_bound`)."""
     lines = []
-    if fit.get("at_bound"):
+    if fit.get("unidentified"):
+        lines.append(
+            "warning: the data do not determine some parameters of the fit ("
+            + "; ".join(fit["unidentified"])
+            + ")"
+        )
+    elif fit.get("at_bound"):  # fit.json written before the optimiser's ranges stopped being bounds
         lines.append(
             "warning: the fit itself is at an optimiser bound ("
             + "; ".join(fit["at_bound"])
             + "): the data do not determine those parameters"
         )
     boot = fit.get("bootstrap")
-    if boot and "n_converged" in boot:
+    if boot and "n_converged" in boot and "n_unidentified" in boot:
+        determined = boot["n_converged"] - boot["n_unidentified"]
+        text = (
+            f"bootstrap: {boot['n']} refits, {determined} converged with every parameter determined, "
+            f"{boot['n_unidentified']} left some undetermined, {boot['n_failed']} failed or not "
+            "converged (left out)"
+        )
+        if boot["unidentified"]:
+            text += "; undetermined: " + "; ".join(f"{k} ({v})" for k, v in boot["unidentified"].items())
+        lines.append(text)
+    elif boot and "n_converged" in boot and "n_at_bound" in boot:
         inside = boot["n_converged"] - boot["n_at_bound"]
         text = (
             f"bootstrap: {boot['n']} refits, {inside} converged inside the search ranges, "

@@ -434,7 +434,10 @@ def predict_from_fit(fit: dict, params, tokens=None, level: float = 0.95) -> dic
         `{"loss": ..., "interval": [lo, hi]}` (interval only for bootstrapped fits, from its
         converged refits; `interval_note` says why when the interval misses the estimate).
     """
+    from .checks import extrapolation, positive
+
     lw = get_law(fit["law"])
+    params = positive("--params", params)
     if lw.uses_tokens and tokens is None:
         raise ValueError(f"law {lw.name!r} needs --tokens as well as --params")
     if not lw.uses_tokens and tokens is not None:
@@ -443,10 +446,21 @@ def predict_from_fit(fit: dict, params, tokens=None, level: float = 0.95) -> dic
             "would be ignored; drop --tokens, or fit an L(N, D) law "
             "(scaling fit --law chinchilla) on runs of several token budgets"
         )
+    if tokens is not None:
+        tokens = positive("--tokens", tokens)
     out = {
         "loss": float(lw.predict(fit["params"], params, tokens)),
         "param_count": fit.get("param_count", "total"),
     }
+    reach = extrapolation(fit, params, tokens)
+    if reach:
+        out["extrapolation"] = reach
+    if fit.get("selection", {}).get("fits"):  # --law auto: the band of the candidates and past errors
+        from .autolaw import extrapolation_band
+
+        band = extrapolation_band(fit["selection"], fit["selection"]["fits"], params, tokens)
+        out["extrapolation_band"] = band["band"]
+        out["extrapolation_band_pct"] = band["band_pct"]
     samples = _sample_params(fit)
     if samples:
         notes = {}
@@ -472,6 +486,10 @@ def optimal_from_fit(fit: dict, flops: float, cost=None, level: float = 0.95) ->
         `{"params", "tokens", "loss", "tokens_per_param", "flops"}` plus `"interval"`
         (per quantity) for bootstrapped fits.
     """
+
+    from .checks import positive
+
+    flops = positive("--flops", flops)
 
     def solve(p):
         if cost is None:

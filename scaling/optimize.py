@@ -28,9 +28,18 @@ import numpy as np
 
 from .laws import Law
 
-__all__ = ["LOSSES", "robust_loss", "objective", "single_thread_blas", "vp_starts", "grid_starts"]
+__all__ = [
+    "LOSSES",
+    "NOT_FINITE",
+    "robust_loss",
+    "objective",
+    "single_thread_blas",
+    "vp_starts",
+    "grid_starts",
+]
 
 LOSSES = ("huber", "squared", "cauchy")
+NOT_FINITE = 1e300  # the objective's value where the law's prediction is not finite (L-BFGS backs off)
 
 
 def robust_loss(r: np.ndarray, kind: str = "huber", delta: float = 1e-3):
@@ -64,7 +73,7 @@ def objective(theta, law: Law, log_n, log_d, log_l, kind="huber", delta=1e-3):
     val, dr = robust_loss(f - log_l, kind, delta)
     total = float(val.sum())
     if not math.isfinite(total):
-        return 1e300, np.zeros_like(theta)
+        return NOT_FINITE, np.zeros_like(theta)
     return total, jac.T @ dr
 
 

@@ -1,4 +1,5 @@
-"""The README's `distill` commands on the tiny causal-LM recipes, run in order (on a tiny data file): none
+"""The `distill` commands of the README and then docs/distilling.md on the tiny causal-LM recipes, run in order
+(on a tiny data file): none
 of them silently takes another's results. Whatever an output directory holds after a command that
 succeeded was made with exactly that command's settings; a command is refused only where the README
 says so."""
@@ -15,15 +16,18 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = re.compile(r"^distill (train|cache-teacher) --config recipes/tiny/causal_lm\.yaml")
+PAGES = ["README.md", "docs/distilling.md"]
 
 
 def readme_commands() -> list[tuple[list[str], str]]:
-    """``(argv, comment)`` of every README line that runs `distill` on recipes/tiny/causal_lm.yaml, in order."""
+    """``(argv, comment)`` of every line of the README, then docs/distilling.md, that runs `distill` on
+    recipes/tiny/causal_lm.yaml, in order."""
     out = []
-    for line in open(os.path.join(ROOT, "README.md"), encoding="utf-8"):
-        if COMMAND.match(line):
-            command, _, comment = line.partition("  #")
-            out.append((shlex.split(command)[1:], comment.strip()))
+    for page in PAGES:
+        for line in open(os.path.join(ROOT, page), encoding="utf-8"):
+            if COMMAND.match(line):
+                command, _, comment = line.partition("  #")
+                out.append((shlex.split(command)[1:], comment.strip()))
     return out
 
 

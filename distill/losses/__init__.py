@@ -1,5 +1,7 @@
 """Distillation losses, as pure functions tested without a Trainer.
 
+- `divergences`: the registry of divergence kinds (forward/reverse KL, JSD, skew KLs), each defined once
+  (value and analytic gradient), and `check_loss_settings`, the one check of alpha, T and the kind's settings.
 - `logit`: the reference loss `alpha * T^2 * KD + (1 - alpha) * CE` (`distillation_loss`), the
   divergences (forward/reverse KL, JSD), masking, vocabulary alignment and the shared denominator.
 - `chunked`: the same loss over token chunks with a hand-written backward (no [B, T, V] copies),

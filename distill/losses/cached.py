@@ -49,13 +49,8 @@ from typing import Optional
 
 import torch
 
-from .logit import (
-    DistillationLossOutput,
-    check_kd_kind,
-    check_mixture_weights,
-    divergence_from_log_probs,
-    loss_denominator,
-)
+from .divergences import check_loss_settings
+from .logit import DistillationLossOutput, divergence_from_log_probs, loss_denominator
 
 __all__ = ["cached_distillation_loss", "teacher_topk"]
 
@@ -188,16 +183,7 @@ def cached_distillation_loss(
     The divergence is computed between the ``(k+1)``-way coarsenings of both distributions (see the
     module docstring); exact when k = V.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha} must be in [0, 1].")
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature} must be greater than 0.")
-    check_kd_kind(kind)
-    check_mixture_weights(kind, jsd_beta, skew_alpha)
-    if labels is None and alpha != 1.0:
-        raise ValueError(
-            f"alpha={alpha} < 1 needs labels for the cross-entropy term; pass labels or set alpha=1."
-        )
+    check_loss_settings(alpha, temperature, kind, jsd_beta, skew_alpha, has_labels=labels is not None)
     if vocab_size is not None:
         student_logits = student_logits[..., :vocab_size]
     lead = student_logits.shape[:-1]

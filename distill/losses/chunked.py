@@ -32,8 +32,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .divergences import check_loss_settings
 from .kernels import chunk_loss_and_grad
-from .logit import DistillationLossOutput, align_vocab, check_kd_kind, check_mixture_weights, loss_denominator
+from .logit import DistillationLossOutput, align_vocab, loss_denominator
 
 __all__ = ["chunked_distillation_loss", "fused_linear_distillation_loss"]
 
@@ -44,17 +45,8 @@ __all__ = ["chunked_distillation_loss", "fused_linear_distillation_loss"]
 def _validate(
     alpha: float, temperature: float, kind: str, jsd_beta: float, skew_alpha: float, labels, chunk_size: int
 ):
-    # Same checks, order and messages as distillation_loss (plus chunk_size).
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha} must be in [0, 1].")
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature} must be greater than 0.")
-    check_kd_kind(kind)
-    if labels is None and alpha != 1.0:
-        raise ValueError(
-            f"alpha={alpha} < 1 needs labels for the cross-entropy term; pass labels or set alpha=1."
-        )
-    check_mixture_weights(kind, jsd_beta, skew_alpha)
+    # The checks of distillation_loss (plus chunk_size).
+    check_loss_settings(alpha, temperature, kind, jsd_beta, skew_alpha, has_labels=labels is not None)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer.")
 

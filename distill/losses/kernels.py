@@ -4,7 +4,8 @@ Used by :mod:`distill.losses.chunked`, which walks the valid positions of a batc
 hands each ``[c, V]`` block of student and teacher logits to :func:`chunk_loss_and_grad`. The
 kernels work in place on those blocks (the caller passes fresh copies) so that only a few
 ``[c, V]`` float tensors are alive at once. Forward KL, the default, has its own kernel
-(:func:`forward_kl_chunk`) written for speed; reverse KL, JSD and the skew KLs share the general one.
+(:func:`forward_kl_chunk`) written for speed, fused with the cross-entropy; every other kind's value and
+gradient come from its one definition in :mod:`distill.losses.divergences`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 from typing import Callable, Optional
 
 import torch
+
+from .divergences import get_divergence
 
 __all__ = ["chunk_loss_and_grad", "forward_kl_chunk"]
 
@@ -49,18 +52,10 @@ def chunk_loss_and_grad(
             float tensors are alive at once (four for JSD). ``None``: no gradient work. Forward KL
             goes to the faster :func:`forward_kl_chunk`, which emits the whole gradient once.
 
-    With ``z = s / T``, ``q = softmax(z)`` (student) and ``p = softmax(t / T)`` (teacher):
-
-    * forward KL ``sum p log(p/q)``: ``dD/dz = q - p``
-    * reverse KL ``D = sum q log(q/p)``: ``dD/dz = q * (log(q/p) - D)``
-    * JSD with ``m = b p + (1-b) q``: ``dD/dz = (1-b) q (log(q/m) - KL(q||m))``
-    * skew forward KL ``D = KL(p || m)``, ``m = a p + (1-a) q``: with ``w = (1-a) p q / m``,
-      ``dD/dz = q sum(w) - w`` (``a = 0``: ``q - p``)
-    * skew reverse KL ``D = KL(q || m)``, ``m = a q + (1-a) p``: with ``g = log(q/m) - a q/m``,
-      ``dD/dz = q (g - sum(q g))`` (``a = 0``: the reverse-KL gradient)
-    * cross-entropy at ``T = 1``: ``softmax(s) - onehot(label)``
-
-    and ``d(T^2 D)/ds = T dD/dz``. ``0 * log 0`` is taken as 0, as in the plain path.
+    With ``z = s / T``, ``q = softmax(z)`` (student) and ``p = softmax(t / T)`` (teacher), ``dD/dz`` is the
+    registered kind's own (:mod:`distill.losses.divergences`), the cross-entropy gradient at ``T = 1`` is
+    ``softmax(s) - onehot(label)``, and ``d(T^2 D)/ds = T dD/dz``. ``0 * log 0`` is taken as 0, as in the
+    plain path.
 
     Returns:
         ``(divergence_sum, ce_sum or None)`` as 0-dim tensors in ``dtype``.
@@ -92,68 +87,12 @@ def chunk_loss_and_grad(
     del s, lse
 
     want = emit is not None and kd_coef != 0.0
-    scale = kd_coef * T
-    if kind == "reverse_kl":
-        r = log_p.neg_().add_(log_q)  # log q - log p, in place of log_p
-        q = log_q.exp_()
-        r.masked_fill_(q == 0, 0.0)
-        div_rows = (q * r).sum(-1, keepdim=True)
-        div_sum = div_rows.sum()
-        if want:
-            emit(r.sub_(div_rows).mul_(q).mul_(scale))
-    elif kind in ("skew_forward_kl", "skew_reverse_kl"):
-        div_sum, grad = _skew_kl(log_p, log_q, kind, skew_alpha, want)
-        del log_p, log_q
-        if want:
-            emit(grad.mul_(scale))
-    else:  # jsd
-        l1b = math.log1p(-jsd_beta)
-        # log m = log(b p + (1-b) q) = l1b + logaddexp(log p + log b - l1b, log q)
-        log_m = log_p.add(math.log(jsd_beta) - l1b)
-        torch.logaddexp(log_m, log_q, out=log_m).add_(l1b)
-        p = log_p.exp()
-        kl_t = log_p.sub_(log_m).masked_fill_(p == 0, 0.0).mul_(p).sum()
-        del p, log_p
-        q = log_q.exp()
-        b = log_q.sub_(log_m).masked_fill_(q == 0, 0.0)  # log q - log m, in place of log_q
-        del log_m
-        kl_s_rows = (q * b).sum(-1, keepdim=True)
-        div_sum = jsd_beta * kl_t + (1.0 - jsd_beta) * kl_s_rows.sum()
-        if want:
-            emit(b.sub_(kl_s_rows).mul_(q).mul_((1.0 - jsd_beta) * scale))
+    div = get_divergence(kind)
+    div_sum, grad = div.chunk(log_p, log_q, want, **div.kwargs(jsd_beta, skew_alpha))
+    del log_p, log_q
+    if want:
+        emit(grad.mul_(kd_coef * T))
     return div_sum, ce_sum
-
-
-def _skew_kl(log_p: torch.Tensor, log_q: torch.Tensor, kind: str, a: float, want: bool):
-    """Skew KL sum of one chunk and (``want``) ``dD/dz``; consumes ``log_p`` and ``log_q`` in place.
-
-    ``log_x`` is the distribution the KL is taken from (``p`` for skew forward, ``q`` for skew
-    reverse), ``log_y`` the other one; ``log m = log(a x + (1-a) y)``.
-    """
-    l1a = math.log1p(-a)
-    log_x, log_y = (log_p, log_q) if kind == "skew_forward_kl" else (log_q, log_p)
-    if a > 0.0:
-        log_m = log_x.add(math.log(a) - l1a)
-        torch.logaddexp(log_m, log_y, out=log_m).add_(l1a)
-    else:
-        log_m = log_y.clone()
-    x = log_x.exp()
-    x_zero = x == 0
-    kl_terms = log_x.sub(log_m).masked_fill_(x_zero, 0.0)  # log(x / m), 0 where x = 0
-    div_sum = (x * kl_terms).sum()
-    if not want:
-        return div_sum, None
-    if kind == "skew_forward_kl":
-        # w = (1-a) p q / m = p exp(l1a + log q - log m); zero where p = 0 (then m may be 0 too).
-        q = log_q.exp()
-        w = log_q.sub_(log_m).add_(l1a).exp_().mul_(x).masked_fill_(x_zero, 0.0)
-        return div_sum, q.mul_(w.sum(-1, keepdim=True)).sub_(w)
-    # g = log(q/m) - a q/m; dD/dz = q (g - sum(q g)); zero where q = 0.
-    g = kl_terms
-    if a > 0.0:
-        g.sub_(log_q.sub_(log_m).exp_().mul_(a).masked_fill_(x_zero, 0.0))
-    g.sub_((x * g).sum(-1, keepdim=True))
-    return div_sum, g.mul_(x)
 
 
 def forward_kl_chunk(

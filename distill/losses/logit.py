@@ -14,7 +14,19 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-KD_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl")
+from .divergences import KD_KINDS, check_kd_kind, check_loss_settings, get_divergence
+
+__all__ = [
+    "KD_KINDS",
+    "DistillationLossOutput",
+    "align_vocab",
+    "check_kd_kind",
+    "divergence",
+    "divergence_from_log_probs",
+    "distillation_loss",
+    "loss_denominator",
+    "student_cross_entropy",
+]
 
 
 @dataclass
@@ -33,21 +45,6 @@ class DistillationLossOutput:
     kd_loss: torch.Tensor
     ce_loss: torch.Tensor
     num_valid: torch.Tensor
-
-
-def check_kd_kind(kind: str) -> None:
-    if kind not in KD_KINDS:
-        raise ValueError(f"kd_kind={kind!r} is not supported; choose one of {', '.join(KD_KINDS)}.")
-
-
-def check_mixture_weights(kind: str, jsd_beta: float, skew_alpha: float) -> None:
-    """Range checks of the mixture weight that ``kind`` uses (the other one is not looked at)."""
-    if kind == "jsd" and not 0.0 < jsd_beta < 1.0:
-        # beta in {0, 1} makes the mixture equal one side and the divergence identically 0.
-        raise ValueError(f"jsd_beta={jsd_beta} must be strictly between 0 and 1.")
-    if kind.startswith("skew_") and not 0.0 <= skew_alpha < 1.0:
-        # a = 1 makes the mixture equal the first distribution, so the divergence is identically 0.
-        raise ValueError(f"skew_alpha={skew_alpha} must be in [0, 1) (DistiLLM uses 0.1).")
 
 
 def align_vocab(
@@ -75,24 +72,6 @@ def align_vocab(
     return student_logits[..., :vocab_size], teacher_logits[..., :vocab_size]
 
 
-def _kl_sum(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """``sum_v p (log p - log q)`` over the last dimension, with ``0 * log 0 = 0``.
-
-    ``F.kl_div(..., log_target=True)`` computes ``exp(log_p) * (log_p - log_q)``, which is
-    ``0 * -inf = NaN`` where a logit is ``-inf`` (a masked token). The difference is zeroed where
-    ``p == 0`` *before* the product, so that neither the value nor any gradient becomes NaN.
-    """
-    p = log_p.exp()
-    diff = torch.where(p > 0, log_p - log_q, torch.zeros((), dtype=p.dtype, device=p.device))
-    return (p * diff).sum(-1)
-
-
-def _log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
-    """``log(w a + (1 - w) b)`` from log-probabilities, stable, for ``w`` in ``[0, 1)``."""
-    w = torch.tensor(weight_a, dtype=log_a.dtype, device=log_a.device)
-    return torch.logsumexp(torch.stack([log_a + torch.log(w), log_b + torch.log1p(-w)]), dim=0)
-
-
 def divergence_from_log_probs(
     log_ps: torch.Tensor,
     log_pt: torch.Tensor,
@@ -110,19 +89,11 @@ def divergence_from_log_probs(
     * ``skew_forward_kl``: ``KL(p || a p + (1 - a) q)``; ``skew_reverse_kl``: ``KL(q || a q + (1 - a) p)``
       with ``a = skew_alpha`` (DistiLLM, Ko et al. 2024). ``a = 0`` gives forward / reverse KL.
     """
-    check_kd_kind(kind)
-    check_mixture_weights(kind, jsd_beta, skew_alpha)
-    if kind == "forward_kl":
-        # KL(p_t || p_s) = sum p_t (log p_t - log p_s).
-        return _kl_sum(log_pt, log_ps)
-    if kind == "reverse_kl":
-        return _kl_sum(log_ps, log_pt)
-    if kind == "skew_forward_kl":
-        return _kl_sum(log_pt, _log_mixture(log_pt, log_ps, skew_alpha))
-    if kind == "skew_reverse_kl":
-        return _kl_sum(log_ps, _log_mixture(log_ps, log_pt, skew_alpha))
-    log_m = _log_mixture(log_pt, log_ps, jsd_beta)
-    return jsd_beta * _kl_sum(log_pt, log_m) + (1 - jsd_beta) * _kl_sum(log_ps, log_m)
+    div = get_divergence(kind)
+    kwargs = div.kwargs(jsd_beta, skew_alpha)
+    if div.check is not None:
+        div.check(**kwargs)
+    return div.value(log_ps, log_pt, **kwargs)
 
 
 def divergence(
@@ -198,16 +169,7 @@ def distillation_loss(
     Returns:
         :class:`DistillationLossOutput`.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha} must be in [0, 1].")
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature} must be greater than 0.")
-    check_kd_kind(kind)
-    check_mixture_weights(kind, jsd_beta, skew_alpha)
-    if labels is None and alpha != 1.0:
-        raise ValueError(
-            f"alpha={alpha} < 1 needs labels for the cross-entropy term; pass labels or set alpha=1."
-        )
+    check_loss_settings(alpha, temperature, kind, jsd_beta, skew_alpha, has_labels=labels is not None)
     student_logits, teacher_logits = align_vocab(student_logits, teacher_logits, vocab_size)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(

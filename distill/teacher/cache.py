@@ -60,7 +60,7 @@ import torch
 from distill.trainer.checkpoints import process_alive
 
 from ..losses.cached import cached_distillation_loss, teacher_topk
-from ..losses.logit import check_kd_kind
+from ..losses.divergences import check_kd_kind
 
 CACHE_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_rest_logprob")
 logger = logging.getLogger("distill")
