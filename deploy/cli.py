@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 COMMANDS = ("export", "quantize", "bench", "serve")
 _DATA_HELP = (
@@ -74,8 +73,9 @@ def add_deploy_commands(sub) -> None:
     serve = sub.add_parser(
         "serve",
         help="an HTTP server (FastAPI + uvicorn) for a model",
-        description="GET /health, GET /metrics (Prometheus), POST /v1/classify (classifiers), "
-        "POST /v1/completions (causal LMs, OpenAI-compatible). With --api-key-env every "
+        description="GET /health, GET /metrics (Prometheus), POST /v1/classify (classifiers, "
+        "dynamically batched), POST /v1/completions and /v1/chat/completions (causal LMs, "
+        "OpenAI-compatible, stream: true as server-sent events). With --api-key-env every "
         "endpoint but /health needs 'Authorization: Bearer <key>'; without a key only "
         "loopback addresses are served unless --insecure.",
     )
@@ -95,14 +95,53 @@ def add_deploy_commands(sub) -> None:
         help="name of the environment variable holding the API key (the key itself is never a flag)",
     )
     serve.add_argument(
-        "--max-concurrency",
-        dest="max_concurrency",
+        "--max-batch-size",
+        dest="max_batch_size",
         type=int,
-        default=4,
-        help="requests processed at once; more get 503 at once",
+        default=32,
+        help="most inputs in one batch, and in one request (1 turns batching off)",
     )
     serve.add_argument(
-        "--max-batch-size", dest="max_batch_size", type=int, default=32, help="inputs per request"
+        "--max-batch-tokens",
+        dest="max_batch_tokens",
+        type=int,
+        default=8192,
+        help="most padded tokens (inputs x longest input) in one batch",
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        dest="max_wait_ms",
+        type=float,
+        default=10.0,
+        help="longest wait for requests still arriving before a batch runs",
+    )
+    serve.add_argument(
+        "--max-queue",
+        dest="max_queue",
+        type=int,
+        default=256,
+        help="most requests waiting; more get 503 with Retry-After",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        dest="max_body_bytes",
+        type=int,
+        default=16 * 2**20,
+        help="largest request body, counted as it arrives, chunked or not (413 over it)",
+    )
+    serve.add_argument(
+        "--read-timeout",
+        dest="read_timeout",
+        type=float,
+        default=30.0,
+        help="seconds for a request's headers, then its body, to arrive (408 after)",
+    )
+    serve.add_argument(
+        "--request-timeout",
+        dest="request_timeout",
+        type=float,
+        default=60.0,
+        help="seconds from a request's arrival to the start of its answer (504 after)",
     )
     serve.add_argument(
         "--max-input-chars",
@@ -120,52 +159,51 @@ def add_deploy_commands(sub) -> None:
     )
     serve.add_argument("--threads", type=int, default=None, help="inference threads (default: the library's)")
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback host without an API key")
-    serve.add_argument("--log-level", dest="log_level", default="info")
+    from distill.utils.cli_common import add_common_options  # argparse only
+
+    for parser in (export, quant, bench, serve):  # --version, --debug, --log-level (also uvicorn's for serve)
+        add_common_options(parser, prog="scaledown")
+    serve.set_defaults(log_level="info")
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run a parsed deploy command; bad input is reported as `error: ...` with exit status 2."""
-    try:
-        if args.command == "export":
-            from .export import export
+    """Run a parsed deploy command. Errors propagate: the `scaledown` entry point reports expected ones
+    as one line (`distill.utils.cli_common.run_guarded`)."""
+    if args.command == "export":
+        from .export import export
 
-            report = export(
-                args.model_dir,
-                args.output_dir,
-                data=args.data,
-                opset=args.opset,
-                atol=args.atol,
-                rtol=args.rtol,
-            )
-            print(json.dumps({k: report[k] for k in ("max_abs_diff", "opset", "input_names")}))
-        elif args.command == "quantize":
-            from .quantize import quantize
+        report = export(
+            args.model_dir,
+            args.output_dir,
+            data=args.data,
+            opset=args.opset,
+            atol=args.atol,
+            rtol=args.rtol,
+        )
+        print(json.dumps({k: report[k] for k in ("max_abs_diff", "opset", "input_names")}))
+    elif args.command == "quantize":
+        from .quantize import quantize
 
-            report = quantize(args.model_dir, args.method, args.output_dir, data=args.data)
-            print(
-                json.dumps({k: report[k] for k in ("method", "max_abs_diff", "top1_agreement", "disk_bytes")})
-            )
-        elif args.command == "bench":
-            from .bench import bench, markdown_table, write_bench
+        report = quantize(args.model_dir, args.method, args.output_dir, data=args.data)
+        print(json.dumps({k: report[k] for k in ("method", "max_abs_diff", "top1_agreement", "disk_bytes")}))
+    elif args.command == "bench":
+        from .bench import bench, markdown_table, write_bench
 
-            result = bench(
-                args.model_dirs,
-                data=args.data,
-                teacher=args.teacher,
-                threads=args.threads,
-                batch_size=args.batch_size,
-                latency_samples=args.latency_samples,
-                rounds=args.rounds,
-                max_eval_samples=args.max_eval_samples,
-                compile_int8=not args.no_compile,
-            )
-            write_bench(result, args.out)
-            print(markdown_table(result))
-        elif args.command == "serve":
-            from .serve import main as serve_main
+        result = bench(
+            args.model_dirs,
+            data=args.data,
+            teacher=args.teacher,
+            threads=args.threads,
+            batch_size=args.batch_size,
+            latency_samples=args.latency_samples,
+            rounds=args.rounds,
+            max_eval_samples=args.max_eval_samples,
+            compile_int8=not args.no_compile,
+        )
+        write_bench(result, args.out)
+        print(markdown_table(result))
+    elif args.command == "serve":
+        from .serve import main as serve_main
 
-            return serve_main(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return serve_main(args)
     return 0

@@ -1,39 +1,42 @@
-"""`scaledown serve MODEL_DIR [--onnx] --host 127.0.0.1 --port 8000 --api-key-env NAME --max-concurrency N`.
+"""`scaledown serve MODEL_DIR [--onnx] --host 127.0.0.1 --port 8000 --api-key-env NAME`.
 
 A FastAPI app served by uvicorn:
 
 - `GET /health` (never needs a key): 200 once the model is loaded (it is loaded before binding).
-- `GET /metrics`: Prometheus text (requests by path and status, latency histogram, in-flight).
+- `GET /metrics`: Prometheus text (requests by path and status, latency, queue depth, batch sizes,
+  queue wait and batch time histograms, in-flight requests).
 - `POST /v1/classify` (classifiers): `{"inputs": [text or base64 image, ...], "top_k": 1}` ->
-  `{"predictions": [[{"label", "score"}, ...], ...]}`, one list per input, best first, all
-  inputs of a request in one batch.
-- `POST /v1/completions` (causal LMs): OpenAI's completions API, non-streaming; `GET /v1/models`.
+  `{"predictions": [[{"label", "score"}, ...], ...]}`, one list per input, best first.
+- `POST /v1/completions` and `POST /v1/chat/completions` (causal LMs): OpenAI's APIs, with
+  `stream: true` as server-sent events (`deploy.openai_api`); `GET /v1/models`.
 
-Access control: with `--api-key-env NAME` every endpoint but `/health` needs `Authorization:
-Bearer <key>`, compared with `hmac.compare_digest` (constant time); anything else gets 401. The
-key is read from the environment, never from the command line, and never logged. Without a key
-the server refuses a non-loopback `--host` unless `--insecure`.
+Dynamic batching (`deploy.batcher`): concurrent requests wait in one queue of at most
+`--max-queue` requests; classification requests are merged into batches of up to
+`--max-batch-size` inputs and `--max-batch-tokens` padded tokens, waiting at most `--max-wait-ms`
+for requests still arriving; generation requests run one at a time. 503 (with Retry-After) only
+when the queue is full.
+
+Limits (`deploy.limits`): the body is counted as it streams (413 over `--max-body-bytes`,
+chunked or not), headers and body must arrive within `--read-timeout` (408), and an answer must
+start within `--request-timeout` of arrival (504). Access control: with `--api-key-env NAME`
+every endpoint but `/health` needs `Authorization: Bearer <key>`; without a key the server
+refuses a non-loopback `--host` unless `--insecure`.
 
 Errors are JSON (`{"error": {"message", "type"}}`, OpenAI's shape): malformed JSON 400, wrong
-types or an empty batch 422, over a limit 413, not an image 415, over `--max-concurrency`
-inference requests at once 503 (at once, no queue).
+types, an empty input or one the model cannot run 422, over a limit 413, not an image 415. Client
+input never gets a 500.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request models defined in create_app
 # from the endpoint annotations, which must be real classes, not strings.
 
-import hmac
 import ipaddress
 import logging
 import os
 import sys
-import time
-import uuid
-from typing import Optional, Union
+from typing import Optional
 
 logger = logging.getLogger("scaledown.serve")
-INFERENCE_PATHS = ("/v1/classify", "/v1/completions")
-KNOWN_PATHS = ("/health", "/metrics", "/v1/models") + INFERENCE_PATHS
 
 
 def is_loopback(host: str) -> bool:
@@ -54,12 +57,16 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", heade
 def create_app(
     predictor,
     api_key: Optional[str] = None,
-    max_concurrency: int = 4,
     max_batch_size: int = 32,
+    max_batch_tokens: int = 8192,
+    max_wait_ms: float = 10.0,
+    max_queue: int = 256,
     max_new_tokens: int = 256,
     max_body_bytes: int = 16 * 2**20,
+    read_timeout: float = 30.0,
+    request_timeout: float = 60.0,
 ):
-    """The FastAPI app around a loaded `deploy.predictor.Predictor`."""
+    """The ASGI app (FastAPI routes inside `deploy.limits.Guard`) around a loaded `Predictor`."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
@@ -67,66 +74,23 @@ def create_app(
     from pydantic import BaseModel, Field, StrictStr
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from .batcher import Batcher, QueueFull
+    from .limits import Guard
     from .metrics import ServerMetrics
+    from .openai_api import add_openai_routes
     from .predictor import InputError
 
-    metrics = ServerMetrics()
-    expected = api_key.encode() if api_key else None
+    def run_batch(jobs):
+        return predictor.classify_prepared([(job.items, job.options) for job in jobs])
+
+    batcher = Batcher(run_batch, max_batch_size, max_batch_tokens, max_wait_ms, max_queue)
+    metrics = ServerMetrics(queue_depth=lambda: batcher.depth)
+    batcher.metrics = metrics
     app = FastAPI(title="scaledown serve", docs_url=None, redoc_url=None, openapi_url=None)
 
     class ClassifyRequest(BaseModel):
         inputs: list[StrictStr] = Field(description="texts, or base64-encoded images")
         top_k: int = Field(default=1, ge=1, le=1000)
-
-    class CompletionRequest(BaseModel):
-        prompt: Union[StrictStr, list[StrictStr]]
-        model: Optional[str] = None
-        max_tokens: int = Field(default=16, ge=1)
-        temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-        top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-        n: int = Field(default=1, ge=1, le=1)
-        stream: bool = False
-        stop: Optional[Union[StrictStr, list[StrictStr]]] = None
-        seed: Optional[int] = None
-
-    def authorized(request: Request) -> bool:
-        if expected is None or request.url.path == "/health":
-            return True
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """Auth, then the concurrency limit on inference paths, then metrics for every request."""
-        start, status, entered = time.perf_counter(), 500, False
-        try:
-            length = request.headers.get("content-length", "0")
-            if not length.isdigit() or int(length) > max_body_bytes:
-                response = _error(413, f"The request body is over {max_body_bytes} bytes.")
-            elif not authorized(request):
-                response = _error(
-                    401,
-                    "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
-                    "authentication_error",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-            elif request.url.path in INFERENCE_PATHS and not metrics.enter(max_concurrency):
-                response = _error(
-                    503,
-                    f"Server busy: {max_concurrency} requests in flight (--max-concurrency); retry later.",
-                    "overloaded_error",
-                    {"Retry-After": "1"},
-                )
-            else:
-                entered = request.url.path in INFERENCE_PATHS
-                response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            if entered:
-                metrics.leave()
-            path = request.url.path if request.url.path in KNOWN_PATHS else "other"
-            metrics.observe(request.method, path, status, time.perf_counter() - start)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -145,6 +109,11 @@ def create_app(
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):
         return _error(exc.status, str(exc))
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, exc: QueueFull):
+        metrics.reject()
+        return _error(503, f"Server busy: {exc} Retry later.", "overloaded_error", {"Retry-After": "1"})
 
     @app.get("/health")
     async def health():
@@ -169,40 +138,42 @@ def create_app(
             raise InputError(
                 f"inputs has {len(body.inputs)} items, over --max-batch-size {max_batch_size}.", 413
             )
-        predictions = await run_in_threadpool(predictor.classify, body.inputs, body.top_k)
-        return {"predictions": predictions}
+        if predictor.task == "image-cls":  # decoding images takes a while: off the event loop
+            items, lengths = await run_in_threadpool(predictor.prepare, body.inputs)
+        else:
+            items, lengths = predictor.prepare(body.inputs)
+        return {"predictions": await batcher.submit(items, lengths, body.top_k)}
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
-        if body.stream:
-            raise InputError("stream=true is not supported: send stream=false.", 400)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise InputError("prompt is an empty list.")
-        if len(prompts) > max_batch_size:
-            raise InputError(f"prompt has {len(prompts)} items, over --max-batch-size {max_batch_size}.", 413)
-        if body.max_tokens > max_new_tokens:
-            raise InputError(f"max_tokens={body.max_tokens} is over --max-new-tokens {max_new_tokens}.", 413)
-        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        choices, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for index, prompt in enumerate(prompts):
-            out = await run_in_threadpool(
-                predictor.complete, prompt, body.max_tokens, body.temperature, body.top_p, stop, body.seed
-            )
-            choices.append(
-                {"text": out["text"], "index": index, "logprobs": None, "finish_reason": out["finish_reason"]}
-            )
-            usage = {k: usage[k] + out["usage"][k] for k in usage}
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": body.model or predictor.name,
-            "choices": choices,
-            "usage": usage,
-        }
+    add_openai_routes(app, predictor, batcher, max_batch_size, max_new_tokens)
+    return Guard(
+        app,
+        metrics,
+        api_key=api_key,
+        max_body_bytes=max_body_bytes,
+        read_timeout=read_timeout,
+        request_timeout=request_timeout,
+        batcher=batcher,
+    )
 
-    return app
+
+def check_args(args) -> Optional[str]:
+    """The first problem with the serve flags, as an error line (None when they are fine)."""
+    for name in (
+        "max_batch_size",
+        "max_batch_tokens",
+        "max_queue",
+        "max_input_chars",
+        "max_new_tokens",
+        "max_body_bytes",
+    ):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be at least 1."
+    for name in ("read_timeout", "request_timeout"):
+        if getattr(args, name) <= 0:
+            return f"--{name.replace('_', '-')} must be above 0 seconds."
+    if args.max_wait_ms < 0:
+        return "--max-wait-ms must be 0 or more."
+    return None
 
 
 def main(args) -> int:
@@ -223,12 +194,13 @@ def main(args) -> int:
             file=sys.stderr,
         )
         return 2
-    for name in ("max_concurrency", "max_batch_size", "max_input_chars", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            print(f"error: --{name.replace('_', '-')} must be at least 1.", file=sys.stderr)
-            return 2
+    problem = check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     import uvicorn
 
+    from .limits import timed_h11_protocol
     from .predictor import Predictor
 
     try:
@@ -241,9 +213,14 @@ def main(args) -> int:
     app = create_app(
         predictor,
         api_key=api_key,
-        max_concurrency=args.max_concurrency,
         max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
         max_new_tokens=args.max_new_tokens,
+        max_body_bytes=args.max_body_bytes,
+        read_timeout=args.read_timeout,
+        request_timeout=args.request_timeout,
     )
     logger.info(
         "Serving %s (%s, %s) on %s:%d, auth %s",
@@ -254,5 +231,11 @@ def main(args) -> int:
         args.port,
         "on" if api_key else "off",
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        http=timed_h11_protocol(args.read_timeout),
+    )
     return 0

@@ -8,6 +8,7 @@ from typing import Optional, Union
 from transformers import TrainingArguments
 
 from .data.arguments import TASKS  # one list of tasks, shared with the data layer
+from .losses.cross_tokenizer import CROSS_TOKENIZER_LOSSES
 from .losses.divergences import KD_KINDS, check_loss_settings
 from .losses.hidden import HIDDEN_LOSSES, parse_layer_map
 
@@ -48,7 +49,9 @@ class DistillationConfig(TrainingArguments):
         skew_alpha (`float`, defaults to 0.1):
             The skew a of `skew_forward_kl` / `skew_reverse_kl`, in [0, 1); 0 gives the plain KL.
         teacher_model_name_or_path (`str`, *optional*):
-            Hub id or local directory of the teacher. Loaded from safetensors only.
+            Hub id or local directory of the teacher. Loaded from safetensors only. `self`: self-distillation of
+            a LoRA student (`use_peft`) from its own base model, the same weights run with the adapters
+            disabled, so only one model is in memory (see `distill.students.lora`).
         teacher_dtype (`str`, defaults to `"auto"`):
             dtype in which the teacher's weights are loaded (`auto`, `float32`, `bfloat16`, `float16`).
             Softmax and divergences are computed in float32 whatever this is.
@@ -119,6 +122,16 @@ class DistillationConfig(TrainingArguments):
             Weight of MiniLM's self-attention transfer, KL(teacher || student) of the attention distributions
             per head and query, on the blocks of `hidden_layer_map`. Needs the same head count in both models,
             ``attn_implementation="eager"`` and no attention dropout in the student.
+        cross_tokenizer_loss (`str`, *optional*):
+            Causal LMs whose teacher has another tokenizer than the student: `gold` or `uld`. The teacher
+            reads the same text through its own tokenizer and the two token sequences are aligned by
+            character offsets (fast tokenizers only). `uld`: Universal Logit Distillation (Boizard et al.
+            2024), the Wasserstein-1 distance between the sorted probability vectors of aligned spans;
+            `gold` (as in TRL's GOLD): KL on the tokens both vocabularies share, ULD on the rest (with
+            identical tokenizers: the forward KL). Unset: different tokenizers are refused. See
+            `distill.losses.cross_tokenizer`.
+        teacher_tokenizer_name_or_path (`str`, *optional*):
+            The teacher's tokenizer for `cross_tokenizer_loss`, when it is not saved in the teacher's directory.
         max_nonfinite_steps (`int`, defaults to 10):
             An optimizer step whose loss or gradient norm is NaN or infinite is skipped (weights and
             optimizer moments untouched, logged as `nonfinite_step_skipped`); after this many in a row
@@ -150,7 +163,10 @@ class DistillationConfig(TrainingArguments):
     )
     teacher_model_name_or_path: Optional[str] = field(
         default=None,
-        metadata={"help": "Hub id or local directory of the teacher (safetensors weights)."},
+        metadata={
+            "help": "Hub id or local directory of the teacher (safetensors weights); 'self': the LoRA student's "
+            "own base model, its adapters disabled (one model in memory)."
+        },
     )
     teacher_dtype: str = field(
         default="auto",
@@ -251,6 +267,22 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    # ---- cross-tokenizer distillation (issue 20; distill/losses/cross_tokenizer.py) ----
+    cross_tokenizer_loss: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Teacher with another tokenizer (causal-lm): gold (KL on shared tokens, ULD on the rest) "
+            "or uld (sorted-probability Wasserstein-1); spans aligned by character offsets. Unset: refused.",
+            "choices": list(CROSS_TOKENIZER_LOSSES),
+        },
+    )
+    teacher_tokenizer_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "The teacher's tokenizer for cross_tokenizer_loss (default: the one saved with the teacher)."
+        },
+    )
+
     # ---- fault tolerance (distill/trainer/numerics.py) ----
     max_nonfinite_steps: int = field(
         default=10,
@@ -333,6 +365,7 @@ class DistillationConfig(TrainingArguments):
         self._check_teachers()
         self._check_augmentation()
         self._check_on_policy()
+        self._check_cross_tokenizer()
         if self.kd_fused_lm_head:
             # The fused loss uses the head weight after the forward; DDP's unused-parameter search
             # would mark an untied head unused and then fail on its gradient ("marked ready twice").
@@ -363,6 +396,13 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"teacher_ensemble={self.teacher_ensemble!r} is unknown: use one of "
                 f"{', '.join(ENSEMBLE_MODES)}."
+            )
+        from .students.lora import is_self_teacher, self_teacher_conflicts
+
+        if is_self_teacher(self.teacher_model_name_or_path) and self_teacher_conflicts(self):
+            raise ValueError(
+                f"teacher_model_name_or_path: self (the LoRA student's own base model) does not work with "
+                f"{', '.join(self_teacher_conflicts(self))}: turn those off, or name a separate teacher."
             )
         if self.extra_teachers and not self.teacher_model_name_or_path:
             raise ValueError("extra_teachers needs teacher_model_name_or_path (the first teacher) as well.")
@@ -408,6 +448,48 @@ class DistillationConfig(TrainingArguments):
             if self.kd_fused_lm_head:
                 raise ValueError(
                     "augment_fraction > 0 is not supported with kd_fused_lm_head; set one of them off."
+                )
+
+    def _check_cross_tokenizer(self) -> None:
+        """`cross_tokenizer_loss` (issue 20) and what it cannot be combined with."""
+        if self.cross_tokenizer_loss in ("", "none"):
+            self.cross_tokenizer_loss = None
+        if self.cross_tokenizer_loss is None:
+            if self.teacher_tokenizer_name_or_path:
+                raise ValueError(
+                    "teacher_tokenizer_name_or_path is only used by cross_tokenizer_loss: set "
+                    "cross_tokenizer_loss (gold or uld), or drop teacher_tokenizer_name_or_path."
+                )
+            return
+        if self.cross_tokenizer_loss not in CROSS_TOKENIZER_LOSSES:
+            raise ValueError(
+                f"cross_tokenizer_loss={self.cross_tokenizer_loss!r} is unknown: use one of "
+                f"{', '.join(CROSS_TOKENIZER_LOSSES)}."
+            )
+        if self.task is not None and self.task != "causal-lm":
+            raise ValueError(f"cross_tokenizer_loss applies to causal-lm only, not task {self.task!r}.")
+        if self.alpha == 0:
+            raise ValueError(
+                "cross_tokenizer_loss distils from a teacher: set alpha > 0, or drop cross_tokenizer_loss."
+            )
+        if self.kd_kind != "forward_kl":
+            raise ValueError(
+                f"kd_kind={self.kd_kind!r} does not apply with cross_tokenizer_loss, which is its own divergence "
+                "(gold: KL on shared tokens, uld: sorted Wasserstein-1): leave kd_kind at forward_kl."
+            )
+        combined = {
+            "kd_fused_lm_head": self.kd_fused_lm_head,
+            "extra_teachers": bool(self.extra_teachers),
+            "augment_fraction": self.augment_fraction > 0,
+            "lmbda": self.lmbda > 0,
+            "hidden_weight": self.hidden_weight > 0,
+            "attention_weight": self.attention_weight > 0,
+        }
+        for name, used in combined.items():
+            if used:
+                raise ValueError(
+                    f"cross_tokenizer_loss does not work with {name} (yet): turn {name} off, or drop "
+                    "cross_tokenizer_loss and give the student the teacher's tokenizer."
                 )
 
     def _check_on_policy(self) -> None:

@@ -39,13 +39,21 @@ def main():
         ddp_find_unused_parameters=False,
         **extra,
     )
-    trainer = DistillationTrainer(
-        model=tiny_llama(seed=0),
-        teacher_model=tiny_llama(hidden=48, seed=1),
-        args=args,
-        train_dataset=lm_dataset(48),
-        data_collator=CausalLMCollator(pad_token_id=0),
-    )
+    if args.cross_tokenizer_loss:  # a teacher with another tokenizer (tests/test_cross_tokenizer.py)
+        from xtok_helpers import llama_for, student_tokenizer, teacher_tokenizer, text_dataset
+
+        s_tok, t_tok = student_tokenizer(), teacher_tokenizer()
+        models = dict(model=llama_for(s_tok, seed=0), teacher_model=llama_for(t_tok, hidden=48, seed=1))
+        data = dict(
+            train_dataset=text_dataset(s_tok, 48),
+            processing_class=s_tok,
+            teacher_processing_class=t_tok,
+            data_collator=CausalLMCollator(pad_token_id=s_tok.pad_token_id),
+        )
+    else:
+        models = dict(model=tiny_llama(seed=0), teacher_model=tiny_llama(hidden=48, seed=1))
+        data = dict(train_dataset=lm_dataset(48), data_collator=CausalLMCollator(pad_token_id=0))
+    trainer = DistillationTrainer(args=args, **models, **data)
     trainer.train()
     trainer.save_model()
     trainer.save_state()

@@ -64,14 +64,18 @@ def parameter_counts(model) -> tuple[int, int]:
     """``(total, non_embedding)`` parameters of the student (ZeRO-3 aware), without a hidden-state projection."""
     import torch
 
+    from distill.students.lora import is_lora_parameter
     from distill.trainer.intermediate import PROJECTION_NAME
 
     def numel(p):  # ZeRO-3 partitions parameters: ds_numel is the full size
         return getattr(p, "ds_numel", p.numel())
 
-    # Without a hidden-state projection, which is not saved with the model.
+    # Without a hidden-state projection, which is not saved with the model, and without LoRA adapters,
+    # which are merged into the saved model (distill/students/lora.py).
     total = sum(
-        numel(p) for name, p in model.named_parameters() if not name.startswith(PROJECTION_NAME + ".")
+        numel(p)
+        for name, p in model.named_parameters()
+        if not name.startswith(PROJECTION_NAME + ".") and not is_lora_parameter(name)
     )
     embedding = sum(numel(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return total, total - embedding

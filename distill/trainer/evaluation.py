@@ -6,11 +6,12 @@ from __future__ import annotations
 import torch
 
 from distill.data.augment import AUGMENTED_KEY, clean_collator
+from distill.losses.cross_tokenizer import CROSS_TOKENIZER_KEYS
 from distill.losses.logit import student_cross_entropy
 from distill.teacher.cache import CACHE_COLUMNS
 from distill.trainer.tasks import align_logits_and_labels
 
-_NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, *CACHE_COLUMNS)
+_NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, *CACHE_COLUMNS, *CROSS_TOKENIZER_KEYS)
 
 
 class EvaluationMixin:
@@ -37,21 +38,28 @@ class EvaluationMixin:
             s_outputs = model(**model_inputs, **extra)
             logits = s_outputs.logits
             s_logits, s_labels = align_logits_and_labels(self.task, logits, labels)
+            s_ce_logits = self.real_vocab(s_logits)  # the training CE's vocabulary, not a padded head's
             # Sum only real rows: accelerate pads the last batch with repeated samples.
             k = self._real_rows(labels.shape[0])
-            ce_sum, n = ce_real, n_real = student_cross_entropy(s_logits[:k], s_labels[:k])
+            ce_sum, n = ce_real, n_real = student_cross_entropy(s_ce_logits[:k], s_labels[:k])
             if k < labels.shape[0]:
-                ce_pad, n_pad = student_cross_entropy(s_logits[k:], s_labels[k:])
+                ce_pad, n_pad = student_cross_entropy(s_ce_logits[k:], s_labels[k:])
                 ce_sum, n = ce_real + ce_pad, n_real + n_pad
             sums = self._eval_sums
             if sums is not None:
                 sums["ce"] += float(ce_real)
                 sums["n"] += float(n_real)
-            if self.teacher is not None:
+            if (
+                getattr(self, "_xtok", None) is not None and self.teacher is not None
+            ):  # teacher on its own tokens: no teacher CE
+                out = self._xtok.loss(self, logits, inputs, labels, 1.0, 1, rows=k)
+                if sums is not None:
+                    sums["kd"] += float(out.kd_loss)
+            elif self.teacher is not None:
                 t_outputs = self._teacher_outputs(model_inputs)
                 t_logits, _ = align_logits_and_labels(self.task, t_outputs.logits, None)
                 out = self._online_kd(s_logits[:k], t_logits[:k], s_labels[:k], 1.0, 1)
-                t_ce, _ = student_cross_entropy(t_logits[:k], s_labels[:k])
+                t_ce, _ = student_cross_entropy(self.real_vocab(t_logits[:k]), s_labels[:k])
                 if sums is not None:
                     sums["kd"] += float(out.kd_loss)
                     sums["teacher_ce"] = sums.get("teacher_ce", 0.0) + float(t_ce)
@@ -113,7 +121,10 @@ class EvaluationMixin:
                 output.metrics[f"{p}_perplexity"] = float(torch.tensor(ce / n).exp())
             if self.teacher is not None:
                 output.metrics[f"{p}_kd_loss"] = kd / n
-                output.metrics[f"{p}_teacher_loss"] = t_ce / n
+                if (
+                    getattr(self, "_xtok", None) is None
+                ):  # cross-tokenizer: the teacher's CE counts other tokens
+                    output.metrics[f"{p}_teacher_loss"] = t_ce / n
                 if not self.task.token_level:
                     output.metrics[f"{p}_teacher_accuracy"] = t_correct / n
             elif cached_kd:  # an eval set that carries cache columns: KD from the cache, no teacher CE
