@@ -10,10 +10,18 @@ import argparse
 import json
 import sys
 
+from distill.utils.flags import add_overwrite_flag
+
 COMMANDS = ("export", "quantize", "bench", "serve")
 _DATA_HELP = (
     "the task's data for real inputs: a `distill train` recipe YAML (its data fields are read), a "
     "dataset name (e.g. builtin:docstring-topics), or nothing for the task's built-in source"
+)
+
+
+_OVERWRITE_HELP = (
+    "replace what is in --output_dir when no earlier run of this command wrote it (its model files and "
+    "reports are removed first; alias --overwrite)"
 )
 
 
@@ -35,6 +43,7 @@ def add_deploy_commands(sub) -> None:
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     export.add_argument("--atol", type=float, default=1e-4, help="absolute parity tolerance on logits")
     export.add_argument("--rtol", type=float, default=1e-5, help="tolerance relative to max |logits|")
+    add_overwrite_flag(export, _OVERWRITE_HELP)
 
     quant = sub.add_parser(
         "quantize",
@@ -47,6 +56,7 @@ def add_deploy_commands(sub) -> None:
     quant.add_argument("--method", required=True, choices=["torchao-int8", "onnx-int8"])
     quant.add_argument("--output_dir", required=True)
     quant.add_argument("--data", default=None, help=_DATA_HELP)
+    add_overwrite_flag(quant, _OVERWRITE_HELP)
 
     bench = sub.add_parser(
         "bench",
@@ -176,12 +186,15 @@ def run_command(args: argparse.Namespace) -> int:
                 opset=args.opset,
                 atol=args.atol,
                 rtol=args.rtol,
+                overwrite=args.overwrite_output_dir,
             )
             print(json.dumps({k: report[k] for k in ("max_abs_diff", "opset", "input_names")}))
         elif args.command == "quantize":
             from .quantize import quantize
 
-            report = quantize(args.model_dir, args.method, args.output_dir, data=args.data)
+            report = quantize(
+                args.model_dir, args.method, args.output_dir, data=args.data, overwrite=args.overwrite_output_dir
+            )
             print(
                 json.dumps({k: report[k] for k in ("method", "max_abs_diff", "top1_agreement", "disk_bytes")})
             )
