@@ -78,7 +78,9 @@ def add_deploy_commands(sub) -> None:
         "--max_eval_samples", type=int, default=None, help="limit the test split (default: all)"
     )
     bench.add_argument(
-        "--no_compile", action="store_true", help="skip torch.compile of torchao int8 variants"
+        "--no_compile",
+        action="store_true",
+        help="skip torch.compile (of torchao int8 variants, and of the fp32 reference measured compiled beside them)",
     )
 
     serve = sub.add_parser(
@@ -193,7 +195,11 @@ def run_command(args: argparse.Namespace) -> int:
             from .quantize import quantize
 
             report = quantize(
-                args.model_dir, args.method, args.output_dir, data=args.data, overwrite=args.overwrite_output_dir
+                args.model_dir,
+                args.method,
+                args.output_dir,
+                data=args.data,
+                overwrite=args.overwrite_output_dir,
             )
             print(
                 json.dumps({k: report[k] for k in ("method", "max_abs_diff", "top1_agreement", "disk_bytes")})

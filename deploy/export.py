@@ -17,6 +17,8 @@ import os
 import time
 from typing import Optional
 
+from distill.utils.output_dir import clear_model_outputs
+
 from .artifacts import (
     ONNX_FILE,
     ModelInfo,
@@ -26,8 +28,6 @@ from .artifacts import (
     load_processor,
     load_torch_model,
 )
-from distill.utils.output_dir import clear_model_outputs
-
 from .runners import logits_module
 
 DEFAULT_ATOL = 1e-4
