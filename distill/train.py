@@ -119,6 +119,7 @@ def build_parser():
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, DistillationConfig),
         prog="distill train",
+        allow_abbrev=False,  # a misspelt --learning_rat must be an error, not --learning_rate
         usage="distill train [--config RECIPE.yaml] [--FIELD VALUE ...]   (every field below; `distill train --help`)",
     )
     parser.add_argument_group("recipe").add_argument(
@@ -228,7 +229,13 @@ def prepare_data(model_args, data_args, args, task):
     from .data import build_datasets
 
     processing_class = _load_processing_class(model_args, data_args, args, task)
-    bundle = build_datasets(data_args, task.name, processing_class, seed=args.seed)
+    label_space = None
+    if task.name != "causal-lm" and args.teacher_model_name_or_path and not model_args.teacher_cache:
+        from .teacher.loading import teacher_label_space
+
+        # the teacher's classes, in its order: the data's labels are mapped to them (or refused)
+        label_space = teacher_label_space([args.teacher_model_name_or_path, *(args.extra_teachers or [])])
+    bundle = build_datasets(data_args, task.name, processing_class, seed=args.seed, label_space=label_space)
     if bundle.train is None:
         raise ValueError(f"train_split={data_args.train_split!r} gave no training data.")
     if isinstance(bundle.train, datasets.IterableDataset) and args.max_steps <= 0:
@@ -244,10 +251,13 @@ def prepare_data(model_args, data_args, args, task):
 
 def _check_before_compute(model_args, data_args, args) -> None:
     """Errors a user can fix, raised before any tokenizer training, data loading or training."""
-    from .teacher.loading import _looks_local
+    from .teacher.loading import _looks_local, check_model_task, read_model_config
 
     if args.task is None:
         args.task = _infer_task_name(model_args, data_args, args)
+    if model_args.model_name_or_path:
+        student = model_args.model_name_or_path
+        check_model_task(read_model_config(student), args.task, "model_name_or_path", student, teacher=False)
     if model_args.teacher_cache and args.cross_tokenizer_loss:
         raise ValueError(
             "teacher_cache holds top-k log-probabilities over the student's tokens; cross_tokenizer_loss needs the "
@@ -286,6 +296,8 @@ def _check_before_compute(model_args, data_args, args) -> None:
                 f"{field_name}: {path!r} is not a model directory (no config.json there). "
                 "Train or download the teacher first, or point at a Hub id."
             )
+        if path and not _teacher_only_gives_weights(model_args, args):
+            check_model_task(read_model_config(path), args.task, field_name, path)
     if model_args.model_config is not None:
         parse_model_config(model_args.model_config)
     from distill.utils.safe_loading import check_model_dir

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-LAW_CHOICES = ("chinchilla", "power", "kaplan", "chinchilla_gamma", "distillation")
+LAW_CHOICES = ("chinchilla", "power", "kaplan", "chinchilla_gamma", "auto", "distillation")
 
 
 def _add_inputs(p):
@@ -216,6 +216,15 @@ def _summary_text(fit) -> str:
     for k, v in list(fit["params"].items()) + list(fit["derived"].items()):
         lines.append(f"  {k:>24} = {v:.5g}  {format_interval(fit, k)}".rstrip())
     lines += [f"  {line}" for line in bootstrap_lines(fit)]
+    sel = fit.get("selection")
+    if sel:
+        lines.append(
+            f"  --law auto chose {sel['chosen']} by {sel['method']} ("
+            + ", ".join(
+                f"{k}: MAPE {v['mape']:.2f}%" if v else f"{k}: failed" for k, v in sel["scores"].items()
+            )
+            + f"); extrapolation band +-{sel['band_pct']:.2f}% (its worst validation error)"
+        )
     if "holdout" in fit:
         h = fit["holdout"]
         lines.append(
@@ -225,6 +234,7 @@ def _summary_text(fit) -> str:
             lines.append(
                 f"    N={r['params']:.3g} D={r['tokens']:.3g} loss={r['loss']:.4f} "
                 f"predicted={r['predicted']:.4f} ({r['error_pct']:+.2f}%)"
+                + (f" band [{r['band'][0]:.4f}, {r['band'][1]:.4f}]" if "band" in r else "")
             )
     return "\n".join(lines)
 
@@ -237,21 +247,25 @@ def cmd_fit(args):
 
         return cmd_fit_distillation(args)
     points = _load(args)
-    fit = fit_runs(
-        points,
-        args.law,
-        args.method,
-        args.loss,
-        args.delta,
-        args.bootstrap,
-        args.seed,
-        args.jobs,
-        args.holdout_above,
-        args.budgets,
-        args.drop_highest,
-        args.level,
+    options = dict(
+        method=args.method,
+        loss=args.loss,
+        delta=args.delta,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        jobs=args.jobs,
+        holdout_above=args.holdout_above,
+        budgets=args.budgets,
+        drop_highest=args.drop_highest,
+        level=args.level,
         progress=not args.quiet,
     )
+    if args.law == "auto":
+        from .autolaw import fit_auto
+
+        fit = fit_auto(points, **options)
+    else:
+        fit = fit_runs(points, args.law, **options)
     if args.out:
         save_fit(fit, args.out)
     if args.plot:

@@ -24,7 +24,7 @@ __all__ = ["PROFILE_THRESHOLD", "SPAN", "SPAN_LINEAR", "profile_distillation"]
 PROFILE_THRESHOLD = 1.92
 SPAN = 100.0  # log-parameters are scanned over a factor 100 each way
 SPAN_LINEAR = 1.5  # c0 and the exponents over +-1.5
-_STEPS = 8  # values per side
+_STEPS = 6  # values per side
 
 
 def _scan(form, x, log_l, kind, delta, theta, j, values):

@@ -153,6 +153,14 @@ class DataArguments:
         default="label",
         metadata={"help": "seq-cls / image-cls: column with the class (int, string or ClassLabel)."},
     )
+    class_names: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "seq-cls / image-cls without a teacher: the classes in id order (names as in label_column; "
+            "default: a ClassLabel's names, else ids 0..n-1, else the sorted distinct labels). With a teacher the "
+            "classes and their order are always the teacher's (config.json id2label)."
+        },
+    )
     image_column: Optional[str] = field(
         default=None, metadata={"help": "image-cls: column with the image. Default: 'image', else 'img'."}
     )

@@ -254,7 +254,12 @@ def texts_for_tokenizer(
 # Building model-ready datasets
 # --------------------------------------------------------------------------------------------
 def build_datasets(
-    data_args: DataArguments, task: str, processing_class: Any = None, *, seed: int = 42
+    data_args: DataArguments,
+    task: str,
+    processing_class: Any = None,
+    *,
+    seed: int = 42,
+    label_space: Optional[dict] = None,
 ) -> DatasetBundle:
     """Load, tokenize / transform and check the train, eval and test splits for `task`.
 
@@ -264,6 +269,9 @@ def build_datasets(
         processing_class: a tokenizer for the text tasks; for image-cls a
             `BaseImageProcessor` or None (resize to image_size, scale to [-1, 1]).
         seed: seed of the eval carve and of the streaming shuffle buffer.
+        label_space: classification with a teacher: the teacher's ``id2label``. The classes and their
+            order are the teacher's; the data's labels (names or ids) are mapped to them, and labels the
+            teacher does not know or a different number of classes are refused.
 
     Returns:
         A `DatasetBundle`; `num_labels`/`id2label` are set for the classification tasks.
@@ -272,7 +280,7 @@ def build_datasets(
     prepare = {"causal-lm": _prepare_causal_lm, "seq-cls": _prepare_seq_cls, "image-cls": _prepare_image_cls}[
         task
     ]
-    splits, num_labels, id2label, transform = prepare(raw, data_args, processing_class)
+    splits, num_labels, id2label, transform = prepare(raw, data_args, processing_class, label_space)
     limits = {
         "train": data_args.max_train_samples,
         "validation": data_args.max_eval_samples,

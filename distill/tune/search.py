@@ -103,6 +103,15 @@ def parse_search_space(space: dict, args, model_config=None) -> list[Dimension]:
                     f"{where}: architecture entries need a student built from model_config "
                     "(a pretrained model_name_or_path has a fixed architecture)"
                 )
+            from distill.students.model_config import config_class_keys
+
+            key = name[len(MODEL_PREFIX) :]
+            known = config_class_keys(model_config["model_type"])
+            if key not in known or key == "model_type":
+                raise ValueError(
+                    f"{where}: {key!r} is not a field of model_type {model_config['model_type']!r}'s config"
+                    f"{did_you_mean(key, known, prefix=MODEL_PREFIX)}; transformers would ignore it"
+                )
         elif name not in types:
             raise ValueError(
                 f"{where}: not a training field{did_you_mean(name, set(types))} (data and model "
