@@ -123,7 +123,11 @@ def main(argv=None):
     table = "\n".join(lines)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _measure import provenance
+
     doc = {
+        "provenance": provenance(),
         "benchmark": "bench_scaling_distill_refit",
         "python": platform.python_version(),
         "noiseless": noiseless,

@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -144,7 +145,11 @@ def main(argv=None):
     table = markdown(results)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _measure import provenance
+
     doc = {
+        "provenance": provenance(),
         "benchmark": "bench_scaling_extrapolation",
         "python": platform.python_version(),
         "machine": platform.machine(),

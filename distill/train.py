@@ -255,6 +255,7 @@ def _check_before_compute(model_args, data_args, args) -> None:
 
     if args.task is None:
         args.task = _infer_task_name(model_args, data_args, args)
+    _check_hub_reachable(args)
     if model_args.model_name_or_path:
         student = model_args.model_name_or_path
         check_model_task(read_model_config(student), args.task, "model_name_or_path", student, teacher=False)
@@ -308,6 +309,17 @@ def _check_before_compute(model_args, data_args, args) -> None:
     ]:
         if path and _looks_local(path):
             check_model_dir(path, field_name, args.trust_remote_code)
+
+
+def _check_hub_reachable(args) -> None:
+    """push_to_hub offline would fail after training (or, in the Trainer, before it with a traceback)."""
+    from huggingface_hub.constants import is_offline_mode
+
+    if getattr(args, "push_to_hub", False) and is_offline_mode():
+        raise ValueError(
+            "push_to_hub=True needs the Hugging Face Hub, but offline mode is on (HF_HUB_OFFLINE=1): unset "
+            "HF_HUB_OFFLINE, or drop --push_to_hub (the model is saved in output_dir either way)."
+        )
 
 
 def _infer_task_name(model_args, data_args, args) -> str:

@@ -7,8 +7,10 @@ Examples:
     scaling predict --fit fit.json --params 1e9 --tokens 2e10
     scaling optimal --fit fit.json --flops 1e21
 
-Data errors print `error: ...` and exit with status 2. Heavy libraries are imported inside
-the sub-commands so that `scaling --help` is instant.
+Data errors print `error: ...` (one line) and exit with status 2; `--debug` shows the traceback
+instead, `--version` prints the version, `--log-level` sets the log level. `scaling` never imports
+`distill`, so these few lines repeat the pattern of `distill.utils.cli_common`. Heavy libraries are
+imported inside the sub-commands so that `scaling --help` is instant.
 """
 
 from __future__ import annotations
@@ -162,7 +164,33 @@ def build_parser() -> argparse.ArgumentParser:
         "same arguments and trains each rung.",
     )
     add_ladder_arguments(p)
+    for p in (parser, *sub.choices.values()):
+        _add_common_options(p)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("scaledown")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _add_common_options(p) -> None:
+    """--version, --debug, --log-level (as `distill.utils.cli_common.add_common_options`)."""
+    p.add_argument("--version", action="version", version=f"scaling (scaledown) {_version()}")
+    p.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
+    )
+    p.add_argument(
+        "--log-level",
+        dest="log_level",
+        choices=("debug", "info", "warning", "error", "critical"),
+        default=argparse.SUPPRESS,
+        help="log level of the scaling logger",
+    )
 
 
 def add_ladder_arguments(p) -> None:
@@ -452,12 +480,20 @@ def main(argv=None) -> int:
     import warnings
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "log_level", None):
+        import logging
+
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("scaling").setLevel(args.log_level.upper())
     old = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
         COMMANDS[args.command](args)
     except (ValueError, OSError) as err:  # ScalingDataError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"error: {message or type(err).__name__}", file=sys.stderr)
         return 2
     finally:
         warnings.showwarning = old

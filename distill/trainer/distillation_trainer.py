@@ -133,6 +133,12 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
                 teacher_cache, teacher_model, task, args, processing_class, kwargs
             )
             self.kd_vocab_size = self.teacher_cache.vocab_size
+        # Every cross-entropy (training with or without a teacher, evaluation, the teacher's) is taken over the
+        # same real vocabulary: a head padded beyond the tokenizer adds rows no label can hit, which would
+        # still take probability mass and make eval_loss differ from the training CE.
+        self.ce_vocab_size = self.kd_vocab_size or (
+            len(processing_class) if task.token_level and hasattr(processing_class, "__len__") else None
+        )
         self._check_train_dataset(kwargs.get("train_dataset"), args)
         check_on_policy(
             args, task, has_cache=self.teacher_cache is not None, tokenizer=processing_class
@@ -366,7 +372,7 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
         if out is not None:
             loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
         else:
-            ce_sum, n_local = student_cross_entropy(student_logits, shifted_labels)
+            ce_sum, n_local = student_cross_entropy(self.real_vocab(student_logits), shifted_labels)
             loss = ce_sum / loss_denominator(n_local, num_items_in_batch)
             kd, ce = None, loss.detach()
         layer_terms = (None, None)
@@ -383,7 +389,12 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
                 loss = loss / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
 
-    # ---- logging -----------------------------------------------------------------------------
+    def real_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` sliced to the real vocabulary (`ce_vocab_size`), as the training loss sees them."""
+        vocab = self.ce_vocab_size
+        return logits[..., :vocab] if vocab and vocab < logits.shape[-1] else logits
+
+        # ---- logging -----------------------------------------------------------------------------
 
     def _zero_sums(self) -> torch.Tensor:
         # [kd raw sum, ce raw sum, valid positions, hidden raw sum, attention raw sum], kept on device to
