@@ -431,10 +431,6 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
 
     processing_class, bundle = prepare_data(model_args, data_args, args, task)
     student = build_student(model_args, data_args, args, task, processing_class, bundle)
-    if model_args.use_peft:  # LoRA adapters on the frozen student (distill/students/lora.py)
-        from distill.students.lora import apply_lora
-
-        student = apply_lora(student, model_args, task.name)
 
     use_cache = bool(model_args.teacher_cache)
     if use_cache:

@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     from deploy.cli import add_deploy_commands  # export / quantize / bench / serve (argparse only)
 
     add_deploy_commands(sub)
-    return parser
+    from distill.utils.flags import both_spellings  # --snake_case, and --kebab-case as its alias
+
+    return both_spellings(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +97,16 @@ def _run_command(args) -> int:
         overrides["ship"] = {"enabled": True}
     config = load_pipeline_config(config_path, quick=args.quick, overrides=overrides)
     with RunLock(config.run_dir):
-        Pipeline(config).run()
+        pipeline = Pipeline(config)
+        # the command that reruns this pipeline, for the report's "what to run next"
+        pipeline.run_command = " ".join(
+            ["scaledown run"]
+            + (["--config", config_path] if config_path else [])
+            + (["--quick"] if args.quick else [])
+            + (["--name", args.name] if args.name else [])
+            + (["--output-root", args.output_root] if args.output_root else [])
+        )
+        pipeline.run()
     return 0
 
 

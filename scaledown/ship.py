@@ -40,12 +40,13 @@ def ship_stage(pipeline, teacher: dict, kd: dict, base: dict) -> dict:
         os.path.join(root, n) for n in ("onnx-fp32", "onnx-int8", "torchao-int8")
     )
     data = dict(pipeline.config.data)
+    # The run folder is the pipeline's own: a folder an interrupted step left without its report is replaced.
     if not os.path.isfile(os.path.join(onnx_dir, "export_report.json")):
-        export(student, onnx_dir, data=data)
+        export(student, onnx_dir, data=data, overwrite=True)
     if not os.path.isfile(os.path.join(onnx_int8, "quantize_report.json")):
-        quantize(onnx_dir, "onnx-int8", onnx_int8, data=data)
+        quantize(onnx_dir, "onnx-int8", onnx_int8, data=data, overwrite=True)
     if not os.path.isfile(os.path.join(torchao_dir, "quantize_report.json")):
-        quantize(student, "torchao-int8", torchao_dir, data=data)
+        quantize(student, "torchao-int8", torchao_dir, data=data, overwrite=True)
     result = bench(
         [student, base["runs"][0]["dir"], torchao_dir, onnx_dir, onnx_int8],
         teacher=teacher["dir"],
@@ -103,23 +104,17 @@ def plot_quality_latency(result: dict, path: str) -> str:
     return path
 
 
-def add_ship_to_report(root: str, summary: dict, ship: dict) -> dict:
-    """Put the ship table into `summary.json` and a "Shipping" section into `report.md`."""
-    from deploy.bench import markdown_table
-
-    from .files import write_json_atomic
+def add_ship_to_report(pipeline, summary: dict, ship: dict) -> dict:
+    """Put the ship table into the summary, count the ship stage in the total time, and rewrite
+    `summary.json` and `report.md` with both."""
+    from .report import write_summary_and_report
 
     summary["ship"] = {k: ship[k] for k in ("reference", "rows", "settings", "machine", "files")}
-    write_json_atomic(os.path.join(root, "summary.json"), summary)
-    section = [
-        "",
-        "## Shipping (ONNX, int8; `scaledown bench`)",
-        "",
-        markdown_table(ship),
-        "",
-        "![quality against latency](plots/quality_latency.png)",
-        "",
+    summary["ship"]["served_dirs"] = [
+        os.path.relpath(os.path.join(pipeline.root, "ship", n))
+        for n in ("onnx-fp32", "onnx-int8", "torchao-int8")
     ]
-    with open(os.path.join(root, "report.md"), "a", encoding="utf-8") as f:
-        f.write("\n".join(section))
+    summary["stage_seconds"] = dict(pipeline.timings)
+    summary["seconds"] = sum(pipeline.timings.values())
+    write_summary_and_report(pipeline.root, summary)
     return summary

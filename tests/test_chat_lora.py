@@ -290,8 +290,18 @@ def test_lora_self_distillation_saves_merged_model_and_adapter(chat_files, base_
         base_logits = base(ids).logits
     assert torch.allclose(merged_logits, adapter_logits, atol=1e-5)
     assert (merged_logits - base_logits).abs().max() > 1e-4  # the adapters trained and were merged
-    # The saved tokenizer carries the chat template (what `scaledown serve` renders chat requests with).
-    assert AutoTokenizer.from_pretrained(out).chat_template == ZEPHYR_TEMPLATE
+    # The saved tokenizer carries the chat template (what `scaledown serve` renders chat requests with), and a
+    # served chat prompt is tokenized exactly as training tokenized the conversation up to the reply.
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template == ZEPHYR_TEMPLATE
+    from deploy.predictor import Predictor
+
+    predictor = Predictor(str(out))
+    prompt = predictor.chat_prompt(CHAT[:2])
+    served = predictor.encode_prompt(prompt, 4, special_tokens=False)[0].tolist()
+    trained, labels = encode_chat(CHAT[:3], tok, assistant_only_loss=True)
+    first_target = next(i for i, t in enumerate(labels) if t != -100)
+    assert served == trained[:first_target]
 
 
 def test_self_teacher_is_the_base_model_without_a_copy(base_dir, tmp_path):
@@ -412,3 +422,38 @@ def test_lora_resume_restores_the_adapter_exactly(chat_files, base_dir, tmp_path
     with open(straight / "trainer_state.json") as f, open(resumed / "trainer_state.json") as g:
         losses = [[h["loss"] for h in json.load(x)["log_history"] if "loss" in h] for x in (f, g)]
     assert losses[0][2:] == losses[1][-2:]
+
+
+def test_cross_tokenizer_teacher_view_is_masked_too(chat_files, bpe, base_dir):
+    """Under cross_tokenizer_loss the teacher's tokens of the same text carry a loss only where the student's
+    assistant tokens do: every aligned span lies inside an assistant turn."""
+    from transformers import AutoTokenizer
+
+    from distill.data import DataArguments, build_datasets
+    from distill.data.corpus import train_bpe_tokenizer
+    from distill.data.cross_tokenizer import CrossTokenizerCollator
+    from distill.trainer.tasks import CausalLMCollator
+
+    student_tok = AutoTokenizer.from_pretrained(base_dir)
+    teacher_tok = train_bpe_tokenizer(
+        [m["content"] for c in conversations(40, seed=7) for m in c], vocab_size=280
+    )
+    data_args = DataArguments(
+        dataset_name="json",
+        data_files={"train": chat_files["train"]},
+        assistant_only_loss=True,
+        chat_template_path="builtin:zephyr",
+        eval_split="",
+    )
+    data = build_datasets(data_args, "causal-lm", student_tok).train
+    collate = CrossTokenizerCollator(CausalLMCollator(student_tok.pad_token_id), student_tok, teacher_tok)
+    batch = collate([data[i] for i in range(8)])
+    assert batch["xtok_row"].numel() > 0
+    eos = student_tok.eos_token
+    for g, row in enumerate(batch["xtok_row"].tolist()):
+        positions = [p for p in batch["xtok_student_pos"][g].tolist() if p >= 0]
+        assert all(batch["labels"][row, p] != -100 for p in positions)
+        t_pos = [p for p in batch["xtok_teacher_pos"][g].tolist() if p >= 0]
+        text = teacher_tok.decode(batch["teacher_input_ids"][row, t_pos].tolist())
+        replies = [m["content"] + eos for m in conversations(48)[row] if m["role"] == "assistant"]
+        assert any(text.strip() in reply for reply in replies), text

@@ -11,7 +11,17 @@ from distill.students.model_config import parse_model_config
 
 
 def build_student(model_args, data_args, args, task, tokenizer, bundle):
-    """The student: copied from teacher layers, loaded from `model_name_or_path`, or built from `model_config`."""
+    """The student: copied from teacher layers, loaded from `model_name_or_path`, or built from `model_config`;
+    with ``use_peft``, wrapped with LoRA adapters (`distill.students.lora`)."""
+    student = _build_student(model_args, data_args, args, task, tokenizer, bundle)
+    if getattr(model_args, "use_peft", False):
+        from distill.students.lora import apply_lora
+
+        student = apply_lora(student, model_args, task.name)
+    return student
+
+
+def _build_student(model_args, data_args, args, task, tokenizer, bundle):
     from transformers import AutoConfig
 
     extra: dict[str, Any] = {}

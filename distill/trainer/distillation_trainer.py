@@ -108,6 +108,11 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
                 teacher_model, task, args, model, kwargs.get("processing_class"), teacher_processing_class
             )
         self_teacher = is_self_teacher(teacher_model)
+        if self_teacher and model_init is not None:
+            raise ValueError(
+                "teacher_model_name_or_path: self runs the student's own base model, which model_init's new "
+                "models (distill tune) would leave behind: name a separate teacher to tune."
+            )
         if self_teacher:  # the LoRA student's base model, adapters disabled (distill.students.lora)
             teacher_model = AdapterDisabledTeacher(model)
         elif isinstance(teacher_model, (str, os.PathLike)):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 
 logger = logging.getLogger("distill")
 
@@ -185,7 +186,9 @@ def _check_values(dims, args) -> None:
 def _split_argv(argv):
     """`distill tune` flags out of argv; the rest is a `distill train` command line."""
     opts, rest, i = {}, [], 0
-    argv = [a.replace("--search-space", "--search_space").replace("--n-trials", "--n_trials") for a in argv]
+    # the kebab-case spelling of a tune flag is an alias (issue 19: one rule for every command)
+    kebab = {"--" + flag[2:].replace("_", "-"): flag for flag in TUNE_FLAGS}
+    argv = [kebab.get(a.partition("=")[0], a.partition("=")[0]) + "".join(a.partition("=")[1:]) for a in argv]
     while i < len(argv):
         arg = argv[i]
         key, _, value = arg.partition("=")
@@ -306,6 +309,12 @@ def main(argv: list[str], callbacks=None) -> dict:
         t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)
     )
     remaining = opts["n_trials"] - finished
+    if remaining <= 0:
+        print(
+            f"distill tune: the study in {args.output_dir} already has {finished} finished trial(s) of the "
+            f"{opts['n_trials']} asked for; nothing to run. Raise --n_trials to search further.",
+            file=sys.stderr,
+        )
     try:
         if remaining > 0:
             trainer.hyperparameter_search(
@@ -325,7 +334,27 @@ def main(argv: list[str], callbacks=None) -> dict:
         _mark_interrupted(study)
         write_reports(study, dims, args.output_dir, _config_path(rest), rest)
         raise
-    return write_reports(study, dims, args.output_dir, _config_path(rest), rest)
+    summary = write_reports(study, dims, args.output_dir, _config_path(rest), rest)
+    print(tune_outcome(summary, args.output_dir), file=sys.stderr)
+    return summary
+
+
+def tune_outcome(summary: dict, output_dir: str) -> str:
+    """What a finished `distill tune` tells the user: the best trial, and where its recipe is."""
+    lines = [f"distill tune: {summary['n_complete']} complete, {summary['n_pruned']} pruned trial(s)."]
+    best = summary.get("best")
+    if best is None:
+        lines.append(f"No trial completed, so no best.yaml; see {os.path.join(output_dir, 'trials.csv')}.")
+        return "\n".join(lines)
+    params = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()
+    )
+    best_yaml = os.path.join(output_dir, "best.yaml")
+    lines += [
+        f"Best: trial {best['number']}, eval_loss {best['value']:.4f} ({params}).",
+        f"Its recipe: {best_yaml}. Train it with: distill train --config {best_yaml}",
+    ]
+    return "\n".join(lines)
 
 
 def _hp_space(dims):

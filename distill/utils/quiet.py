@@ -3,7 +3,8 @@
 - torchao (imported by every `import transformers.trainer` once the `deploy` extra is installed, through
   transformers' quantizer registry) warns that its CUDA-only kernels (mxfp8, cutlass) cannot load and
   that Triton is missing; torch warns that torchao registers Enum pytree constants the old way.
-- DeepSpeed warns "Setting accelerator to CPU" on every import on a machine without a GPU.
+- DeepSpeed warns "Setting accelerator to CPU" on every import on a machine without a GPU, and its
+  collectives call torch.distributed functions that torch has renamed (a FutureWarning per call site).
 - The ONNX exporter's optimizer (onnxscript, onnx_ir) logs each pass at INFO, about a hundred lines
   per export once a command has set the root logger to INFO; the exporter warns that torchvision's
   operators are skipped, and that two dynamic axes share a name.
@@ -32,6 +33,8 @@ _CHATTY = ("onnxscript", "onnx_ir")
 _WARNINGS = (
     (UserWarning, r"# The axis name: .* will not be used"),
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # DeepSpeed's collectives call torch.distributed functions torch has renamed, each call site warning once
+    (FutureWarning, r"`torch\.distributed\.\w+` is deprecated"),
 )
 _show_all = False
 
