@@ -54,13 +54,32 @@ def run_worker(script: str, index: int, flags: list[str]) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def provenance() -> dict:
+    """What wrote a result file: the script (relative to the repository), the command that reruns it from
+    the repository root, when (UTC) and the load average at the end. Every ``results/*.json`` carries it."""
+    import datetime
+    import shlex
+
+    repo = Path(__file__).resolve().parent.parent
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), repo)
+    return {
+        "script": script,
+        "command": shlex.join([".venv/bin/python", script, *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "loadavg": list(os.getloadavg()),
+    }
+
+
 def write_results(stem: str, args, rows: list[dict], table: str) -> None:
-    """``results/<stem>.json`` (the arguments, Python and machine, and the rows) and ``results/<stem>.md``."""
+    """``results/<stem>.json`` (the arguments, Python and machine, the rows and `provenance`) and
+    ``results/<stem>.md``."""
     import platform
 
     results = Path(__file__).resolve().parent / "results"
     results.mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in vars(args).items() if k != "worker"}
     meta.update(python=platform.python_version(), machine=platform.machine())
-    (results / f"{stem}.json").write_text(json.dumps(dict(config=meta, rows=rows), indent=2))
+    (results / f"{stem}.json").write_text(
+        json.dumps(dict(provenance=provenance(), config=meta, rows=rows), indent=2)
+    )
     (results / f"{stem}.md").write_text(table + "\n")

@@ -108,6 +108,9 @@ def main() -> int:
     }
     with open(os.path.join(onnx_dir, "export_report.json")) as f:
         result["export_max_abs_diff"] = json.load(f)["max_abs_diff"]
+    from _measure import provenance
+
+    result["provenance"] = provenance()
     write_bench(result, os.path.join(HERE, "results", "deploy_minilm.json"))
     print(markdown_table(result))
     print(json.dumps(result["goal"]))

@@ -57,8 +57,10 @@ def main() -> int:
     ]
     out = os.path.join(HERE, "results")
     os.makedirs(out, exist_ok=True)
+    from _measure import provenance
+
     with open(os.path.join(out, "kd_gain.json"), "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump({"provenance": provenance(), **result}, f, indent=2)
     with open(os.path.join(out, "kd_gain.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

@@ -294,7 +294,9 @@ def main() -> None:
     meta = dict(
         vars(args), python=platform.python_version(), torch=torch.__version__, machine=platform.machine()
     )
-    out = dict(config=meta, target=1.05, results=results)
+    from _measure import provenance
+
+    out = dict(provenance=provenance(), config=meta, target=1.05, results=results)
     stem = (
         "kd_overhead" if args.chunk is None else f"kd_overhead_chunk{args.chunk}"
     )  # keep the default's table

@@ -213,7 +213,10 @@ def main(argv=None):
     md += "\nBars: " + ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in bars.items()) + "\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    from _measure import provenance
+
     result = {
+        "provenance": provenance(),
         "rows": rows,
         "speedup": ratio,
         "bootstrap": boot_info,

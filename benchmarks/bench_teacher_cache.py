@@ -259,8 +259,10 @@ def main() -> int:
         )
     out = os.path.join(HERE, "results")
     os.makedirs(out, exist_ok=True)
+    from _measure import provenance
+
     with open(os.path.join(out, "teacher_cache.json"), "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump({"provenance": provenance(), **result}, f, indent=2)
     with open(os.path.join(out, "teacher_cache.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

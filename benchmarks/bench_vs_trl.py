@@ -438,7 +438,10 @@ def write_on_policy(args, config: dict, venv_log: str, runs: dict, stem: str) ->
         f"{ratio['peak_rss_mib']:.2f}x | |",
     ]
     table = "\n".join(lines)
+    from _measure import provenance
+
     out = dict(
+        provenance=provenance(),
         config=config,
         venv=venv_log,
         best=best,

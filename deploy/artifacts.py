@@ -234,7 +234,13 @@ def eval_examples(info: ModelInfo, processor, data=None, limit: Optional[int] = 
     split = raw[name]
     if limit is not None and isinstance(split, Dataset):
         split = split.select(range(min(limit, len(split))))
-    return prepare_split(split, name, info.task, data_args, processor, limit=limit, seed=seed)
+    from distill.teacher.loading import label_space_of
+
+    # the model's classes, in its id order: the data's labels are numbered as the model numbers them
+    label_space = label_space_of(info.config) if info.task != "causal-lm" else None
+    return prepare_split(
+        split, name, info.task, data_args, processor, limit=limit, seed=seed, label_space=label_space
+    )
 
 
 def model_inputs(info: ModelInfo, processor, rows: list[dict]) -> dict:

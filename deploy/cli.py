@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 COMMANDS = ("export", "quantize", "bench", "serve")
 _DATA_HELP = (
@@ -160,52 +159,51 @@ def add_deploy_commands(sub) -> None:
     )
     serve.add_argument("--threads", type=int, default=None, help="inference threads (default: the library's)")
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback host without an API key")
-    serve.add_argument("--log-level", dest="log_level", default="info")
+    from distill.utils.cli_common import add_common_options  # argparse only
+
+    for parser in (export, quant, bench, serve):  # --version, --debug, --log-level (also uvicorn's for serve)
+        add_common_options(parser, prog="scaledown")
+    serve.set_defaults(log_level="info")
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run a parsed deploy command; bad input is reported as `error: ...` with exit status 2."""
-    try:
-        if args.command == "export":
-            from .export import export
+    """Run a parsed deploy command. Errors propagate: the `scaledown` entry point reports expected ones
+    as one line (`distill.utils.cli_common.run_guarded`)."""
+    if args.command == "export":
+        from .export import export
 
-            report = export(
-                args.model_dir,
-                args.output_dir,
-                data=args.data,
-                opset=args.opset,
-                atol=args.atol,
-                rtol=args.rtol,
-            )
-            print(json.dumps({k: report[k] for k in ("max_abs_diff", "opset", "input_names")}))
-        elif args.command == "quantize":
-            from .quantize import quantize
+        report = export(
+            args.model_dir,
+            args.output_dir,
+            data=args.data,
+            opset=args.opset,
+            atol=args.atol,
+            rtol=args.rtol,
+        )
+        print(json.dumps({k: report[k] for k in ("max_abs_diff", "opset", "input_names")}))
+    elif args.command == "quantize":
+        from .quantize import quantize
 
-            report = quantize(args.model_dir, args.method, args.output_dir, data=args.data)
-            print(
-                json.dumps({k: report[k] for k in ("method", "max_abs_diff", "top1_agreement", "disk_bytes")})
-            )
-        elif args.command == "bench":
-            from .bench import bench, markdown_table, write_bench
+        report = quantize(args.model_dir, args.method, args.output_dir, data=args.data)
+        print(json.dumps({k: report[k] for k in ("method", "max_abs_diff", "top1_agreement", "disk_bytes")}))
+    elif args.command == "bench":
+        from .bench import bench, markdown_table, write_bench
 
-            result = bench(
-                args.model_dirs,
-                data=args.data,
-                teacher=args.teacher,
-                threads=args.threads,
-                batch_size=args.batch_size,
-                latency_samples=args.latency_samples,
-                rounds=args.rounds,
-                max_eval_samples=args.max_eval_samples,
-                compile_int8=not args.no_compile,
-            )
-            write_bench(result, args.out)
-            print(markdown_table(result))
-        elif args.command == "serve":
-            from .serve import main as serve_main
+        result = bench(
+            args.model_dirs,
+            data=args.data,
+            teacher=args.teacher,
+            threads=args.threads,
+            batch_size=args.batch_size,
+            latency_samples=args.latency_samples,
+            rounds=args.rounds,
+            max_eval_samples=args.max_eval_samples,
+            compile_int8=not args.no_compile,
+        )
+        write_bench(result, args.out)
+        print(markdown_table(result))
+    elif args.command == "serve":
+        from .serve import main as serve_main
 
-            return serve_main(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return serve_main(args)
     return 0

@@ -38,6 +38,13 @@ commands:
             model.hidden_size: {choices: [64, 96]}. --pruner median (evaluates every --eval_steps).
             Writes trials.json/.csv, best.yaml, objective.png; run it again to continue the study.
 
+options (any command):
+  --version         print the version and exit
+  --debug           show the full traceback of an error (default: one line `error: ...`, exit status 2 when
+                    the command or config must change, 1 when the run failed: diverged, disk full, no network)
+  --log-level LEVEL debug, info, warning, error or critical (distill train: TrainingArguments' --log_level);
+                    debug also shows the third-party messages silenced by default
+
 Recipes live in recipes/ and start with the command that runs them. Outputs follow transformers'
 conventions: trainer_state.json, all_results.json, model.safetensors, README.md (model card).
 """
@@ -56,53 +63,92 @@ def _finish_distributed() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from distill.utils.cli_common import (
+        configure_logging,
+        log_level_of,
+        run_guarded,
+        split_debug,
+        version_text,
+    )
+
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug, argv = split_debug(argv)
     if argv and argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
+    if "--version" in argv[: argv.index("--") if "--" in argv else len(argv)]:
+        print(version_text("distill"))
+        return 0
+    level = log_level_of(argv)
+    if argv and argv[0] in ("train", "cache-teacher", "tune"):  # TrainingArguments' --log_level: one field
+        argv = [
+            a.replace("--log-level", "--log_level", 1) if a.startswith("--log-level") else a for a in argv
+        ]
+    else:
+        argv = _drop_log_level(argv)
+    configure_logging(level)
     if not argv:  # a usage error, like `scaling` and `scaledown` without a command
         print(f"error: no command given\n\n{USAGE}", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        from .train import main as train_main
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return run_guarded(lambda: COMMANDS[command](rest), debug=debug)
 
-        try:
-            train_main(rest)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        _finish_distributed()
-        return 0
-    if command == "cache-teacher":
-        from .teacher.cache_cli import main as cache_main
 
-        try:
-            cache_main(rest)
-        except (ValueError, FileNotFoundError, FileExistsError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
-    if command in ("init-student", "prune"):
-        from .students.cli import init_student_main, prune_main
+def _drop_log_level(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--":
+            return out + argv[i:]
+        elif arg == "--log-level":
+            skip = True
+        elif not arg.startswith("--log-level="):
+            out.append(arg)
+    return out
 
-        try:
-            (init_student_main if command == "init-student" else prune_main)(rest)
-        except (ValueError, FileNotFoundError, FileExistsError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
-    if command == "tune":
-        from distill.tune.search import main as tune_main
 
-        try:
-            tune_main(rest)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        return 0
-    print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+def _train(rest: list[str]) -> None:
+    from .train import main as train_main
+
+    train_main(rest)
+    _finish_distributed()
+
+
+def _cache_teacher(rest: list[str]) -> None:
+    from .teacher.cache_cli import main as cache_main
+
+    cache_main(rest)
+
+
+def _init_student(rest: list[str]) -> None:
+    from .students.cli import init_student_main
+
+    init_student_main(rest)
+
+
+def _prune(rest: list[str]) -> None:
+    from .students.cli import prune_main
+
+    prune_main(rest)
+
+
+def _tune(rest: list[str]) -> None:
+    from distill.tune.search import main as tune_main
+
+    tune_main(rest)
+
+
+COMMANDS = {
+    "train": _train,
+    "cache-teacher": _cache_teacher,
+    "init-student": _init_student,
+    "prune": _prune,
+    "tune": _tune,
+}
 
 
 if __name__ == "__main__":

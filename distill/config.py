@@ -49,7 +49,9 @@ class DistillationConfig(TrainingArguments):
         skew_alpha (`float`, defaults to 0.1):
             The skew a of `skew_forward_kl` / `skew_reverse_kl`, in [0, 1); 0 gives the plain KL.
         teacher_model_name_or_path (`str`, *optional*):
-            Hub id or local directory of the teacher. Loaded from safetensors only.
+            Hub id or local directory of the teacher. Loaded from safetensors only. `self`: self-distillation of
+            a LoRA student (`use_peft`) from its own base model, the same weights run with the adapters
+            disabled, so only one model is in memory (see `distill.students.lora`).
         teacher_dtype (`str`, defaults to `"auto"`):
             dtype in which the teacher's weights are loaded (`auto`, `float32`, `bfloat16`, `float16`).
             Softmax and divergences are computed in float32 whatever this is.
@@ -161,7 +163,10 @@ class DistillationConfig(TrainingArguments):
     )
     teacher_model_name_or_path: Optional[str] = field(
         default=None,
-        metadata={"help": "Hub id or local directory of the teacher (safetensors weights)."},
+        metadata={
+            "help": "Hub id or local directory of the teacher (safetensors weights); 'self': the LoRA student's "
+            "own base model, its adapters disabled (one model in memory)."
+        },
     )
     teacher_dtype: str = field(
         default="auto",
@@ -391,6 +396,13 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(
                 f"teacher_ensemble={self.teacher_ensemble!r} is unknown: use one of "
                 f"{', '.join(ENSEMBLE_MODES)}."
+            )
+        from .students.lora import is_self_teacher, self_teacher_conflicts
+
+        if is_self_teacher(self.teacher_model_name_or_path) and self_teacher_conflicts(self):
+            raise ValueError(
+                f"teacher_model_name_or_path: self (the LoRA student's own base model) does not work with "
+                f"{', '.join(self_teacher_conflicts(self))}: turn those off, or name a separate teacher."
             )
         if self.extra_teachers and not self.teacher_model_name_or_path:
             raise ValueError("extra_teachers needs teacher_model_name_or_path (the first teacher) as well.")

@@ -65,7 +65,35 @@ class ModelArguments:
         },
     )
 
+    # --- LoRA students (distill/students/lora.py; TRL's ModelConfig names and defaults) ---
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train LoRA adapters (peft) on the frozen student instead of all its weights. The saved student "
+            "is the merged model (safetensors), with the adapter in output_dir/adapter. Needs `pip install peft`."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(
+        default=32, metadata={"help": "LoRA alpha; the adapters' scale is lora_alpha / lora_r."}
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapters' input, in [0, 1)."})
+    lora_target_modules: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "Modules that get adapters, e.g. q_proj v_proj, or all-linear. Default: peft's choice for "
+            "the architecture (the attention projections)."
+        },
+    )
+    lora_modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Modules trained in full beside the adapters (e.g. lm_head), saved merged."},
+    )
+
     def __post_init__(self):
+        from distill.students.lora import check_lora_arguments
+
+        check_lora_arguments(self)
         if self.init_from_teacher_layers == "":  # "" from the command line clears a recipe's value
             self.init_from_teacher_layers = None
         given = [
@@ -91,6 +119,7 @@ def build_parser():
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, DistillationConfig),
         prog="distill train",
+        allow_abbrev=False,  # a misspelt --learning_rat must be an error, not --learning_rate
         usage="distill train [--config RECIPE.yaml] [--FIELD VALUE ...]   (every field below; `distill train --help`)",
     )
     parser.add_argument_group("recipe").add_argument(
@@ -147,9 +176,11 @@ def parse_args(argv: list[str]):
 
 
 def _load_processing_class(model_args, data_args, args, task):
+    from .students.lora import is_self_teacher
     from .teacher.loading import load_tokenizer_if_present
 
-    candidates = [model_args.model_name_or_path, args.teacher_model_name_or_path]
+    teacher = None if is_self_teacher(args.teacher_model_name_or_path) else args.teacher_model_name_or_path
+    candidates = [model_args.model_name_or_path, teacher]
     if getattr(args, "cross_tokenizer_loss", None):  # the student keeps (or trains) its own tokenizer
         candidates = [model_args.model_name_or_path]
     if getattr(model_args, "teacher_cache", None):
@@ -198,7 +229,13 @@ def prepare_data(model_args, data_args, args, task):
     from .data import build_datasets
 
     processing_class = _load_processing_class(model_args, data_args, args, task)
-    bundle = build_datasets(data_args, task.name, processing_class, seed=args.seed)
+    label_space = None
+    if task.name != "causal-lm" and args.teacher_model_name_or_path and not model_args.teacher_cache:
+        from .teacher.loading import teacher_label_space
+
+        # the teacher's classes, in its order: the data's labels are mapped to them (or refused)
+        label_space = teacher_label_space([args.teacher_model_name_or_path, *(args.extra_teachers or [])])
+    bundle = build_datasets(data_args, task.name, processing_class, seed=args.seed, label_space=label_space)
     if bundle.train is None:
         raise ValueError(f"train_split={data_args.train_split!r} gave no training data.")
     if isinstance(bundle.train, datasets.IterableDataset) and args.max_steps <= 0:
@@ -214,10 +251,14 @@ def prepare_data(model_args, data_args, args, task):
 
 def _check_before_compute(model_args, data_args, args) -> None:
     """Errors a user can fix, raised before any tokenizer training, data loading or training."""
-    from .teacher.loading import _looks_local
+    from .teacher.loading import _looks_local, check_model_task, read_model_config
 
     if args.task is None:
         args.task = _infer_task_name(model_args, data_args, args)
+    _check_hub_reachable(args)
+    if model_args.model_name_or_path:
+        student = model_args.model_name_or_path
+        check_model_task(read_model_config(student), args.task, "model_name_or_path", student, teacher=False)
     if model_args.teacher_cache and args.cross_tokenizer_loss:
         raise ValueError(
             "teacher_cache holds top-k log-probabilities over the student's tokens; cross_tokenizer_loss needs the "
@@ -235,7 +276,11 @@ def _check_before_compute(model_args, data_args, args) -> None:
         _check_teacher_cache(model_args.teacher_cache, args)
         return
     teacher = args.teacher_model_name_or_path
-    if args.alpha > 0 and not teacher:
+    from .students.lora import check_self_teacher
+
+    if check_self_teacher(model_args, args):  # teacher_model_name_or_path: self (the LoRA student's base)
+        teacher = None
+    elif args.alpha > 0 and not teacher:
         raise ValueError(
             f"alpha={args.alpha} needs a teacher: set teacher_model_name_or_path, or alpha: 0 to train "
             "on labels alone."
@@ -252,6 +297,8 @@ def _check_before_compute(model_args, data_args, args) -> None:
                 f"{field_name}: {path!r} is not a model directory (no config.json there). "
                 "Train or download the teacher first, or point at a Hub id."
             )
+        if path and not _teacher_only_gives_weights(model_args, args):
+            check_model_task(read_model_config(path), args.task, field_name, path)
     if model_args.model_config is not None:
         parse_model_config(model_args.model_config)
     from distill.utils.safe_loading import check_model_dir
@@ -262,6 +309,17 @@ def _check_before_compute(model_args, data_args, args) -> None:
     ]:
         if path and _looks_local(path):
             check_model_dir(path, field_name, args.trust_remote_code)
+
+
+def _check_hub_reachable(args) -> None:
+    """push_to_hub offline would fail after training (or, in the Trainer, before it with a traceback)."""
+    from huggingface_hub.constants import is_offline_mode
+
+    if getattr(args, "push_to_hub", False) and is_offline_mode():
+        raise ValueError(
+            "push_to_hub=True needs the Hugging Face Hub, but offline mode is on (HF_HUB_OFFLINE=1): unset "
+            "HF_HUB_OFFLINE, or drop --push_to_hub (the model is saved in output_dir either way)."
+        )
 
 
 def _infer_task_name(model_args, data_args, args) -> str:
@@ -406,7 +464,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, float]:
         metrics["block_size"] = data_args.block_size
     if trainer.teacher is not None:
         teacher = getattr(trainer.teacher, "module", trainer.teacher)
-        metrics["teacher_params"] = sum(getattr(p, "ds_numel", p.numel()) for p in teacher.parameters())
+        metrics["teacher_params"] = parameter_counts(teacher)[0]
         # the teacher's N for scaling laws (issue 15: scaling fit --law distillation, advise)
         metrics["teacher_non_embedding_params"] = parameter_counts(teacher)[1]
     trainer.log_metrics("train", metrics)

@@ -15,6 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Size ladder -> scaling fit -> teacher -> distilled student -> evaluation report, "
         "offline on a CPU. A second run reuses every stage whose inputs are unchanged and reruns the rest.",
     )
+    from distill.utils.cli_common import add_common_options  # argparse only
+
+    add_common_options(parser, prog="scaledown")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
@@ -37,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="add the ship stage (ONNX export, int8, bench table) "
         "after evaluation, as the config's `ship: {enabled: true}` does",
     )
+    add_common_options(run, prog="scaledown")
     from scaling.cli import add_ladder_arguments  # argparse only
 
     ladder = sub.add_parser(
@@ -51,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     ladder.add_argument(
         "distill_args", nargs="*", help="after `--`: extra `distill train` arguments (data, lr...)"
     )
+    add_common_options(ladder, prog="scaledown")
     from deploy.cli import add_deploy_commands  # export / quantize / bench / serve (argparse only)
 
     add_deploy_commands(sub)
@@ -58,36 +63,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from distill.utils.cli_common import configure_logging, run_guarded
+
+    from .lock import RunDirLocked
+
     args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "log_level", None))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return run_guarded(
+        lambda: _run_command(args), debug=getattr(args, "debug", False), extra_input_errors=(RunDirLocked,)
+    )
+
+
+def _run_command(args) -> int:
     if args.command == "ladder":
         from .ladder import cmd_ladder
 
-        try:
-            cmd_ladder(args)
-        except (ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        cmd_ladder(args)
         return 0
     if args.command != "run":
         from deploy.cli import run_command
 
         return run_command(args)
     from .config import load_pipeline_config
-    from .lock import RunDirLocked, RunLock
+    from .lock import RunLock
     from .pipeline import Pipeline
 
     config_path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
     overrides = {k: v for k, v in (("name", args.name), ("output_root", args.output_root)) if v is not None}
     if args.ship:
         overrides["ship"] = {"enabled": True}
-    try:
-        config = load_pipeline_config(config_path, quick=args.quick, overrides=overrides)
-        with RunLock(config.run_dir):
-            Pipeline(config).run()
-    except (ValueError, FileNotFoundError, RunDirLocked) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = load_pipeline_config(config_path, quick=args.quick, overrides=overrides)
+    with RunLock(config.run_dir):
+        pipeline = Pipeline(config)
+        # the command that reruns this pipeline, for the report's "what to run next"
+        pipeline.run_command = " ".join(
+            ["scaledown run"]
+            + (["--config", config_path] if config_path else [])
+            + (["--quick"] if args.quick else [])
+            + (["--name", args.name] if args.name else [])
+            + (["--output-root", args.output_root] if args.output_root else [])
+        )
+        pipeline.run()
     return 0
 
 

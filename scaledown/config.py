@@ -134,6 +134,36 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def distill_train_fields() -> frozenset:
+    """The field names `distill train` accepts (model, data and `DistillationConfig` fields)."""
+    from distill.config import DistillationConfig
+    from distill.data import DataArguments
+    from distill.train import ModelArguments
+
+    return frozenset(
+        f.name for cls in (ModelArguments, DataArguments, DistillationConfig) for f in dataclasses.fields(cls)
+    )
+
+
+def _check_distill_fields(config: PipelineConfig) -> None:
+    """The `data:` and `train:` blocks become `distill train` flags: every key must be one of its fields."""
+    known = distill_train_fields()
+    for block in ("data", "train"):
+        values = getattr(config, block)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"{block} must be a mapping of `distill train` fields, not {type(values).__name__}."
+            )
+        for key in values:
+            if key not in known:
+                raise ValueError(
+                    f"Unknown field {block}.{key}{did_you_mean(str(key), known, prefix=f'{block}.')}: the {block} "
+                    "block holds `distill train` fields (`distill train --help` lists them)."
+                )
+
+
 def load_pipeline_config(
     path: Optional[str] = None, quick: bool = False, overrides: Optional[dict] = None
 ) -> PipelineConfig:
@@ -158,6 +188,10 @@ def load_pipeline_config(
             raise ValueError(f"Unknown field {key!r}{did_you_mean(key, top)}.")
         values[key] = _build(_NESTED[key], value, key) if key in _NESTED else value
     config = PipelineConfig(**values)
+    _check_distill_fields(config)
+    from distill.students.model_config import check_model_config_keys
+
+    check_model_config_keys(config.ladder.base_config, "ladder.base_config")
     if isinstance(config.data, dict):
         config.data = (
             {**PipelineConfig().data, **config.data}

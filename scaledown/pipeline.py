@@ -249,13 +249,13 @@ class Pipeline:
             from scaledown.ship import add_ship_to_report, ship_stage
 
             ship = self.stage("ship", lambda: ship_stage(self, teacher, kd, base))
-            summary = add_ship_to_report(self.root, summary, ship)
+            summary = add_ship_to_report(self, summary, ship)
         if self.config.distill_ladder is not None and self.config.distill_ladder.enabled:  # issue 15
             from . import distill_ladder
 
             result = self.stage("distill_ladder", lambda: distill_ladder.run_stage(self, ladder, fit))
             distill_ladder.append_to_report(self, result, summary)
-        self.log(f"\nreport: {os.path.join(self.root, 'report.md')}  ({seconds:.0f} s)")
+        self.log(f"\nreport: {os.path.join(self.root, 'report.md')}  ({time.time() - start:.0f} s in all)")
         return summary
 
     def make_tokenizer(self) -> dict:

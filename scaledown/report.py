@@ -69,6 +69,77 @@ def plot_learning_curves(teacher: dict, kd: dict, base: dict, path: str) -> str:
     return path
 
 
+def _eval_curve(run_dir: str) -> dict[int, float]:
+    """Held-out loss by training tokens seen, from one run's Trainer log."""
+    return {
+        int(h["num_input_tokens_seen"]): h["eval_loss"]
+        for h in _log_history(run_dir)
+        if "eval_loss" in h and "num_input_tokens_seen" in h
+    }
+
+
+def learning_curve_table(teacher: dict, kd: dict, base: dict) -> list[dict]:
+    """KD against labels-only at every evaluated budget: mean held-out loss over seeds, the difference, and
+    the share of the baseline-to-teacher gap that KD closed there (the report's learning-curve table).
+
+    Only budgets evaluated in every KD and every baseline run are compared, so each row averages the same
+    seeds on both sides. The teacher's loss is its final validation loss (it does not change with the
+    student's budget).
+    """
+    kd_curves = [_eval_curve(r["dir"]) for r in kd["runs"]]
+    base_curves = [_eval_curve(r["dir"]) for r in base["runs"]]
+    teacher_curve = _eval_curve(teacher["dir"])
+    teacher_loss = teacher_curve[max(teacher_curve)] if teacher_curve else None
+    budgets = set.intersection(*(set(c) for c in kd_curves)) if kd_curves else set()
+    rows = []
+    for tokens in sorted(budgets):
+        # a baseline seed reused from the ladder may have been evaluated on another schedule: only those
+        # evaluated at this budget count, and the row says how many did
+        base_here = [c[tokens] for c in base_curves if tokens in c]
+        if not base_here:
+            continue
+        kd_loss = sum(c[tokens] for c in kd_curves) / len(kd_curves)
+        base_loss = sum(base_here) / len(base_here)
+        gap = None if teacher_loss is None else base_loss - teacher_loss
+        rows.append(
+            {
+                "tokens": tokens,
+                "kd_loss": kd_loss,
+                "baseline_loss": base_loss,
+                "kd_minus_baseline": kd_loss - base_loss,
+                "gap_closed": (base_loss - kd_loss) / gap if gap and gap > 0 else None,
+                "teacher_loss": teacher_loss,
+                "kd_seeds": len(kd_curves),
+                "baseline_seeds": len(base_here),
+            }
+        )
+    return rows
+
+
+def render_learning_curve(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    out = [
+        "## KD against labels-only, by training budget",
+        "",
+        "Validation loss, mean over seeds, at each budget both students were evaluated (the curves are in "
+        "plots/learning_curves.png). Negative KD - baseline means KD is ahead; the last column is the share of "
+        "the baseline-to-teacher gap KD closed at that budget.",
+        "",
+        "| tokens | KD student | baseline | KD - baseline | gap closed | seeds (KD, baseline) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        closed = "" if r["gap_closed"] is None else f"{100 * r['gap_closed']:.0f}%"
+        out.append(
+            f"| {r['tokens']:,} | {r['kd_loss']:.4f} | {r['baseline_loss']:.4f} | "
+            f"{r['kd_minus_baseline']:+.4f} | {closed} | {r['kd_seeds']}, {r['baseline_seeds']} |"
+        )
+    if rows[0]["teacher_loss"] is not None:
+        out.append(f"\nTeacher (final): {rows[0]['teacher_loss']:.4f}.")
+    return out + [""]
+
+
 def plot_fit_with_holdout(fit: dict, path: str) -> str:
     """Loss against non-embedding parameters: the ladder, the fit, and the held-out prediction."""
     import numpy as np
@@ -256,19 +327,115 @@ def write_report(pipeline, ladder, fit, teacher, student, kd, base, evaluation, 
         "speedup": evaluation["speedup"],
         "speedup_iqr": evaluation.get("speedup_iqr"),
         "throughput": evaluation.get("throughput"),
+        "learning_curve": learning_curve_table(teacher, kd, base),
         "ladder": ladder["runs"],
         "plots": [os.path.relpath(f, root) for f in files],
+        "where": where_things_are(pipeline, teacher, kd, base),
         "seconds": sum(pipeline.timings.values()),
         "invocation_seconds": seconds,
         "stage_seconds": pipeline.timings,
         "reused_stages": pipeline.reused,
         "config": effective_config(pipeline.config),  # the full effective configuration (provenance.py)
     }
-    write_json_atomic(os.path.join(root, "summary.json"), summary)
-    with open(os.path.join(root, "report.md"), "w", encoding="utf-8") as f:
-        f.write(render_markdown(summary))
+    write_summary_and_report(root, summary)
     print(render_table(summary), flush=True)
     return summary
+
+
+def write_summary_and_report(root: str, summary: dict) -> None:
+    """(Re)write `summary.json` and `report.md` from the summary; called again after later stages (ship)."""
+    write_json_atomic(os.path.join(root, "summary.json"), summary)
+    path = os.path.join(root, "report.md")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(render_markdown(summary))
+    os.replace(path + ".tmp", path)
+
+
+def render_ship_section(ship: dict) -> list[str]:
+    """The "Shipping" section: the bench table, why its losses differ from the results table, the plot."""
+    from deploy.bench import markdown_table
+
+    limit = ship["settings"].get("max_eval_samples")
+    return [
+        "## Shipping (ONNX, int8; `scaledown bench`)",
+        "",
+        markdown_table(ship),
+        "",
+        (
+            f"Quality here is measured on the first {limit} test examples (the bench's quick check that each "
+            "variant still works), so its losses differ from the results table above, which uses the whole test "
+            "split: compare variants within this table."
+            if limit
+            else "Quality here is measured on the whole test split."
+        ),
+        "",
+        "![quality against latency](plots/quality_latency.png)",
+    ]
+
+
+def where_things_are(pipeline, teacher: dict, kd: dict, base: dict) -> dict:
+    """Paths a user needs next (relative to the working directory they ran from when inside it) and the
+    commands to use them."""
+
+    def rel(path: str) -> str:
+        short = os.path.relpath(path)
+        return os.path.abspath(path) if short.startswith("..") else short
+
+    student = kd["runs"][0]["dir"]
+    return {
+        "student": rel(student),
+        "student_seed": kd["runs"][0].get("seed"),
+        "baseline": rel(base["runs"][0]["dir"]),
+        "teacher": rel(teacher["dir"]),
+        "fit": rel(os.path.join(pipeline.root, "fit.json")),
+        "ship_dir": rel(os.path.join(pipeline.root, "ship")),
+        "run_command": getattr(pipeline, "run_command", None),
+        "report": rel(os.path.join(pipeline.root, "report.md")),
+    }
+
+
+def next_commands(s: dict) -> list[str]:
+    w = s["where"]
+    ship = s.get("ship")
+    served = w["student"]
+    if ship:
+        onnx = [f for f in ship.get("served_dirs", []) if f.endswith("onnx-int8")]
+        served = onnx[0] if onnx else served
+    student = s["student"]
+    return [
+        f"scaledown serve {served}   # the student over HTTP (POST /v1/predict, /v1/completions)",
+        (
+            f"scaledown bench {w['student']} {w['baseline']} --teacher {w['teacher']}   # size, latency, quality"
+            if ship
+            else f"{w.get('run_command') or 'scaledown run --config CONFIG'} --ship   # ONNX, int8 and the bench table"
+        ),
+        f"scaling predict --fit {w['fit']} --params {10 * student['params']:.3g}   # what a 10x larger model would reach",
+    ]
+
+
+def render_where(s: dict) -> list[str]:
+    w = s.get("where")
+    if not w:
+        return []
+    seed = "" if w.get("student_seed") is None else f" (seed {w['student_seed']})"
+    shipped = (
+        f"ONNX fp32, ONNX int8 and torchao int8 variants of that student in `{w['ship_dir']}`"
+        if s.get("ship")
+        else "nothing yet (add `--ship` for ONNX and int8 variants and the bench table)"
+    )
+    return [
+        "## Where things are, and what to run next",
+        "",
+        f"- **Distilled student:** `{w['student']}`{seed}, a `save_pretrained` folder (safetensors). "
+        f"Baseline (same size, labels only): `{w['baseline']}`. Teacher: `{w['teacher']}`.",
+        f"- **Shipped:** {shipped}.",
+        f"- **Scaling fit:** `{w['fit']}`.",
+        "",
+        "```bash",
+        *next_commands(s),
+        "```",
+        "",
+    ]
 
 
 def _speed_cell(r: dict) -> str:
@@ -304,7 +471,8 @@ def render_markdown(s: dict) -> str:
     out = [
         f"# scaledown report: {s['name']}",
         "",
-        f"Ladder -> scaling fit -> teacher -> distilled student: {s['seconds']:.0f} s of stages"
+        f"Ladder -> scaling fit -> teacher -> distilled student{' -> ship' if s.get('ship') else ''}: "
+        f"{s['seconds']:.0f} s of stages"
         + (
             f" ({len(s['reused_stages'])} reused by this invocation, which took {s['invocation_seconds']:.0f} s)."
             if s["reused_stages"]
@@ -329,6 +497,8 @@ def render_markdown(s: dict) -> str:
         ),
         f"- **Student size:** width {s['student']['width']} ({s['student']['reason']}).",
         "",
+        *render_where(s),
+        *render_learning_curve(s.get("learning_curve") or []),
     ]
     from scaling.intervals import bootstrap_lines, format_interval
 
@@ -360,6 +530,8 @@ def render_markdown(s: dict) -> str:
         f"| {k} | {v:.1f} | {'reused' if k in s['reused_stages'] else ''} |"
         for k, v in s["stage_seconds"].items()
     ]
+    if s.get("ship"):
+        out += [""] + render_ship_section(s["ship"])
     if "config" in s:
         out += [""] + render_config_markdown(s["config"])
     return "\n".join(out) + "\n"

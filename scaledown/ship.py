@@ -103,23 +103,17 @@ def plot_quality_latency(result: dict, path: str) -> str:
     return path
 
 
-def add_ship_to_report(root: str, summary: dict, ship: dict) -> dict:
-    """Put the ship table into `summary.json` and a "Shipping" section into `report.md`."""
-    from deploy.bench import markdown_table
-
-    from .files import write_json_atomic
+def add_ship_to_report(pipeline, summary: dict, ship: dict) -> dict:
+    """Put the ship table into the summary, count the ship stage in the total time, and rewrite
+    `summary.json` and `report.md` with both."""
+    from .report import write_summary_and_report
 
     summary["ship"] = {k: ship[k] for k in ("reference", "rows", "settings", "machine", "files")}
-    write_json_atomic(os.path.join(root, "summary.json"), summary)
-    section = [
-        "",
-        "## Shipping (ONNX, int8; `scaledown bench`)",
-        "",
-        markdown_table(ship),
-        "",
-        "![quality against latency](plots/quality_latency.png)",
-        "",
+    summary["ship"]["served_dirs"] = [
+        os.path.relpath(os.path.join(pipeline.root, "ship", n))
+        for n in ("onnx-fp32", "onnx-int8", "torchao-int8")
     ]
-    with open(os.path.join(root, "report.md"), "a", encoding="utf-8") as f:
-        f.write("\n".join(section))
+    summary["stage_seconds"] = dict(pipeline.timings)
+    summary["seconds"] = sum(pipeline.timings.values())
+    write_summary_and_report(pipeline.root, summary)
     return summary

@@ -12,6 +12,11 @@ Given a supervised fit (sup.json, an L(N, D) law) and a distillation fit (dfit.j
     shared by `K` students that reuse one cached teacher pass (`K = 1`: online teacher);
   - `full`: inference plus the teacher's training `6 N_T D_T / K`.
 
+The verdict is `distill`, `train` or `inconclusive`: inconclusive when both routes have intervals
+(bootstrapped fits) and they overlap; `reason` says by how many nats, and `leaning` gives the
+route the point estimates favour. `--fit` must be the supervised fit the `--dfit` was made on
+(refused otherwise, naming the difference); without it the copy stored in the `--dfit` is used.
+
 With `--target-loss L` it answers the reverse question: the cheapest budget (and student) that
 reaches `L` by each route. Intervals are the spread of the fits' bootstrap refits at the
 recommended point (none when a fit was not bootstrapped).
@@ -21,7 +26,15 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["TeacherCost", "advise", "advise_target", "format_advice", "add_parser", "cmd_advise"]
+__all__ = [
+    "TeacherCost",
+    "advise",
+    "advise_target",
+    "check_same_supervised",
+    "format_advice",
+    "add_parser",
+    "cmd_advise",
+]
 
 
 class TeacherCost:
@@ -124,6 +137,40 @@ def _sides(interval):
     return (-math.inf if lo is None else lo), (math.inf if hi is None else hi)
 
 
+def _overlap(a, b):
+    """How far two intervals overlap, in nats (negative: the gap between them); `None` when
+    either is missing. An unbounded side overlaps everything on its side."""
+    if not a or not b:
+        return None
+    lo_a, hi_a = _sides(a)
+    lo_b, hi_b = _sides(b)
+    return min(hi_a, hi_b) - max(lo_a, lo_b)
+
+
+def _show(interval):
+    return "[" + ", ".join("unbounded" if v is None else f"{v:.4f}" for v in interval) + "]"
+
+
+def check_same_supervised(sup, dfit) -> None:
+    """Refuse a supervised fit other than the one the distillation fit was made on, naming the
+    difference (mixing two laws gives advice neither supports)."""
+    own = dfit.get("supervised") or {}
+    diffs = []
+    if sup.get("law") != own.get("law"):
+        diffs.append(f"law {sup.get('law')!r} vs {own.get('law')!r}")
+    else:
+        for k in sorted(set(sup["params"]) | set(own.get("params", {}))):
+            a, b = sup["params"].get(k), (own.get("params") or {}).get(k)
+            if a is None or b is None or not math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0):
+                diffs.append(f"{k} {a if a is None else f'{a:.6g}'} vs {b if b is None else f'{b:.6g}'}")
+    if diffs:
+        raise ValueError(
+            "--fit is not the supervised fit the --dfit was made on ("
+            + "; ".join(diffs)
+            + "): give the same fit, or leave out --fit to use the one stored in the --dfit"
+        )
+
+
 def _check_fits(sup, dfit):
     from .laws import get_law
 
@@ -176,7 +223,9 @@ def advise(sup, dfit, teacher_loss, flops, cost=None, student_params=None, level
             distill=None,
             loss_distill=None,
             loss_distill_interval=None,
-            verdict="supervised",
+            verdict="train",
+            leaning="train",
+            interval_overlap=None,
             student_params=ns,
             student_tokens=ds,
             reason=f"the teacher's share of the cost ({cost.fixed:.3g} FLOPs, "
@@ -198,21 +247,29 @@ def advise(sup, dfit, teacher_loss, flops, cost=None, student_params=None, level
     }
     out.update(loss_distill=ld, loss_distill_interval=iv)
     distil = ld < ls
-    out["verdict"] = "distill" if distil else "supervised"
+    out["leaning"] = "distill" if distil else "train"
     out["student_params"], out["student_tokens"] = (n, d) if distil else (ns, ds)
     gap = abs(ls - ld)
     why = (
         f"distillation predicts {ld:.4f} nats (N_S = {n:.3g}, D_S = {d:.3g}) against "
         f"{ls:.4f} for supervised training (N = {ns:.3g}, D = {ds:.3g}) at {flops:.3g} FLOPs "
-        f"with {cost.describe()}; {'distil' if distil else 'train from scratch'} "
-        f"({gap:.4f} nats better)"
+        f"with {cost.describe()}; {'distillation' if distil else 'training from scratch'} is "
+        f"{gap:.4f} nats better by the point estimates"
     )
-    lo_d, hi_d = _sides(iv)
-    lo_s, hi_s = _sides(ls_iv)
-    if iv and ls_iv and not (hi_d < lo_s or hi_s < lo_d):
-        why += "; the intervals overlap, so the fits do not resolve the difference"
-    elif not (iv and ls_iv):
-        why += "; no intervals (bootstrap the fits with --bootstrap N to get them)"
+    overlap = _overlap(iv, ls_iv)
+    out["interval_overlap"] = overlap
+    if overlap is not None and overlap >= 0:
+        out["verdict"] = "inconclusive"
+        why += (
+            f"; inconclusive: the {level:g} intervals overlap by {overlap:.4f} nats (distillation "
+            f"{_show(iv)}, supervised {_show(ls_iv)}), so the fits do not resolve the difference"
+        )
+    else:
+        out["verdict"] = out["leaning"]
+        if overlap is not None:
+            why += f"; the intervals are {-overlap:.4f} nats apart"
+        else:
+            why += "; no intervals (bootstrap both fits with --bootstrap N to get them), so the verdict rests on point estimates"
     ranges = _ranges(dfit)
     outside = [
         name
@@ -303,7 +360,7 @@ def advise_target(sup, dfit, teacher_loss, target_loss, cost=None, student_param
     out["loss_supervised"] = sup_at["loss_supervised"] if sup_at else None
     out["loss_supervised_interval"] = sup_at["loss_supervised_interval"] if sup_at else None
     distil = c_dis is not None and (c_sup is None or c_dis < c_sup)
-    out["verdict"] = "distill" if distil else "supervised"
+    out["verdict"] = "distill" if distil else "train"
     route = out["distill"] if distil else out["supervised"]
     out["student_params"], out["student_tokens"] = route["params"], route["tokens"]
     costs = [
@@ -360,7 +417,11 @@ def add_parser(sub):
         "supervised training (fit.json) under one budget, or find the cheapest "
         "way to a target loss.",
     )
-    p.add_argument("--fit", required=True, help="supervised fit.json (an L(N, D) law)")
+    p.add_argument(
+        "--fit",
+        help="supervised fit.json (an L(N, D) law); must be the one the --dfit was made on (default: "
+        "the copy stored in the --dfit; give it for its bootstrap intervals)",
+    )
     p.add_argument("--dfit", help="distillation fit (scaling fit --law distillation)")
     p.add_argument("--teacher-loss", type=float, required=True, help="teacher cross-entropy L_T")
     goal = p.add_mutually_exclusive_group(required=True)
@@ -390,10 +451,17 @@ def cmd_advise(args):
     from .distill_fit import is_distillation_fit, load_any_fit
     from .fit import load_fit
 
-    sup = load_fit(args.fit)
     dfit = load_any_fit(args.dfit) if args.dfit else None
     if dfit is not None and not is_distillation_fit(dfit):
         raise ValueError(f"--dfit {args.dfit} is a {dfit['law']!r} fit, not a distillation fit")
+    if args.fit is None and dfit is None:
+        raise ValueError(
+            "scaling advise needs --dfit dfit.json (a distillation fit; --fit alone is not enough)"
+        )
+    sup = load_fit(args.fit) if args.fit else dfit["supervised"]
+    if dfit is not None and args.fit:
+        _check_fits(sup, dfit)  # the law's own shortcomings first, then the mismatch
+        check_same_supervised(sup, dfit)
     cost = TeacherCost(args.teacher_cost, args.teacher_params, args.teacher_tokens, args.students)
     if args.target_loss is not None:
         adv = advise_target(

@@ -7,8 +7,10 @@ Examples:
     scaling predict --fit fit.json --params 1e9 --tokens 2e10
     scaling optimal --fit fit.json --flops 1e21
 
-Data errors print `error: ...` and exit with status 2. Heavy libraries are imported inside
-the sub-commands so that `scaling --help` is instant.
+Data errors print `error: ...` (one line) and exit with status 2; `--debug` shows the traceback
+instead, `--version` prints the version, `--log-level` sets the log level. `scaling` never imports
+`distill`, so these few lines repeat the pattern of `distill.utils.cli_common`. Heavy libraries are
+imported inside the sub-commands so that `scaling --help` is instant.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-LAW_CHOICES = ("chinchilla", "power", "kaplan", "chinchilla_gamma", "distillation")
+LAW_CHOICES = ("chinchilla", "power", "kaplan", "chinchilla_gamma", "auto", "distillation")
 
 
 def _add_inputs(p):
@@ -102,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
         "student term from the supervised fit)",
     )
 
+    p.add_argument(
+        "--drop-below-teacher",
+        action="store_true",
+        help="--law distillation: leave out students with L_S <= L_T (named in the fit JSON) instead of "
+        "refusing them; Eq. 8 cannot represent a student below its teacher",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="--law distillation: profile every parameter and report those the students do not pin down",
+    )
+
     p = sub.add_parser("predict", help="predicted loss from a fit")
     p.add_argument("--fit", required=True)
     p.add_argument("--params", type=float, required=True, help="parameter count N")
@@ -150,7 +164,33 @@ def build_parser() -> argparse.ArgumentParser:
         "same arguments and trains each rung.",
     )
     add_ladder_arguments(p)
+    for p in (parser, *sub.choices.values()):
+        _add_common_options(p)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("scaledown")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _add_common_options(p) -> None:
+    """--version, --debug, --log-level (as `distill.utils.cli_common.add_common_options`)."""
+    p.add_argument("--version", action="version", version=f"scaling (scaledown) {_version()}")
+    p.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
+    )
+    p.add_argument(
+        "--log-level",
+        dest="log_level",
+        choices=("debug", "info", "warning", "error", "critical"),
+        default=argparse.SUPPRESS,
+        help="log level of the scaling logger",
+    )
 
 
 def add_ladder_arguments(p) -> None:
@@ -204,6 +244,15 @@ def _summary_text(fit) -> str:
     for k, v in list(fit["params"].items()) + list(fit["derived"].items()):
         lines.append(f"  {k:>24} = {v:.5g}  {format_interval(fit, k)}".rstrip())
     lines += [f"  {line}" for line in bootstrap_lines(fit)]
+    sel = fit.get("selection")
+    if sel:
+        lines.append(
+            f"  --law auto chose {sel['chosen']} by {sel['method']} ("
+            + ", ".join(
+                f"{k}: MAPE {v['mape']:.2f}%" if v else f"{k}: failed" for k, v in sel["scores"].items()
+            )
+            + f"); extrapolation band +-{sel['band_pct']:.2f}% (its worst validation error)"
+        )
     if "holdout" in fit:
         h = fit["holdout"]
         lines.append(
@@ -213,6 +262,7 @@ def _summary_text(fit) -> str:
             lines.append(
                 f"    N={r['params']:.3g} D={r['tokens']:.3g} loss={r['loss']:.4f} "
                 f"predicted={r['predicted']:.4f} ({r['error_pct']:+.2f}%)"
+                + (f" band [{r['band'][0]:.4f}, {r['band'][1]:.4f}]" if "band" in r else "")
             )
     return "\n".join(lines)
 
@@ -225,21 +275,25 @@ def cmd_fit(args):
 
         return cmd_fit_distillation(args)
     points = _load(args)
-    fit = fit_runs(
-        points,
-        args.law,
-        args.method,
-        args.loss,
-        args.delta,
-        args.bootstrap,
-        args.seed,
-        args.jobs,
-        args.holdout_above,
-        args.budgets,
-        args.drop_highest,
-        args.level,
+    options = dict(
+        method=args.method,
+        loss=args.loss,
+        delta=args.delta,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        jobs=args.jobs,
+        holdout_above=args.holdout_above,
+        budgets=args.budgets,
+        drop_highest=args.drop_highest,
+        level=args.level,
         progress=not args.quiet,
     )
+    if args.law == "auto":
+        from .autolaw import fit_auto
+
+        fit = fit_auto(points, **options)
+    else:
+        fit = fit_runs(points, args.law, **options)
     if args.out:
         save_fit(fit, args.out)
     if args.plot:
@@ -426,12 +480,20 @@ def main(argv=None) -> int:
     import warnings
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "log_level", None):
+        import logging
+
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("scaling").setLevel(args.log_level.upper())
     old = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
         COMMANDS[args.command](args)
     except (ValueError, OSError) as err:  # ScalingDataError is a ValueError
-        print(f"error: {err}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"error: {message or type(err).__name__}", file=sys.stderr)
         return 2
     finally:
         warnings.showwarning = old

@@ -201,6 +201,8 @@ def fit_distillation(
     n_bootstrap: int = 0,
     seed: int = 0,
     level: float = 0.95,
+    drop_below_teacher: bool = False,
+    profile: bool = False,
 ) -> dict:
     """Fit the distillation law to distilled students; returns the dfit.json dictionary.
 
@@ -210,7 +212,28 @@ def fit_distillation(
         form (`str`): `"full"` (Eq. 8, nine parameters) or `"reduced"` (four).
         loss, delta: robust loss.
         n_bootstrap (`int`), seed (`int`), level (`float`): bootstrap refits and interval level.
+        drop_below_teacher (`bool`): leave out students with `L_S <= L_T` (Eq. 8 cannot
+            represent them) instead of refusing them; `below_teacher` in the result names them.
+        profile (`bool`): profile every parameter (`scaling.distill_profile`): which ones the
+            students pin down.
     """
+    below = [p for p in points if not p["loss"] > p["teacher_loss"]]
+    if below and not drop_below_teacher:
+        raise ScalingDataError(
+            f"{len(below)} of {len(points)} students end at or below their teacher's loss (L_S <= L_T), which "
+            "the distillation law (Eq. 8: L_S = L_T + a positive term) cannot represent: "
+            + ", ".join(f"{p['run']} (L_S {p['loss']:.4g} <= L_T {p['teacher_loss']:.4g})" for p in below[:8])
+            + (" ..." if len(below) > 8 else "")
+            + ". Check those runs, or leave them out with --drop-below-teacher"
+        )
+    if below:
+        warnings.warn(
+            f"left out {len(below)} students with L_S <= L_T (--drop-below-teacher): "
+            + ", ".join(p["run"] for p in below[:8])
+            + (" ..." if len(below) > 8 else ""),
+            stacklevel=2,
+        )
+        points = [p for p in points if p["loss"] > p["teacher_loss"]]
     arr = {k: np.array([p[k] for p in points], float) for k in ("params", "tokens", "teacher_loss", "loss")}
     sources = [p["source"] for p in points]
     check_distillation_data(form, arr["params"], arr["tokens"], arr["teacher_loss"], arr["loss"], sources)
@@ -228,6 +251,11 @@ def fit_distillation(
         "loss": loss,
         "delta": delta,
         "param_count": sup_fit.get("param_count", "as given"),
+        "below_teacher": {
+            "policy": "dropped" if below else "none found",
+            "runs": [p["run"] for p in below],
+            "sources": [p["source"] for p in below],
+        },
         "supervised": {k: sup_fit[k] for k in ("law", "params") if k in sup_fit}
         | {"param_count": sup_fit.get("param_count", "total")},
         "data": {
@@ -246,6 +274,12 @@ def fit_distillation(
             ).tolist(),
         },
     }
+    if profile:
+        from .distill_profile import profile_distillation
+
+        out["profile"] = profile_distillation(
+            arr["params"], arr["tokens"], arr["teacher_loss"], arr["loss"], sup_fit, res, loss, delta
+        )
     if n_bootstrap:
         from .intervals import percentile_intervals
 
@@ -373,7 +407,16 @@ def cmd_fit_distillation(args) -> dict:
         )
     points = load_distill_runs(args.inputs, kind)
     dfit = fit_distillation(
-        points, sup, args.form, args.loss, args.delta, args.bootstrap, args.seed, args.level
+        points,
+        sup,
+        args.form,
+        args.loss,
+        args.delta,
+        args.bootstrap,
+        args.seed,
+        args.level,
+        drop_below_teacher=args.drop_below_teacher,
+        profile=args.profile,
     )
     if args.out:
         save_fit(dfit, args.out)
@@ -387,6 +430,16 @@ def cmd_fit_distillation(args) -> dict:
         ]
         for k, v in dfit["params"].items():
             lines.append(f"  {k:>12} = {v:.5g}  {format_interval(dfit, k)}".rstrip())
+        prof = dfit.get("profile")
+        if prof:
+            lines.append(
+                "profile: "
+                + (
+                    "every parameter pinned down"
+                    if not prof["undetermined"]
+                    else f"not pinned down by these students: {', '.join(prof['undetermined'])}"
+                )
+            )
         boot = dfit.get("bootstrap")
         if boot:
             lines.append(

@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from .optimize import robust_loss, single_thread_blas
+from .optimize import NOT_FINITE, robust_loss, single_thread_blas
 
 __all__ = [
     "FORMS",
@@ -65,8 +65,9 @@ def _sigmoid(u):
 class DistillationForm:
     """One form (`"full"` or `"reduced"`) of the distillation law.
 
-    Internal parameters: full `(c0, c1, log d1, log f1, log A', log B', alpha', beta', gamma')`,
-    reduced `(c0, c1, log d1, log k)`. Features of the data (`x`, a dict of arrays): `log_n`,
+    Internal parameters: full `(c0, log c1, log d1, log f1, log A', log B', alpha', beta', gamma')`,
+    reduced `(c0, log c1, log d1, log k)`. `c1` is searched in log space, so that the published
+    `c1 = 522.6` (Busbridge et al. 2025, Table 6) is an ordinary value rather than a far corner. Features of the data (`x`, a dict of arrays): `log_n`,
     `log_d`, `log_lt` (log L_T), `log_ls` (log L~_S) and `log_r` (log(L~_S - E)).
     """
 
@@ -92,10 +93,10 @@ class DistillationForm:
     def from_internal(self, theta) -> dict:
         t = [float(v) for v in theta]
         if self.name == "reduced":
-            return {"c0": t[0], "c1": t[1], "d1": math.exp(t[2]), "k": math.exp(t[3])}
+            return {"c0": t[0], "c1": math.exp(t[1]), "d1": math.exp(t[2]), "k": math.exp(t[3])}
         return {
             "c0": t[0],
-            "c1": t[1],
+            "c1": math.exp(t[1]),
             "d1": math.exp(t[2]),
             "f1": math.exp(t[3]),
             "A_prime": math.exp(t[4]),
@@ -107,7 +108,7 @@ class DistillationForm:
 
     def to_internal(self, params: dict) -> np.ndarray:
         p = {k: float(v) for k, v in params.items()}
-        head = [p["c0"], p["c1"], math.log(p["d1"])]
+        head = [p["c0"], math.log(max(p["c1"], 1e-300)), math.log(p["d1"])]
         if self.name == "reduced":
             return np.array(head + [math.log(p["k"])])
         return np.array(
@@ -125,7 +126,8 @@ class DistillationForm:
     def log_loss_and_jac(self, theta, x: dict, jac: bool = True):
         """Predicted log L_S and its Jacobian in the internal parameters."""
         t = np.asarray(theta, dtype=float)
-        c0, c1, log_d1 = t[:3]
+        c0, log_c1, log_d1 = t[:3]
+        c1 = math.exp(log_c1)
         f1 = 1.0 if self.name == "reduced" else math.exp(t[3])
         u = (x["log_lt"] - x["log_ls"] - log_d1) / f1
         sp = _softplus(u)
@@ -145,7 +147,7 @@ class DistillationForm:
             return f, None
         om = _sigmoid(log_z - x["log_lt"])  # d f / d log_z
         sig = _sigmoid(u)
-        cols = [-x["log_lt"], -f1 * sp, c1 * sig]
+        cols = [-x["log_lt"], -c1 * f1 * sp, c1 * sig]
         if self.name == "reduced":
             cols.append(np.ones_like(f))
         else:
@@ -244,27 +246,28 @@ def _objective(theta, form, x, log_l, kind, delta):
     val, dr = robust_loss(f - log_l, kind, delta)
     total = float(val.sum())
     if not math.isfinite(total) or not np.all(np.isfinite(jac)):
-        return 1e300, np.zeros_like(theta)
+        return NOT_FINITE, np.zeros_like(theta)
     return total, jac.T @ dr
 
 
 # Bounds of the internal parameters (L-BFGS-B): without them the fit can escape along a
-# degenerate ridge (d1 and c1 both huge: the break becomes an exponential in L_T / L~_S).
+# degenerate ridge (c1 and d1 both huge: the break becomes an exponential in L_T / L~_S). They
+# are wide enough for the published fit (c1 = 522.6): c1 up to 1e5, d1 and f1 over 4-5 decades.
 _BOUNDS = {
-    "c0": (-3.0, 12.0),
-    "c1": (0.0, 25.0),
-    "log_d1": (-3.0, 3.0),
-    "log_f1": (math.log(0.05), math.log(5.0)),
+    "c0": (-5.0, 20.0),
+    "log_c1": (math.log(1e-4), math.log(1e5)),
+    "log_d1": (-5.0, 5.0),
+    "log_f1": (math.log(1e-3), math.log(20.0)),
     "log_k": (-25.0, 25.0),
-    "log_A": (-25.0, 60.0),
-    "log_B": (-25.0, 60.0),
+    "log_A": (-25.0, 80.0),
+    "log_B": (-25.0, 80.0),
     "alpha": (0.0, 3.0),
     "beta": (0.0, 3.0),
-    "gamma": (0.05, 3.0),
+    "gamma": (0.02, 5.0),
 }
 BOUND_NAMES = {
-    "reduced": ("c0", "c1", "log_d1", "log_k"),
-    "full": ("c0", "c1", "log_d1", "log_f1", "log_A", "log_B", "alpha", "beta", "gamma"),
+    "reduced": ("c0", "log_c1", "log_d1", "log_k"),
+    "full": ("c0", "log_c1", "log_d1", "log_f1", "log_A", "log_B", "alpha", "beta", "gamma"),
 }
 
 
@@ -272,17 +275,22 @@ def _bounds(form):
     return [_BOUNDS[k] for k in BOUND_NAMES[form.name]]
 
 
-def at_bounds(form, theta, tol=1e-6) -> list:
-    """Public names of the parameters that ended on an optimiser bound."""
+def at_bounds(form, theta, tol=1e-4) -> list:
+    """Public names of the parameters that ended on an optimiser bound (within `tol` of its range)."""
     return [
-        p for p, (lo, hi), v in zip(form.param_names, _bounds(form), theta) if v <= lo + tol or v >= hi - tol
+        p
+        for p, (lo, hi), v in zip(form.param_names, _bounds(form), theta)
+        if v <= lo + tol * (hi - lo) or v >= hi - tol * (hi - lo)
     ]
 
 
-def _lbfgs(theta0, form, x, log_l, kind, delta):
+def _lbfgs(theta0, form, x, log_l, kind, delta, fixed=None):
+    """L-BFGS-B within the bounds; `fixed` `{index: value}` pins internal parameters (profiles)."""
     from scipy.optimize import minimize
 
-    bounds = _bounds(form)
+    bounds = list(_bounds(form))
+    for j, v in (fixed or {}).items():
+        bounds[j] = (v, v)
     th = np.clip(np.asarray(theta0, float), [b[0] for b in bounds], [b[1] for b in bounds])
     return minimize(
         _objective,
@@ -295,39 +303,45 @@ def _lbfgs(theta0, form, x, log_l, kind, delta):
     )
 
 
+C1_GRID = (1e-3, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)  # log-spaced: large c1 is ordinary
+F1_GRID = (0.03, 0.1, 0.3, 1.0, 2.0)
+
+
 def _grid_starts(x, loss, kind, delta, f1s=(1.0,), top_k=6):
     """VP grid over (c0, c1, log d1, f1) with the student term k * (L~_S - E): for fixed
     exponents the law is linear in k, solved by least squares of the relative error of
-    L_S - L_T. Returns `(c0, c1, log d1, f1, log k)` rows of the best distinct cells."""
-    c0s, c1s, lds = np.linspace(-1, 6, 15), np.linspace(0, 10, 21), np.linspace(-1.5, 1.5, 13)
+    L_S - L_T. c1 runs over `C1_GRID` (1e-3 to 3000, log-spaced). Returns
+    `(c0, log c1, log d1, f1, log k)` rows of the best distinct cells."""
+    c0s, c1s, lds = np.linspace(-1, 6, 15), np.asarray(C1_GRID), np.linspace(-2.0, 2.0, 17)
     g = np.stack(
         [a.ravel() for a in np.meshgrid(c0s, c1s, lds, np.asarray(f1s, float), indexing="ij")], axis=-1
     )
-    lt, r = np.exp(x["log_lt"]), np.exp(x["log_r"])
+    lt = np.exp(x["log_lt"])
+    r = np.exp(x["log_r"])
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         u = (x["log_lt"][None, :] - x["log_ls"][None, :] - g[:, 2:3]) / g[:, 3:4]
         h = np.exp(-g[:, :1] * x["log_lt"][None, :] - g[:, 1:2] * g[:, 3:4] * _softplus(u)) * r
         w2 = 1.0 / loss**2
         k = np.clip((h * (loss - lt) * w2).sum(1) / (h * h * w2).sum(1), 1e-12, None)
         val, _ = robust_loss(np.log(lt + k[:, None] * h) - np.log(loss), kind, delta)
-    score = np.where(np.isfinite(val.sum(1)), val.sum(1), np.inf)
+    score = np.where(np.isfinite(val.sum(1)) & np.isfinite(np.log(k)), val.sum(1), np.inf)
     starts, seen = [], set()
     for i in np.argsort(score):  # best cells, one per (c0, c1, f1) neighbourhood
-        key = (round(g[i, 0]), round(g[i, 1] / 2), g[i, 3])
+        key = (round(g[i, 0]), g[i, 1], g[i, 3])
         if key in seen or not np.isfinite(score[i]):
             continue
         seen.add(key)
-        starts.append(np.array([*g[i, :4], math.log(k[i])]))
+        starts.append(np.array([g[i, 0], math.log(g[i, 1]), g[i, 2], g[i, 3], math.log(k[i])]))
         if len(starts) == top_k:
             break
     return starts
 
 
 def _full_from_grid(row, sup_fit):
-    """A grid row `(c0, c1, log d1, f1, log k)` as a full-form internal vector: the student
+    """A grid row `(c0, log c1, log d1, f1, log k)` as a full-form internal vector: the student
     term k * (L~_S - E) written as (A'/N^alpha' + B'/D^beta')^gamma' (exact for
     chinchilla-type supervised laws)."""
-    c0, c1, log_d1, f1, log_k = (float(v) for v in row)
+    c0, log_c1, log_d1, f1, log_k = (float(v) for v in row)
     p, law = sup_fit["params"], sup_fit["law"]
     if law in ("chinchilla", "chinchilla_gamma"):
         g = p.get("gamma", 1.0)
@@ -338,7 +352,7 @@ def _full_from_grid(row, sup_fit):
         b, be = math.log(p["D_c"]) + log_k / g, 1.0
     else:  # power law: no token term in the supervised fit
         g, a, al, b, be = 1.0, math.log(p["A"]) + log_k, p["alpha"], -20.0, 0.3
-    return np.array([c0, c1, log_d1, math.log(f1), a, b, al, be, g])
+    return np.array([c0, log_c1, log_d1, math.log(f1), a, b, al, be, g])
 
 
 def fit_distillation_arrays(
@@ -369,14 +383,14 @@ def fit_distillation_arrays(
             grid = _grid_starts(x, loss, kind, delta, top_k=top_k or 6)
             cands = list(starts or []) + [np.array([r[0], r[1], r[2], r[4]]) for r in grid]
         else:
-            grid = _grid_starts(x, loss, kind, delta, f1s=(0.25, 0.5, 1.0, 2.0), top_k=top_k or 8)
+            grid = _grid_starts(x, loss, kind, delta, f1s=F1_GRID, top_k=top_k or 8)
             cands = list(starts or []) + [_full_from_grid(r, sup_fit) for r in grid]
         best = None
         for th in cands:
             res = _lbfgs(th, fm, x, log_l, kind, delta)
             if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
                 best = res
-    if best is None or best.fun >= 1e299:
+    if best is None or best.fun >= NOT_FINITE:
         raise ValueError("distillation law: no start reached a finite objective")
     grad = float(np.max(np.abs(best.jac)))
     return {

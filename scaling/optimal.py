@@ -455,6 +455,12 @@ def predict_from_fit(fit: dict, params, tokens=None, level: float = 0.95) -> dic
     reach = extrapolation(fit, params, tokens)
     if reach:
         out["extrapolation"] = reach
+    if fit.get("selection", {}).get("fits"):  # --law auto: the band of the candidates and past errors
+        from .band import extrapolation_band
+
+        band = extrapolation_band(fit["selection"], fit["selection"]["fits"], params, tokens)
+        out["extrapolation_band"] = band["band"]
+        out["extrapolation_band_pct"] = band["band_pct"]
     samples = _sample_params(fit)
     if samples:
         notes = {}

@@ -51,7 +51,8 @@ def test_best_student_matches_brute_force(dfit, mode, kw):
     assert 6 * d["params"] * d["tokens"] + d["teacher_flops"] == pytest.approx(1e21, rel=1e-9)
     opt = compute_optimal("chinchilla_gamma", SUP["params"], 1e21)
     assert adv["loss_supervised"] == pytest.approx(opt["loss"], rel=1e-9)
-    assert adv["verdict"] == ("distill" if adv["loss_distill"] < adv["loss_supervised"] else "supervised")
+    assert adv["leaning"] == ("distill" if adv["loss_distill"] < adv["loss_supervised"] else "train")
+    assert adv["verdict"] == adv["leaning"]  # SUP has no bootstrap: no intervals to overlap
     for key in (
         "student_params",
         "student_tokens",
@@ -81,7 +82,7 @@ def test_teacher_cost_orders_the_losses(dfit):
     assert loss["inference_shared"] < loss["full_shared"] < loss["full"]
     # a teacher whose training alone exceeds the budget: train from scratch
     adv = advise(SUP, dfit, 1.7, 1e21, TeacherCost("full", 7e9, 1e12))
-    assert adv["verdict"] == "supervised" and adv["distill"] is None
+    assert adv["verdict"] == "train" and adv["distill"] is None
 
 
 def test_target_loss_is_the_cheapest_budget(dfit):
@@ -92,9 +93,9 @@ def test_target_loss_is_the_cheapest_budget(dfit):
     assert advise(SUP, dfit, 1.7, 0.99 * c, cost)["loss_distill"] > 2.0
     c_sup = adv["flops_supervised"]
     assert compute_optimal("chinchilla_gamma", SUP["params"], c_sup)["loss"] == pytest.approx(2.0, abs=1e-9)
-    assert adv["verdict"] == ("distill" if c < c_sup else "supervised")
+    assert adv["verdict"] == ("distill" if c < c_sup else "train")
     below_teacher = advise_target(SUP, dfit, 1.7, 1.65, cost)
-    assert below_teacher["verdict"] == "supervised" and below_teacher["flops_distill"] is None
+    assert below_teacher["verdict"] == "train" and below_teacher["flops_distill"] is None
 
 
 def test_refusals(tmp_path, capsys, dfit):
@@ -118,4 +119,53 @@ def test_refusals(tmp_path, capsys, dfit):
     out = tmp_path / "adv.json"
     assert main(base + ["--dfit", str(df), "--json", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed == json.loads(out.read_text()) and printed["verdict"] in ("distill", "supervised")
+    assert printed == json.loads(out.read_text()) and printed["verdict"] in ("distill", "train")
+
+
+def test_a_supervised_fit_other_than_the_dfits_is_refused(tmp_path, capsys, dfit):
+    other = {**SUP, "params": {**SUP["params"], "E": 1.30}}
+    sup, own, df = tmp_path / "other.json", tmp_path / "sup.json", tmp_path / "dfit.json"
+    sup.write_text(json.dumps(other))
+    own.write_text(json.dumps(SUP))
+    df.write_text(json.dumps(dfit))
+    tail = ["--dfit", str(df), "--teacher-loss", "1.7", "--flops", "1e21", "--json"]
+    assert main(["advise", "--fit", str(sup), *tail]) == 2
+    err = capsys.readouterr().err
+    assert "not the supervised fit the --dfit was made on" in err and "E 1.3 vs 1.22" in err
+    chinchilla = tmp_path / "chin.json"
+    chinchilla.write_text(
+        json.dumps(
+            {
+                "law": "chinchilla",
+                "params": {k: SUP["params"][k] for k in "EABalphabeta" if k in SUP["params"]}
+                | {"alpha": 0.4, "beta": 0.4},
+            }
+        )
+    )
+    assert main(["advise", "--fit", str(chinchilla), *tail]) == 2
+    assert "law 'chinchilla' vs 'chinchilla_gamma'" in capsys.readouterr().err
+    assert main(["advise", *tail]) == 0  # --dfit alone: its own supervised fit
+    alone = json.loads(capsys.readouterr().out)
+    assert main(["advise", "--fit", str(own), *tail]) == 0
+    assert json.loads(capsys.readouterr().out)["loss_supervised"] == alone["loss_supervised"]
+
+
+def _with_spread(fit, scale):
+    """A supervised fit whose bootstrap refits spread E by +-scale (an interval on its loss)."""
+    names = list(fit["params"])
+    rows = [
+        [fit["params"][k] + (e if k == "E" else 0.0) for k in names] for e in np.linspace(-scale, scale, 21)
+    ]
+    return {**fit, "bootstrap": {"param_names": names, "samples": rows}}
+
+
+def test_verdict_is_inconclusive_when_the_intervals_overlap(dfit):
+    wide = advise(_with_spread(SUP, 0.5), dfit, 1.7, 1e21)
+    lo_d, hi_d = wide["loss_distill_interval"]
+    lo_s, hi_s = wide["loss_supervised_interval"]
+    assert wide["verdict"] == "inconclusive" and wide["leaning"] in ("distill", "train")
+    assert wide["interval_overlap"] == pytest.approx(min(hi_d, hi_s) - max(lo_d, lo_s))
+    assert f"overlap by {wide['interval_overlap']:.4f} nats" in wide["reason"]
+    narrow = advise(_with_spread(SUP, 1e-6), dfit, 1.7, 1e21)
+    assert narrow["interval_overlap"] < 0 and narrow["verdict"] == narrow["leaning"] != "inconclusive"
+    assert "nats apart" in narrow["reason"]

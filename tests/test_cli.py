@@ -173,6 +173,29 @@ def test_multitask_recipe_trains(teachers, tmp_path):
     assert config["task_label_ranges"] == {"topic": [0, 6], "kind": [6, 3]} and len(config["id2label"]) == 9
 
 
+@pytest.mark.slow
+def test_chat_lora_recipe_trains(teachers, tmp_path):
+    """recipes/tiny/chat_lora.yaml: LoRA self-distillation of the tiny teacher on builtin:python-chat."""
+    out = tmp_path / "chat_lora"
+    results = train_main(
+        [
+            "--config",
+            recipe("chat_lora.yaml"),
+            "--model_name_or_path",
+            teachers["causal_lm"],
+            "--output_dir",
+            str(out),
+            *QUICK,
+        ]
+    )
+    assert results["teacher_params"] == results["student_params"]  # one model: the base is the teacher
+    assert "eval_kd_loss" in results and "eval_teacher_loss" in results
+    assert (out / "model.safetensors").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()
+    with open(out / "tokenizer_config.json") as f:
+        config = json.load(f)
+    assert "chat_template" in config or (out / "chat_template.jinja").is_file()
+
+
 def test_fused_lm_head_from_the_command_line(teachers, tmp_path):
     """--kd_fused_lm_head true on the tiny recipe logs the losses of the default chunked path."""
     logs = {}

@@ -133,7 +133,7 @@ def test_zero3_two_processes_match_one(tmp_path, reference):
     teacher_dir = str(tmp_path / "teacher")
     tiny_llama(hidden=48, seed=1).save_pretrained(teacher_dir)  # the reference's teacher, on disk
     out = str(tmp_path / "zero3")
-    extra = json.dumps({"teacher_path": teacher_dir, "gradient_accumulation_steps": 2})
+    extra = json.dumps({"teacher_path": teacher_dir, "gradient_accumulation_steps": 2, "nan_shard": True})
     cmd = [
         os.path.join(BIN, "accelerate"),
         "launch",
@@ -158,6 +158,12 @@ def test_zero3_two_processes_match_one(tmp_path, reference):
         assert facts["partitioned_at_load"] and facts["local_numel_at_load"] == 0
         assert facts["teacher_local_numel"] * 2 == facts["teacher_full_numel"]
         assert facts["teacher_sharded_params"] > 0 and facts["teacher_params_released"]
+    # After training, rank 1 put a NaN into its own shard of the embedding: both ranks refuse to save (the
+    # parameters themselves are empty under ZeRO-3, so only the shards show it), rank 1 names the parameter.
+    refusals = [_read(out, f"placement-{rank}.json")["nan_save"] for rank in (0, 1)]
+    assert all(r.startswith("Refusing to save a checkpoint") for r in refusals), refusals
+    assert "another process" in refusals[0] and "embed_tokens.weight" in refusals[1]
+    assert not os.path.exists(os.path.join(out, "checkpoint-99"))
 
 
 # ---- the configuration files (fast) ----------------------------------------------------------

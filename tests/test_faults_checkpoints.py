@@ -113,6 +113,33 @@ def test_completion_record_catches_a_changed_size(tmp_path):
         check_checkpoint(checkpoint)
 
 
+def test_flipped_byte_sends_resume_back_to_the_previous_checkpoint(tmp_path, straight, caplog):
+    out = str(tmp_path / "run")
+    _trainer(out, 4).train()
+    bad, good = os.path.join(out, "checkpoint-4"), os.path.join(out, "checkpoint-2")
+    weights_file = os.path.join(bad, "model.safetensors")
+    size = os.path.getsize(weights_file)
+    with open(weights_file, "r+b") as f:  # one bit of the last weight: same size, header intact
+        f.seek(size - 1)
+        byte = f.read(1)[0]
+        f.seek(size - 1)
+        f.write(bytes([byte ^ 0x01]))
+    assert os.path.getsize(weights_file) == size
+    with pytest.raises(CorruptCheckpointError, match="sha256") as e:
+        check_checkpoint(bad)
+    assert e.value.file == weights_file
+    with caplog.at_level(logging.WARNING, logger="distill"):
+        trainer = _trainer(out, 6)
+        trainer.train(resume_from_checkpoint=True)
+    assert any(
+        "Skipping checkpoint" in r.message and weights_file in r.message and "sha256" in r.message
+        for r in caplog.records
+    )
+    assert last_complete_checkpoint(out) == os.path.join(out, "checkpoint-6")
+    check_checkpoint(good)
+    assert max_diff(weights(trainer.model), straight) < 1e-6
+
+
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, straight, monkeypatch):
     out = str(tmp_path / "run")
     original = DistillationTrainer._save_optimizer_and_scheduler

@@ -56,6 +56,51 @@ def test_stale_lock_is_taken_over(tmp_path, owner, why):
     assert len(messages) == 1 and "stale lock" in messages[0] and why in messages[0]
 
 
+_RACER = """
+import sys, time
+from scaledown.lock import RunDirLocked, RunLock
+import distill.trainer.checkpoints  # imported before the start line, not inside the race
+
+run_dir, start, slow = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+check = RunLock._stale_reason
+
+
+def slow_check(self, holder):  # both racers look at the stale lock before either replaces it
+    reason = check(self, holder)
+    time.sleep(slow)
+    return reason
+
+
+RunLock._stale_reason = slow_check
+time.sleep(max(0.0, start - time.time()))
+try:
+    with RunLock(run_dir, log=lambda s: None):
+        print("ran", flush=True)
+        time.sleep(2 * slow)
+except RunDirLocked:
+    print("refused", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_runs_racing_for_a_stale_lock_exactly_one_runs(tmp_path):
+    import time
+
+    run_dir = str(tmp_path / "run")
+    _write_lock(run_dir, pid=_dead_pid(), host=socket.gethostname())
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    start = str(time.time() + 4.0)
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, run_dir, start, "1.0"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in racers)
+    assert outcomes == ["ran", "refused"]
+    assert not os.path.exists(os.path.join(run_dir, LOCK_NAME))  # the winner released it
+
+
 def test_lock_from_another_host_is_refused_with_the_fix(tmp_path):
     run_dir = str(tmp_path / "run")
     _write_lock(run_dir, pid=1, host="elsewhere")

@@ -128,6 +128,25 @@ def test_nonfinite_weights_are_never_saved(tmp_path):
     assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint-1"]
 
 
+def test_nonfinite_values_in_a_zero3_shard_are_found():
+    """What ZeRO-3 leaves between forwards: every parameter empty, its values in this process's `ds_tensor`
+    (the last partition padded with whatever `torch.empty` held). The 2-process run is in test_deepspeed."""
+    from distill.trainer.checkpoints import check_finite_weights
+
+    model = torch.nn.Linear(4, 3)
+    for param in model.parameters():
+        values = param.detach().reshape(-1).clone()
+        shard = torch.cat([values, torch.full((3,), float("nan"))])  # padding: never looked at
+        shard.ds_numel = shard.numel()
+        param.ds_tensor, param.ds_numel = shard, values.numel()
+        param.data = torch.empty(0)
+    check_finite_weights(model)
+    with torch.no_grad():
+        model.weight.ds_tensor[5] = float("inf")
+    with pytest.raises(FloatingPointError, match="parameter 'weight'"):
+        check_finite_weights(model)
+
+
 def test_max_nonfinite_steps_is_checked():
     with pytest.raises(ValueError, match="max_nonfinite_steps=-1"):
         DistillationConfig(output_dir="x", max_nonfinite_steps=-1)

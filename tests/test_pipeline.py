@@ -72,6 +72,15 @@ def test_quick_pipeline_end_to_end_and_resume(tmp_path):
         assert key in summary
     report = (run / "report.md").read_text()
     assert "KD gain" in report and "plots/scaling_fit.png" in report
+    # where the student is and what to run next, with the command that made this run
+    assert "## Where things are" in report and f"scaledown serve {summary['where']['student']}" in report
+    assert os.path.isfile(os.path.join(summary["where"]["student"], "model.safetensors"))
+    assert "scaledown run --config" in report and "--quick --output-root" in report
+    # KD against labels-only at every budget the KD students were evaluated at
+    curve = summary["learning_curve"]
+    assert len(curve) >= 2 and all(r["kd_seeds"] == 2 and r["baseline_seeds"] >= 1 for r in curve)
+    assert [r["tokens"] for r in curve] == sorted(r["tokens"] for r in curve)
+    assert "## KD against labels-only, by training budget" in report
     for plot in ("scaling_fit.png", "learning_curves.png", "frontier.png"):
         png = run / "plots" / plot
         assert png.stat().st_size > 10_000, plot  # a blank figure compresses to a few kB

@@ -339,7 +339,9 @@ def test_cli_cache_teacher_then_train(tmp_path, capsys):
         "--max_train_samples",
         "24",
     ]
+    capsys.readouterr()
     assert cli_main(["cache-teacher", *student_args, "--cache_dir", cache_dir, "--top_k", "8"]) == 0
+    assert "Teacher top-k" in capsys.readouterr().err  # a progress bar over the sequences
     manifest = json.load(open(os.path.join(cache_dir, MANIFEST_NAME)))
     assert (
         manifest["k"] == 8 and manifest["teacher"] == teacher_dir and manifest["data"]["num_examples"] == 24

@@ -128,7 +128,7 @@ def _matches(seen, params):
 
 
 @pytest.mark.slow
-def test_tune_runs_prunes_and_resumes(workspace, tmp_path):
+def test_tune_runs_prunes_and_resumes(workspace, tmp_path, capsys):
     out = str(tmp_path / "study")
     space = _space(
         workspace["root"],
@@ -160,8 +160,12 @@ def test_tune_runs_prunes_and_resumes(workspace, tmp_path):
     assert [t["state"] for t in done["trials"]] == ["COMPLETE", "FAIL"]
     assert done["trials"][1]["interrupted"]
     again = _Record()
+    capsys.readouterr()
     summary = tune_main(argv + ["--n_trials", "4"], callbacks=[again.callback])
     trials = summary["trials"]
+    told = capsys.readouterr().err  # the end of a study names the best trial and its recipe
+    assert f"Best: trial {summary['best']['number']}," in told
+    assert f"distill train --config {os.path.join(out, 'best.yaml')}" in told
     assert trials[0] == done["trials"][0]  # finished trials are kept as they were
     rerun = trials[2]
     assert rerun["rerun_of"] == 1 and rerun["params"] == done["trials"][1]["params"]
@@ -190,3 +194,4 @@ def test_tune_runs_prunes_and_resumes(workspace, tmp_path):
     third = _Record()
     assert tune_main(argv + ["--n_trials", "4"], callbacks=[third.callback])["trials"] == trials
     assert third.seen == []
+    assert "already has 4 finished trial(s) of the 4 asked for; nothing to run" in capsys.readouterr().err

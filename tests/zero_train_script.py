@@ -7,7 +7,9 @@ The extra JSON holds DistillationConfig fields (e.g. ``{"deepspeed": "accelerate
 (``ddp_find_unused_parameters`` defaults to false here; ``null`` leaves it to the Trainer), optionally
 ``untied_student: true`` (a student whose LM head is not tied to its embeddings), and optionally
 ``teacher_path``: a saved teacher directory, loaded by the trainer itself (so under
-ZeRO-3 it must come out of ``from_pretrained`` already partitioned by ``deepspeed.zero.Init``), and
+ZeRO-3 it must come out of ``from_pretrained`` already partitioned by ``deepspeed.zero.Init``),
+optionally ``nan_shard: true``: at the end, rank 1 puts a NaN into its own shard of the embedding
+and tries to save a checkpoint; ``placement-<rank>.json`` records the refusal (``nan_save``), and
 optionally ``ensemble: true``: two teachers (the usual one and a second), combined by their mean.
 With ``attention_weight > 0`` the models use eager attention; with a hidden-state projection, rank 0
 also writes it to OUTPUT_DIR/hidden_projection.safetensors.
@@ -76,10 +78,31 @@ def placement(trainer) -> dict:
     return facts
 
 
+def nan_save(trainer, out) -> None:
+    """Rank 1 poisons one element of its ZeRO-3 shard of the embedding; every rank tries to save a checkpoint
+    and records what happened in placement-<rank>.json (``nan_save``)."""
+    param = trainer.model.get_input_embeddings().weight
+    if trainer.args.process_index == 1:
+        with torch.no_grad():
+            param.ds_tensor[0] = float("nan")  # element 0 of rank 1's shard is a real weight, not padding
+    trainer.state.global_step = 99
+    try:
+        trainer._save_checkpoint(trainer.model_wrapped, None)
+        result = "saved"
+    except FloatingPointError as e:
+        result = str(e)
+    path = os.path.join(out, f"placement-{trainer.args.process_index}.json")
+    with open(path) as f:
+        facts = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**facts, "nan_save": result}, f, indent=1)
+
+
 def main():
     out, batch = sys.argv[1], int(sys.argv[2])
     extra = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     teacher = extra.pop("teacher_path", None)
+    nan_shard = extra.pop("nan_shard", False)
     if extra.pop("ensemble", False):
         teacher = [tiny_llama(hidden=48, seed=1), tiny_llama(hidden=32, seed=2)]
     student = tiny_llama(seed=0)
@@ -144,6 +167,8 @@ def main():
                 facts["members"].append(placement(trainer))
             trainer.teacher = ensemble
         json.dump(facts, f, indent=1)
+    if nan_shard:
+        nan_save(trainer, out)
     if torch.distributed.is_initialized():
         from distill.cli import _finish_distributed
 

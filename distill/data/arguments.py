@@ -21,6 +21,7 @@ BUILTIN_SOURCES = {
     "builtin:docstring-topics": "seq-cls",
     "builtin:digits": "image-cls",
     "builtin:docstring-kind": "seq-cls",  # class / method / function (distill.data.docstring_kind)
+    "builtin:python-chat": "causal-lm",  # question/answer chats about the stdlib (distill.data.chat_corpus)
 }
 DEFAULT_SOURCE = {
     "causal-lm": "builtin:python-docs",
@@ -53,7 +54,8 @@ class DataArguments:
                 "'csv', 'parquet', 'arrow', 'imagefolder') used with data_files; a folder written by "
                 "save_to_disk; or an offline built-in: 'builtin:python-docs' (causal-lm), "
                 "'builtin:docstring-topics' (seq-cls), 'builtin:digits' (image-cls), "
-                "'builtin:docstring-kind' (seq-cls: class, method or function). Default: the "
+                "'builtin:docstring-kind' (seq-cls: class, method or function), 'builtin:python-chat' "
+                "(causal-lm: a messages column of questions and answers about the standard library). Default: the "
                 "task's built-in, or the builder implied by data_files' extension."
             )
         },
@@ -127,9 +129,37 @@ class DataArguments:
             )
         },
     )
+    assistant_only_loss: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "causal-lm with conversational data (a messages column of {role, content} lists, TRL's "
+                "format): label only the assistant's turns, so CE and KD skip system, user and template "
+                "tokens (TRL SFTConfig's field). False: every token of the rendered chat is a target."
+            )
+        },
+    )
+    chat_template_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Chat template for conversational data (TRL SFTConfig's field): a tokenizer directory, a "
+                ".jinja file, or builtin:zephyr (for tokenizers without one). Saved with the tokenizer. "
+                "Default: the tokenizer's own template."
+            )
+        },
+    )
     label_column: str = field(
         default="label",
         metadata={"help": "seq-cls / image-cls: column with the class (int, string or ClassLabel)."},
+    )
+    class_names: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "seq-cls / image-cls without a teacher: the classes in id order (names as in label_column; "
+            "default: a ClassLabel's names, else ids 0..n-1, else the sorted distinct labels). With a teacher the "
+            "classes and their order are always the teacher's (config.json id2label)."
+        },
     )
     image_column: Optional[str] = field(
         default=None, metadata={"help": "image-cls: column with the image. Default: 'image', else 'img'."}

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 from .arguments import _STREAMING_EVAL_FALLBACK, BUILTIN_SOURCES, DEFAULT_SOURCE, TASKS, DataArguments
+from .chat import chat_column, conversation_texts
 from .prep import (
     _cls_text_columns,
     _columns,
@@ -128,6 +129,10 @@ def _builtin(name: str, image_size: Optional[int]):
         return corpus.python_docs_corpus()
     if name == "builtin:docstring-topics":
         return corpus.docstring_classification()
+    if name == "builtin:python-chat":
+        from .chat_corpus import python_chat_corpus
+
+        return python_chat_corpus()
     if name == "builtin:docstring-kind":
         from .docstring_kind import docstring_kind_classification
 
@@ -222,7 +227,8 @@ def texts_for_tokenizer(
     train = load_raw_datasets(data_args, task=task)["train"]
     columns = _columns(train)
     if task == "causal-lm":
-        wanted = {"text_column": data_args.text_column or "text", "prompt_column": data_args.prompt_column}
+        text = data_args.text_column or chat_column(train, columns, data_args) or "text"
+        wanted = {"text_column": text, "prompt_column": data_args.prompt_column}
     else:
         text, pair = _cls_text_columns(train, columns, data_args)
         wanted = {"text_column": text, "text_pair_column": pair}
@@ -235,6 +241,8 @@ def texts_for_tokenizer(
     for batch in train.select_columns(text_cols).iter(batch_size=1000):
         for col in text_cols:
             for text in batch[col]:
+                if isinstance(text, list):  # a conversation (distill.data.chat): its messages' contents
+                    text = "\n".join(conversation_texts(text))
                 if text:
                     yield text
                     total += len(text)
@@ -246,7 +254,12 @@ def texts_for_tokenizer(
 # Building model-ready datasets
 # --------------------------------------------------------------------------------------------
 def build_datasets(
-    data_args: DataArguments, task: str, processing_class: Any = None, *, seed: int = 42
+    data_args: DataArguments,
+    task: str,
+    processing_class: Any = None,
+    *,
+    seed: int = 42,
+    label_space: Optional[dict] = None,
 ) -> DatasetBundle:
     """Load, tokenize / transform and check the train, eval and test splits for `task`.
 
@@ -256,6 +269,9 @@ def build_datasets(
         processing_class: a tokenizer for the text tasks; for image-cls a
             `BaseImageProcessor` or None (resize to image_size, scale to [-1, 1]).
         seed: seed of the eval carve and of the streaming shuffle buffer.
+        label_space: classification with a teacher: the teacher's ``id2label``. The classes and their
+            order are the teacher's; the data's labels (names or ids) are mapped to them, and labels the
+            teacher does not know or a different number of classes are refused.
 
     Returns:
         A `DatasetBundle`; `num_labels`/`id2label` are set for the classification tasks.
@@ -264,7 +280,7 @@ def build_datasets(
     prepare = {"causal-lm": _prepare_causal_lm, "seq-cls": _prepare_seq_cls, "image-cls": _prepare_image_cls}[
         task
     ]
-    splits, num_labels, id2label, transform = prepare(raw, data_args, processing_class)
+    splits, num_labels, id2label, transform = prepare(raw, data_args, processing_class, label_space)
     limits = {
         "train": data_args.max_train_samples,
         "validation": data_args.max_eval_samples,

@@ -98,12 +98,35 @@ def _require_tokenizer(processing_class: Any, task: str) -> Any:
 
 
 # ---- causal-lm -----------------------------------------------------------------------------
-def _prepare_causal_lm(raw, data_args: DataArguments, tokenizer: Any):
+def _prepare_causal_lm(raw, data_args: DataArguments, tokenizer: Any, label_space=None, require_all=True):
     tokenizer = _require_tokenizer(tokenizer, "causal-lm")
     if tokenizer.eos_token_id is None:
         raise ValueError(
             "causal-lm appends eos to every document, but the tokenizer has no "
             "eos_token; set tokenizer.eos_token (e.g. to its sep token)."
+        )
+    from .chat import chat_column, chat_lm_fn, prepare_chat_tokenizer
+
+    chat_col = chat_column(raw["train"], _columns(raw["train"]), data_args)
+    if chat_col is not None:  # conversational data: a messages column (distill.data.chat)
+        if data_args.prompt_column:
+            raise ValueError(
+                f"prompt_column={data_args.prompt_column!r} does not apply to conversational data "
+                f"({chat_col!r}): the chat template marks the assistant's turns; drop prompt_column."
+            )
+        for split, ds in raw.items():
+            _require_column(_columns(ds), chat_col, "text_column", split)
+        fn = chat_lm_fn(prepare_chat_tokenizer(tokenizer, data_args), chat_col, data_args)
+        return (
+            {s: _map(ds, fn, data_args, f"Rendering chats of {s}") for s, ds in raw.items()},
+            None,
+            None,
+            None,
+        )
+    if data_args.assistant_only_loss:
+        raise ValueError(
+            "assistant_only_loss: true needs conversational data (a messages column of {role, content} "
+            "lists, or text_column naming one); this data is plain text: set assistant_only_loss: false."
         )
     text_col, prompt_col = data_args.text_column or "text", data_args.prompt_column
     for split, ds in raw.items():
@@ -166,31 +189,125 @@ def _causal_lm_fn(
 
 
 # ---- classification labels ---------------------------------------------------------------
-def _label_info(raw, label_column: str):
-    """(num_labels, id2label, value->id mapping or None); num_labels=1 means regression.
+def _is_default_name(name: Any, i: int) -> bool:
+    return str(name) == f"LABEL_{i}"
 
-    A `ClassLabel` gives its names; otherwise the distinct values of train and validation are
-    read (for a stream, the whole train stream: classification sets are small).
-    """
-    from datasets import ClassLabel, Value
 
+def _data_labels(raw, label_column: str) -> tuple[Any, list]:
+    """(feature, the distinct label values of train and validation, in first-seen order)."""
     for split, ds in raw.items():
         _require_column(_columns(ds), label_column, "label_column", split)
     feature = (raw["train"].features or {}).get(label_column)
-    if isinstance(feature, ClassLabel):
-        return feature.num_classes, dict(enumerate(feature.names)), None
-    if isinstance(feature, Value) and feature.dtype.startswith("float"):
-        return 1, None, None  # run_glue's regression convention
-    values: set = set()
+    values: dict = {}  # an ordered set
     for split in ("train", "validation"):  # the labels a model can learn or be scored on
         if split in raw:
             for batch in raw[split].select_columns([label_column]).iter(batch_size=10_000):
-                values.update(batch[label_column])
+                values.update(dict.fromkeys(batch[label_column]))
     if None in values:
         raise ValueError(
             f"label_column={label_column!r} has missing (None) values; fill or filter them before training."
         )
-    if all(isinstance(v, int) for v in values) and values <= set(range(len(values))):
+    return feature, list(values)
+
+
+def _fmt(values) -> str:
+    values = list(values)
+    shown = ", ".join(repr(v) for v in values[:12])
+    return f"[{shown}{', ...' if len(values) > 12 else ''}]"
+
+
+def _map_to_label_space(
+    feature, values: list, label_space: dict, label_column: str, who: str, require_all: bool
+) -> dict:
+    """value -> id in ``label_space`` (the teacher's id2label): names by name, ints as ids; else refused."""
+    from datasets import ClassLabel
+
+    n = len(label_space)
+    names = [label_space[i] for i in range(n)]
+    named = not all(_is_default_name(name, i) for i, name in enumerate(names))
+    by_name = {str(name): i for i, name in enumerate(names)}
+    if isinstance(feature, ClassLabel):  # raw values are indices into feature.names
+        data_names = list(feature.names)
+        generic = all(_is_default_name(name, i) for i, name in enumerate(data_names)) or not named
+        mapping = {
+            i: (i if generic or not named else by_name.get(str(name))) for i, name in enumerate(data_names)
+        }
+        unknown = [data_names[i] for i, t in mapping.items() if t is None or not 0 <= t < n]
+        seen = {t for t in mapping.values() if t is not None}
+        count = len(data_names)
+    else:  # every name and id of the label space, so that a test split's labels map too
+        mapping = {**by_name, **{i: i for i in range(n)}}
+        unknown = [
+            v for v in values if isinstance(v, bool) or not isinstance(v, (int, str)) or v not in mapping
+        ]
+        seen = {mapping[v] for v in values if v not in unknown}
+        count = len(seen)
+    known = f"the {who}'s {n} classes, in its id order, are {_fmt(names)}"
+    if unknown:
+        raise ValueError(
+            f"label_column={label_column!r}: label(s) {_fmt(unknown)} are not classes of the {who}: {known} "
+            f"(names, or ids 0..{n - 1}). Relabel the data to these classes, or use a {who} trained on them."
+        )
+    if require_all and count != n:
+        missing = [names[i] for i in range(n) if i not in seen]
+        raise ValueError(
+            f"label_column={label_column!r}: the data has {count} classes but {known}; missing from the "
+            f"train/validation data: {_fmt(missing)}. Distillation needs the same classes in data and {who}."
+        )
+    return mapping
+
+
+def _label_info(
+    raw,
+    label_column: str,
+    label_space: Optional[dict] = None,
+    class_names: Optional[list] = None,
+    who: str = "teacher",
+    require_all: bool = True,
+):
+    """(num_labels, id2label, value->id mapping or None); num_labels=1 means regression.
+
+    With ``label_space`` (the teacher's ``id2label``), the classes and their order are the teacher's and
+    the data's labels (names, or ids) are mapped to them; a label the teacher does not know, ids out of
+    range or (``require_all``) a different number of classes are refused. Without one, the classes are
+    ``class_names`` in that order, else a `ClassLabel`'s names, else ids 0..n-1 as they are, else the
+    distinct values of train and validation (for a stream, the whole train stream) in sorted order, which
+    does not depend on the seed that carves the validation split.
+    """
+    from datasets import ClassLabel, Value
+
+    feature, values = _data_labels(raw, label_column)
+    is_float = isinstance(feature, Value) and feature.dtype.startswith("float")
+    if label_space is not None:
+        label_space = {int(k): v for k, v in label_space.items()}
+        if is_float:
+            if len(label_space) == 1:
+                return 1, None, None
+            raise ValueError(
+                f"label_column={label_column!r} holds floats (regression) but the {who} has "
+                f"{len(label_space)} classes {_fmt(label_space.values())}; give class labels, or a regression {who}."
+            )
+        if class_names is not None and [str(c) for c in class_names] != [
+            str(label_space[i]) for i in range(len(label_space))
+        ]:
+            raise ValueError(
+                f"class_names={list(class_names)} differ from the {who}'s classes "
+                f"{_fmt(label_space[i] for i in range(len(label_space)))}: the {who} decides the classes and "
+                "their order; drop class_names."
+            )
+        mapping = _map_to_label_space(feature, values, label_space, label_column, who, require_all)
+        return len(label_space), dict(label_space), mapping
+    if class_names is not None:
+        space = {i: str(c) for i, c in enumerate(class_names)}
+        if len(set(space.values())) != len(space) or not space:
+            raise ValueError(f"class_names={list(class_names)} must be a non-empty list of distinct names.")
+        mapping = _map_to_label_space(feature, values, space, label_column, "class_names", require_all=False)
+        return len(space), space, mapping
+    if isinstance(feature, ClassLabel):
+        return feature.num_classes, dict(enumerate(feature.names)), None
+    if is_float:
+        return 1, None, None  # run_glue's regression convention
+    if all(isinstance(v, int) for v in values) and set(values) <= set(range(len(values))):
         return len(values), {i: str(i) for i in range(len(values))}, None
     names = sorted(values, key=lambda v: (str(type(v)), v))
     return len(names), {i: str(v) for i, v in enumerate(names)}, {v: i for i, v in enumerate(names)}
@@ -199,7 +316,7 @@ def _label_info(raw, label_column: str):
 def _label_ids(values: list, mapping: Optional[dict], label_column: str) -> list:
     if mapping is None:
         return list(values)
-    unknown = {v for v in values if v not in mapping}
+    unknown = {v for v in values if mapping.get(v) is None}
     if unknown:
         raise ValueError(
             f"label_column={label_column!r}: values {sorted(map(str, unknown))} "
@@ -226,7 +343,7 @@ def _cls_text_columns(ds, columns: list[str], data_args: DataArguments):
     return text, pair
 
 
-def _prepare_seq_cls(raw, data_args: DataArguments, tokenizer: Any):
+def _prepare_seq_cls(raw, data_args: DataArguments, tokenizer: Any, label_space=None, require_all=True):
     tokenizer = _require_tokenizer(tokenizer, "seq-cls")
     text_col, pair_col = _cls_text_columns(raw["train"], _columns(raw["train"]), data_args)
     for split, ds in raw.items():
@@ -234,7 +351,9 @@ def _prepare_seq_cls(raw, data_args: DataArguments, tokenizer: Any):
         _require_column(columns, text_col, "text_column", split)
         if pair_col:
             _require_column(columns, pair_col, "text_pair_column", split)
-    num_labels, id2label, mapping = _label_info(raw, data_args.label_column)
+    num_labels, id2label, mapping = _label_info(
+        raw, data_args.label_column, label_space, data_args.class_names, require_all=require_all
+    )
     label_col, max_len = data_args.label_column, data_args.max_seq_length
 
     def fn(batch: dict) -> dict:
@@ -250,14 +369,18 @@ def _prepare_seq_cls(raw, data_args: DataArguments, tokenizer: Any):
 
 
 # ---- image-cls -----------------------------------------------------------------------------
-def _prepare_image_cls(raw, data_args: DataArguments, image_processor: Any):
+def _prepare_image_cls(
+    raw, data_args: DataArguments, image_processor: Any, label_space=None, require_all=True
+):
     from datasets import Dataset
 
     columns = _columns(raw["train"])
     image_col = data_args.image_column or next((c for c in ("image", "img") if c in columns), "image")
     for split, ds in raw.items():
         _require_column(_columns(ds), image_col, "image_column", split)
-    num_labels, id2label, mapping = _label_info(raw, data_args.label_column)
+    num_labels, id2label, mapping = _label_info(
+        raw, data_args.label_column, label_space, data_args.class_names, require_all=require_all
+    )
     to_pixels = (
         _processor_pixels(image_processor)
         if image_processor is not None
@@ -322,11 +445,17 @@ def prepare_split(
     processing_class: Any,
     limit: Optional[int] = None,
     seed: int = 0,
+    label_space: Optional[dict] = None,
 ):
     """One raw split prepared exactly as training prepares it (tokenized, grouped or given its pixel
-    transform), for code outside training that must feed the model what training saw (`deploy`)."""
+    transform), for code outside training that must feed the model what training saw (`deploy`).
+
+    ``label_space`` (the model's ``id2label``) numbers the classes as the model does; the split may hold
+    fewer of them."""
     from datasets import DatasetDict
 
     prepare = {"causal-lm": _prepare_causal_lm, "seq-cls": _prepare_seq_cls, "image-cls": _prepare_image_cls}
-    splits, _, _, transform = prepare[task](DatasetDict({"train": split}), data_args, processing_class)
+    splits, _, _, transform = prepare[task](
+        DatasetDict({"train": split}), data_args, processing_class, label_space, require_all=False
+    )
     return _finish(splits["train"], split_name, limit, transform, data_args, seed)

@@ -11,7 +11,17 @@ from distill.students.model_config import parse_model_config
 
 
 def build_student(model_args, data_args, args, task, tokenizer, bundle):
-    """The student: copied from teacher layers, loaded from `model_name_or_path`, or built from `model_config`."""
+    """The student: copied from teacher layers, loaded from `model_name_or_path`, or built from `model_config`;
+    with ``use_peft``, wrapped with LoRA adapters (`distill.students.lora`)."""
+    student = _build_student(model_args, data_args, args, task, tokenizer, bundle)
+    if getattr(model_args, "use_peft", False):
+        from distill.students.lora import apply_lora
+
+        student = apply_lora(student, model_args, task.name)
+    return student
+
+
+def _build_student(model_args, data_args, args, task, tokenizer, bundle):
     from transformers import AutoConfig
 
     extra: dict[str, Any] = {}
@@ -64,14 +74,18 @@ def parameter_counts(model) -> tuple[int, int]:
     """``(total, non_embedding)`` parameters of the student (ZeRO-3 aware), without a hidden-state projection."""
     import torch
 
+    from distill.students.lora import is_lora_parameter
     from distill.trainer.intermediate import PROJECTION_NAME
 
     def numel(p):  # ZeRO-3 partitions parameters: ds_numel is the full size
         return getattr(p, "ds_numel", p.numel())
 
-    # Without a hidden-state projection, which is not saved with the model.
+    # Without a hidden-state projection, which is not saved with the model, and without LoRA adapters,
+    # which are merged into the saved model (distill/students/lora.py).
     total = sum(
-        numel(p) for name, p in model.named_parameters() if not name.startswith(PROJECTION_NAME + ".")
+        numel(p)
+        for name, p in model.named_parameters()
+        if not name.startswith(PROJECTION_NAME + ".") and not is_lora_parameter(name)
     )
     embedding = sum(numel(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return total, total - embedding

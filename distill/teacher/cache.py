@@ -310,11 +310,13 @@ def build_teacher_cache(
     batch_size: int = 8,
     pad_token_id: int = 0,
     device: Any = None,
+    show_progress: bool = True,
 ) -> TeacherCache:
     """Run ``teacher`` once over ``dataset`` (causal LM: input_ids, labels) and write the cache.
 
     Rows are written in dataset order through an Arrow writer (never all in memory), then saved
-    with ``save_to_disk`` next to the manifest and the tokenizer.
+    with ``save_to_disk`` next to the manifest and the tokenizer. ``show_progress``: a progress bar over
+    the sequences (`distill cache-teacher` shows it unless the recipe sets ``disable_tqdm``).
     """
     import numpy as np
     from datasets import Dataset
@@ -348,8 +350,12 @@ def build_teacher_cache(
     os.makedirs(tmp_dir)
     tmp = os.path.join(tmp_dir, "cache.arrow")
     writer = ArrowWriter(features=features, path=tmp)
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=len(source), desc="Teacher top-k", unit="seq", disable=not show_progress)
     try:
         for batch in source.iter(batch_size=batch_size):
+            progress.update(len(batch["input_ids"]))
             examples = [{c: batch[c][i] for c in cols} for i in range(len(batch["input_ids"]))]
             inputs = collate(examples)
             with torch.no_grad():
@@ -370,6 +376,7 @@ def build_teacher_cache(
             out[CACHE_COLUMNS[2]] = [rest[i, :n] for i, n in enumerate(lengths)]
             writer.write_batch(out)
         writer.finalize()
+        progress.close()
     finally:
         writer.close()
     written = Dataset.from_file(tmp)

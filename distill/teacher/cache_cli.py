@@ -99,6 +99,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         batch_size=int(batch_size or args.per_device_eval_batch_size),
         pad_token_id=pad if pad is not None else 0,
         device=args.device,
+        show_progress=not args.disable_tqdm,
     )
     m = cache.manifest
     print(

@@ -15,6 +15,87 @@ def _looks_local(path: str) -> bool:
     return os.path.isabs(path) or path.startswith((".", "~")) or os.path.exists(path) or path.count("/") > 1
 
 
+def read_model_config(path: str) -> Optional[dict]:
+    """A model's config.json as a mapping (no weights read), or None when it cannot be read (a Hub id offline)."""
+    import json
+
+    local = os.path.expanduser(path)
+    if os.path.isdir(local):
+        config_file = os.path.join(local, "config.json")
+        if not os.path.isfile(config_file):
+            return None
+        with open(config_file, encoding="utf-8") as f:
+            return json.load(f)
+    try:
+        from transformers import PretrainedConfig
+
+        return PretrainedConfig.get_config_dict(path)[0]
+    except (OSError, ValueError):
+        return None
+
+
+def check_model_task(
+    config: Optional[dict], task: str, field_name: str, path: str, teacher: bool = True
+) -> None:
+    """Refuse a model whose saved class (config.json ``architectures``) does another task than ``task``.
+
+    A teacher must have the task's head: loading, say, a sequence classifier as a causal LM, or a
+    head-less ``BertModel`` as a classifier, gives a freshly initialised head, and distilling from it
+    distils noise. A student may be head-less (its new head is trained), but not built for another task.
+    """
+    from distill.trainer.tasks import task_of_class
+
+    architectures = (config or {}).get("architectures") or []
+    if not architectures:
+        return
+    tasks = {name: task_of_class(name) for name in architectures}
+    if task in tasks.values():
+        return
+    if not teacher and all(t is None for t in tasks.values()):
+        return
+    described = ", ".join(f"{name} ({t or 'no ' + task + ' head'})" for name, t in tasks.items())
+    fix = (
+        f"use a {task} teacher, or set task to {next(t for t in tasks.values() if t)}"
+        if any(tasks.values())
+        else f"use a teacher trained for {task} (one with its head)"
+    )
+    raise ValueError(
+        f"{field_name}={path!r} is a {described} model, but this run's task is {task}: loading it for {task} "
+        f"would give it a freshly initialised head. Teacher and student must do the same task: {fix}."
+        if teacher
+        else f"{field_name}={path!r} is a {described} model, but this run's task is {task}: a student for "
+        f"{task} cannot start from it. Use a {task} or head-less model, or set task to match it."
+    )
+
+
+def label_space_of(config: Optional[dict]) -> Optional[dict[int, str]]:
+    """The classes of a classifier's config (``id2label``, else ``num_labels`` generic names), by id."""
+    if not config:
+        return None
+    id2label = config.get("id2label")
+    if id2label:
+        return {int(k): str(v) for k, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))}
+    n = int(config.get("num_labels", 2))
+    return {i: f"LABEL_{i}" for i in range(n)}
+
+
+def teacher_label_space(paths: list[str]) -> Optional[dict[int, str]]:
+    """The teachers' shared classes (``id2label``), before any weights are loaded; teachers that disagree
+    are refused. None when no teacher's config can be read."""
+    spaces = [(path, label_space_of(read_model_config(path))) for path in paths if path]
+    spaces = [(path, space) for path, space in spaces if space is not None]
+    if not spaces:
+        return None
+    first_path, first = spaces[0]
+    for path, space in spaces[1:]:
+        if space != first:
+            raise ValueError(
+                f"The teachers {first_path!r} and {path!r} have different classes ({list(first.values())} vs "
+                f"{list(space.values())}, in id order): an ensemble must share one label space."
+            )
+    return first
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Eval mode and no gradients: the teacher never trains, and dropout never fires in it."""
     model.eval()
@@ -39,6 +120,7 @@ def load_teacher(path: str, task, args) -> tuple[nn.Module, Any]:
         from distill.utils.safe_loading import check_model_dir
 
         check_model_dir(path, "teacher_model_name_or_path", args.trust_remote_code)
+    check_model_task(read_model_config(path), task.name, "teacher_model_name_or_path", path)
     dtype = _DTYPES.get(args.teacher_dtype, "auto")
     # Attention transfer needs the attention probabilities, which only the eager implementation returns.
     attn = {"attn_implementation": "eager"} if getattr(args, "attention_weight", 0) > 0 else {}

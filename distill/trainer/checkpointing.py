@@ -9,6 +9,7 @@ from typing import Optional
 
 from transformers.trainer_utils import rotate_checkpoints
 
+from distill.students.lora import is_peft_model, save_merged_student
 from distill.trainer.checkpoints import (
     check_finite_weights,
     disk_full_error,
@@ -104,9 +105,12 @@ class CheckpointingMixin:
             load_projection(self._intermediate.projection, best)
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
-        """Save the student only (safetensors); the arguments as JSON instead of a pickle."""
+        """Save the student only (safetensors); the arguments as JSON instead of a pickle. A LoRA student's final
+        save is the merged model, with its adapter in ``adapter/`` (checkpoints keep the adapter alone)."""
         super().save_model(output_dir, _internal_call=_internal_call)
         output_dir = output_dir or self.args.output_dir
+        if self.args.should_save and not _internal_call and is_peft_model(self.model):
+            save_merged_student(self.model, output_dir, self.processing_class)
         if self.args.should_save:
             pickled = os.path.join(output_dir, "training_args.bin")
             if os.path.exists(pickled):

@@ -4,22 +4,24 @@
 a run killed mid-save never leaves a half-written ``checkpoint-N``. This module adds what the
 rename cannot promise:
 
-- `write_completion_record` lists every file of a finished checkpoint with its size
+- `write_completion_record` lists every file of a finished checkpoint with its size and sha256
   (``checkpoint_complete.json``), written last, before the rename;
-- `check_checkpoint` verifies a checkpoint before training continues from it: the record's files
-  and sizes, the safetensors headers against the file sizes, the optimizer / scheduler / RNG
-  archives, and that ``trainer_state.json`` parses. A problem raises `CorruptCheckpointError`,
-  which names the file;
+- `check_checkpoint` verifies a checkpoint before training continues from it: the record's files,
+  sizes and sha256 digests (a flipped byte that keeps the size is caught), the safetensors headers
+  against the file sizes, the optimizer / scheduler / RNG archives, and that ``trainer_state.json``
+  parses. A problem raises `CorruptCheckpointError`, which names the file;
 - `last_complete_checkpoint` picks the newest checkpoint that passes, logging a warning for each
   newer one it skipped, so a damaged last checkpoint falls back to the one before it;
 - `disk_full_error` turns ENOSPC while saving into an error that says so and names the previous
   checkpoint, which stays intact;
-- `check_finite_weights` refuses to save weights that are NaN or infinite.
+- `check_finite_weights` refuses to save weights that are NaN or infinite, looking at each process's
+  own shard of ZeRO-3 partitioned or DTensor parameters.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -46,18 +48,33 @@ class CorruptCheckpointError(ValueError):
         super().__init__(f"{file}: {reason}")
 
 
+def file_sha256(path: str) -> str:
+    """Hex sha256 of a file, read in 8 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_completion_record(checkpoint_dir: str) -> None:
-    """List every file of a finished checkpoint with its size; written last, atomically."""
-    files = {}
+    """List every file of a finished checkpoint with its size and sha256; written last, atomically.
+
+    ``{"files": {name: size}, "sha256": {name: hex}}``: the size map is what older versions wrote and read.
+    """
+    files, digests = {}, {}
     for root, _, names in os.walk(checkpoint_dir):
         for name in names:
             path = os.path.join(root, name)
-            files[os.path.relpath(path, checkpoint_dir)] = os.path.getsize(path)
-    files.pop(COMPLETION_RECORD, None)
+            rel = os.path.relpath(path, checkpoint_dir)
+            if rel == COMPLETION_RECORD:
+                continue
+            files[rel] = os.path.getsize(path)
+            digests[rel] = file_sha256(path)
     target = os.path.join(checkpoint_dir, COMPLETION_RECORD)
     tmp = f"{target}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"files": files}, f, indent=1, sort_keys=True)
+        json.dump({"files": files, "sha256": digests}, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, target)
@@ -104,7 +121,8 @@ def _check_record(checkpoint: str) -> None:
         return  # written by an older version or another Trainer: the structural checks below still run
     try:
         with open(record_path, encoding="utf-8") as f:
-            files = json.load(f)["files"]
+            record = json.load(f)
+        files, digests = record["files"], record.get("sha256", {})  # no sha256: written by an older version
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CorruptCheckpointError(record_path, f"does not parse ({e})") from None
     for name, size in files.items():
@@ -113,6 +131,14 @@ def _check_record(checkpoint: str) -> None:
             raise CorruptCheckpointError(path, "missing (listed in checkpoint_complete.json)")
         if os.path.getsize(path) != size:
             raise CorruptCheckpointError(path, f"has {os.path.getsize(path)} bytes, {size} were written")
+    for name, expected in digests.items():  # after the size checks: a cut file is named as such
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            raise CorruptCheckpointError(path, "missing (listed in checkpoint_complete.json)")
+        if file_sha256(path) != expected:
+            raise CorruptCheckpointError(
+                path, "its sha256 differs from the one recorded when it was written (bytes changed on disk)"
+            )
 
 
 def check_checkpoint(checkpoint: str, *, need_optimizer: bool = True) -> None:
@@ -201,23 +227,57 @@ def disk_full_error(error: OSError, checkpoint: str, previous: Optional[str]) ->
     )
 
 
+def _zero3_shard(param):
+    """This process's own elements of a ZeRO-3 partitioned parameter, without the padding of the last
+    partition (allocated with `torch.empty`, so it may hold anything); None when swapped out to NVMe."""
+    import torch.distributed as dist
+
+    shard = param.ds_tensor
+    if getattr(getattr(shard, "status", None), "name", "AVAILABLE") != "AVAILABLE":
+        return None
+    size = shard.ds_numel if hasattr(shard, "ds_numel") else shard.numel()
+    group = getattr(param, "ds_process_group", None)
+    rank = dist.get_rank(group=group) if dist.is_available() and dist.is_initialized() else 0
+    valid = max(0, min(size, param.ds_numel - size * rank))
+    return shard.narrow(0, 0, valid)
+
+
+def local_weight_shards(model) -> list:
+    """``(name, tensor)`` for every parameter's values held by this process: the whole tensor, a DTensor's
+    local shard (FSDP2), or a ZeRO-3 parameter's partition (`ds_tensor`: the parameter itself is empty
+    between forwards, so looking at it checks nothing)."""
+    shards = []
+    for name, param in model.named_parameters():
+        if hasattr(param, "ds_tensor"):
+            tensor = _zero3_shard(param)
+        elif hasattr(param, "to_local"):
+            tensor = param.to_local()
+        else:
+            tensor = param
+        if tensor is not None and tensor.numel():
+            shards.append((name, tensor.detach()))
+    return shards
+
+
 def check_finite_weights(model, accelerator=None) -> None:
     """Raise FloatingPointError naming the first parameter that holds NaN or infinity.
 
-    One device sync for the whole model; with ``accelerator`` (several processes, e.g. sharded
-    parameters) the verdict is reduced so that every rank raises together instead of one hanging.
+    Every process checks the values it holds (see `local_weight_shards`), one sync per device; with
+    ``accelerator`` (several processes, e.g. sharded parameters) the verdict is reduced so that every
+    rank raises together instead of one hanging.
     """
     import torch
 
-    named = [(name, p.detach()) for name, p in model.named_parameters() if p.numel()]
-    named = [(name, p.to_local() if hasattr(p, "to_local") else p) for name, p in named]  # DTensor shards
-    finite = [torch.isfinite(p).all() for _, p in named if p.numel()]
-    bad = torch.stack(finite).logical_not().any().float() if finite else torch.zeros(())
+    named = local_weight_shards(model)
+    by_device = {}  # one sync per device (ZeRO-3 may keep shards on the CPU, the rest on the GPU)
+    for _, p in named:
+        by_device.setdefault(p.device, []).append(torch.isfinite(p).all())
+    bad = torch.tensor([float(any(not bool(torch.stack(f).all()) for f in by_device.values()))])
     if accelerator is not None:
-        bad = accelerator.reduce(bad.reshape(1).to(accelerator.device), reduction="sum")
+        bad = accelerator.reduce(bad.to(accelerator.device), reduction="sum")
     if not bool(bad.sum() > 0):
         return
-    culprit = next((name for name, p in named if p.numel() and not bool(torch.isfinite(p).all())), None)
+    culprit = next((name for name, p in named if not bool(torch.isfinite(p).all())), None)
     where = f"parameter {culprit!r}" if culprit else "a parameter shard on another process"
     raise FloatingPointError(
         f"Refusing to save a checkpoint: {where} holds NaN or infinite values. The last complete checkpoint is "

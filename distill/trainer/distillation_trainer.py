@@ -22,6 +22,7 @@ from distill.losses.fused_head import (
     output_head,
 )
 from distill.losses.logit import distillation_loss, loss_denominator, student_cross_entropy
+from distill.students.lora import AdapterDisabledTeacher, is_self_teacher
 from distill.teacher.cache import CACHE_COLUMNS
 from distill.teacher.ensemble import build_ensemble
 from distill.teacher.loading import check_same_tokenizer, load_teacher
@@ -43,7 +44,8 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
 
     Args:
         model: the student (a `PreTrainedModel` for causal LM, sequence or image classification).
-        teacher_model: the teacher, as a model or a Hub id / local directory. Optional when
+        teacher_model: the teacher, as a model or a Hub id / local directory, or ``"self"`` for a LoRA student
+            (a `peft.PeftModel`): its own base model with the adapters disabled, no second copy. Optional when
             ``args.alpha == 0`` (plain supervised training, e.g. a baseline). A list of them: several
             teachers for the same task, combined by [`distill.teacher.ensemble.TeacherEnsemble`]
             (`args.teacher_ensemble`, `args.teacher_weights`).
@@ -104,21 +106,29 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
             teacher_model = build_ensemble(
                 teacher_model, task, args, model, kwargs.get("processing_class"), teacher_processing_class
             )
-        if isinstance(teacher_model, (str, os.PathLike)):
+        self_teacher = is_self_teacher(teacher_model)
+        if self_teacher and model_init is not None:
+            raise ValueError(
+                "teacher_model_name_or_path: self runs the student's own base model, which model_init's new "
+                "models (distill tune) would leave behind: name a separate teacher to tune."
+            )
+        if self_teacher:  # the LoRA student's base model, adapters disabled (distill.students.lora)
+            teacher_model = AdapterDisabledTeacher(model)
+        elif isinstance(teacher_model, (str, os.PathLike)):
             teacher_model, loaded_tok = load_teacher(str(teacher_model), task, args)
             teacher_processing_class = teacher_processing_class or loaded_tok
         self.task: TaskSpec = task
         processing_class = kwargs.get("processing_class")
         self.kd_vocab_size = None
         self._xtok = None  # cross-tokenizer distillation (distill.trainer.cross_tokenizer)
-        if args.cross_tokenizer_loss and teacher_model is not None:
+        if args.cross_tokenizer_loss and teacher_model is not None and not self_teacher:
             from distill.trainer.cross_tokenizer import CrossTokenizerTransfer
 
             self._xtok = CrossTokenizerTransfer(
                 args, task, processing_class, teacher_processing_class, model, teacher_model
             )
             kwargs = self._xtok.wrap_collator(kwargs, task)
-        elif teacher_model is not None and task.token_level:
+        elif teacher_model is not None and task.token_level and not self_teacher:
             self.kd_vocab_size = check_same_tokenizer(
                 processing_class, teacher_processing_class, model, teacher_model
             )
@@ -128,6 +138,12 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
                 teacher_cache, teacher_model, task, args, processing_class, kwargs
             )
             self.kd_vocab_size = self.teacher_cache.vocab_size
+        # Every cross-entropy (training with or without a teacher, evaluation, the teacher's) is taken over the
+        # same real vocabulary: a head padded beyond the tokenizer adds rows no label can hit, which would
+        # still take probability mass and make eval_loss differ from the training CE.
+        self.ce_vocab_size = self.kd_vocab_size or (
+            len(processing_class) if task.token_level and hasattr(processing_class, "__len__") else None
+        )
         self._check_train_dataset(kwargs.get("train_dataset"), args)
         check_on_policy(
             args, task, has_cache=self.teacher_cache is not None, tokenizer=processing_class
@@ -148,7 +164,11 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
             self._intermediate.check_placement(self)
         # Count valid positions ourselves for every task (shift-aware for causal LMs only).
         self.model_accepts_loss_kwargs = True
-        self.teacher = place_teacher(teacher_model, self) if teacher_model is not None else None
+        self.teacher = (
+            place_teacher(teacher_model, self)
+            if teacher_model is not None and not self_teacher
+            else teacher_model
+        )
         self._heads = self._fused_heads(model) if args.kd_fused_lm_head else None
         self._train_sums = self._zero_sums()
         self._eval_sums = None
@@ -357,7 +377,7 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
         if out is not None:
             loss, kd, ce, n_local = out.loss, out.kd_loss.detach(), out.ce_loss.detach(), out.num_valid
         else:
-            ce_sum, n_local = student_cross_entropy(student_logits, shifted_labels)
+            ce_sum, n_local = student_cross_entropy(self.real_vocab(student_logits), shifted_labels)
             loss = ce_sum / loss_denominator(n_local, num_items_in_batch)
             kd, ce = None, loss.detach()
         layer_terms = (None, None)
@@ -374,7 +394,12 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
                 loss = loss / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
 
-    # ---- logging -----------------------------------------------------------------------------
+    def real_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` sliced to the real vocabulary (`ce_vocab_size`), as the training loss sees them."""
+        vocab = self.ce_vocab_size
+        return logits[..., :vocab] if vocab and vocab < logits.shape[-1] else logits
+
+        # ---- logging -----------------------------------------------------------------------------
 
     def _zero_sums(self) -> torch.Tensor:
         # [kd raw sum, ce raw sum, valid positions, hidden raw sum, attention raw sum], kept on device to

@@ -38,11 +38,12 @@ class EvaluationMixin:
             s_outputs = model(**model_inputs, **extra)
             logits = s_outputs.logits
             s_logits, s_labels = align_logits_and_labels(self.task, logits, labels)
+            s_ce_logits = self.real_vocab(s_logits)  # the training CE's vocabulary, not a padded head's
             # Sum only real rows: accelerate pads the last batch with repeated samples.
             k = self._real_rows(labels.shape[0])
-            ce_sum, n = ce_real, n_real = student_cross_entropy(s_logits[:k], s_labels[:k])
+            ce_sum, n = ce_real, n_real = student_cross_entropy(s_ce_logits[:k], s_labels[:k])
             if k < labels.shape[0]:
-                ce_pad, n_pad = student_cross_entropy(s_logits[k:], s_labels[k:])
+                ce_pad, n_pad = student_cross_entropy(s_ce_logits[k:], s_labels[k:])
                 ce_sum, n = ce_real + ce_pad, n_real + n_pad
             sums = self._eval_sums
             if sums is not None:
@@ -58,7 +59,7 @@ class EvaluationMixin:
                 t_outputs = self._teacher_outputs(model_inputs)
                 t_logits, _ = align_logits_and_labels(self.task, t_outputs.logits, None)
                 out = self._online_kd(s_logits[:k], t_logits[:k], s_labels[:k], 1.0, 1)
-                t_ce, _ = student_cross_entropy(t_logits[:k], s_labels[:k])
+                t_ce, _ = student_cross_entropy(self.real_vocab(t_logits[:k]), s_labels[:k])
                 if sums is not None:
                     sums["kd"] += float(out.kd_loss)
                     sums["teacher_ce"] = sums.get("teacher_ce", 0.0) + float(t_ce)

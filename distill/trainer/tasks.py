@@ -64,7 +64,9 @@ def task_of_class(name: str) -> Optional[str]:
 
 
 def infer_task(model: torch.nn.Module) -> TaskSpec:
-    """Infer the task from a model's class through transformers' auto mappings."""
+    """Infer the task from a model's class through transformers' auto mappings (a peft model's: its base's)."""
+    if hasattr(model, "get_base_model"):  # peft.PeftModel (LoRA students, distill.students.lora)
+        model = model.get_base_model()
     name = type(model).__name__
     task = task_of_class(name)
     if task is None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 
 logger = logging.getLogger("distill")
 
@@ -102,6 +103,15 @@ def parse_search_space(space: dict, args, model_config=None) -> list[Dimension]:
                 raise ValueError(
                     f"{where}: architecture entries need a student built from model_config "
                     "(a pretrained model_name_or_path has a fixed architecture)"
+                )
+            from distill.students.model_config import config_class_keys
+
+            key = name[len(MODEL_PREFIX) :]
+            known = config_class_keys(model_config["model_type"])
+            if key not in known or key == "model_type":
+                raise ValueError(
+                    f"{where}: {key!r} is not a field of model_type {model_config['model_type']!r}'s config"
+                    f"{did_you_mean(key, known, prefix=MODEL_PREFIX)}; transformers would ignore it"
                 )
         elif name not in types:
             raise ValueError(
@@ -297,6 +307,12 @@ def main(argv: list[str], callbacks=None) -> dict:
         t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)
     )
     remaining = opts["n_trials"] - finished
+    if remaining <= 0:
+        print(
+            f"distill tune: the study in {args.output_dir} already has {finished} finished trial(s) of the "
+            f"{opts['n_trials']} asked for; nothing to run. Raise --n_trials to search further.",
+            file=sys.stderr,
+        )
     try:
         if remaining > 0:
             trainer.hyperparameter_search(
@@ -316,7 +332,27 @@ def main(argv: list[str], callbacks=None) -> dict:
         _mark_interrupted(study)
         write_reports(study, dims, args.output_dir, _config_path(rest), rest)
         raise
-    return write_reports(study, dims, args.output_dir, _config_path(rest), rest)
+    summary = write_reports(study, dims, args.output_dir, _config_path(rest), rest)
+    print(tune_outcome(summary, args.output_dir), file=sys.stderr)
+    return summary
+
+
+def tune_outcome(summary: dict, output_dir: str) -> str:
+    """What a finished `distill tune` tells the user: the best trial, and where its recipe is."""
+    lines = [f"distill tune: {summary['n_complete']} complete, {summary['n_pruned']} pruned trial(s)."]
+    best = summary.get("best")
+    if best is None:
+        lines.append(f"No trial completed, so no best.yaml; see {os.path.join(output_dir, 'trials.csv')}.")
+        return "\n".join(lines)
+    params = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()
+    )
+    best_yaml = os.path.join(output_dir, "best.yaml")
+    lines += [
+        f"Best: trial {best['number']}, eval_loss {best['value']:.4f} ({params}).",
+        f"Its recipe: {best_yaml}. Train it with: distill train --config {best_yaml}",
+    ]
+    return "\n".join(lines)
 
 
 def _hp_space(dims):

@@ -27,6 +27,8 @@ _METRIC_TYPES = {"loss": "loss", "accuracy": "accuracy", "perplexity": "perplexi
 
 def _teacher_name(trainer) -> str:
     name = trainer.args.teacher_model_name_or_path
+    if name and name.strip().lower() == "self":  # a LoRA student's own base model (distill.students.lora)
+        return getattr(getattr(trainer.teacher, "config", None), "_name_or_path", "") or name
     if name:
         return name
     cache = getattr(trainer, "teacher_cache", None)

@@ -1,0 +1,167 @@
+"""Benchmark: predicting the largest runs of public scaling ladders, `--law auto` against Chinchilla.
+
+Each data set is split by model size: every law is fitted to the smaller models only and predicts
+the losses of the largest ones, which it never saw. Compared side by side, on the same data and the
+same objective (summed Huber, delta 1e-3, on log-loss):
+
+- `chinchilla`, `chinchilla_gamma`, `kaplan`: one fixed form each;
+- `auto`: `scaling.autolaw.select_law` chooses among them by leave-the-largest-out validation
+  *inside the smaller models*, and gives an extrapolation band (see `scaling/autolaw.py`).
+
+Data (committed, with provenance, under `benchmarks/data/scaling/` and `tests/fixtures/scaling/`):
+
+- `overtraining_{c4,rpj,rw}.csv`: Gadre et al. 2024, "Language models scale reliably with
+  over-training" (github.com/mlfoundations/scaling, `exp_data/models/*.json`): loss on their C4
+  validation set of models trained on C4, RedPajama and RefinedWeb; sizes 11M-411M at 0.5-16x the
+  Chinchilla token count are fitted, the 1.4B and 6.9B runs are predicted.
+- `chinchilla_epoch_svg_extracted.csv`: Epoch AI's extraction of Chinchilla's Figure 4 (240 points
+  after dropping the 5 highest losses); models above 5e9 parameters are predicted.
+
+Run from the repository root:
+
+    .venv/bin/python benchmarks/bench_scaling_extrapolation.py
+
+Writes `benchmarks/results/bench_scaling_extrapolation.{json,md}` and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "benchmarks" / "data" / "scaling"
+EPOCH = ROOT / "tests" / "fixtures" / "scaling" / "chinchilla_epoch_svg_extracted.csv"
+LAWS = ("chinchilla", "chinchilla_gamma", "kaplan")
+
+
+def overtraining(name):
+    rows = list(csv.DictReader((DATA / f"overtraining_{name}.csv").open()))
+    cols = {k: np.array([float(r[k]) for r in rows]) for k in ("params", "tokens", "loss")}
+    return cols["params"], cols["tokens"], cols["loss"], [r["run"] for r in rows], 1e9
+
+
+def epoch():
+    from scaling.logs import read_table, to_arrays
+
+    a = to_arrays(read_table(EPOCH, 'params="Model Size",flops="Training FLOP"'))
+    keep = np.argsort(a["loss"])[:-5]
+    runs = [f"N={n:.3g} D={d:.3g}" for n, d in zip(a["params"][keep], a["tokens"][keep])]
+    return a["params"][keep], a["tokens"][keep], a["loss"][keep], runs, 5e9
+
+
+DATASETS = {
+    "overtraining C4 (Gadre et al. 2024)": lambda: overtraining("c4"),
+    "overtraining RedPajama (Gadre et al. 2024)": lambda: overtraining("rpj"),
+    "overtraining RefinedWeb (Gadre et al. 2024)": lambda: overtraining("rw"),
+    "Chinchilla, Epoch AI extraction": epoch,
+}
+
+
+def run_dataset(name, loader):
+    from scaling.autolaw import extrapolation_band, select_law
+    from scaling.fit import fit_arrays
+    from scaling.laws import get_law
+
+    n, d, loss, runs, split = loader()
+    small, large = n < split, n >= split
+    out = {"n_fit": int(small.sum()), "n_predicted": int(large.sum()), "split_params": split, "laws": {}}
+    fits = {}
+    for law in LAWS:
+        t0 = time.perf_counter()
+        res = fit_arrays(n[small], d[small], loss[small], law)
+        pred = get_law(law).predict(res["params"], n[large], d[large])
+        err = 100.0 * (pred / loss[large] - 1.0)
+        fits[law] = res["params"]
+        out["laws"][law] = {
+            "mape": float(np.mean(np.abs(err))),
+            "max_abs_pct": float(np.max(np.abs(err))),
+            "errors_pct": [float(e) for e in err],
+            "seconds": time.perf_counter() - t0,
+        }
+    t0 = time.perf_counter()
+    sel = select_law(n[small], d[small], loss[small])
+    chosen = sel["chosen"]
+    bands = [
+        extrapolation_band(sel, {k: fits[k] for k in {chosen, *sel["close"]}}, a, b)
+        for a, b in zip(n[large], d[large])
+    ]
+    covered = [bool(b["band"][0] <= y <= b["band"][1]) for b, y in zip(bands, loss[large])]
+    out["auto"] = {
+        **out["laws"][chosen],
+        "chosen": chosen,
+        "validation_mape": {k: (v["mape"] if v else None) for k, v in sel["scores"].items()},
+        "band_pct": sel["band_pct"],
+        "coverage": float(np.mean(covered)),
+        "points": [
+            {"run": r, "loss": float(y), "predicted": b["loss"], "band": b["band"], "covered": c}
+            for r, y, b, c in zip(np.asarray(runs, dtype=object)[large], loss[large], bands, covered)
+        ],
+        "seconds_selection": time.perf_counter() - t0,
+    }
+    return out
+
+
+def markdown(results):
+    lines = [
+        "| data set | fitted / predicted runs | chinchilla MAPE | chinchilla_gamma | kaplan | auto (chosen) | "
+        "auto band | band covers |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for name, r in results.items():
+        a = r["auto"]
+        lines.append(
+            f"| {name} | {r['n_fit']} / {r['n_predicted']} | {r['laws']['chinchilla']['mape']:.2f}% | "
+            f"{r['laws']['chinchilla_gamma']['mape']:.2f}% | {r['laws']['kaplan']['mape']:.2f}% | "
+            f"{a['mape']:.2f}% ({a['chosen']}) | +-{a['band_pct']:.2f}% | "
+            f"{sum(p['covered'] for p in a['points'])}/{len(a['points'])} |"
+        )
+    mean = {k: np.mean([r["laws"][k]["mape"] for r in results.values()]) for k in LAWS}
+    auto = np.mean([r["auto"]["mape"] for r in results.values()])
+    cov = [p["covered"] for r in results.values() for p in r["auto"]["points"]]
+    lines.append(
+        f"| **mean** | | {mean['chinchilla']:.2f}% | {mean['chinchilla_gamma']:.2f}% | "
+        f"{mean['kaplan']:.2f}% | {auto:.2f}% | | {sum(cov)}/{len(cov)} |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    from scaling.optimize import single_thread_blas
+
+    t0 = time.perf_counter()
+    with single_thread_blas():
+        results = {name: run_dataset(name, loader) for name, loader in DATASETS.items()}
+    table = markdown(results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _measure import provenance
+
+    doc = {
+        "provenance": provenance(),
+        "benchmark": "bench_scaling_extrapolation",
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "seconds": time.perf_counter() - t0,
+        "results": results,
+        "markdown": table,
+    }
+    (out / "bench_scaling_extrapolation.json").write_text(json.dumps(doc, indent=1))
+    (out / "bench_scaling_extrapolation.md").write_text(table + "\n")
+    print(table)
+    return doc
+
+
+if __name__ == "__main__":
+    main()
