@@ -262,8 +262,10 @@ class DistillationConfig(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
-            "help": "Start afresh in output_dir: delete an earlier run's checkpoints and results there "
-            "instead of resuming it (or refusing it, when its settings differ)."
+            "help": "Start afresh in output_dir: delete an earlier run's checkpoints, results and model there "
+            "instead of resuming it (or refusing it, when its settings differ, or when no distill train run "
+            "wrote the model there). Alias --overwrite, as on every command.",
+            "aliases": ["--overwrite"],
         },
     )
 
