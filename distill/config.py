@@ -274,8 +274,8 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Teacher with another tokenizer (causal-lm): gold (KL on shared tokens, ULD on the rest) "
-            "or uld (sorted-probability Wasserstein-1); spans aligned by character offsets. Unset: refused.",
-            "choices": list(CROSS_TOKENIZER_LOSSES),
+            "or uld (sorted-probability Wasserstein-1); spans aligned by character offsets. Unset (or none): "
+            "different tokenizers are refused.",
         },
     )
     teacher_tokenizer_name_or_path: Optional[str] = field(
