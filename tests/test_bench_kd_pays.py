@@ -30,14 +30,16 @@ def load_bench():
 def test_bench_kd_pays_quick_end_to_end(tmp_path):
     bench = load_bench()
     out = tmp_path / "results"
-    args = ["--quick", "--output-root", str(tmp_path / "runs"), "--results-dir", str(out)]
+    # the copied student's four arms only (the test stays short; --quick alone adds pruned, random and the
+    # data-efficiency rows, the same code paths with other students and splits)
+    args = ["--quick", "--students", "copy", "--no-fractions", "--output-root", str(tmp_path / "runs")]
+    args += ["--results-dir", str(out)]
     assert bench.main(args) == 0
     report = json.loads((out / "kd_pays_quick.json").read_text())
     rows = report["rows"]
     planned = {(r[1], r[2], r[4] or 100) for r in bench.plan(bench.parse_args(args))}
     assert {(r["student"], r["arm"], r["labels_kept_percent"]) for r in rows} == planned
-    assert {r["student"] for r in rows} == {"copy", "pruned", "random"}
-    assert set(bench.ARMS) <= {r["arm"] for r in rows if r["student"] == "copy"}
+    assert {r["arm"] for r in rows if r["student"] == "copy"} == set(bench.ARMS)
     for r in rows:
         assert 0.0 <= r["accuracy_mean"] <= 1.0 and r["accuracy_seeds"] == 1
         assert (r["gain_over_labels_only"] is None) == (r["arm"] == "labels only")
