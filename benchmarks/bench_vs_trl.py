@@ -79,7 +79,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import MALLOC_ENV, reset_peak, status_kib  # noqa: E402
+from _measure import MALLOC_ENV, provenance, reset_peak, status_kib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -438,8 +438,6 @@ def write_on_policy(args, config: dict, venv_log: str, runs: dict, stem: str) ->
         f"{ratio['peak_rss_mib']:.2f}x | |",
     ]
     table = "\n".join(lines)
-    from _measure import provenance
-
     out = dict(
         provenance=provenance(),
         config=config,
@@ -529,7 +527,9 @@ def main() -> None:
     print("TRL venv:", venv_log.splitlines()[0] if venv_log else "", flush=True)
     if trl_py is None:
         msg = f"TRL could not be set up, no comparison was run.\n\n```\n{venv_log}\n```"
-        (RESULTS / f"{stem}.json").write_text(json.dumps(dict(config=config, error=venv_log), indent=2))
+        (RESULTS / f"{stem}.json").write_text(
+            json.dumps(dict(provenance=provenance(), config=config, error=venv_log), indent=2)
+        )
         (RESULTS / f"{stem}.md").write_text(msg + "\n")
         sys.exit(msg)
 
@@ -572,7 +572,7 @@ def main() -> None:
             f"{k}:\n```\n{v}\n```" for k, v in errors.items()
         )
         (RESULTS / f"{stem}.json").write_text(
-            json.dumps(dict(config=config, error=errors, runs=runs), indent=2)
+            json.dumps(dict(provenance=provenance(), config=config, error=errors, runs=runs), indent=2)
         )
         (RESULTS / f"{stem}.md").write_text(msg + "\n")
         sys.exit(msg)
@@ -638,6 +638,7 @@ def main() -> None:
     ]
     table = "\n".join(lines)
     out = dict(
+        provenance=provenance(),
         config=config,
         venv=venv_log,
         ours=ours,

@@ -205,12 +205,17 @@ def _fit(points, sup, config, seed):
     from scaling.distill_fit import fit_distillation
     from scaling.logs import ScalingDataError
 
+    # students that end at or below their teacher cannot be represented by Eq. 8: after hours of
+    # training, leave them out (named in the fit's `below_teacher`) rather than fail the run
     try:
-        return fit_distillation(points, sup, config.form, n_bootstrap=config.bootstrap, seed=seed), None
+        fit = fit_distillation(
+            points, sup, config.form, n_bootstrap=config.bootstrap, seed=seed, drop_below_teacher=True
+        )
+        return fit, None
     except ScalingDataError as err:
         if not config.bootstrap or "bootstrap" not in str(err):
             raise
-        return fit_distillation(points, sup, config.form), f"no intervals: {err}"
+        return fit_distillation(points, sup, config.form, drop_below_teacher=True), f"no intervals: {err}"
 
 
 def _best_teacher(dfit, points) -> list[dict]:

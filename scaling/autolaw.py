@@ -27,9 +27,9 @@ only errors of the size already seen inside the data.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from .band import MIN_DECADES, extrapolation_band
 
 __all__ = ["CANDIDATES", "FOLDS", "select_law", "extrapolation_band"]
 
@@ -37,7 +37,6 @@ CANDIDATES = ("chinchilla", "chinchilla_gamma", "kaplan")
 FOLDS = (0.2, 0.35)  # share of the runs, by compute, held out in each fold
 TIE_PCT = 0.1  # scores closer than this (percentage points) count as a tie: the simpler law wins
 BAND_PCT = 0.5  # candidates within this of the best score widen the band with their predictions
-MIN_DECADES = 0.1  # extrapolation distances (decades of compute) below this count as this
 
 
 def _fold_masks(compute, min_fit: int):
@@ -141,32 +140,6 @@ def _choose(ok: dict) -> str:
         if a["mape"] < b["mape"] - TIE_PCT and all(x < y for x, y in zip(a["fold_mape"], b["fold_mape"])):
             chosen = law
     return chosen
-
-
-def extrapolation_band(selection: dict, fits: dict, params, tokens) -> dict:
-    """The chosen law's prediction with its extrapolation band at `(params, tokens)`.
-
-    Args:
-        selection (`dict`): from `select_law` (stored as fit.json's `selection`).
-        fits (`dict`): law -> public parameters of each close candidate fitted to all the data.
-        params, tokens (`float`): the point to predict.
-
-    Returns:
-        `{"loss", "band": [lo, hi], "band_pct", "candidates": law -> loss}`.
-    """
-    from .laws import get_law
-
-    chosen = selection["chosen"]
-    per_law = {law: float(get_law(law).predict(p, params, tokens)) for law, p in fits.items()}
-    loss = per_law[chosen]
-    pct = selection["band_pct"]
-    if "band_pct_per_decade" in selection:  # the validation error rate, scaled to this distance
-        dist = max(math.log10(6.0 * params * tokens / selection["fitted_max_flops"]), MIN_DECADES)
-        pct = max(pct, selection["band_pct_per_decade"] * dist)
-    e = min(pct / 100.0, 0.99)
-    lo, hi = loss * (1.0 - e), loss * (1.0 + e)
-    lo, hi = min([lo, *per_law.values()]), max([hi, *per_law.values()])
-    return {"loss": loss, "band": [lo, hi], "band_pct": pct, "candidates": per_law}
 
 
 def fit_auto(points, method="vp", loss="huber", delta=1e-3, holdout_above=None, drop_highest=0, **kw) -> dict:

@@ -456,7 +456,7 @@ def predict_from_fit(fit: dict, params, tokens=None, level: float = 0.95) -> dic
     if reach:
         out["extrapolation"] = reach
     if fit.get("selection", {}).get("fits"):  # --law auto: the band of the candidates and past errors
-        from .autolaw import extrapolation_band
+        from .band import extrapolation_band
 
         band = extrapolation_band(fit["selection"], fit["selection"]["fits"], params, tokens)
         out["extrapolation_band"] = band["band"]
