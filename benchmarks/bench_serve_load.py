@@ -19,7 +19,7 @@ fine-tuned one). Without it, the pretrained encoder gets a fresh classification 
 speed of a forward pass does not depend on the head's weights. `--onnx` exports it and serves
 the ONNX Runtime graph instead. Writes benchmarks/results/serve_load.{json,md}.
 
-    python benchmarks/bench_serve_load.py [--rounds 3] [--clients 16] [--per-client 25] [--onnx]
+    python benchmarks/bench_serve_load.py [--rounds 3] [--clients 16] [--per-client 25] [--threads N] [--onnx]
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--per-client", type=int, default=25)
     p.add_argument("--single-requests", type=int, default=50)
+    p.add_argument(
+        "--threads", type=int, default=None, help="--threads for both servers (default: the server's default)"
+    )
     p.add_argument("--stem", default=None, help="results file stem (default: serve_load, or serve_load_onnx)")
     a = p.parse_args()
 
@@ -85,6 +88,8 @@ def main() -> int:
         if not os.path.isfile(os.path.join(onnx_dir, "model.onnx")):
             export(path, onnx_dir)
         path, flags = onnx_dir, ["--onnx"]
+    if a.threads:
+        flags += ["--threads", str(a.threads)]
     text = docstring_classification()["test"][0]["text"]
     body = {"inputs": [text]}
     servers = {"batched": [], "unbatched": ["--max-batch-size", "1"]}
@@ -153,7 +158,7 @@ def main() -> int:
         )
     lines = [
         f"Model: {os.path.basename(os.path.normpath(path))} ({'ONNX Runtime' if a.onnx else 'PyTorch'}), "
-        f"server defaults, one short text per request, {a.rounds} interleaved rounds (medians); "
+        f"server defaults{f' but --threads {a.threads}' if a.threads else ''}, one short text per request, {a.rounds} interleaved rounds (medians); "
         f"/health after: {'200' if healthy else 'FAILED'}.",
         "",
         "| server | load | 200 | 503 | other | requests/s (200s only) | vs 1 client | p50 ms | p95 ms | mean batch |",

@@ -9,8 +9,10 @@ Modules:
 - `deploy.quantize`: torchao int8 (dynamic activations, int8 weights) and ONNX Runtime dynamic int8.
 - `deploy.runners`: one `runner.logits(inputs)` interface over PyTorch and ONNX Runtime.
 - `deploy.bench`: the table of variants (size, latency, throughput, quality).
-- `deploy.serve`: the FastAPI app (auth, limits, errors); `deploy.predictor` the model behind it,
-  `deploy.metrics` its Prometheus text, `deploy.loadtest` a server in a subprocess and a load client.
+- `deploy.serve`: the FastAPI app (routes, errors); `deploy.predictor` the model behind it,
+  `deploy.batcher` its dynamic batching queue, `deploy.limits` auth, body, read and request-time
+  limits, `deploy.openai_api` the completions and chat endpoints, `deploy.metrics` its Prometheus
+  text, `deploy.loadtest` a server in a subprocess and a load client.
 The pipeline's ship stage (`scaledown run --ship`) lives in `scaledown.ship`; `deploy` never imports `scaledown`.
 """
 

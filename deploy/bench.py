@@ -2,7 +2,8 @@
 
 Each directory is a variant (PyTorch fp32, torchao int8, ONNX fp32, ONNX int8; `--teacher DIR`
 adds the teacher for reference); a torchao int8 directory is measured twice, eager and under
-`torch.compile`, because its CPU kernels are fast only compiled. For every variant:
+`torch.compile`, because its CPU kernels are fast only compiled, and then so is the fp32 reference, so that
+compiled int8 is compared with compiled fp32 (column `compiled`). For every variant:
 
 - **size on disk** (weight files only),
 - **latency** p50/p95 at batch 1 over the first `latency_samples` test examples,
@@ -10,7 +11,7 @@ adds the teacher for reference); a torchao int8 directory is measured twice, eag
 - **quality** on the test split: accuracy for classifiers, token-weighted cross-entropy and
   perplexity for causal LMs,
 
-and ratios to the first directory (the fp32 student). The timings are interleaved (every
+and ratios to the first directory (the fp32 student) at the same compile setting. The timings are interleaved (every
 example or round runs every variant in turn, in rotating order) and use the same inputs and a
 pinned thread count (`torch.set_num_threads`, ONNX Runtime's intra-op threads), so a noisy
 machine slows all variants alike; the load average is recorded beside them.
@@ -41,6 +42,7 @@ class Variant:
     batches: list  # quality batches (model inputs + labels)
     singles: list  # batch-1 inputs for latency
     throughput_batch: dict
+    compiled: bool = False  # run under torch.compile
 
 
 def _quality(info: ModelInfo, runner, batches: list[dict]) -> dict:
@@ -107,6 +109,23 @@ def _variant_inputs(
     return batches, singles, throughput
 
 
+def compile_plan(infos: list[ModelInfo], compile_int8: bool) -> list[list[bool]]:
+    """Per directory, the compile settings it is measured at (False = eager, True = `torch.compile`).
+
+    A torchao int8 directory is measured eager and compiled (its CPU kernels are fast only compiled). So
+    that each quantised row is compared with fp32 at the same compile setting, the reference (the first
+    directory, when it is a PyTorch model) is then measured compiled too: compiled int8 is set against
+    compiled fp32, not against eager fp32.
+    """
+    compiles = compile_int8 and any((i.format, i.precision) == ("pytorch", "int8") for i in infos)
+    plan = []
+    for index, info in enumerate(infos):
+        int8 = (info.format, info.precision) == ("pytorch", "int8")
+        reference = index == 0 and info.format == "pytorch"
+        plan.append([False, True] if compiles and (int8 or reference) else [False])
+    return plan
+
+
 def _variants(
     model_dirs: list[str],
     names: Optional[list[str]],
@@ -119,20 +138,16 @@ def _variants(
     entries = list(zip(model_dirs, names or [None] * len(model_dirs))) + (
         [(teacher, "teacher")] if teacher else []
     )
-    for path, given in entries:
-        info = describe(path)
+    infos = [describe(path) for path, _ in entries]
+    plan = compile_plan(infos[: len(model_dirs)], compile_int8) + [[False]] * (len(entries) - len(model_dirs))
+    for (path, given), info, modes in zip(entries, infos, plan):
         batches, singles, tp = inputs(info)
-        modes = (
-            [False, True]
-            if (info.format, info.precision) == ("pytorch", "int8") and compile_int8
-            else [False]
-        )
         for compiled in modes:
             name = (given or info.variant) + ("+compile" if compiled else "")
             if any(v.name == name for v in variants):
                 name = f"{name} ({os.path.basename(os.path.normpath(path))})"
             runner = make_runner(info, threads=threads, compile=compiled)
-            variants.append(Variant(name, info, runner, batches, singles, tp))
+            variants.append(Variant(name, info, runner, batches, singles, tp, compiled))
     return variants
 
 
@@ -202,6 +217,7 @@ def bench(
                 "format": v.info.format,
                 "precision": v.info.precision,
                 "task": v.info.task,
+                "compiled": v.compiled,
                 "disk_bytes": disk_bytes(v.info.path),
                 "latency_p50_ms": 1e3 * statistics.median(lat),
                 "latency_p95_ms": 1e3 * _percentile(lat, 95),
@@ -244,8 +260,16 @@ def _version(package: str) -> Optional[str]:
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    ref = rows[0]
+    """Ratios of every row to the reference measured at the same compile setting: the first row (eager), or
+    its compiled twin for compiled rows when there is one. `ratio_reference` names the row used."""
+    eager_ref = rows[0]
+    compiled_ref = next(
+        (r for r in rows if r.get("compiled") and r["dir"] == eager_ref["dir"]),
+        None,
+    )
     for row in rows:
+        ref = compiled_ref if row.get("compiled") and compiled_ref is not None else eager_ref
+        row["ratio_reference"] = ref["variant"]
         row["size_ratio"] = row["disk_bytes"] / ref["disk_bytes"]
         row["speedup_batch1"] = ref["latency_p50_ms"] / row["latency_p50_ms"]
         row["throughput_ratio"] = row["throughput_per_s"] / ref["throughput_per_s"]
@@ -261,9 +285,9 @@ def markdown_table(result: dict) -> str:
     classifier = "accuracy" in rows[0]
     quality_head = "accuracy | Δ points" if classifier else "loss | perplexity | Δ loss"
     lines = [
-        f"| variant | size MB | size × | p50 ms (batch 1) | p95 ms | speedup × | throughput /s "
+        f"| variant | compiled | size MB | size × | p50 ms (batch 1) | p95 ms | speedup × | throughput /s "
         f"(batch {result['settings']['batch_size']}) | throughput × | {quality_head} |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" * (2 if classifier else 3)),
+        "|---|:---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" * (2 if classifier else 3)),
     ]
     for r in rows:
         quality = (
@@ -272,14 +296,18 @@ def markdown_table(result: dict) -> str:
             else f"{r['loss']:.4f} | {r['perplexity']:.2f} | {r['loss_delta']:+.4f}"
         )
         lines.append(
-            f"| {r['variant']} | {r['disk_bytes'] / 1e6:.2f} | {r['size_ratio']:.2f} | "
+            f"| {r['variant']} | {'yes' if r.get('compiled') else 'no'} | {r['disk_bytes'] / 1e6:.2f} | {r['size_ratio']:.2f} | "
             f"{r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | {r['speedup_batch1']:.2f} | "
             f"{r['throughput_per_s']:.1f} | {r['throughput_ratio']:.2f} | {quality} |"
         )
     m, s = result["machine"], result["settings"]
     lines.append("")
+    compiled_refs = sorted({r["ratio_reference"] for r in rows if r.get("compiled")} - {result["reference"]})
+    against = f"`{result['reference']}`" + "".join(
+        f"; compiled rows against `{name}` (the same model, compiled)" for name in compiled_refs
+    )
     lines.append(
-        f"Ratios against `{result['reference']}`. {s['threads']} thread(s), {s['latency_samples']} batch-1 "
+        f"Ratios against {against}. {s['threads']} thread(s), {s['latency_samples']} batch-1 "
         f"examples, {s['rounds']} throughput rounds, interleaved; load average "
         f"{m['loadavg_before'][0]:.2f} before, {m['loadavg_after'][0]:.2f} after, on {m['cpu_count']} CPUs."
     )

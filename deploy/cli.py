@@ -9,10 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from distill.utils.flags import add_overwrite_flag
+
 COMMANDS = ("export", "quantize", "bench", "serve")
 _DATA_HELP = (
     "the task's data for real inputs: a `distill train` recipe YAML (its data fields are read), a "
     "dataset name (e.g. builtin:docstring-topics), or nothing for the task's built-in source"
+)
+
+
+_OVERWRITE_HELP = (
+    "replace what is in --output_dir when no earlier run of this command wrote it (its model files and "
+    "reports are removed first; alias --overwrite)"
 )
 
 
@@ -34,6 +42,7 @@ def add_deploy_commands(sub) -> None:
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     export.add_argument("--atol", type=float, default=1e-4, help="absolute parity tolerance on logits")
     export.add_argument("--rtol", type=float, default=1e-5, help="tolerance relative to max |logits|")
+    add_overwrite_flag(export, _OVERWRITE_HELP)
 
     quant = sub.add_parser(
         "quantize",
@@ -46,6 +55,7 @@ def add_deploy_commands(sub) -> None:
     quant.add_argument("--method", required=True, choices=["torchao-int8", "onnx-int8"])
     quant.add_argument("--output_dir", required=True)
     quant.add_argument("--data", default=None, help=_DATA_HELP)
+    add_overwrite_flag(quant, _OVERWRITE_HELP)
 
     bench = sub.add_parser(
         "bench",
@@ -67,7 +77,9 @@ def add_deploy_commands(sub) -> None:
         "--max_eval_samples", type=int, default=None, help="limit the test split (default: all)"
     )
     bench.add_argument(
-        "--no_compile", action="store_true", help="skip torch.compile of torchao int8 variants"
+        "--no_compile",
+        action="store_true",
+        help="skip torch.compile (of torchao int8 variants, and of the fp32 reference measured compiled beside them)",
     )
 
     serve = sub.add_parser(
@@ -179,12 +191,15 @@ def run_command(args: argparse.Namespace) -> int:
             opset=args.opset,
             atol=args.atol,
             rtol=args.rtol,
+            overwrite=args.overwrite_output_dir,
         )
         print(json.dumps({k: report[k] for k in ("max_abs_diff", "opset", "input_names")}))
     elif args.command == "quantize":
         from .quantize import quantize
 
-        report = quantize(args.model_dir, args.method, args.output_dir, data=args.data)
+        report = quantize(
+            args.model_dir, args.method, args.output_dir, data=args.data, overwrite=args.overwrite_output_dir
+        )
         print(json.dumps({k: report[k] for k in ("method", "max_abs_diff", "top1_agreement", "disk_bytes")}))
     elif args.command == "bench":
         from .bench import bench, markdown_table, write_bench

@@ -17,6 +17,8 @@ import os
 import time
 from typing import Optional
 
+from distill.utils.output_dir import clear_model_outputs
+
 from .artifacts import (
     ONNX_FILE,
     ModelInfo,
@@ -32,6 +34,19 @@ DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-5
 # torch.export specialises dimensions of size 0/1, so the traced example has batch and length > 1.
 _TRACE_BATCH = 2
+
+
+REPORT_FILE = "export_report.json"
+
+
+def check_output_dir(model_dir: str, output_dir: str, record: str, command: str, overwrite: bool) -> None:
+    """Before any compute: `output_dir` is not the model itself, and holds nothing another command wrote."""
+    from distill.utils.output_dir import refuse_foreign_output_dir
+
+    if os.path.abspath(model_dir) == os.path.abspath(output_dir):
+        raise ValueError("--output_dir must differ from MODEL_DIR: the source model is kept as it is.")
+    if not overwrite:
+        refuse_foreign_output_dir(output_dir, record, command)
 
 
 class ParityError(RuntimeError):
@@ -158,8 +173,12 @@ def export(
     opset: Optional[int] = None,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
+    overwrite: bool = False,
 ) -> dict:
     """Export a PyTorch model directory to `output_dir/model.onnx`, check parity, write the report.
+
+    An `output_dir` holding files that no export wrote (no `export_report.json`) is refused unless
+    `overwrite`; an earlier export's model files (or, with `overwrite`, any model files) are removed first.
 
     Returns:
         The report written to `output_dir/export_report.json`.
@@ -167,6 +186,7 @@ def export(
     import onnxruntime
     import torch
 
+    check_output_dir(model_dir, output_dir, REPORT_FILE, "scaledown export", overwrite)
     info = describe(model_dir)
     if info.format != "pytorch":
         raise ValueError(
@@ -180,6 +200,7 @@ def export(
     processor = load_processor(model_dir, info.task)
     batches = parity_batches(info, processor, data)
     model = load_torch_model(model_dir, info.task)
+    clear_model_outputs(output_dir)  # nothing stale beside the new graph (safetensors, an older report)
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, ONNX_FILE)
     start = time.perf_counter()
@@ -210,6 +231,6 @@ def export(
         "kv_cache": False,
         "data": data if isinstance(data, (str, type(None))) else dict(data),
     }
-    with open(os.path.join(output_dir, "export_report.json"), "w") as f:
+    with open(os.path.join(output_dir, REPORT_FILE), "w") as f:
         json.dump(report, f, indent=2)
     return report

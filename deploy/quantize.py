@@ -172,11 +172,21 @@ def _write_report(output_dir: str, report: dict) -> dict:
     return report
 
 
-def quantize(model_dir: str, method: str, output_dir: str, data=None) -> dict:
-    """Dispatch on `method` (one of `METHODS`)."""
+def quantize(model_dir: str, method: str, output_dir: str, data=None, overwrite: bool = False) -> dict:
+    """Dispatch on `method` (one of `METHODS`).
+
+    An `output_dir` holding files that no quantisation wrote (no `quantize_report.json`) is refused unless
+    `overwrite`; an earlier quantisation's model files (or, with `overwrite`, any model files) are removed.
+    """
+    from distill.utils.output_dir import clear_model_outputs
+
+    from .export import check_output_dir
+
     if method not in METHODS:
         raise ValueError(f"--method {method!r} is unknown: use one of {', '.join(METHODS)}.")
     if os.path.abspath(model_dir) == os.path.abspath(output_dir):
         raise ValueError("--output_dir must differ from MODEL_DIR: the fp32 model is kept as the reference.")
+    check_output_dir(model_dir, output_dir, "quantize_report.json", "scaledown quantize", overwrite)
+    clear_model_outputs(output_dir)  # e.g. an onnx-int8 graph beside new torchao weights
     fn = quantize_torchao if method == "torchao-int8" else quantize_onnx
     return fn(model_dir, output_dir, data=data)

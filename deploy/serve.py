@@ -138,7 +138,8 @@ def create_app(
             raise InputError(
                 f"inputs has {len(body.inputs)} items, over --max-batch-size {max_batch_size}.", 413
             )
-        if predictor.task == "image-cls":  # decoding images takes a while: off the event loop
+        if predictor.task == "image-cls" or sum(map(len, body.inputs)) > 10_000:
+            # Decoding images or tokenising long texts takes a while: off the event loop.
             items, lengths = await run_in_threadpool(predictor.prepare, body.inputs)
         else:
             items, lengths = predictor.prepare(body.inputs)

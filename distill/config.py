@@ -262,8 +262,10 @@ class DistillationConfig(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
-            "help": "Start afresh in output_dir: delete an earlier run's checkpoints and results there "
-            "instead of resuming it (or refusing it, when its settings differ)."
+            "help": "Start afresh in output_dir: delete an earlier run's checkpoints, results and model there "
+            "instead of resuming it (or refusing it, when its settings differ, or when no distill train run "
+            "wrote the model there). Alias --overwrite, as on every command.",
+            "aliases": ["--overwrite"],
         },
     )
 
@@ -272,8 +274,8 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Teacher with another tokenizer (causal-lm): gold (KL on shared tokens, ULD on the rest) "
-            "or uld (sorted-probability Wasserstein-1); spans aligned by character offsets. Unset: refused.",
-            "choices": list(CROSS_TOKENIZER_LOSSES),
+            "or uld (sorted-probability Wasserstein-1); spans aligned by character offsets. Unset (or none): "
+            "different tokenizers are refused.",
         },
     )
     teacher_tokenizer_name_or_path: Optional[str] = field(

@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     from deploy.cli import add_deploy_commands  # export / quantize / bench / serve (argparse only)
 
     add_deploy_commands(sub)
-    return parser
+    from distill.utils.flags import both_spellings  # --snake_case, and --kebab-case as its alias
+
+    return both_spellings(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

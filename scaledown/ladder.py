@@ -86,6 +86,10 @@ def cmd_ladder(args) -> None:
     from scaling.cli import ladder_plans_from_args, print_ladder_plan
 
     plans = ladder_plans_from_args(args)
+    if plans:  # a typo in --base_config would be ignored by transformers: refused before any training
+        from distill.students.model_config import check_model_config_keys
+
+        check_model_config_keys(plans[0].config, "--base_config")
     print_ladder_plan(plans, as_json=args.json)
     train_ladder(
         plans,

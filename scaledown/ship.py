@@ -40,12 +40,13 @@ def ship_stage(pipeline, teacher: dict, kd: dict, base: dict) -> dict:
         os.path.join(root, n) for n in ("onnx-fp32", "onnx-int8", "torchao-int8")
     )
     data = dict(pipeline.config.data)
+    # The run folder is the pipeline's own: a folder an interrupted step left without its report is replaced.
     if not os.path.isfile(os.path.join(onnx_dir, "export_report.json")):
-        export(student, onnx_dir, data=data)
+        export(student, onnx_dir, data=data, overwrite=True)
     if not os.path.isfile(os.path.join(onnx_int8, "quantize_report.json")):
-        quantize(onnx_dir, "onnx-int8", onnx_int8, data=data)
+        quantize(onnx_dir, "onnx-int8", onnx_int8, data=data, overwrite=True)
     if not os.path.isfile(os.path.join(torchao_dir, "quantize_report.json")):
-        quantize(student, "torchao-int8", torchao_dir, data=data)
+        quantize(student, "torchao-int8", torchao_dir, data=data, overwrite=True)
     result = bench(
         [student, base["runs"][0]["dir"], torchao_dir, onnx_dir, onnx_int8],
         teacher=teacher["dir"],

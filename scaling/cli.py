@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ladder_arguments(p)
     for p in (parser, *sub.choices.values()):
         _add_common_options(p)
-    return parser
+    return both_spellings(parser)
 
 
 def _version() -> str:
@@ -191,6 +191,23 @@ def _add_common_options(p) -> None:
         default=argparse.SUPPRESS,
         help="log level of the scaling logger",
     )
+
+
+def both_spellings(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Every long option in ``--snake_case`` (listed first) and ``--kebab-case``, as on every command of the
+    project; a copy of `distill.utils.flags.both_spellings`, as `scaling` imports nothing from `distill`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                both_spellings(sub)
+            continue
+        for option in [o for o in action.option_strings if o.startswith("--")]:
+            body = option[2:]
+            alias = "--" + (body.replace("_", "-") if "_" in body else body.replace("-", "_"))
+            if alias not in parser._option_string_actions:
+                action.option_strings.insert(0 if "_" in alias else len(action.option_strings), alias)
+                parser._option_string_actions[alias] = action
+    return parser
 
 
 def add_ladder_arguments(p) -> None:

@@ -279,7 +279,27 @@ def test_different_tokenizer_is_refused(teachers, tmp_path, capsys):
         ]
     )
     assert code == 2
-    assert "different tokenizers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "different tokenizers" in err and "cross_tokenizer_loss" in err  # the error names the way out
+
+
+def test_tiny_cross_tokenizer_recipe_trains(teachers, tmp_path):
+    """recipes/tiny/causal_lm_cross_tokenizer.yaml: the student trains its own BPE, the teacher keeps its own."""
+    from transformers import AutoTokenizer
+
+    out = str(tmp_path / "student")
+    train_main(
+        ["--config", recipe("causal_lm_cross_tokenizer.yaml"), "--teacher_model_name_or_path",
+         teachers["causal_lm"], "--tokenizer_vocab_size", "384", "--output_dir", out, *QUICK]
+    )  # fmt: skip
+    with open(os.path.join(out, "all_results.json")) as f:
+        saved = json.load(f)
+    assert saved["eval_kd_loss"] > 0 and "eval_teacher_loss" not in saved
+    s_tok, t_tok = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(teachers["causal_lm"])
+    assert len(s_tok) == 384 and s_tok.get_vocab() != t_tok.get_vocab()
+    with open(os.path.join(out, "trainer_state.json")) as f:
+        logs = [h for h in json.load(f)["log_history"] if "loss" in h]
+    assert len(logs) == 2 and all(h["kd_loss"] > 0 for h in logs)
 
 
 def test_alpha_below_one_without_labels_is_refused():

@@ -150,10 +150,13 @@ def test_third_party_noise_is_silenced_unless_log_level_debug():
 
     handler = Keep(level=logging.DEBUG)
     loggers = [logging.getLogger(n) for n in ("DeepSpeed", "onnx_ir.passes.common.unused_removal")]
+    import transformers
+
     root = logging.getLogger()
     saved = {
         name: logging.getLogger(name).level for name in ("", "distill", "scaling", "scaledown", "deploy")
     }
+    root_handlers, verbosity = list(root.handlers), transformers.utils.logging.get_verbosity()
     for lg in loggers:
         lg.addHandler(handler)
     try:
@@ -176,6 +179,8 @@ def test_third_party_noise_is_silenced_unless_log_level_debug():
             lg.removeHandler(handler)
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
+        root.handlers[:] = root_handlers  # basicConfig's handler writes to this test's captured stderr
+        transformers.utils.logging.set_verbosity(verbosity)
     assert root.level == saved[""]
 
 

@@ -271,3 +271,50 @@ def test_distill_train_does_not_take_an_abbreviated_flag(tmp_path):
     with pytest.raises(ValueError, match=r"'--learning_rat'.*did you mean '--learning_rate'"):
         parse_args(["--task", "causal-lm", "--model_config", json.dumps(LLAMA), "--learning_rat", "5e-3",
                     "--output_dir", str(tmp_path)])  # fmt: skip
+
+
+# ---- 4. never overwrite a model that no run wrote ----------------------------------------------
+def _foreign_model_dir(path):
+    """A model folder as `distill prune` leaves it: a model and pruning.json, no run fingerprint."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = {k: v for k, v in BERT.items() if k != "model_type"}
+    BertForSequenceClassification(BertConfig(vocab_size=64, num_labels=3, **cfg)).save_pretrained(path)
+    (path / "pruning.json").write_text("{}")
+    return path
+
+
+def test_distill_train_refuses_a_model_folder_no_run_wrote(named_teacher, tmp_path):
+    teacher, csv, root = named_teacher
+    out = _foreign_model_dir(tmp_path / "pruned")
+    before = (out / "model.safetensors").read_bytes()
+    argv = [
+        "--task", "seq-cls", "--alpha", "0", "--model_config", json.dumps(BERT), "--data_files", csv,
+        "--tokenizer_name_or_path", teacher, "--max_seq_length", "8", "--max_steps", "1",
+        "--eval_strategy", "no", "--output_dir", str(out), *QUICK,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"holds a model \(config.json, model.safetensors, pruning.json\) that no "
+                       r"`distill train` run wrote.*--overwrite_output_dir"):  # fmt: skip
+        train_main(argv)
+    assert (out / "model.safetensors").read_bytes() == before
+    train_main(argv + ["--overwrite"])
+    assert not (out / "pruning.json").exists() and (out / "run_fingerprint.json").exists()
+    assert train_main(argv) is not None  # its own finished run: reused, not refused
+
+
+@pytest.mark.parametrize("command", ["export", "quantize"])
+def test_export_and_quantize_refuse_a_folder_they_did_not_write(tmp_path, command):
+    from deploy.export import export
+    from deploy.quantize import quantize
+
+    out = _foreign_model_dir(tmp_path / "someone_elses")
+    run = (lambda **kw: export("unused_model", str(out), **kw)) if command == "export" else (
+        lambda **kw: quantize("unused_model", "torchao-int8", str(out), **kw)
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=rf"no `scaledown {command}` run wrote.*--overwrite_output_dir"):
+        run()
+    assert (out / "pruning.json").exists()
+    with pytest.raises(
+        (ValueError, FileNotFoundError), match="unused_model"
+    ):  # let through: fails on the model
+        run(overwrite=True)

@@ -129,12 +129,9 @@ def span_tensors(
             t_pos.append(list(t_range))
             t_ids.append([teacher_ids[j] for j in t_range])
 
-    def pad(lists, value):
+    def pad(lists, value):  # one tensor from plain lists (a tensor per span costs more than the loss)
         width = max((len(x) for x in lists), default=1)
-        out = torch.full((len(lists), width), value, dtype=torch.long)
-        for i, x in enumerate(lists):
-            out[i, : len(x)] = torch.as_tensor(x, dtype=torch.long)
-        return out
+        return torch.tensor([x + [value] * (width - len(x)) for x in lists], dtype=torch.long).reshape(-1, width)
 
     return {
         "xtok_row": torch.as_tensor(row_index, dtype=torch.long),
@@ -194,7 +191,7 @@ def build_vocab_map(student_tokenizer, teacher_tokenizer) -> VocabMap:
 # ---- divergences ----------------------------------------------------------------------------------
 
 
-def _span_log_probs(
+def span_log_probs(
     logits: torch.Tensor, positions: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, temperature: float
 ) -> torch.Tensor:
     """``[G, V]`` log of each span's (unnormalised) prediction: the log-distribution over its first token,
@@ -304,11 +301,11 @@ def cross_tokenizer_distillation_loss(
         denom = denom.to(device=student_logits.device)
     rows = spans["xtok_row"]
     if rows.numel():
-        log_ps = _span_log_probs(
+        log_ps = span_log_probs(
             student_logits, spans["xtok_student_pos"], spans["xtok_student_ids"], rows, temperature
         )
         with torch.no_grad():
-            log_pt = _span_log_probs(
+            log_pt = span_log_probs(
                 teacher_logits.detach(),
                 spans["xtok_teacher_pos"],
                 spans["xtok_teacher_ids"],

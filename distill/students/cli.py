@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from distill.utils.flags import add_overwrite_flag, both_spellings
+
 
 def _add_loading_options(parser, who: str) -> None:
     """The options both commands share: how to load the model directory, and whether to replace output."""
@@ -14,7 +16,7 @@ def _add_loading_options(parser, who: str) -> None:
         default=None,
         help=f"Load the {who} with this task's auto class (default: the class in its config.json).",
     )
-    parser.add_argument("--overwrite", action="store_true", help="Replace a model already in output_dir.")
+    add_overwrite_flag(parser, "Replace a model already in output_dir (alias --overwrite).", dest="overwrite")
     parser.add_argument(
         "--trust_remote_code",
         action="store_true",
@@ -22,7 +24,7 @@ def _add_loading_options(parser, who: str) -> None:
     )
 
 
-def init_student_main(argv: list[str]) -> None:
+def build_init_student_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill init-student",
         description="Write a student made of chosen teacher blocks (DistilBERT style): embeddings, the blocks, the "
@@ -40,7 +42,11 @@ def init_student_main(argv: list[str]) -> None:
     )
     parser.add_argument("--output_dir", required=True, help="Where to write the student.")
     _add_loading_options(parser, "teacher")
-    args = parser.parse_args(argv)
+    return both_spellings(parser)
+
+
+def init_student_main(argv: list[str]) -> None:
+    args = build_init_student_parser().parse_args(argv)
     from .from_layers import save_student_from_teacher
 
     record = save_student_from_teacher(
@@ -54,7 +60,7 @@ def init_student_main(argv: list[str]) -> None:
     print(json.dumps(record, indent=2))
 
 
-def prune_main(argv: list[str]) -> None:
+def build_prune_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill prune",
         description="Structured pruning (Minitron / ShortGPT) scored on calibration data: drop the K blocks of lowest "
@@ -109,7 +115,11 @@ def prune_main(argv: list[str]) -> None:
     )
     parser.add_argument("--output_dir", "--output-dir", dest="output_dir", required=True)
     _add_loading_options(parser, "model")
-    args = parser.parse_args(argv)
+    return both_spellings(parser)
+
+
+def prune_main(argv: list[str]) -> None:
+    args = build_prune_parser().parse_args(argv)
     from .prune import prune_model_dir
 
     record = prune_model_dir(

@@ -163,8 +163,13 @@ def save_with_processor(
 
     if os.path.isfile(os.path.join(output_dir, "config.json")) and not overwrite:
         raise FileExistsError(
-            f"output_dir={output_dir!r} already holds a model; choose another or pass --overwrite."
+            f"output_dir={output_dir!r} already holds a model; choose another or pass --overwrite_output_dir "
+            "(alias --overwrite)."
         )
+    if overwrite:  # nothing stale beside the new model (a pruning.json, a run fingerprint, ONNX files)
+        from distill.utils.output_dir import clear_model_outputs
+
+        clear_model_outputs(output_dir)
     model.save_pretrained(output_dir, safe_serialization=True)
     if os.path.isfile(os.path.join(source_dir, "preprocessor_config.json")):
         from transformers import AutoImageProcessor

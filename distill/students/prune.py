@@ -187,7 +187,8 @@ def prune_model_dir(
         raise ValueError(f"--num-samples {num_samples}: give at least one calibration example.")
     if os.path.isfile(os.path.join(output_dir, "config.json")) and not overwrite:
         raise FileExistsError(
-            f"output_dir={output_dir!r} already holds a model; choose another or pass --overwrite."
+            f"output_dir={output_dir!r} already holds a model; choose another or pass --overwrite_output_dir "
+            "(alias --overwrite)."
         )
     model = load_model_dir(model_dir, task=task, trust_remote_code=trust_remote_code)
     processing_class = _processing_class(model_dir, trust_remote_code)

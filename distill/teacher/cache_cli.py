@@ -22,9 +22,14 @@ Then: distill train --config RECIPE --teacher_cache DIR (no teacher is loaded).
 """
 
 
+CACHE_FLAGS = ("--cache_dir", "--top_k", "--cache_dtype", "--cache_batch_size")
+
+
 def _pop_option(argv: list[str], name: str, default=None):
+    """The value of ``name`` (``--snake_case``, or its ``--kebab-case`` alias), removed from argv."""
+    spellings = (name, "--" + name[2:].replace("_", "-"))
     for i, arg in enumerate(argv):
-        if arg == name or arg.startswith(name + "="):
+        if arg in spellings or arg.startswith(tuple(s + "=" for s in spellings)):
             if "=" in arg:
                 value = arg.split("=", 1)[1]
                 del argv[i]

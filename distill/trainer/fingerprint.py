@@ -33,8 +33,10 @@ import json
 import logging
 import os
 import platform
-import shutil
 from typing import Any, Optional
+
+from distill.utils.output_dir import clear_model_outputs, refuse_foreign_output_dir
+from distill.utils.output_dir import entries as output_dir_entries
 
 logger = logging.getLogger("distill")
 
@@ -194,7 +196,7 @@ def _data_files_fingerprint(data_files: Any) -> Any:
 
 
 def _builtin_version(dataset_name: Optional[str]) -> Optional[str]:
-    if dataset_name in ("builtin:python-docs", "builtin:docstring-topics"):
+    if dataset_name in ("builtin:python-docs", "builtin:docstring-topics", "builtin:docstring-transfer"):
         return f"python {platform.python_version()}"  # the corpus is this Python's documentation
     if dataset_name == "builtin:digits":
         import sklearn
@@ -247,10 +249,18 @@ def run_fingerprint(model_args, data_args, args) -> dict:
         ),
         "teacher_cache_files": path_fingerprint(model_args.teacher_cache),
         "data_files_content": _data_files_fingerprint(data_args.data_files),
+        "transfer_data_files_content": _data_files_fingerprint(
+            getattr(data_args, "transfer_data_files", None)
+        ),
+        "transfer_dataset_dir_content": path_fingerprint(data_args.transfer_dataset_name)
+        if getattr(data_args, "transfer_dataset_name", None)
+        and os.path.isdir(os.path.expanduser(data_args.transfer_dataset_name))
+        else None,
         "dataset_dir_content": path_fingerprint(data_args.dataset_name)
         if data_args.dataset_name and os.path.isdir(os.path.expanduser(data_args.dataset_name))
         else None,
         "builtin_source": _builtin_version(data_args.dataset_name),
+        "transfer_builtin_source": _builtin_version(getattr(data_args, "transfer_dataset_name", None)),
     }
     fingerprint.update({k: v for k, v in content.items() if v is not None})
     return _jsonable(fingerprint)
@@ -339,11 +349,11 @@ def compare_output_dir(output_dir: str, fingerprint: dict) -> tuple[str, list, O
     status is ``fresh`` (nothing of an earlier run there), ``finished`` or ``resume`` (the same
     settings), or ``changed`` (other settings, or an earlier run without a fingerprint: changes empty).
     """
+    stored = read_fingerprint(output_dir)
+    if stored is None and [n for n in output_dir_entries(output_dir) if n != FINGERPRINT_NAME]:
+        return "changed", [], None  # an earlier run without a fingerprint, or a model no run wrote
     if not _earlier_outputs(output_dir):
         return "fresh", [], None
-    stored = read_fingerprint(output_dir)
-    if stored is None:
-        return "changed", [], None
     changes = diff_fingerprints(stored.get("fingerprint", {}), fingerprint)
     if changes:
         return "changed", changes, stored
@@ -360,20 +370,18 @@ def prepare_output_dir(model_args, data_args, args) -> OutputDirState:
     output_dir = args.output_dir
     fingerprint = run_fingerprint(model_args, data_args, args)
     if getattr(args, "overwrite_output_dir", False):
-        earlier = _earlier_outputs(output_dir)
-        if earlier and args.process_index == 0:
-            logger.info(
-                "overwrite_output_dir: deleting the earlier run's %s in %s", ", ".join(earlier), output_dir
-            )
-            for name in earlier + [FINGERPRINT_NAME]:
-                path = os.path.join(output_dir, name)
-                shutil.rmtree(path) if os.path.isdir(path) else (os.path.exists(path) and os.remove(path))
+        if args.process_index == 0:
+            removed = clear_model_outputs(output_dir)  # checkpoints, results, model files, pruning.json...
+            if removed:
+                logger.info("overwrite_output_dir: deleted %s in %s", ", ".join(removed), output_dir)
         return OutputDirState(output_dir, fingerprint, "fresh")
     status, changes, stored = compare_output_dir(output_dir, fingerprint)
     ways_on = (
-        "Start afresh there with --overwrite_output_dir true (this deletes its checkpoints and results), "
+        "Start afresh there with --overwrite_output_dir true (this deletes its checkpoints, results and model), "
         "or choose another --output_dir."
     )
+    if status == "changed" and stored is None and not _earlier_outputs(output_dir):
+        refuse_foreign_output_dir(output_dir, FINGERPRINT_NAME, "distill train")
     if status == "changed" and stored is None:
         raise ValueError(
             f"output_dir={output_dir!r} holds an earlier run ({', '.join(_earlier_outputs(output_dir))}) without "

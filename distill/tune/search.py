@@ -186,7 +186,9 @@ def _check_values(dims, args) -> None:
 def _split_argv(argv):
     """`distill tune` flags out of argv; the rest is a `distill train` command line."""
     opts, rest, i = {}, [], 0
-    argv = [a.replace("--search-space", "--search_space").replace("--n-trials", "--n_trials") for a in argv]
+    # the kebab-case spelling of a tune flag is an alias (issue 19: one rule for every command)
+    kebab = {"--" + flag[2:].replace("_", "-"): flag for flag in TUNE_FLAGS}
+    argv = [kebab.get(a.partition("=")[0], a.partition("=")[0]) + "".join(a.partition("=")[1:]) for a in argv]
     while i < len(argv):
         arg = argv[i]
         key, _, value = arg.partition("=")

@@ -1,0 +1,508 @@
+"""Cross-tokenizer distillation: KD with gold and with uld against labels alone, and side by side with TRL's GOLD.
+
+Part 1 (quality, `distill train` only). A teacher with its own 2,048-token byte-level BPE
+(`recipes/tiny/causal_lm_teacher.yaml`) and a student with its own 1,024-token BPE
+(`recipes/tiny/causal_lm_cross_tokenizer.yaml`), both trained on the offline corpus (CPython's docs and
+docstrings). Three arms at equal steps, the same student, data and seeds: `cross_tokenizer_loss: gold`,
+`cross_tokenizer_loss: uld`, and labels only (`alpha: 0`, no teacher). The student's held-out loss is
+per token of its own tokenizer, so the arms compare directly. Runs are interleaved (seed by seed, arm by
+arm) and each is a fresh process (peak RSS from `ru_maxrss`).
+
+Part 2 (vs TRL GOLD, TRL in its own venv as in `bench_vs_trl.py`). On the trained teacher, a fresh student
+and the same texts, each side runs in its own process:
+* loss agreement where the definitions match: with *identical* tokenizers, TRL's GOLD loss
+  (`use_uld_loss`, hybrid, `beta=0`, `uld_token_merge_strategy="bayesian"`, which predicts token k from
+  position k-1) is the forward KL, as is our gold; both are computed on the same batch, normalised TRL's way
+  (per-row mean over aligned spans, then the mean over rows). With the *different* tokenizers both sides'
+  numbers are reported too; they differ by definition (TRL's bayesian merge takes the span's last position's
+  distribution times the earlier tokens' probabilities, ours the first position's times the later ones';
+  TRL's hybrid weighs matched/unmatched by vocabulary overlap, ours adds them);
+* steps/s and peak RSS of `trainer.train()` for `--trl-steps` steps (after `--warmup`), ours with gold,
+  TRL's GOLDTrainer with the hybrid ULD loss (lmbda=0: no generation), batch `--trl-batch`, texts
+  truncated to `--max-length` student tokens.
+
+    .venv/bin/python benchmarks/bench_cross_tokenizer.py                 # everything (about an hour on 2 busy cores)
+    .venv/bin/python benchmarks/bench_cross_tokenizer.py --steps 20 --seeds 0 --skip-trl   # a smoke run
+
+Writes `benchmarks/results/cross_tokenizer.{json,md}` and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+TEACHER_RECIPE = ROOT / "recipes" / "tiny" / "causal_lm_teacher.yaml"
+STUDENT_RECIPE = ROOT / "recipes" / "tiny" / "causal_lm_cross_tokenizer.yaml"
+PROMPT_TOKENS = 16
+ARMS = {
+    "labels only": ["--alpha", "0", "--teacher_model_name_or_path", "", "--cross_tokenizer_loss", "none"],
+    "KD gold": ["--cross_tokenizer_loss", "gold"],
+    "KD uld": ["--cross_tokenizer_loss", "uld"],
+}
+
+
+def _env() -> dict:
+    return dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",  # 1 thread per run: no OpenMP spin-waits on a shared machine
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+
+
+# ---- part 1: quality ------------------------------------------------------------------------------
+
+
+def run_distill(argv: list[str], log: Path) -> dict:
+    """`distill train argv` in a fresh process; its results plus the process's peak RSS and wall time."""
+    code = (
+        "import json, resource, sys, time; from distill.train import main; t = time.perf_counter(); "
+        f"r = main({argv!r}); r['wall_s'] = time.perf_counter() - t; "
+        "r['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
+        "print('RESULT ' + json.dumps(r))"
+    )
+    with open(log, "w") as f:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=f, text=True, env=_env()
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"distill train failed (exit {proc.returncode}); see {log}")
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :])
+
+
+def part1(args, work: Path) -> dict:
+    teacher = work / "teacher"
+    if not (teacher / "all_results.json").exists():
+        print("training the teacher", flush=True)
+        steps = ["--max_steps", str(args.teacher_steps)] if args.teacher_steps else []
+        run_distill(
+            ["--config", str(TEACHER_RECIPE), "--output_dir", str(teacher), "--save_strategy", "no", *steps],
+            work / "teacher.log",
+        )
+    teacher_results = json.loads((teacher / "all_results.json").read_text())
+    jobs = [(seed, arm) for seed in args.seeds for arm in ARMS]  # interleaved: seed by seed, arm by arm
+    runs = []
+
+    def launch(seed, arm):
+        out = work / f"{arm.replace(' ', '_')}-seed{seed}"
+        argv = ["--config", str(STUDENT_RECIPE), "--teacher_model_name_or_path", str(teacher)]
+        argv += ["--output_dir", str(out), "--seed", str(seed), "--max_steps", str(args.steps)]
+        argv += ["--overwrite_output_dir", "true", *ARMS[arm]]
+        return run_distill(argv, work / f"{out.name}.log")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        futures = [(seed, arm, pool.submit(launch, seed, arm)) for seed, arm in jobs]
+        for seed, arm, fut in futures:
+            r = fut.result()
+            runs.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "eval_loss": r["eval_loss"],
+                    "test_loss": r.get("test_loss"),
+                    "train_steps_per_second": r["train_steps_per_second"],
+                    "peak_rss_mib": round(r["peak_rss_mib"], 1),
+                }
+            )
+            print(
+                f"{arm:12s} seed {seed}: eval {r['eval_loss']:.4f} test {r.get('test_loss', float('nan')):.4f}",
+                flush=True,
+            )
+    summary = {}
+    for arm in ARMS:
+        vals = [r["test_loss"] for r in runs if r["arm"] == arm]
+        summary[arm] = {
+            "mean_test_loss": statistics.mean(vals),
+            "min": min(vals),
+            "max": max(vals),
+            "spread": max(vals) - min(vals),
+            "steps_per_second": statistics.mean(r["train_steps_per_second"] for r in runs if r["arm"] == arm),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs if r["arm"] == arm),
+        }
+    return {
+        "teacher": {k: teacher_results.get(k) for k in ("eval_loss", "test_loss", "student_params")},
+        "runs": runs,
+        "summary": summary,
+    }
+
+
+# ---- part 2: vs TRL GOLD (worker runs in either environment) --------------------------------------
+
+
+def load_texts(path: Path, n: int) -> list[str]:
+    return json.loads(path.read_text())[:n]
+
+
+def worker_agree(args) -> dict:
+    """Loss on one batch: identical tokenizers (gold vs TRL's hybrid at beta=0) and the real pair."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    work = Path(args.workdir)
+    texts = load_texts(work / "texts.json", args.trl_batch)
+    s_tok = AutoTokenizer.from_pretrained(work / "student_init")
+    t_tok = AutoTokenizer.from_pretrained(work / "teacher")
+    student = AutoModelForCausalLM.from_pretrained(work / "student_init", dtype=torch.float32).eval()
+    teacher = AutoModelForCausalLM.from_pretrained(work / "teacher", dtype=torch.float32).eval()
+    same_teacher = AutoModelForCausalLM.from_pretrained(
+        work / "student_same_teacher", dtype=torch.float32
+    ).eval()
+    out = {}
+    for case, tt, tm, kinds in (
+        ("identical tokenizers", s_tok, same_teacher, ("gold",)),
+        ("different tokenizers", t_tok, teacher, ("gold", "uld")),
+    ):
+        for kind in kinds:
+            fn = agree_ours if args.worker == "agree-ours" else agree_trl
+            with torch.no_grad():
+                out[f"{case}, {kind}"] = fn(texts, s_tok, tt, student, tm, kind, args.max_length)
+    return out
+
+
+def agree_ours(texts, s_tok, t_tok, student, teacher, kind, max_length) -> float:
+    import torch
+
+    from distill.data.cross_tokenizer import CrossTokenizerCollator
+    from distill.losses.cross_tokenizer import build_vocab_map, span_divergence, span_log_probs
+    from distill.trainer.tasks import CausalLMCollator
+
+    rows = [{"input_ids": s_tok(t, add_special_tokens=False)["input_ids"][:max_length]} for t in texts]
+    batch = CrossTokenizerCollator(CausalLMCollator(s_tok.pad_token_id), s_tok, t_tok)(rows)
+    s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    t_logits = teacher(
+        input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
+    ).logits
+    s_logits, t_logits = s_logits[..., : len(s_tok)], t_logits[..., : len(t_tok)]
+    r = batch["xtok_row"]
+    log_ps = span_log_probs(s_logits, batch["xtok_student_pos"], batch["xtok_student_ids"], r, 1.0)
+    log_pt = span_log_probs(t_logits, batch["xtok_teacher_pos"], batch["xtok_teacher_ids"], r, 1.0)
+    div = span_divergence(log_ps, log_pt, kind, build_vocab_map(s_tok, t_tok))
+    per_row = [div[r == i].mean() for i in range(len(rows)) if (r == i).any()]  # TRL's normalisation
+    return float(torch.stack(per_row).mean())
+
+
+def agree_trl(texts, s_tok, t_tok, student, teacher, kind, max_length) -> float:
+    import torch
+    from trl.experimental.gold.gold_config import GOLDConfig
+    from trl.experimental.gold.gold_trainer import ULDLoss, build_teacher_inputs_from_texts
+
+    ids = [s_tok(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
+    enc = s_tok(
+        [s_tok.decode(x, clean_up_tokenization_spaces=False) for x in ids],
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+    )
+    texts = [s_tok.decode(x, clean_up_tokenization_spaces=False) for x in ids]
+    width = max(len(x) for x in enc["input_ids"]) + 1
+    B = len(texts)
+    s_ids = torch.full((B, width), s_tok.pad_token_id)
+    s_labels = torch.full((B, width), -100)
+    s_mask = torch.zeros((B, width), dtype=torch.long)
+    s_offs = torch.zeros((B, width, 2), dtype=torch.long)
+    for i, (x, offs) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
+        seq = list(x) + [s_tok.eos_token_id]  # TRL appends eos; uld_skip_*_eos leaves it out of the loss
+        s_ids[i, : len(seq)] = torch.tensor(seq)
+        s_labels[i, : len(seq)] = torch.tensor(seq)
+        s_mask[i, : len(seq)] = 1
+        byte = [(len(texts[i][:a].encode()), len(texts[i][:b].encode())) for a, b in offs]
+        end = len(texts[i].encode())
+        s_offs[i, : len(seq)] = torch.tensor(byte + [(end, end)])
+    t_ids, t_labels, t_mask, t_offs = build_teacher_inputs_from_texts(t_tok, [""] * B, texts)
+    cfg = GOLDConfig(
+        output_dir=tempfile.mkdtemp(),
+        use_uld_loss=True,
+        use_extended_uld=True,
+        uld_use_hybrid_loss=kind == "gold",
+        uld_token_merge_strategy="bayesian",
+        beta=0.0,
+        uld_crossentropy_weight=0.0,
+        uld_distillation_weight=1.0,
+        uld_skip_student_eos=True,
+        uld_skip_teacher_eos=True,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+    )
+    loss_fn = ULDLoss(cfg, student_tokenizer=s_tok, teacher_tokenizer=t_tok)
+    s_logits = student(input_ids=s_ids, attention_mask=s_mask).logits
+    t_logits = teacher(input_ids=t_ids, attention_mask=t_mask).logits
+    return float(
+        loss_fn(
+            student_logits=s_logits,
+            teacher_logits=t_logits,
+            student_labels=s_labels,
+            teacher_labels=t_labels,
+            student_input_ids=s_ids,
+            teacher_input_ids=t_ids,
+            student_byte_offsets=s_offs,
+            teacher_byte_offsets=t_offs,
+        )
+    )
+
+
+def worker_speed(args) -> dict:
+    """`trainer.train()` steps/s and peak RSS: ours (gold) or TRL's GOLDTrainer (hybrid ULD)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    torch.manual_seed(0)
+    work = Path(args.workdir)
+    s_tok = AutoTokenizer.from_pretrained(work / "student_init")
+    student = AutoModelForCausalLM.from_pretrained(work / "student_init", dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(work / "teacher", dtype=torch.float32)
+    texts = load_texts(work / "texts.json", args.trl_batch * (args.warmup + args.trl_steps))
+    # GOLD needs a prompt: the first PROMPT_TOKENS student tokens of each text (no loss on them, both sides).
+    ids = [s_tok(t, add_special_tokens=False)["input_ids"][: args.max_length - 1] for t in texts]
+    pairs = [(s_tok.decode(x[:PROMPT_TOKENS]), s_tok.decode(x[PROMPT_TOKENS:])) for x in ids]
+
+    class Timer(TrainerCallback):
+        ends: list = []
+
+        def on_step_end(self, a, state, control, **kw):
+            Timer.ends.append(time.perf_counter())
+
+    common = dict(
+        output_dir=str(work / f"out-{args.worker}"),
+        per_device_train_batch_size=args.trl_batch,
+        max_steps=args.warmup + args.trl_steps,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+    )
+    if args.worker == "speed-ours":
+        from distill import DistillationConfig, DistillationTrainer
+        from distill.trainer.tasks import CausalLMCollator
+
+        rows = []
+        for x in ids:
+            seq = x + [s_tok.eos_token_id]
+            rows.append({"input_ids": seq, "labels": [-100] * PROMPT_TOKENS + seq[PROMPT_TOKENS:]})
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            teacher_processing_class=AutoTokenizer.from_pretrained(work / "teacher"),
+            args=DistillationConfig(alpha=1.0, temperature=1.0, cross_tokenizer_loss="gold", **common),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=s_tok,
+            data_collator=CausalLMCollator(s_tok.pad_token_id),
+            callbacks=[Timer()],
+        )
+    else:
+        from trl.experimental.gold import GOLDConfig, GOLDTrainer
+
+        cfg = GOLDConfig(
+            lmbda=0.0,
+            beta=0.0,
+            use_uld_loss=True,
+            use_extended_uld=True,
+            uld_use_hybrid_loss=True,
+            uld_token_merge_strategy="bayesian",
+            teacher_tokenizer_name_or_path=str(work / "teacher"),
+            max_length=args.max_length + 1,  # + eos, which GOLD appends
+            max_completion_length=args.max_length // 2,  # generation only (lmbda=0: none)
+            remove_unused_columns=False,
+            **common,
+        )
+        trainer = GOLDTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=cfg,
+            train_dataset=Dataset.from_list([{"prompt": a, "completion": b} for a, b in pairs]),
+            processing_class=s_tok,
+            callbacks=[Timer()],
+        )
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    ends = Timer.ends
+    timed = ends[-1] - ends[args.warmup - 1]
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "steps_per_second": args.trl_steps / timed,
+        "wall_s": wall,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    }
+
+
+def run_worker(python: str, worker: str, args, work: Path) -> dict:
+    cmd = [python, str(Path(__file__).resolve()), "--worker", worker, "--workdir", str(work)]
+    cmd += [
+        "--trl-batch",
+        str(args.trl_batch),
+        "--trl-steps",
+        str(args.trl_steps),
+        "--warmup",
+        str(args.warmup),
+    ]
+    cmd += ["--max-length", str(args.max_length)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{worker} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :])
+
+
+def prepare_part2(work: Path) -> None:
+    """A fresh student (the recipe's student config, seed 0) with the student's tokenizer, a teacher of the
+    same architecture on the student's tokenizer (for the identical-tokenizer agreement), and the texts."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from distill.data.corpus import python_docs_corpus
+
+    s_tok = AutoTokenizer.from_pretrained(work / "labels_only-seed0")
+    spec = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
+    for name, seed in (("student_init", 0), ("student_same_teacher", 1)):
+        torch.manual_seed(seed)
+        config = LlamaConfig(
+            vocab_size=len(s_tok),
+            num_key_value_heads=4,
+            tie_word_embeddings=True,
+            max_position_embeddings=1024,
+            pad_token_id=s_tok.pad_token_id,
+            bos_token_id=s_tok.bos_token_id,
+            eos_token_id=s_tok.eos_token_id,
+            **spec,
+        )
+        LlamaForCausalLM(config).save_pretrained(work / name)
+        s_tok.save_pretrained(work / name)
+    texts = [t for t in python_docs_corpus()["train"]["text"] if len(t) > 400][:2000]
+    (work / "texts.json").write_text(json.dumps(texts))
+
+
+def part2(args, work: Path) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch
+    from bench_vs_trl import ensure_trl_venv
+
+    py, venv_log = ensure_trl_venv(Path(args.venv), args.trl_version, torch.__version__.split("+")[0])
+    if py is None:
+        return {"error": venv_log}
+    prepare_part2(work)
+    result = {"venv": venv_log}
+    result["agreement"] = {"ours": run_worker(sys.executable, "agree-ours", args, work)}
+    result["agreement"]["trl"] = run_worker(str(py), "agree-trl", args, work)
+    speed = {"ours": [], "trl": []}
+    for _ in range(args.repeats):  # interleaved
+        speed["ours"].append(run_worker(sys.executable, "speed-ours", args, work))
+        speed["trl"].append(run_worker(str(py), "speed-trl", args, work))
+    result["speed"] = speed
+    return result
+
+
+# ---- report ---------------------------------------------------------------------------------------
+
+
+def markdown(res: dict) -> str:
+    md = []
+    p1 = res.get("part1")
+    if p1:
+        t = p1["teacher"]
+        md += [
+            f"Teacher (BPE-2048): test loss {t['test_loss']:.4f} per teacher token. Student: BPE-1024, "
+            f"{res['config']['steps']} steps, seeds {res['config']['seeds']}; test loss per student token.",
+            "",
+            "| arm | test loss (mean) | min | max | steps/s | peak RSS MiB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for arm, s in p1["summary"].items():
+            md.append(
+                f"| {arm} | {s['mean_test_loss']:.4f} | {s['min']:.4f} | {s['max']:.4f} | "
+                f"{s['steps_per_second']:.2f} | {s['peak_rss_mib']:.0f} |"
+            )
+    p2 = res.get("part2")
+    if p2:
+        md.append("")
+        if "error" in p2:
+            md.append(f"TRL GOLD: not run ({p2['error'].splitlines()[0]}).")
+        else:
+            md += ["| batch loss (same batch, TRL's normalisation) | ours | TRL GOLD |", "|---|---|---|"]
+            ours, trl = p2["agreement"]["ours"], p2["agreement"]["trl"]
+            names = {"gold": "gold / hybrid ULD", "uld": "uld / ULD"}
+            for key in ours:
+                case, kind = key.rsplit(", ", 1)
+                md.append(f"| {case}, {names[kind]} | {ours[key]:.6f} | {trl[key]:.6f} |")
+            best = {side: max(r["steps_per_second"] for r in runs) for side, runs in p2["speed"].items()}
+            mem = {side: min(r["peak_rss_mib"] for r in runs) for side, runs in p2["speed"].items()}
+            md += [
+                "",
+                "| trainer (gold / hybrid ULD) | steps/s (best) | peak RSS MiB (lowest) |",
+                "|---|---|---|",
+                f"| scaledown DistillationTrainer | {best['ours']:.2f} | {mem['ours']:.0f} |",
+                f"| TRL GOLDTrainer | {best['trl']:.2f} | {mem['trl']:.0f} |",
+            ]
+    return "\n".join(md)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--workdir", default=str(ROOT / "runs" / "bench_cross_tokenizer"))
+    p.add_argument("--steps", type=int, default=150, help="student steps per arm")
+    p.add_argument("--teacher-steps", type=int, default=None, help="default: the teacher recipe's 300")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--parallel", type=int, default=3, help="student runs at a time (one thread each)")
+    p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--only-trl", action="store_true", help="part 2 only (part 1's results file is kept)")
+    p.add_argument("--venv", default=os.path.join(tempfile.gettempdir(), "scaledown-trl-venv"))
+    p.add_argument("--trl-version", default="1.16.0")
+    p.add_argument("--trl-batch", type=int, default=8)
+    p.add_argument("--trl-steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--max-length", type=int, default=128)
+    args = p.parse_args()
+    if args.worker:
+        sys.path.insert(0, str(ROOT))
+        fn = worker_agree if args.worker.startswith("agree") else worker_speed
+        print("RESULT " + json.dumps(fn(args)), flush=True)
+        return 0
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out, out_trl = RESULTS / "cross_tokenizer.json", RESULTS / "cross_tokenizer_trl.json"
+    if not args.only_trl:
+        res = {"config": {"steps": args.steps, "seeds": args.seeds}, "part1": part1(args, work)}
+        out.write_text(json.dumps(res, indent=1))
+    if not args.skip_trl:
+        config = {k: getattr(args, k) for k in ("trl_batch", "trl_steps", "warmup", "repeats", "max_length")}
+        out_trl.write_text(json.dumps({"config": config, "part2": part2(args, work)}, indent=1))
+    res = json.loads(out.read_text()) if out.exists() else {}
+    if out_trl.exists():
+        res["part2"] = json.loads(out_trl.read_text())["part2"]
+    text = markdown(res)
+    (RESULTS / "cross_tokenizer.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
