@@ -96,6 +96,8 @@ class ModelArguments:
         check_lora_arguments(self)
         if self.init_from_teacher_layers == "":  # "" from the command line clears a recipe's value
             self.init_from_teacher_layers = None
+        if self.model_name_or_path == "":
+            self.model_name_or_path = None
         given = [
             name
             for name in ("model_name_or_path", "model_config", "init_from_teacher_layers")
@@ -272,10 +274,22 @@ def _check_before_compute(model_args, data_args, args) -> None:
         from .students.from_layers import check_layers_of_teacher_dir
 
         check_layers_of_teacher_dir(args.teacher_model_name_or_path, model_args.init_from_teacher_layers)
+    from .data.transfer import uses_transfer_set
+
     if model_args.teacher_cache:
+        if uses_transfer_set(data_args):
+            raise ValueError(
+                "teacher_cache holds the teacher's outputs for the training split only; a transfer set needs "
+                "an online teacher: drop teacher_cache or the transfer set."
+            )
         _check_teacher_cache(model_args.teacher_cache, args)
         return
     teacher = args.teacher_model_name_or_path
+    if uses_transfer_set(data_args) and (args.alpha == 0 or not teacher):
+        raise ValueError(
+            f"a transfer set (transfer_split / transfer_dataset_name / transfer_data_files) is labelled by the "
+            f"teacher: set alpha > 0 (now {args.alpha}) and teacher_model_name_or_path, or drop the transfer set."
+        )
     from .students.lora import check_self_teacher
 
     if check_self_teacher(model_args, args):  # teacher_model_name_or_path: self (the LoRA student's base)

@@ -22,6 +22,8 @@ BUILTIN_SOURCES = {
     "builtin:digits": "image-cls",
     "builtin:docstring-kind": "seq-cls",  # class / method / function (distill.data.docstring_kind)
     "builtin:python-chat": "causal-lm",  # question/answer chats about the stdlib (distill.data.chat_corpus)
+    # unlabelled docstrings outside docstring-topics: a transfer set (distill.data.docstring_transfer)
+    "builtin:docstring-transfer": "seq-cls",
 }
 DEFAULT_SOURCE = {
     "causal-lm": "builtin:python-docs",
@@ -55,7 +57,9 @@ class DataArguments:
                 "save_to_disk; or an offline built-in: 'builtin:python-docs' (causal-lm), "
                 "'builtin:docstring-topics' (seq-cls), 'builtin:digits' (image-cls), "
                 "'builtin:docstring-kind' (seq-cls: class, method or function), 'builtin:python-chat' "
-                "(causal-lm: a messages column of questions and answers about the standard library). Default: the "
+                "(causal-lm: a messages column of questions and answers about the standard library), "
+                "'builtin:docstring-transfer' (unlabelled docstrings, a transfer set for docstring-topics). "
+                "Default: the "
                 "task's built-in, or the builder implied by data_files' extension."
             )
         },
@@ -219,6 +223,36 @@ class DataArguments:
             )
         },
     )
+    transfer_split: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "seq-cls: a split of unlabelled in-domain text (of dataset_name, or of transfer_dataset_name / "
+                "transfer_data_files when given) that the teacher labels during training: its rows are added "
+                "to the training split and trained on the distillation term alone (DistilBERT's transfer "
+                "set; labels there are ignored). Needs alpha > 0 and an online teacher. See "
+                "distill.data.transfer."
+            )
+        },
+    )
+    transfer_dataset_name: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                "The transfer set from another source than dataset_name (same kinds of source); its "
+                "transfer_split (default 'train') is used."
+            )
+        },
+    )
+    transfer_data_files: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "The transfer set from local file(s), like data_files (split: transfer_split or train)."
+        },
+    )
+    max_transfer_samples: Optional[int] = field(
+        default=None, metadata={"help": "Keep only the first N examples of the transfer set."}
+    )
     tokenizer_vocab_size: int = field(
         default=2048,
         metadata={
@@ -231,6 +265,9 @@ class DataArguments:
 
     def __post_init__(self):
         self.data_files = _parse_data_files(self.data_files)
+        self.transfer_split = self.transfer_split or None  # "" from the command line means none
+        self.transfer_dataset_name = self.transfer_dataset_name or None
+        self.transfer_data_files = _parse_data_files(self.transfer_data_files)
         if self.tasks is not None:  # multi-task distillation: checked here, before any compute
             from .task_list import parse_tasks
 
@@ -258,6 +295,7 @@ class DataArguments:
             builder = self.builder  # raises when it cannot be told
             if builder in LOCAL_BUILDERS:
                 _check_paths_exist(self.data_files)
+        _check_transfer_source(self)
 
     @property
     def builder(self) -> Optional[str]:
@@ -318,6 +356,7 @@ def _check_ranges(args: DataArguments) -> None:
         ("max_train_samples", args.max_train_samples, 1, ""),
         ("max_eval_samples", args.max_eval_samples, 1, ""),
         ("max_test_samples", args.max_test_samples, 1, ""),
+        ("max_transfer_samples", args.max_transfer_samples, 1, ""),
         ("preprocessing_num_workers", args.preprocessing_num_workers, 1, ""),
     ]
     for name, value, low, why in checks:
@@ -330,3 +369,47 @@ def _check_ranges(args: DataArguments) -> None:
         raise ValueError(
             f"validation_split_percentage must be in [0, 100), got {args.validation_split_percentage}."
         )
+
+
+def _check_transfer_source(args: DataArguments) -> None:
+    """The transfer set's own source, checked like dataset_name / data_files (before any compute)."""
+    if not (args.transfer_split or args.transfer_dataset_name or args.transfer_data_files):
+        if args.max_transfer_samples is not None:
+            raise ValueError(
+                "max_transfer_samples is set but there is no transfer set; set transfer_split (or "
+                "transfer_dataset_name / transfer_data_files), or drop max_transfer_samples."
+            )
+        return
+    if args.streaming:
+        raise ValueError(
+            "a transfer set (transfer_split / transfer_dataset_name / transfer_data_files) needs a map-style "
+            "training set: set streaming: false."
+        )
+    if args.tasks is not None:
+        raise ValueError("a transfer set is not supported with multi-task runs (tasks); drop one of them.")
+    name, files = args.transfer_dataset_name, args.transfer_data_files
+    if name and name.startswith("builtin:") and name not in BUILTIN_SOURCES:
+        raise ValueError(
+            f"transfer_dataset_name={name!r} is not a built-in source; choose one of {sorted(BUILTIN_SOURCES)}."
+        )
+    if name in LOCAL_BUILDERS and files is None:
+        raise ValueError(
+            f"transfer_dataset_name={name!r} is a local file builder and needs transfer_data_files."
+        )
+    if files is not None:
+        for path in _flat_paths(files):
+            if "://" not in path and not (
+                glob.glob(path, recursive=True) if glob.has_magic(path) else os.path.exists(path)
+            ):
+                raise FileNotFoundError(
+                    f"transfer_data_files: {path!r} does not exist (relative to {os.getcwd()!r}); fix the path."
+                )
+        if name is None:
+            extensions = {os.path.basename(p).rsplit(".", 1)[-1].lower() for p in _flat_paths(files)}
+            builders = {_EXTENSION_TO_BUILDER.get(e) for e in extensions}
+            if len(builders) != 1 or None in builders:
+                raise ValueError(
+                    f"transfer_data_files={files!r}: the extension(s) {sorted(extensions)} do not name one "
+                    f"builder; set transfer_dataset_name to one of {LOCAL_BUILDERS}."
+                )
+            args.transfer_dataset_name = builders.pop()

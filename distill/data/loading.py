@@ -41,6 +41,13 @@ from .prep import (
     _prepare_seq_cls,
     _require_column,
 )
+from .transfer import (
+    append_transfer_set,
+    build_transfer_set,
+    check_transfer_task,
+    transfer_source_args,
+    uses_transfer_set,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +144,10 @@ def _builtin(name: str, image_size: Optional[int]):
         from .docstring_kind import docstring_kind_classification
 
         return docstring_kind_classification()
+    if name == "builtin:docstring-transfer":
+        from .docstring_transfer import docstring_transfer
+
+        return docstring_transfer()
     return corpus.digits_images(image_size or 32)
 
 
@@ -276,6 +287,8 @@ def build_datasets(
     Returns:
         A `DatasetBundle`; `num_labels`/`id2label` are set for the classification tasks.
     """
+    if uses_transfer_set(data_args):
+        check_transfer_task(task)
     raw = load_raw_datasets(data_args, seed, task=_check_task(task))
     prepare = {"causal-lm": _prepare_causal_lm, "seq-cls": _prepare_seq_cls, "image-cls": _prepare_image_cls}[
         task
@@ -288,6 +301,10 @@ def build_datasets(
     }
     for split, ds in splits.items():
         splits[split] = _finish(ds, split, limits[split], transform, data_args, seed)
+    if uses_transfer_set(data_args):  # unlabelled rows the teacher labels (distill.data.transfer)
+        raw_transfer = load_raw_datasets(transfer_source_args(data_args), seed, task=task)["train"]
+        transfer = build_transfer_set(raw_transfer, data_args, task, processing_class)
+        splits["train"] = append_transfer_set(splits["train"], transfer)
     return DatasetBundle(
         train=splits["train"],
         eval=splits.get("validation"),

@@ -24,6 +24,8 @@ per pass); each example carries its task's index in a `task_ids` column.
 
 from __future__ import annotations
 
+import os
+
 from .task_list import TASK_ID_KEY, TaskEntry, parse_tasks, task_data_args  # noqa: F401
 
 
@@ -43,7 +45,15 @@ def build_multitask_datasets(data_args, entries: list[TaskEntry], tokenizer, *, 
 
     bundles, trains, offset = {}, [], 0
     for index, entry in enumerate(entries):
-        bundle = build_datasets(task_data_args(data_args, entry), "seq-cls", tokenizer, seed=seed)
+        # the task's classes and their order are its teacher's (issue 19), as in a single-task run
+        label_space = None
+        if isinstance(entry.teacher, (str, os.PathLike)):
+            from distill.teacher.loading import teacher_label_space
+
+            label_space = teacher_label_space([str(entry.teacher)])
+        bundle = build_datasets(
+            task_data_args(data_args, entry), "seq-cls", tokenizer, seed=seed, label_space=label_space
+        )
         if not isinstance(bundle.train, Dataset):
             raise ValueError(
                 f"tasks ({entry.name!r}): multi-task training needs map-style datasets, not streaming."

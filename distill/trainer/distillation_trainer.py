@@ -13,6 +13,7 @@ from transformers import Trainer
 from distill.config import DistillationConfig
 from distill.data.augment import AUGMENTED_KEY, augmented_kd_loss, augmenting_kwargs
 from distill.data.on_policy import check_on_policy, on_policy_batches
+from distill.data.transfer import TRANSFER_KEY
 from distill.losses.chunked import chunked_distillation_loss, fused_linear_distillation_loss
 from distill.losses.fused_head import (
     bypass_head,
@@ -169,6 +170,7 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
             if teacher_model is not None and not self_teacher
             else teacher_model
         )
+        self._check_transfer_rows(kwargs.get("train_dataset"))
         self._heads = self._fused_heads(model) if args.kd_fused_lm_head else None
         self._train_sums = self._zero_sums()
         self._eval_sums = None
@@ -218,6 +220,8 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
         super()._set_signature_columns_if_needed()
         if self.teacher_cache is not None:
             self._signature_columns += [c for c in CACHE_COLUMNS if c not in self._signature_columns]
+        if TRANSFER_KEY not in self._signature_columns:  # transfer-set rows (distill.data.transfer)
+            self._signature_columns.append(TRANSFER_KEY)
 
     def _check_train_dataset(self, dataset, args: DistillationConfig) -> None:
         """Refuse a dataset without labels before any compute, when the loss needs them."""
@@ -359,15 +363,14 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
         elif self.teacher is not None:
             t_outputs = self._teacher_outputs(model_inputs)
             teacher_logits, _ = align_logits_and_labels(self.task, t_outputs.logits, None)
-            if (
-                inputs.get(AUGMENTED_KEY) is not None and shifted_labels is not None
-            ):  # KD alone on augmented rows
+            kd_only = _kd_only_rows(inputs)
+            if kd_only is not None and shifted_labels is not None:  # KD alone on augmented / transfer rows
                 out = augmented_kd_loss(
                     lambda lab, a: self._online_kd(
                         student_logits, teacher_logits, lab, a, num_items_in_batch
                     ),
                     shifted_labels,
-                    inputs[AUGMENTED_KEY],
+                    kd_only,
                     self.args.alpha,
                 )
             else:
@@ -399,7 +402,17 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
         vocab = self.ce_vocab_size
         return logits[..., :vocab] if vocab and vocab < logits.shape[-1] else logits
 
-        # ---- logging -----------------------------------------------------------------------------
+    def _check_transfer_rows(self, dataset) -> None:
+        """Transfer-set rows (distill.data.transfer) have no labels: refuse them without an online teacher."""
+        names = getattr(dataset, "column_names", None) or []
+        if TRANSFER_KEY in names and self.teacher is None:
+            raise ValueError(
+                "The training set has transfer-set rows (transfer_split / transfer_dataset_name / "
+                "transfer_data_files), which only the teacher can label: set alpha > 0 and "
+                "teacher_model_name_or_path (a teacher cache cannot score them), or drop the transfer set."
+            )
+
+    # ---- logging -----------------------------------------------------------------------------
 
     def _zero_sums(self) -> torch.Tensor:
         # [kd raw sum, ce raw sum, valid positions, hidden raw sum, attention raw sum], kept on device to
@@ -441,6 +454,14 @@ class DistillationTrainer(EvaluationMixin, CheckpointingMixin, Trainer):
 
         if self.is_world_process_zero():
             write_model_card(self, self.args.output_dir, **kwargs)
+
+
+def _kd_only_rows(inputs: dict[str, Any]) -> Optional[torch.Tensor]:
+    """The rows trained on the distillation term alone: augmented rows and transfer-set rows, or None."""
+    masks = [inputs[k].bool() for k in (AUGMENTED_KEY, TRANSFER_KEY) if inputs.get(k) is not None]
+    if not masks:
+        return None
+    return masks[0] if len(masks) == 1 else masks[0] | masks[1]
 
 
 __all__ = ["DistillationTrainer"]

@@ -6,12 +6,13 @@ from __future__ import annotations
 import torch
 
 from distill.data.augment import AUGMENTED_KEY, clean_collator
+from distill.data.transfer import TRANSFER_KEY
 from distill.losses.cross_tokenizer import CROSS_TOKENIZER_KEYS
 from distill.losses.logit import student_cross_entropy
 from distill.teacher.cache import CACHE_COLUMNS
 from distill.trainer.tasks import align_logits_and_labels
 
-_NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, *CACHE_COLUMNS, *CROSS_TOKENIZER_KEYS)
+_NOT_MODEL_INPUTS = ("labels", AUGMENTED_KEY, TRANSFER_KEY, *CACHE_COLUMNS, *CROSS_TOKENIZER_KEYS)
 
 
 class EvaluationMixin:

@@ -196,7 +196,7 @@ def _data_files_fingerprint(data_files: Any) -> Any:
 
 
 def _builtin_version(dataset_name: Optional[str]) -> Optional[str]:
-    if dataset_name in ("builtin:python-docs", "builtin:docstring-topics"):
+    if dataset_name in ("builtin:python-docs", "builtin:docstring-topics", "builtin:docstring-transfer"):
         return f"python {platform.python_version()}"  # the corpus is this Python's documentation
     if dataset_name == "builtin:digits":
         import sklearn
@@ -249,10 +249,18 @@ def run_fingerprint(model_args, data_args, args) -> dict:
         ),
         "teacher_cache_files": path_fingerprint(model_args.teacher_cache),
         "data_files_content": _data_files_fingerprint(data_args.data_files),
+        "transfer_data_files_content": _data_files_fingerprint(
+            getattr(data_args, "transfer_data_files", None)
+        ),
+        "transfer_dataset_dir_content": path_fingerprint(data_args.transfer_dataset_name)
+        if getattr(data_args, "transfer_dataset_name", None)
+        and os.path.isdir(os.path.expanduser(data_args.transfer_dataset_name))
+        else None,
         "dataset_dir_content": path_fingerprint(data_args.dataset_name)
         if data_args.dataset_name and os.path.isdir(os.path.expanduser(data_args.dataset_name))
         else None,
         "builtin_source": _builtin_version(data_args.dataset_name),
+        "transfer_builtin_source": _builtin_version(getattr(data_args, "transfer_dataset_name", None)),
     }
     fingerprint.update({k: v for k, v in content.items() if v is not None})
     return _jsonable(fingerprint)

