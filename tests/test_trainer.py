@@ -176,7 +176,7 @@ def test_checkpoint_reloads_as_student(tmp_path):
 def test_training_loss_is_chunked_and_equal_to_plain(tmp_path):
     from unittest import mock
 
-    from distill import trainer as trainer_module
+    from distill.trainer import distillation_trainer as trainer_module
     from distill.losses import distillation_loss
 
     student, teacher = tiny_llama(seed=0), tiny_llama(hidden=48, seed=1)
