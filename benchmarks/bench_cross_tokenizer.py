@@ -490,16 +490,22 @@ def main() -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _measure import provenance
+
     out, out_trl = RESULTS / "cross_tokenizer.json", RESULTS / "cross_tokenizer_trl.json"
     if not args.only_trl:
         res = {"config": {"steps": args.steps, "seeds": args.seeds}, "part1": part1(args, work)}
+        res["provenance"] = provenance()
         out.write_text(json.dumps(res, indent=1))
     if not args.skip_trl:
         config = {k: getattr(args, k) for k in ("trl_batch", "trl_steps", "warmup", "repeats", "max_length")}
         result = part2(args, work)
         if args.agreement_only:  # keep the speed runs already measured
             result = dict(json.loads(out_trl.read_text())["part2"], **result)
-        out_trl.write_text(json.dumps({"config": config, "part2": result}, indent=1))
+        out_trl.write_text(
+            json.dumps({"config": config, "part2": result, "provenance": provenance()}, indent=1)
+        )
     res = json.loads(out.read_text()) if out.exists() else {}
     if out_trl.exists():
         res["part2"] = json.loads(out_trl.read_text())["part2"]
