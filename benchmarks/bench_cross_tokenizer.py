@@ -202,28 +202,25 @@ def agree_trl(texts, s_tok, t_tok, student, teacher, kind, max_length) -> float:
     import torch
     from trl.experimental.gold.gold_config import GOLDConfig
     from trl.experimental.gold.gold_trainer import ULDLoss, build_teacher_inputs_from_texts
+    from trl.experimental.utils import encode_with_byte_offsets
 
     ids = [s_tok(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
-    enc = s_tok(
-        [s_tok.decode(x, clean_up_tokenization_spaces=False) for x in ids],
-        add_special_tokens=False,
-        return_offsets_mapping=True,
-    )
     texts = [s_tok.decode(x, clean_up_tokenization_spaces=False) for x in ids]
-    width = max(len(x) for x in enc["input_ids"]) + 1
+    # the student's ids and UTF-8 byte offsets as TRL's own data path makes them
+    encoded = encode_with_byte_offsets(s_tok.backend_tokenizer, texts, add_special_tokens=False)
+    width = max(len(x) for x, _ in encoded) + 1
     B = len(texts)
     s_ids = torch.full((B, width), s_tok.pad_token_id)
     s_labels = torch.full((B, width), -100)
     s_mask = torch.zeros((B, width), dtype=torch.long)
     s_offs = torch.zeros((B, width, 2), dtype=torch.long)
-    for i, (x, offs) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
+    for i, (x, offs) in enumerate(encoded):
         seq = list(x) + [s_tok.eos_token_id]  # TRL appends eos; uld_skip_*_eos leaves it out of the loss
         s_ids[i, : len(seq)] = torch.tensor(seq)
         s_labels[i, : len(seq)] = torch.tensor(seq)
         s_mask[i, : len(seq)] = 1
-        byte = [(len(texts[i][:a].encode()), len(texts[i][:b].encode())) for a, b in offs]
         end = len(texts[i].encode())
-        s_offs[i, : len(seq)] = torch.tensor(byte + [(end, end)])
+        s_offs[i, : len(seq)] = torch.tensor([tuple(o) for o in offs] + [(end, end)])
     t_ids, t_labels, t_mask, t_offs = build_teacher_inputs_from_texts(t_tok, [""] * B, texts)
     cfg = GOLDConfig(
         output_dir=tempfile.mkdtemp(),
@@ -410,6 +407,8 @@ def part2(args, work: Path) -> dict:
     result = {"venv": venv_log}
     result["agreement"] = {"ours": run_worker(sys.executable, "agree-ours", args, work)}
     result["agreement"]["trl"] = run_worker(str(py), "agree-trl", args, work)
+    if args.agreement_only:
+        return result
     speed = {"ours": [], "trl": []}
     for _ in range(args.repeats):  # interleaved
         speed["ours"].append(run_worker(sys.executable, "speed-ours", args, work))
@@ -471,6 +470,9 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--parallel", type=int, default=3, help="student runs at a time (one thread each)")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument(
+        "--agreement-only", action="store_true", help="part 2: redo the loss agreement, keep speed"
+    )
     p.add_argument("--only-trl", action="store_true", help="part 2 only (part 1's results file is kept)")
     p.add_argument("--venv", default=os.path.join(tempfile.gettempdir(), "scaledown-trl-venv"))
     p.add_argument("--trl-version", default="1.16.0")
@@ -488,13 +490,22 @@ def main() -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _measure import provenance
+
     out, out_trl = RESULTS / "cross_tokenizer.json", RESULTS / "cross_tokenizer_trl.json"
     if not args.only_trl:
         res = {"config": {"steps": args.steps, "seeds": args.seeds}, "part1": part1(args, work)}
+        res["provenance"] = provenance()
         out.write_text(json.dumps(res, indent=1))
     if not args.skip_trl:
         config = {k: getattr(args, k) for k in ("trl_batch", "trl_steps", "warmup", "repeats", "max_length")}
-        out_trl.write_text(json.dumps({"config": config, "part2": part2(args, work)}, indent=1))
+        result = part2(args, work)
+        if args.agreement_only:  # keep the speed runs already measured
+            result = dict(json.loads(out_trl.read_text())["part2"], **result)
+        out_trl.write_text(
+            json.dumps({"config": config, "part2": result, "provenance": provenance()}, indent=1)
+        )
     res = json.loads(out.read_text()) if out.exists() else {}
     if out_trl.exists():
         res["part2"] = json.loads(out_trl.read_text())["part2"]

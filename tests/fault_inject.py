@@ -81,7 +81,7 @@ def patch_argv_log() -> None:
 
 
 def patch_trainer() -> None:
-    from distill import trainer as trainer_module
+    from distill.trainer import distillation_trainer as trainer_module
 
     cls = trainer_module.DistillationTrainer
     kind, at = _fault_at()

@@ -194,8 +194,8 @@ def test_output_dir_without_fingerprint_is_refused(tmp_path, data_file, capsys):
 
 def test_teacher_content_and_data_content_count(tmp_path, monkeypatch):
     """A retrained teacher (same path, other weights) or edited data file changes the fingerprint."""
-    from distill import fingerprint as fp
     from distill.train import parse_args
+    from distill.trainer import fingerprint as fp
 
     teacher = tmp_path / "teacher"
     teacher.mkdir()
@@ -234,8 +234,8 @@ def test_teacher_content_and_data_content_count(tmp_path, monkeypatch):
 
 def test_teacher_cache_run_differs_from_the_online_run(tmp_path):
     """The issue's reproduction: the README's cached run into the online run's output_dir must not "resume" it."""
-    from distill import fingerprint as fp
     from distill.train import parse_args
+    from distill.trainer import fingerprint as fp
 
     cache = tmp_path / "cache"
     cache.mkdir()

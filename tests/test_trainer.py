@@ -176,8 +176,8 @@ def test_checkpoint_reloads_as_student(tmp_path):
 def test_training_loss_is_chunked_and_equal_to_plain(tmp_path):
     from unittest import mock
 
-    from distill import trainer as trainer_module
     from distill.losses import distillation_loss
+    from distill.trainer import distillation_trainer as trainer_module
 
     student, teacher = tiny_llama(seed=0), tiny_llama(hidden=48, seed=1)
     trainer = make_trainer(tmp_path, student, teacher, lm_dataset(8), kd_chunk_size=7)

@@ -131,7 +131,9 @@ def span_tensors(
 
     def pad(lists, value):  # one tensor from plain lists (a tensor per span costs more than the loss)
         width = max((len(x) for x in lists), default=1)
-        return torch.tensor([x + [value] * (width - len(x)) for x in lists], dtype=torch.long).reshape(-1, width)
+        return torch.tensor([x + [value] * (width - len(x)) for x in lists], dtype=torch.long).reshape(
+            -1, width
+        )
 
     return {
         "xtok_row": torch.as_tensor(row_index, dtype=torch.long),

@@ -210,8 +210,9 @@ def merged_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
 def save_merged_student(peft_model: nn.Module, output_dir: str, processing_class: Any = None) -> None:
     """Write the merged student to ``output_dir`` (safetensors) and its adapter to ``output_dir/adapter``.
 
-    Adapter files the Trainer wrote at the top of ``output_dir`` are moved into ``adapter/``: with an
-    ``adapter_config.json`` beside the merged weights, transformers would load the directory as an adapter.
+    The adapter files the Trainer wrote at the top of ``output_dir`` are removed (the adapter is saved in
+    ``adapter/`` instead): with an ``adapter_config.json`` beside the merged weights, transformers would load
+    the directory as an adapter.
     """
     adapter_dir = os.path.join(output_dir, ADAPTER_DIR)
     peft_model.save_pretrained(adapter_dir, safe_serialization=True)
