@@ -442,8 +442,11 @@ def plot(args, tasks: dict, runs: dict) -> None:
             if not points:
                 continue
             steps = [p[0] for p in points]
-            ax.plot(steps, [statistics.mean(p[1]) for p in points], marker="o", label=arm)
-            ax.fill_between(steps, [min(p[1]) for p in points], [max(p[1]) for p in points], alpha=0.2)
+            color = f"C{ARMS.index(arm)}"  # one colour per arm in every panel
+            ax.plot(steps, [statistics.mean(p[1]) for p in points], marker="o", label=arm, color=color)
+            ax.fill_between(
+                steps, [min(p[1]) for p in points], [max(p[1]) for p in points], alpha=0.2, color=color
+            )
         ax.axhline(tasks[task]["teacher"]["test_accuracy"], color="k", ls="--", lw=1, label="teacher")
         ax.set_xscale("log")
         ax.set_title(f"{task} (3 blocks copied from the teacher)")
