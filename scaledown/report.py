@@ -401,7 +401,8 @@ def next_commands(s: dict) -> list[str]:
     if ship:
         onnx = [f for f in ship.get("served_dirs", []) if f.endswith("onnx-int8")]
         served = onnx[0] if onnx else served
-    student = s["student"]
+    key = "non_embedding_params" if s["fit"].get("param_count") == "non_embedding" else "params"
+    largest = max(r[key] for r in s["ladder"])
     return [
         f"scaledown serve {served}   # the student over HTTP (POST /v1/predict, /v1/completions)",
         (
@@ -409,7 +410,8 @@ def next_commands(s: dict) -> list[str]:
             if ship
             else f"{w.get('run_command') or 'scaledown run --config CONFIG'} --ship   # ONNX, int8 and the bench table"
         ),
-        f"scaling predict --fit {w['fit']} --params {10 * student['params']:.3g}   # what a 10x larger model would reach",
+        f"scaling predict --fit {w['fit']} --params {10 * largest:.3g}   # a model 10x the largest rung"
+        + (" (non-embedding params)" if key == "non_embedding_params" else ""),
     ]
 
 
