@@ -13,6 +13,10 @@ same objective (summed Huber, delta 1e-3, on log-loss):
   predicted runs (`test_bias_pct`): the compute folds hold out the over-trained *small* models,
   and there the forms erred on the other side.
 
+A second table repeats the Gadre et al. ladders with N counted without the embeddings (derived
+from each run's width and depth; `open_lm_params` reproduces every total count in the CSVs
+exactly), the count `scaling` uses for run directories and Kaplan et al. recommend.
+
 Data (committed, with provenance, under `benchmarks/data/scaling/` and `tests/fixtures/scaling/`):
 
 - `overtraining_{c4,rpj,rw}.csv`: Gadre et al. 2024, "Language models scale reliably with
@@ -47,10 +51,34 @@ EPOCH = ROOT / "tests" / "fixtures" / "scaling" / "chinchilla_epoch_svg_extracte
 LAWS = ("chinchilla", "chinchilla_gamma", "kaplan")
 
 
-def overtraining(name):
+VOCAB = 50432  # open_lm's padded GPT-NeoX vocabulary; with ARCH it reproduces every total count exactly
+ARCH = {"open_lm_1b": (2048, 24), "open_lm_7b": (4096, 32)}  # (width, layers) of the named models
+
+
+def open_lm_params(run):
+    """`(total, non_embedding)` parameters of an open_lm run from its name: width d and layers l
+    (`d=96_l=8` in the name, or `ARCH`); SwiGLU hidden 256 * ceil(8d / 3 / 256), RMS norm weights,
+    untied input and output embeddings of `VOCAB` x d."""
+    import re
+
+    m = re.search(r"d=(\d+)_l=(\d+)", run)
+    d, layers = (int(m.group(1)), int(m.group(2))) if m else ARCH[re.search(r"open_lm_\d+b", run).group(0)]
+    hidden = 256 * ((int(8 * d / 3) + 255) // 256)
+    non_embedding = layers * (4 * d * d + 3 * d * hidden + 2 * d) + d
+    return non_embedding + 2 * VOCAB * d, non_embedding
+
+
+def overtraining(name, non_embedding=False):
     rows = list(csv.DictReader((DATA / f"overtraining_{name}.csv").open()))
     cols = {k: np.array([float(r[k]) for r in rows]) for k in ("params", "tokens", "loss")}
-    return cols["params"], cols["tokens"], cols["loss"], [r["run"] for r in rows], 1e9
+    runs = [r["run"] for r in rows]
+    if non_embedding:  # Kaplan et al.'s count; the smallest models here are 92 % embedding
+        counts = np.array([open_lm_params(r) for r in runs], dtype=float)
+        if not np.array_equal(counts[:, 0], cols["params"]):
+            raise ValueError(f"overtraining_{name}.csv: the architecture does not reproduce the total counts")
+        small = cols["params"] < 1e9  # the same split as with total counts
+        return counts[:, 1], cols["tokens"], cols["loss"], runs, counts[~small, 1].min()
+    return cols["params"], cols["tokens"], cols["loss"], runs, 1e9
 
 
 def epoch():
@@ -67,6 +95,13 @@ DATASETS = {
     "overtraining RedPajama (Gadre et al. 2024)": lambda: overtraining("rpj"),
     "overtraining RefinedWeb (Gadre et al. 2024)": lambda: overtraining("rw"),
     "Chinchilla, Epoch AI extraction": epoch,
+}
+# the Gadre ladders again, with N = non-embedding parameters (the count `scaling` uses for run
+# directories); a variant, kept out of the main table's mean
+NON_EMBEDDING = {
+    "overtraining C4, non-embedding N": lambda: overtraining("c4", non_embedding=True),
+    "overtraining RedPajama, non-embedding N": lambda: overtraining("rpj", non_embedding=True),
+    "overtraining RefinedWeb, non-embedding N": lambda: overtraining("rw", non_embedding=True),
 }
 
 
@@ -185,7 +220,12 @@ def main(argv=None):
     t0 = time.perf_counter()
     with single_thread_blas():
         results = {name: run_dataset(name, loader) for name, loader in DATASETS.items()}
-    table = markdown(results)
+        variant = {name: run_dataset(name, loader) for name, loader in NON_EMBEDDING.items()}
+    table = (
+        markdown(results)
+        + "\n\nThe Gadre et al. ladders with N = non-embedding parameters:\n\n"
+        + markdown(variant)
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -198,6 +238,7 @@ def main(argv=None):
         "machine": platform.machine(),
         "seconds": time.perf_counter() - t0,
         "results": results,
+        "results_non_embedding": variant,
         "markdown": table,
     }
     (out / "bench_scaling_extrapolation.json").write_text(json.dumps(doc, indent=1))
