@@ -63,8 +63,12 @@ def parse_args(argv=None):
     parser.add_argument("--output-root", default="runs/bench_kd_pays")
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--budgets", default="30,150,600", help="student steps of the learning curve")
     parser.add_argument(
-        "--budgets", default="20,60,150", help="student steps; the last is the recommended one"
+        "--recommended-budget",
+        type=int,
+        default=150,
+        help="the budget of the main comparison, the data-efficiency rows and the other students (one of --budgets)",
     )
     parser.add_argument("--teacher-steps", type=int, default=250)
     parser.add_argument("--max-seq-length", type=int, default=32)
@@ -90,10 +94,13 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.budgets, args.teacher_steps = "word-sense-polarity", "0", "2", 4
+        args.recommended_budget = 2
         args.max_train_samples, args.max_seq_length = 32, 32
         args.results_stem = args.results_stem if args.results_stem != "kd_pays" else "kd_pays_quick"
         if args.output_root == "runs/bench_kd_pays":
             args.output_root = "runs/bench_kd_pays_quick"
+    if args.recommended_budget not in [int(b) for b in args.budgets.split(",")]:
+        parser.error(f"--recommended-budget {args.recommended_budget} must be one of --budgets {args.budgets}")
     return args
 
 
@@ -247,28 +254,24 @@ def prepare_task(task: str, root: str, args) -> dict:
 
 def plan(args) -> list[tuple]:
     """(task, student, arm, steps, fraction) of every run, most important first: the copied student's labels-only
-    vs recommended-KD comparison at the recommended budget, then the learning curve, the other KD arms, the
-    data-efficiency rows and the pruned and random students."""
+    vs recommended-KD comparison at the recommended budget, the data-efficiency rows, the random student, the
+    other KD arms, the rest of the learning curve and the pruned student."""
     budgets = [int(b) for b in args.budgets.split(",")]
-    rec = budgets[-1]
+    rec = args.recommended_budget
     students = args.students.split(",")
     tasks = args.tasks.split(",")
     main_arms = ("labels only", "KD + transfer")
+    others = [b for b in budgets if b != rec]
     phases = [
         [(t, "copy", arm, rec, None) for t in tasks for arm in main_arms],
-        [(t, "copy", arm, b, None) for b in budgets[:-1] for t in tasks for arm in main_arms],
-        [(t, "copy", arm, rec, None) for t in tasks for arm in ("KD", "KD + hidden")],
         []
         if args.no_fractions
         else [(t, "copy", arm, rec, f) for f in FRACTIONS for t in tasks for arm in main_arms],
-        [
-            (t, s, arm, rec, None)
-            for s in ("pruned", "random")
-            if s in students
-            for t in tasks
-            for arm in main_arms
-        ],
-        [(t, "copy", arm, b, None) for b in budgets[:-1] for t in tasks for arm in ("KD", "KD + hidden")],
+        [(t, "random", arm, rec, None) for t in tasks for arm in main_arms if "random" in students],
+        [(t, "copy", arm, rec, None) for t in tasks for arm in ("KD", "KD + hidden")],
+        [(t, "copy", arm, b, None) for b in sorted(others) for t in tasks for arm in main_arms],
+        [(t, "pruned", arm, rec, None) for t in tasks for arm in main_arms if "pruned" in students],
+        [(t, "copy", arm, b, None) for b in sorted(others) for t in tasks for arm in ("KD", "KD + hidden")],
     ]
     return [run for phase in phases for run in phase]
 
@@ -328,8 +331,7 @@ def _stats(values: list[float]) -> dict:
 
 def report(args, tasks: dict, runs: dict, start: float, final: bool = False) -> str:
     """Rows, the Markdown table and the plot from the runs finished so far."""
-    budgets = [int(b) for b in args.budgets.split(",")]
-    rec = budgets[-1]
+    rec = args.recommended_budget
     rows, lines = [], []
     verdicts = []
     for task, info in tasks.items():
@@ -380,14 +382,17 @@ def report(args, tasks: dict, runs: dict, start: float, final: bool = False) -> 
                 f"| {student} | {arm} | {fraction or 100} % | {steps} | {s['mean']:.3f} ({s['min']:.3f}-{s['max']:.3f}, "
                 f"{s['seeds']}) | {gain_txt} | {s['mean'] / teacher_acc:.1%} |"
             )
-            if student == "copy" and arm == "KD + transfer" and steps == rec and fraction is None:
-                verdicts.append((task, gain, beyond, s["mean"] / teacher_acc))
+            if student == "copy" and arm == "KD + transfer" and steps == rec and gain is not None:
+                verdicts.append((task, fraction or 100, gain, beyond, s["mean"] / teacher_acc))
         lines.append("")
     summary = [
-        "| task | KD + transfer vs labels only (copied student, recommended budget) | beyond seed range | "
+        f"| task | labels kept | KD + transfer vs labels only (copied student, {rec} steps) | beyond seed range | "
         "of teacher |",
-        "|---|---:|---|---:|",
-    ] + [f"| {t} | {g:+.3f} | {'yes' if b else 'no'} | {r:.1%} |" for t, g, b, r in verdicts]
+        "|---|---:|---:|---|---:|",
+    ] + [
+        f"| {t} | {f} % | {g:+.3f} | {'yes' if b else 'no'} | {r:.1%} |"
+        for t, f, g, b, r in sorted(verdicts, key=lambda v: (v[0], -v[1]))
+    ]
     load = os.getloadavg()
     foot = (
         f"Batch 16, sequences of {args.max_seq_length} tokens, {args.threads} torch threads, recipe "
