@@ -5,8 +5,17 @@ the losses of the largest ones, which it never saw. Compared side by side, on th
 same objective (summed Huber, delta 1e-3, on log-loss):
 
 - `chinchilla`, `chinchilla_gamma`, `kaplan`: one fixed form each;
-- `auto`: `scaling.autolaw.select_law` chooses among them by leave-the-largest-out validation
-  *inside the smaller models*, and gives an extrapolation band (see `scaling/autolaw.py`).
+- `auto`: `scaling.autolaw.select_law` chooses among them by leave-the-largest-models-out
+  validation *inside the smaller models*, and gives an extrapolation band (see
+  `scaling/autolaw.py`);
+- for the record, the rule before (held out by compute, a lower mean on every fold), with each
+  form's mean signed validation error (`validation_bias_pct`) next to its signed error on the
+  predicted runs (`test_bias_pct`): the compute folds hold out the over-trained *small* models,
+  and there the forms erred on the other side.
+
+A second table repeats the Gadre et al. ladders with N counted without the embeddings (derived
+from each run's width and depth; `open_lm_params` reproduces every total count in the CSVs
+exactly), the count `scaling` uses for run directories and Kaplan et al. recommend.
 
 Data (committed, with provenance, under `benchmarks/data/scaling/` and `tests/fixtures/scaling/`):
 
@@ -42,10 +51,34 @@ EPOCH = ROOT / "tests" / "fixtures" / "scaling" / "chinchilla_epoch_svg_extracte
 LAWS = ("chinchilla", "chinchilla_gamma", "kaplan")
 
 
-def overtraining(name):
+VOCAB = 50432  # open_lm's padded GPT-NeoX vocabulary; with ARCH it reproduces every total count exactly
+ARCH = {"open_lm_1b": (2048, 24), "open_lm_7b": (4096, 32)}  # (width, layers) of the named models
+
+
+def open_lm_params(run):
+    """`(total, non_embedding)` parameters of an open_lm run from its name: width d and layers l
+    (`d=96_l=8` in the name, or `ARCH`); SwiGLU hidden 256 * ceil(8d / 3 / 256), RMS norm weights,
+    untied input and output embeddings of `VOCAB` x d."""
+    import re
+
+    m = re.search(r"d=(\d+)_l=(\d+)", run)
+    d, layers = (int(m.group(1)), int(m.group(2))) if m else ARCH[re.search(r"open_lm_\d+b", run).group(0)]
+    hidden = 256 * ((int(8 * d / 3) + 255) // 256)
+    non_embedding = layers * (4 * d * d + 3 * d * hidden + 2 * d) + d
+    return non_embedding + 2 * VOCAB * d, non_embedding
+
+
+def overtraining(name, non_embedding=False):
     rows = list(csv.DictReader((DATA / f"overtraining_{name}.csv").open()))
     cols = {k: np.array([float(r[k]) for r in rows]) for k in ("params", "tokens", "loss")}
-    return cols["params"], cols["tokens"], cols["loss"], [r["run"] for r in rows], 1e9
+    runs = [r["run"] for r in rows]
+    if non_embedding:  # Kaplan et al.'s count; the smallest models here are 92 % embedding
+        counts = np.array([open_lm_params(r) for r in runs], dtype=float)
+        if not np.array_equal(counts[:, 0], cols["params"]):
+            raise ValueError(f"overtraining_{name}.csv: the architecture does not reproduce the total counts")
+        small = cols["params"] < 1e9  # the same split as with total counts
+        return counts[:, 1], cols["tokens"], cols["loss"], runs, counts[~small, 1].min()
+    return cols["params"], cols["tokens"], cols["loss"], runs, 1e9
 
 
 def epoch():
@@ -62,6 +95,13 @@ DATASETS = {
     "overtraining RedPajama (Gadre et al. 2024)": lambda: overtraining("rpj"),
     "overtraining RefinedWeb (Gadre et al. 2024)": lambda: overtraining("rw"),
     "Chinchilla, Epoch AI extraction": epoch,
+}
+# the Gadre ladders again, with N = non-embedding parameters (the count `scaling` uses for run
+# directories); a variant, kept out of the main table's mean
+NON_EMBEDDING = {
+    "overtraining C4, non-embedding N": lambda: overtraining("c4", non_embedding=True),
+    "overtraining RedPajama, non-embedding N": lambda: overtraining("rpj", non_embedding=True),
+    "overtraining RefinedWeb, non-embedding N": lambda: overtraining("rw", non_embedding=True),
 }
 
 
@@ -89,6 +129,10 @@ def run_dataset(name, loader):
     t0 = time.perf_counter()
     sel = select_law(n[small], d[small], loss[small])
     chosen = sel["chosen"]
+    seconds = time.perf_counter() - t0
+    # the rule before (held out by compute, a lower mean on every fold), for the record
+    old = select_law(n[small], d[small], loss[small], folds="compute")
+    old_chosen = _old_rule(old["scores"])
     bands = [
         extrapolation_band(sel, {k: fits[k] for k in {chosen, *sel["close"]}}, a, b)
         for a, b in zip(n[large], d[large])
@@ -97,38 +141,72 @@ def run_dataset(name, loader):
     out["auto"] = {
         **out["laws"][chosen],
         "chosen": chosen,
+        "fold_kind": sel["fold_kind"],
+        "folds": sel["folds"],
         "validation_mape": {k: (v["mape"] if v else None) for k, v in sel["scores"].items()},
+        "validation_errors_pct": {k: (v["fold_errors_pct"] if v else None) for k, v in sel["scores"].items()},
+        "comparisons": sel["comparisons"],
         "band_pct": sel["band_pct"],
+        "band_half_width_pct": [100.0 * (b["band"][1] - b["band"][0]) / 2.0 / b["loss"] for b in bands],
         "coverage": float(np.mean(covered)),
         "points": [
             {"run": r, "loss": float(y), "predicted": b["loss"], "band": b["band"], "covered": c}
             for r, y, b, c in zip(np.asarray(runs, dtype=object)[large], loss[large], bands, covered)
         ],
-        "seconds_selection": time.perf_counter() - t0,
+        "seconds_selection": seconds,
     }
+    out["auto_compute_folds"] = {
+        "rule": "held out by compute (top 20 % and 35 %); a larger law if its mean is lower by > 0.1 "
+        "points and lower on every fold (the rule before)",
+        "chosen": old_chosen,
+        "mape": out["laws"][old_chosen]["mape"],
+        "validation_mape": {k: (v["mape"] if v else None) for k, v in old["scores"].items()},
+        "validation_bias_pct": {
+            k: (float(np.mean(v["errors_pct"])) if v else None) for k, v in old["scores"].items()
+        },
+    }
+    out["auto"]["validation_bias_pct"] = {
+        k: (float(np.mean(v["errors_pct"])) if v else None) for k, v in sel["scores"].items()
+    }
+    out["test_bias_pct"] = {k: float(np.mean(v["errors_pct"])) for k, v in out["laws"].items()}
     return out
+
+
+def _old_rule(scores):
+    """The earlier choice: the fewest parameters, unless a larger law's mean is lower by more than
+    0.1 points and lower on every fold."""
+    ok = {k: v for k, v in scores.items() if v is not None}
+    order = sorted(ok, key=lambda k: (ok[k]["n_params"], ok[k]["mape"]))
+    chosen = order[0]
+    for law in order[1:]:
+        a, b = ok[law], ok[chosen]
+        if a["mape"] < b["mape"] - 0.1 and all(x < y for x, y in zip(a["fold_mape"], b["fold_mape"])):
+            chosen = law
+    return chosen
 
 
 def markdown(results):
     lines = [
         "| data set | fitted / predicted runs | chinchilla MAPE | chinchilla_gamma | kaplan | auto (chosen) | "
-        "auto band | band covers |",
-        "|---|---|---:|---:|---:|---|---:|---:|",
+        "auto band (floor; mean at the targets) | band covers | before: compute folds (chosen) |",
+        "|---|---|---:|---:|---:|---|---:|---:|---|",
     ]
     for name, r in results.items():
         a = r["auto"]
         lines.append(
             f"| {name} | {r['n_fit']} / {r['n_predicted']} | {r['laws']['chinchilla']['mape']:.2f}% | "
             f"{r['laws']['chinchilla_gamma']['mape']:.2f}% | {r['laws']['kaplan']['mape']:.2f}% | "
-            f"{a['mape']:.2f}% ({a['chosen']}) | +-{a['band_pct']:.2f}% | "
-            f"{sum(p['covered'] for p in a['points'])}/{len(a['points'])} |"
+            f"{a['mape']:.2f}% ({a['chosen']}) | +-{a['band_pct']:.2f}%; +-{np.mean(a['band_half_width_pct']):.2f}% | "
+            f"{sum(p['covered'] for p in a['points'])}/{len(a['points'])} | "
+            f"{r['auto_compute_folds']['mape']:.2f}% ({r['auto_compute_folds']['chosen']}) |"
         )
     mean = {k: np.mean([r["laws"][k]["mape"] for r in results.values()]) for k in LAWS}
     auto = np.mean([r["auto"]["mape"] for r in results.values()])
+    before = np.mean([r["auto_compute_folds"]["mape"] for r in results.values()])
     cov = [p["covered"] for r in results.values() for p in r["auto"]["points"]]
     lines.append(
         f"| **mean** | | {mean['chinchilla']:.2f}% | {mean['chinchilla_gamma']:.2f}% | "
-        f"{mean['kaplan']:.2f}% | {auto:.2f}% | | {sum(cov)}/{len(cov)} |"
+        f"{mean['kaplan']:.2f}% | {auto:.2f}% | | {sum(cov)}/{len(cov)} | {before:.2f}% |"
     )
     return "\n".join(lines)
 
@@ -142,7 +220,12 @@ def main(argv=None):
     t0 = time.perf_counter()
     with single_thread_blas():
         results = {name: run_dataset(name, loader) for name, loader in DATASETS.items()}
-    table = markdown(results)
+        variant = {name: run_dataset(name, loader) for name, loader in NON_EMBEDDING.items()}
+    table = (
+        markdown(results)
+        + "\n\nThe Gadre et al. ladders with N = non-embedding parameters:\n\n"
+        + markdown(variant)
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -155,6 +238,7 @@ def main(argv=None):
         "machine": platform.machine(),
         "seconds": time.perf_counter() - t0,
         "results": results,
+        "results_non_embedding": variant,
         "markdown": table,
     }
     (out / "bench_scaling_extrapolation.json").write_text(json.dumps(doc, indent=1))

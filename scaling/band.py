@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-MIN_DECADES = 0.1  # extrapolation distances (decades of compute) below this count as this
+MIN_DECADES = 0.1  # extrapolation distances (decades of model size or compute) below this count as this
 
 
 def extrapolation_band(selection: dict, fits: dict, params, tokens) -> dict:
@@ -28,8 +28,10 @@ def extrapolation_band(selection: dict, fits: dict, params, tokens) -> dict:
     loss = per_law[chosen]
     pct = selection["band_pct"]
     if "band_pct_per_decade" in selection:  # the validation error rate, scaled to this distance
-        dist = max(math.log10(6.0 * params * tokens / selection["fitted_max_flops"]), MIN_DECADES)
-        pct = max(pct, selection["band_pct_per_decade"] * dist)
+        dist = math.log10(6.0 * params * tokens / selection["fitted_max_flops"])
+        if "fitted_max_params" in selection:  # beyond the largest fitted model counts as well
+            dist = max(dist, math.log10(params / selection["fitted_max_params"]))
+        pct = max(pct, selection["band_pct_per_decade"] * max(dist, MIN_DECADES))
     e = min(pct / 100.0, 0.99)
     lo, hi = loss * (1.0 - e), loss * (1.0 + e)
     lo, hi = min([lo, *per_law.values()]), max([hi, *per_law.values()])

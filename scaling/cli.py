@@ -264,7 +264,9 @@ def _summary_text(fit) -> str:
     sel = fit.get("selection")
     if sel:
         lines.append(
-            f"  --law auto chose {sel['chosen']} by {sel['method']} ("
+            f"  --law auto chose {sel['chosen']} by {sel['method']}, held out by "
+            + ("model size" if sel.get("fold_kind", "compute") == "models" else "compute")
+            + " ("
             + ", ".join(
                 f"{k}: MAPE {v['mape']:.2f}%" if v else f"{k}: failed" for k, v in sel["scores"].items()
             )

@@ -1,7 +1,10 @@
-"""`scaling fit --law auto`: leave-the-largest-out validation chooses the form that extrapolates
-inside the data, keeps Chinchilla unless another form wins every fold, and gives a band."""
+"""`scaling fit --law auto`: leave-the-largest-models-out validation chooses the form that
+extrapolates inside the data, keeps Chinchilla unless another form is significantly better, and
+gives a band that grows with the distance in model size or compute."""
 
+import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,7 +59,9 @@ def test_band_grows_with_distance_and_spans_close_candidates():
 
 
 def test_cli_auto_fit_predict_and_holdout(tmp_path, capsys):
-    n, d, loss = _ladder("chinchilla_gamma", GAMMA, noise=0.001)
+    # 0.05 % noise: at 0.1 % the two forms' one-step extrapolations differ by 0.15 points, which
+    # 12 held-out runs do not show significantly (Chinchilla is kept; see the next tests)
+    n, d, loss = _ladder("chinchilla_gamma", GAMMA, noise=0.0005)
     big_n, big_d = np.array([2e9, 2e9]), np.array([2e11, 8e11])
     big = get_law("chinchilla_gamma").predict(GAMMA, big_n, big_d)
     table = tmp_path / "runs.csv"
@@ -84,3 +89,71 @@ def test_too_few_runs_for_auto_is_a_clear_error(tmp_path, capsys):
     )
     assert main(["fit", str(table), "--law", "auto", "--quiet"]) == 2
     assert "--law auto needs more than 7 runs" in capsys.readouterr().err
+
+
+def test_folds_hold_out_the_largest_models_and_leave_three_sizes():
+    n, d, loss = _ladder("chinchilla", CHIN, noise=0.002)  # 5 sizes x 4 token budgets
+    sel = select_law(n, d, loss, candidates=("chinchilla", "chinchilla_gamma"))
+    assert sel["fold_kind"] == "models"
+    # 20 %: the largest size (4 runs); 35 %: the two largest (8 runs), leaving 3 sizes
+    assert [f["held_out"] for f in sel["folds"]] == [4, 8]
+    assert [f["fitted_sizes"] for f in sel["folds"]] == [4, 3]
+    assert sel["folds"][0]["min_held_out_params"] == pytest.approx(n.max())
+    # four sizes: only the largest can be held out (two left cannot show curvature in N)
+    keep = n > n.min()
+    sel = select_law(n[keep], d[keep], loss[keep], candidates=("chinchilla", "chinchilla_gamma"))
+    assert [f["fitted_sizes"] for f in sel["folds"]] == [3]
+    # three sizes: no size fold leaves three, so the largest-compute runs are held out instead
+    keep = n > np.unique(n)[1]
+    sel = select_law(n[keep], d[keep], loss[keep], candidates=("chinchilla", "chinchilla_gamma"))
+    assert sel["fold_kind"] == "compute" and sel["folds"][0]["min_held_out_flops"] > 0
+
+
+def test_a_lower_mean_on_a_few_held_out_runs_is_not_enough():
+    """0.1 % noise on a chinchilla_gamma ladder: gamma's mean error on the held-out models is
+    lower, but not significantly (paired t-test), so the default law is kept. The rule before
+    (held out by compute, a lower mean on every fold) chose gamma here."""
+    sel = select_law(
+        *_ladder("chinchilla_gamma", GAMMA, noise=0.001), candidates=("chinchilla", "chinchilla_gamma")
+    )
+    (cmp,) = sel["comparisons"]
+    assert cmp["law"] == "chinchilla_gamma" and cmp["against"] == "chinchilla" == sel["baseline"]
+    assert cmp["mean_diff_pct"] < 0 and all(x < 0 for x in cmp["fold_mean_diff_pct"])
+    assert -cmp["t_crit"] < cmp["t"] < 0 and not cmp["chosen_over"]
+    assert sel["chosen"] == "chinchilla"
+
+
+DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "scaling"
+
+
+def test_public_c4_ladder_keeps_chinchilla():
+    """Gadre et al.'s C4 ladder, fitted below 1B parameters as in the benchmark: chinchilla_gamma
+    scores a lower mean on the held-out 411M models (by 0.1 points, paired t = -0.3), and then errs
+    twice as much as Chinchilla on the 1.4B and 6.9B runs. The rule before chose it."""
+    rows = list(csv.DictReader((DATA / "overtraining_c4.csv").open()))
+    n, d, loss = (np.array([float(r[k]) for r in rows]) for k in ("params", "tokens", "loss"))
+    small = n < 1e9
+    sel = select_law(n[small], d[small], loss[small])
+    assert sel["fold_kind"] == "models" and sel["chosen"] == "chinchilla"
+    gamma = next(c for c in sel["comparisons"] if c["law"] == "chinchilla_gamma")
+    assert gamma["mean_diff_pct"] < 0 and not gamma["chosen_over"]
+    # the held-out 411M models are predicted too low by every form, as the 1.4B and 6.9B runs are
+    assert all(np.mean(v["errors_pct"]) < 0 for v in sel["scores"].values())
+
+
+def test_band_counts_the_distance_in_model_size():
+    """A larger model on fewer tokens can be within the fitted compute yet beyond the fitted
+    models: the band grows with the larger of the two distances."""
+    sel = {
+        "chosen": "chinchilla",
+        "band_pct": 1.0,
+        "band_pct_per_decade": 2.0,
+        "fitted_max_flops": 6e20,
+        "fitted_max_params": 1e9,
+    }
+    fits = {"chinchilla": CHIN}
+    inside = extrapolation_band(sel, fits, 1e9, 1e11)  # the largest fitted model, at the edge
+    bigger = extrapolation_band(sel, fits, 1e11, 1e9)  # 2 decades more parameters, same compute
+    assert inside["band_pct"] == pytest.approx(1.0) and bigger["band_pct"] == pytest.approx(4.0)
+    del sel["fitted_max_params"]  # fits written before the size distance: compute only
+    assert extrapolation_band(sel, fits, 1e11, 1e9)["band_pct"] == pytest.approx(1.0)
