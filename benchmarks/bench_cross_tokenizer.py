@@ -21,8 +21,18 @@ and the same texts, each side runs in its own process:
   TRL's GOLDTrainer with the hybrid ULD loss (lmbda=0: no generation), batch `--trl-batch`, texts
   truncated to `--max-length` student tokens.
 
-    .venv/bin/python benchmarks/bench_cross_tokenizer.py                 # everything (about an hour on 2 busy cores)
+Part 3 (`--step-time BASELINE_TREE`, alone): where one KD step's time goes, in fresh processes that alternate
+between a baseline checkout (e.g. `git archive <commit> distill | tar -x -C /tmp/base`) and this tree, one
+thread each, on the same real batches: the collator, the student's and the teacher's forward, the loss
+forward, the backward, and a labels-only step on the same batch. Writes `cross_tokenizer_step_time.{json,md}`.
+
+The uld weight sweep (`--uld-alphas A ...`, alone): labels only and uld at each alpha, same seeds and steps
+as part 1, with per-seed paired differences. Writes `cross_tokenizer_uld_alpha.{json,md}`.
+
+    .venv/bin/python benchmarks/bench_cross_tokenizer.py                 # parts 1 and 2 (about an hour on 2 busy cores)
     .venv/bin/python benchmarks/bench_cross_tokenizer.py --steps 20 --seeds 0 --skip-trl   # a smoke run
+    .venv/bin/python benchmarks/bench_cross_tokenizer.py --uld-alphas 0.1 0.25 0.5 --parallel 2
+    .venv/bin/python benchmarks/bench_cross_tokenizer.py --step-time /tmp/base --repeats 3 --batches 4
 
 Writes `benchmarks/results/cross_tokenizer.{json,md}` and prints the Markdown table.
 """
@@ -39,6 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -527,8 +538,9 @@ def worker_speed(args) -> dict:
     }
 
 
-def run_worker(python: str, worker: str, args, work: Path) -> dict:
+def run_worker(python: str, worker: str, args, work: Path, tree: Optional[str] = None) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", worker, "--workdir", str(work)]
+    cmd += ["--tree", tree] if tree else []
     cmd += [
         "--trl-batch",
         str(args.trl_batch),
@@ -538,7 +550,8 @@ def run_worker(python: str, worker: str, args, work: Path) -> dict:
         str(args.warmup),
     ]
     cmd += ["--max-length", str(args.max_length)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=3600)
+    env = dict(_env(), PYTHONPATH=tree) if tree else _env()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"{worker} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
@@ -588,7 +601,12 @@ def part2(args, work: Path) -> dict:
     if args.agreement_only:
         return result
     speed = {"ours": [], "trl": []}
+    if args.trl_baseline_tree:  # our trainer from an earlier checkout too, in the same rounds
+        speed["ours (before)"] = []
     for _ in range(args.repeats):  # interleaved
+        if args.trl_baseline_tree:
+            before = str(Path(args.trl_baseline_tree).resolve())
+            speed["ours (before)"].append(run_worker(sys.executable, "speed-ours", args, work, tree=before))
         speed["ours"].append(run_worker(sys.executable, "speed-ours", args, work))
         speed["trl"].append(run_worker(str(py), "speed-trl", args, work))
     result["speed"] = speed
@@ -627,15 +645,22 @@ def markdown(res: dict) -> str:
             for key in ours:
                 case, kind = key.rsplit(", ", 1)
                 md.append(f"| {case}, {names[kind]} | {ours[key]:.6f} | {trl[key]:.6f} |")
-            best = {side: max(r["steps_per_second"] for r in runs) for side, runs in p2["speed"].items()}
-            mem = {side: min(r["peak_rss_mib"] for r in runs) for side, runs in p2["speed"].items()}
+            names = {
+                "ours (before)": "scaledown DistillationTrainer, before (the earlier checkout)",
+                "ours": "scaledown DistillationTrainer",
+                "trl": "TRL GOLDTrainer",
+            }
             md += [
                 "",
-                "| trainer (gold / hybrid ULD) | steps/s (best) | peak RSS MiB (lowest) |",
-                "|---|---|---|",
-                f"| scaledown DistillationTrainer | {best['ours']:.2f} | {mem['ours']:.0f} |",
-                f"| TRL GOLDTrainer | {best['trl']:.2f} | {mem['trl']:.0f} |",
+                "| trainer (gold / hybrid ULD) | steps/s (median) | steps/s (best) | peak RSS MiB (lowest) |",
+                "|---|---|---|---|",
             ]
+            for side, runs in sorted(p2["speed"].items(), key=lambda kv: list(names).index(kv[0])):
+                sps = [r["steps_per_second"] for r in runs]
+                md.append(
+                    f"| {names[side]} | {statistics.median(sps):.2f} | {max(sps):.2f} | "
+                    f"{min(r['peak_rss_mib'] for r in runs):.0f} |"
+                )
     return "\n".join(md)
 
 
@@ -657,6 +682,11 @@ def main() -> int:
         default=None,
         metavar="BASELINE_TREE",
         help="only part 3: per-part step time of BASELINE_TREE (a checkout of an earlier commit) and this tree",
+    )
+    p.add_argument(
+        "--trl-baseline-tree",
+        default=None,
+        help="part 2: also time our trainer from this checkout of an earlier commit, in the same rounds",
     )
     p.add_argument("--step-kinds", nargs="+", default=["gold", "uld"], help="part 3: the losses timed")
     p.add_argument("--batches", type=int, default=6, help="part 3: batches timed per process")
