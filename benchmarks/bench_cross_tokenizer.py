@@ -29,6 +29,12 @@ forward, the backward, and a labels-only step on the same batch. Writes `cross_t
 The uld weight sweep (`--uld-alphas A ...`, alone): labels only and uld at each alpha, same seeds and steps
 as part 1, with per-seed paired differences. Writes `cross_tokenizer_uld_alpha.{json,md}`.
 
+A stronger teacher (`--teacher-steps 1200 --uld-alpha 0.1 --skip-trl --results-stem
+cross_tokenizer_strong_teacher`, with its own `--workdir`): part 1 against the same teacher trained 4x
+longer, uld at its recommended weight. Every part-1 result reports per-seed paired differences, whether each
+KD arm's worst seed beats the best labels-only seed, and test losses per character (teacher and student
+losses are per token of different tokenizers, so only per character do they compare).
+
     .venv/bin/python benchmarks/bench_cross_tokenizer.py                 # parts 1 and 2 (about an hour on 2 busy cores)
     .venv/bin/python benchmarks/bench_cross_tokenizer.py --steps 20 --seeds 0 --skip-trl   # a smoke run
     .venv/bin/python benchmarks/bench_cross_tokenizer.py --uld-alphas 0.1 0.25 0.5 --parallel 2
@@ -105,6 +111,12 @@ def part1(args, work: Path, arms: dict = ARMS) -> dict:
             work / "teacher.log",
         )
     teacher_results = json.loads((teacher / "all_results.json").read_text())
+    teacher_steps = json.loads((teacher / "trainer_state.json").read_text())["global_step"]
+    if args.teacher_steps and teacher_steps != args.teacher_steps:
+        raise SystemExit(
+            f"--teacher-steps {args.teacher_steps}: {teacher} holds a teacher of {teacher_steps} steps; "
+            "pass another --workdir"
+        )
     jobs = [(seed, arm) for seed in args.seeds for arm in arms]  # interleaved: seed by seed, arm by arm
     runs = []
 
@@ -150,11 +162,38 @@ def part1(args, work: Path, arms: dict = ARMS) -> dict:
         if labels_only and arm != "labels only":  # same seed: same init and data order, so pair them
             diffs = [r["test_loss"] - labels_only[r["seed"]] for r in runs if r["arm"] == arm]
             summary[arm]["paired_diff_vs_labels_only"] = {"mean": statistics.mean(diffs), "per_seed": diffs}
+    t = {k: teacher_results.get(k) for k in ("eval_loss", "test_loss", "student_params")}
+    t["steps"] = teacher_steps
     return {
-        "teacher": {k: teacher_results.get(k) for k in ("eval_loss", "test_loss", "student_params")},
+        "teacher": t,
+        "per_character": per_character(work, teacher, runs, summary),
         "runs": runs,
         "summary": summary,
     }
+
+
+def per_character(work: Path, teacher: Path, runs: list, summary: dict) -> dict:
+    """Test losses in nats per character, so the teacher (per BPE-2048 token) and the students (per BPE-1024
+    token) compare: loss per token times tokens per character, the ratio taken over the whole test split of
+    the corpus with each side's tokenizer (the runs score a subset of its blocks, so this is approximate)."""
+    from transformers import AutoTokenizer
+
+    from distill.data.corpus import python_docs_corpus
+
+    texts = list(python_docs_corpus()["test"]["text"])
+    chars = sum(len(t) for t in texts)
+
+    def tokens_per_char(path):
+        tok = AutoTokenizer.from_pretrained(path)
+        return sum(len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]) / chars
+
+    student_dir = work / f"{runs[0]['arm'].replace(' ', '_')}-seed{runs[0]['seed']}"
+    t_ratio, s_ratio = tokens_per_char(teacher), tokens_per_char(student_dir)
+    teacher_loss = json.loads((teacher / "all_results.json").read_text())["test_loss"]
+    out = {"teacher_tokens_per_char": t_ratio, "student_tokens_per_char": s_ratio}
+    out["teacher_test_loss"] = teacher_loss * t_ratio
+    out["arms_mean_test_loss"] = {arm: s["mean_test_loss"] * s_ratio for arm, s in summary.items()}
+    return out
 
 
 def uld_alpha_arms(alphas: list[float]) -> dict:
@@ -616,13 +655,42 @@ def part2(args, work: Path) -> dict:
 # ---- report ---------------------------------------------------------------------------------------
 
 
+def markdown_paired(p1: dict) -> list:
+    """Per-seed paired differences against labels only, and whether each KD arm's worst seed beats the best
+    labels-only seed; the teacher and arms per character where measured."""
+    best = p1["summary"]["labels only"]["min"]
+    md = [
+        "| arm | paired diff vs labels only (mean) | per seed | worst seed | beats every labels-only seed |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, s in p1["summary"].items():
+        d = s.get("paired_diff_vs_labels_only")
+        if d:
+            per_seed = ", ".join(f"{x:+.4f}" for x in d["per_seed"])
+            beats = "yes" if s["max"] < best else "no"
+            md.append(
+                f"| {arm} | {d['mean']:+.4f} | {per_seed} | {s['max']:.4f} | {beats} (best {best:.4f}) |"
+            )
+    pc = p1.get("per_character")
+    if pc:
+        arms = ", ".join(f"{arm} {v:.4f}" for arm, v in pc["arms_mean_test_loss"].items())
+        md += [
+            "",
+            f"Per character (approx., tokens/char over the test split: teacher {pc['teacher_tokens_per_char']:.4f}, "
+            f"student {pc['student_tokens_per_char']:.4f}): teacher {pc['teacher_test_loss']:.4f} nats/char; "
+            f"students (mean) {arms}.",
+        ]
+    return md
+
+
 def markdown(res: dict) -> str:
     md = []
     p1 = res.get("part1")
     if p1:
         t = p1["teacher"]
+        steps = f", {t['steps']} steps" if "steps" in t else ""
         md += [
-            f"Teacher (BPE-2048): test loss {t['test_loss']:.4f} per teacher token. Student: BPE-1024, "
+            f"Teacher (BPE-2048{steps}): test loss {t['test_loss']:.4f} per teacher token. Student: BPE-1024, "
             f"{res['config']['steps']} steps, seeds {res['config']['seeds']}; test loss per student token.",
             "",
             "| arm | test loss (mean) | min | max | steps/s | peak RSS MiB |",
@@ -633,6 +701,7 @@ def markdown(res: dict) -> str:
                 f"| {arm} | {s['mean_test_loss']:.4f} | {s['min']:.4f} | {s['max']:.4f} | "
                 f"{s['steps_per_second']:.2f} | {s['peak_rss_mib']:.0f} |"
             )
+        md += ["", *markdown_paired(p1)]
     p2 = res.get("part2")
     if p2:
         md.append("")
@@ -669,7 +738,21 @@ def main() -> int:
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=str(ROOT / "runs" / "bench_cross_tokenizer"))
     p.add_argument("--steps", type=int, default=150, help="student steps per arm")
-    p.add_argument("--teacher-steps", type=int, default=None, help="default: the teacher recipe's 300")
+    p.add_argument(
+        "--teacher-steps",
+        type=int,
+        default=None,
+        help="default: the teacher recipe's 300; cross_tokenizer_strong_teacher used 1200 (docs/distilling.md)",
+    )
+    p.add_argument(
+        "--uld-alpha",
+        type=float,
+        default=None,
+        help="part 1: the uld arm's alpha (default: the recipe's 0.5)",
+    )
+    p.add_argument(
+        "--results-stem", default="cross_tokenizer", help="part 1: writes benchmarks/results/STEM.{json,md}"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--parallel", type=int, default=3, help="student runs at a time (one thread each)")
     p.add_argument("--skip-trl", action="store_true")
@@ -739,9 +822,17 @@ def main() -> int:
         (RESULTS / "cross_tokenizer_uld_alpha.md").write_text(text + "\n")
         print(text)
         return 0
-    out, out_trl = RESULTS / "cross_tokenizer.json", RESULTS / "cross_tokenizer_trl.json"
+    if args.results_stem != "cross_tokenizer" and not args.skip_trl:
+        raise SystemExit("--results-stem: part 1 only; add --skip-trl (part 2 writes cross_tokenizer_trl)")
+    out, out_trl = RESULTS / f"{args.results_stem}.json", RESULTS / "cross_tokenizer_trl.json"
+    arms = dict(ARMS)
+    if args.uld_alpha is not None:
+        del arms["KD uld"]
+        arms[f"KD uld alpha={args.uld_alpha:g}"] = ARMS["KD uld"] + ["--alpha", str(args.uld_alpha)]
     if not args.only_trl:
-        res = {"config": {"steps": args.steps, "seeds": args.seeds}, "part1": part1(args, work)}
+        config = {"steps": args.steps, "seeds": args.seeds, "teacher_steps": args.teacher_steps or 300}
+        config["uld_alpha"] = 0.5 if args.uld_alpha is None else args.uld_alpha
+        res = {"config": config, "part1": part1(args, work, arms)}
         res["provenance"] = provenance()
         out.write_text(json.dumps(res, indent=1))
     if not args.skip_trl:
@@ -753,10 +844,10 @@ def main() -> int:
             json.dumps({"config": config, "part2": result, "provenance": provenance()}, indent=1)
         )
     res = json.loads(out.read_text()) if out.exists() else {}
-    if out_trl.exists():
+    if out_trl.exists() and args.results_stem == "cross_tokenizer":  # part 2 ran on the default teacher
         res["part2"] = json.loads(out_trl.read_text())["part2"]
     text = markdown(res)
-    (RESULTS / "cross_tokenizer.md").write_text(text + "\n")
+    (RESULTS / f"{args.results_stem}.md").write_text(text + "\n")
     print(text)
     return 0
 
