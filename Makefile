@@ -8,12 +8,14 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint format install clean help
+.PHONY: demo test test-slow test-all lint format install clean help
 
 help:
 	@echo "make install - create .venv when missing and install the project with its test extras"
 	@echo "make demo   - size ladder -> scaling fit -> teacher -> distilled student -> report, offline on CPU"
-	@echo "make test   - lint (ruff) and run the test suite (pytest)"
+	@echo "make test   - lint (ruff) and the fast tests, two pytest workers (under 5 minutes on 2 cores)"
+	@echo "make test-slow - the tests marked slow (multi-process, kill -9, end to end), two workers"
+	@echo "make test-all  - both: what CI runs"
 	@echo "make lint   - ruff check and ruff format --check"
 	@echo "make format - ruff format and ruff check --fix"
 	@echo "make clean  - remove runs/ and the virtual environment"
@@ -44,8 +46,17 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Two pytest workers, one torch thread each (tests/conftest.py); a test file stays on one worker, so its
+# module fixtures are built once. `pytest` with no options still runs every test in one process.
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout=900 --durations=15
+
 test: lint
-	$(BIN)/python -m pytest -q --timeout=900 --durations=25
+	$(PYTEST) -m "not slow"
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow
+
+test-all: test test-slow
 
 clean:
 	rm -rf runs $(VENV)

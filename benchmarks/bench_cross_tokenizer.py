@@ -21,8 +21,24 @@ and the same texts, each side runs in its own process:
   TRL's GOLDTrainer with the hybrid ULD loss (lmbda=0: no generation), batch `--trl-batch`, texts
   truncated to `--max-length` student tokens.
 
-    .venv/bin/python benchmarks/bench_cross_tokenizer.py                 # everything (about an hour on 2 busy cores)
+Part 3 (`--step-time BASELINE_TREE`, alone): where one KD step's time goes, in fresh processes that alternate
+between a baseline checkout (e.g. `git archive <commit> distill | tar -x -C /tmp/base`) and this tree, one
+thread each, on the same real batches: the collator, the student's and the teacher's forward, the loss
+forward, the backward, and a labels-only step on the same batch. Writes `cross_tokenizer_step_time.{json,md}`.
+
+The uld weight sweep (`--uld-alphas A ...`, alone): labels only and uld at each alpha, same seeds and steps
+as part 1, with per-seed paired differences. Writes `cross_tokenizer_uld_alpha.{json,md}`.
+
+A stronger teacher (`--teacher-steps 1200 --uld-alpha 0.1 --skip-trl --results-stem
+cross_tokenizer_strong_teacher`, with its own `--workdir`): part 1 against the same teacher trained 4x
+longer, uld at its recommended weight. Every part-1 result reports per-seed paired differences, whether each
+KD arm's worst seed beats the best labels-only seed, and test losses per character (teacher and student
+losses are per token of different tokenizers, so only per character do they compare).
+
+    .venv/bin/python benchmarks/bench_cross_tokenizer.py                 # parts 1 and 2 (about an hour on 2 busy cores)
     .venv/bin/python benchmarks/bench_cross_tokenizer.py --steps 20 --seeds 0 --skip-trl   # a smoke run
+    .venv/bin/python benchmarks/bench_cross_tokenizer.py --uld-alphas 0.1 0.25 0.5 --parallel 2
+    .venv/bin/python benchmarks/bench_cross_tokenizer.py --step-time /tmp/base --repeats 3 --batches 4
 
 Writes `benchmarks/results/cross_tokenizer.{json,md}` and prints the Markdown table.
 """
@@ -39,6 +55,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,7 +101,7 @@ def run_distill(argv: list[str], log: Path) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
-def part1(args, work: Path) -> dict:
+def part1(args, work: Path, arms: dict = ARMS) -> dict:
     teacher = work / "teacher"
     if not (teacher / "all_results.json").exists():
         print("training the teacher", flush=True)
@@ -94,14 +111,20 @@ def part1(args, work: Path) -> dict:
             work / "teacher.log",
         )
     teacher_results = json.loads((teacher / "all_results.json").read_text())
-    jobs = [(seed, arm) for seed in args.seeds for arm in ARMS]  # interleaved: seed by seed, arm by arm
+    teacher_steps = json.loads((teacher / "trainer_state.json").read_text())["global_step"]
+    if args.teacher_steps and teacher_steps != args.teacher_steps:
+        raise SystemExit(
+            f"--teacher-steps {args.teacher_steps}: {teacher} holds a teacher of {teacher_steps} steps; "
+            "pass another --workdir"
+        )
+    jobs = [(seed, arm) for seed in args.seeds for arm in arms]  # interleaved: seed by seed, arm by arm
     runs = []
 
     def launch(seed, arm):
         out = work / f"{arm.replace(' ', '_')}-seed{seed}"
         argv = ["--config", str(STUDENT_RECIPE), "--teacher_model_name_or_path", str(teacher)]
         argv += ["--output_dir", str(out), "--seed", str(seed), "--max_steps", str(args.steps)]
-        argv += ["--overwrite_output_dir", "true", *ARMS[arm]]
+        argv += ["--overwrite_output_dir", "true", *arms[arm]]
         return run_distill(argv, work / f"{out.name}.log")
 
     from concurrent.futures import ThreadPoolExecutor
@@ -125,7 +148,8 @@ def part1(args, work: Path) -> dict:
                 flush=True,
             )
     summary = {}
-    for arm in ARMS:
+    labels_only = {r["seed"]: r["test_loss"] for r in runs if r["arm"] == "labels only"}
+    for arm in arms:
         vals = [r["test_loss"] for r in runs if r["arm"] == arm]
         summary[arm] = {
             "mean_test_loss": statistics.mean(vals),
@@ -135,11 +159,215 @@ def part1(args, work: Path) -> dict:
             "steps_per_second": statistics.mean(r["train_steps_per_second"] for r in runs if r["arm"] == arm),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs if r["arm"] == arm),
         }
+        if labels_only and arm != "labels only":  # same seed: same init and data order, so pair them
+            diffs = [r["test_loss"] - labels_only[r["seed"]] for r in runs if r["arm"] == arm]
+            summary[arm]["paired_diff_vs_labels_only"] = {"mean": statistics.mean(diffs), "per_seed": diffs}
+    t = {k: teacher_results.get(k) for k in ("eval_loss", "test_loss", "student_params")}
+    t["steps"] = teacher_steps
     return {
-        "teacher": {k: teacher_results.get(k) for k in ("eval_loss", "test_loss", "student_params")},
+        "teacher": t,
+        "per_character": per_character(work, teacher, runs, summary),
         "runs": runs,
         "summary": summary,
     }
+
+
+def per_character(work: Path, teacher: Path, runs: list, summary: dict) -> dict:
+    """Test losses in nats per character, so the teacher (per BPE-2048 token) and the students (per BPE-1024
+    token) compare: loss per token times tokens per character, the ratio taken over the whole test split of
+    the corpus with each side's tokenizer (the runs score a subset of its blocks, so this is approximate)."""
+    from transformers import AutoTokenizer
+
+    from distill.data.corpus import python_docs_corpus
+
+    texts = list(python_docs_corpus()["test"]["text"])
+    chars = sum(len(t) for t in texts)
+
+    def tokens_per_char(path):
+        tok = AutoTokenizer.from_pretrained(path)
+        return sum(len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]) / chars
+
+    student_dir = work / f"{runs[0]['arm'].replace(' ', '_')}-seed{runs[0]['seed']}"
+    t_ratio, s_ratio = tokens_per_char(teacher), tokens_per_char(student_dir)
+    teacher_loss = json.loads((teacher / "all_results.json").read_text())["test_loss"]
+    out = {"teacher_tokens_per_char": t_ratio, "student_tokens_per_char": s_ratio}
+    out["teacher_test_loss"] = teacher_loss * t_ratio
+    out["arms_mean_test_loss"] = {arm: s["mean_test_loss"] * s_ratio for arm, s in summary.items()}
+    return out
+
+
+def uld_alpha_arms(alphas: list[float]) -> dict:
+    """Labels only, and uld at each alpha (the loss is ``alpha * ULD + (1 - alpha) * CE`` at T = 1, so the
+    ULD weight of Boizard et al.'s ``CE + lambda * ULD`` is ``lambda = alpha / (1 - alpha)``)."""
+    arms = {"labels only": ARMS["labels only"]}
+    for a in alphas:
+        arms[f"KD uld alpha={a:g}"] = ["--cross_tokenizer_loss", "uld", "--alpha", str(a)]
+    return arms
+
+
+def markdown_sweep(res: dict) -> str:
+    p1 = res["part1"]
+    md = [
+        f"uld weight sweep: BPE-2048 teacher (test loss {p1['teacher']['test_loss']:.4f}) -> BPE-1024 student, "
+        f"{res['config']['steps']} steps, seeds {res['config']['seeds']}; test loss per student token; "
+        "paired difference = arm minus labels only at the same seed (negative: KD helps).",
+        "",
+        "| arm | lambda = alpha/(1-alpha) | test loss (mean) | min | max | paired diff (mean) | per seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm, s in p1["summary"].items():
+        d = s.get("paired_diff_vs_labels_only")
+        a = float(arm.split("=")[1]) if "=" in arm else 0.0
+        md.append(
+            f"| {arm} | {a / (1 - a):.2f} | {s['mean_test_loss']:.4f} | {s['min']:.4f} | {s['max']:.4f} | "
+            + (f"{d['mean']:+.4f} | {', '.join(f'{x:+.4f}' for x in d['per_seed'])} |" if d else "- | - |")
+        )
+    return "\n".join(md)
+
+
+# ---- part 3: where a KD step's time goes, before/after (`--step-time BASELINE_TREE`) ----------------
+
+
+def worker_components(args) -> dict:
+    """Per-part wall time of one KD step on real batches of the benchmark's setting (the student recipe's
+    batch of 16 blocks of 128 tokens, the trained teacher, a fresh student), in whichever tree is first on
+    ``sys.path``: the cross-tokenizer collator, the student's forward, the teacher's forward, the loss forward
+    and the backward (loss and student); and a labels-only forward + backward of the same batch."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from distill.data.cross_tokenizer import CrossTokenizerCollator
+    from distill.losses.cross_tokenizer import SPAN_KEYS, build_vocab_map, cross_tokenizer_distillation_loss
+    from distill.train import parse_args, prepare_data
+    from distill.trainer.tasks import CausalLMCollator, get_task
+
+    torch.set_num_threads(1)
+    work = Path(args.workdir)
+    teacher_dir, s_tok_dir = work / "teacher", work / "labels_only-seed0"
+    argv = ["--config", str(STUDENT_RECIPE), "--teacher_model_name_or_path", str(teacher_dir)]
+    argv += ["--tokenizer_name_or_path", str(s_tok_dir), "--output_dir", str(work / "unused")]
+    model_args, data_args, train_args = parse_args(argv)
+    s_tok, bundle = prepare_data(model_args, data_args, train_args, get_task("causal-lm"))
+    t_tok = AutoTokenizer.from_pretrained(teacher_dir)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    torch.manual_seed(0)
+    student = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(s_tok),
+            hidden_size=96,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            tie_word_embeddings=True,
+            pad_token_id=s_tok.pad_token_id,
+        )
+    )
+    collator = CrossTokenizerCollator(CausalLMCollator(s_tok.pad_token_id), s_tok, t_tok)
+    vocab_map = build_vocab_map(s_tok, t_tok) if args.kind == "gold" else None
+    parts = ("collate", "student_forward", "teacher_forward", "loss_forward", "backward", "labels_only_step")
+    total = dict.fromkeys(parts, 0.0)
+    batch_size = train_args.per_device_train_batch_size
+    for i in range(args.batches + 1):  # batch 0 warms up
+        examples = [bundle.train[j] for j in range(batch_size * i, batch_size * (i + 1))]
+        t = [time.perf_counter()]
+        batch = collator(examples)
+        t.append(time.perf_counter())
+        s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t.append(time.perf_counter())
+        with torch.no_grad():
+            t_logits = teacher(
+                input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
+            ).logits
+        t.append(time.perf_counter())
+        out = cross_tokenizer_distillation_loss(
+            s_logits,
+            t_logits,
+            {k: batch[k] for k in SPAN_KEYS},
+            batch["labels"],
+            kind=args.kind,
+            alpha=0.5,
+            temperature=1.0,
+            vocab_map=vocab_map,
+            student_vocab_size=len(s_tok),
+            teacher_vocab_size=len(t_tok),
+        )
+        t.append(time.perf_counter())
+        out.loss.backward()
+        student.zero_grad()
+        t.append(time.perf_counter())
+        ce = student(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
+        ce.backward()
+        student.zero_grad()
+        t.append(time.perf_counter())
+        if i:
+            for k, a, b in zip(parts, t, t[1:]):
+                total[k] += (b - a) * 1000 / args.batches
+    total["kd_step"] = sum(total[k] for k in parts[:-1])
+    total["loss"] = float(out.loss.detach())
+    total["spans_per_batch"] = int(batch["xtok_row"].numel())
+    return total
+
+
+def step_time(args, work: Path) -> dict:
+    """Interleaved (repeat by repeat, tree by tree) fresh processes of `worker_components`, one thread each:
+    the baseline tree (``--step-time``, e.g. a `git archive` of an earlier commit) and this one."""
+    trees = {"before": Path(args.step_time).resolve(), "after": ROOT}
+    runs = {kind: {name: [] for name in trees} for kind in args.step_kinds}
+    for _ in range(args.repeats):
+        for kind in args.step_kinds:
+            for name, tree in trees.items():
+                cmd = [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "--worker",
+                    "components",
+                    "--tree",
+                    str(tree),
+                ]
+                cmd += ["--workdir", str(work), "--kind", kind, "--batches", str(args.batches)]
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, env=dict(_env(), PYTHONPATH=str(tree)), timeout=1800
+                )
+                if proc.returncode != 0:
+                    raise RuntimeError(f"components ({name}, {kind}) failed:\n{proc.stderr[-3000:]}")
+                line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+                runs[kind][name].append(json.loads(line[len("RESULT ") :]))
+                print(kind, name, runs[kind][name][-1], flush=True)
+    summary = {}
+    for kind, by_tree in runs.items():
+        summary[kind] = {
+            name: {
+                k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("loss", "spans_per_batch")
+            }
+            for name, rs in by_tree.items()
+        }
+        losses = {name: [r["loss"] for r in rs] for name, rs in by_tree.items()}
+        summary[kind]["same_loss"] = max(abs(a - b) for a, b in zip(losses["before"], losses["after"]))
+    return {"runs": runs, "summary": summary}
+
+
+def markdown_step_time(res: dict) -> str:
+    cfg = res["config"]
+    md = [
+        f"Where a KD step's time goes (ms per step, median of {cfg['repeats']} interleaved fresh processes x "
+        f"{cfg['batches']} batches, 1 thread; batch 16 x 128 student tokens; before = `{cfg['before']}`).",
+        "",
+        "| loss | tree | collate | student fwd | teacher fwd | loss fwd | backward | KD step | labels-only step "
+        "| KD / labels-only |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, by_tree in res["step_time"]["summary"].items():
+        for name in ("before", "after"):
+            s = by_tree[name]
+            md.append(
+                f"| {kind} | {name} | {s['collate']:.0f} | {s['student_forward']:.0f} | {s['teacher_forward']:.0f} | "
+                f"{s['loss_forward']:.0f} | {s['backward']:.0f} | {s['kd_step']:.0f} | {s['labels_only_step']:.0f} | "
+                f"{s['kd_step'] / s['labels_only_step']:.2f} |"
+            )
+    return "\n".join(md)
 
 
 # ---- part 2: vs TRL GOLD (worker runs in either environment) --------------------------------------
@@ -349,8 +577,9 @@ def worker_speed(args) -> dict:
     }
 
 
-def run_worker(python: str, worker: str, args, work: Path) -> dict:
+def run_worker(python: str, worker: str, args, work: Path, tree: Optional[str] = None) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", worker, "--workdir", str(work)]
+    cmd += ["--tree", tree] if tree else []
     cmd += [
         "--trl-batch",
         str(args.trl_batch),
@@ -360,7 +589,8 @@ def run_worker(python: str, worker: str, args, work: Path) -> dict:
         str(args.warmup),
     ]
     cmd += ["--max-length", str(args.max_length)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=3600)
+    env = dict(_env(), PYTHONPATH=tree) if tree else _env()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"{worker} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
@@ -410,7 +640,12 @@ def part2(args, work: Path) -> dict:
     if args.agreement_only:
         return result
     speed = {"ours": [], "trl": []}
+    if args.trl_baseline_tree:  # our trainer from an earlier checkout too, in the same rounds
+        speed["ours (before)"] = []
     for _ in range(args.repeats):  # interleaved
+        if args.trl_baseline_tree:
+            before = str(Path(args.trl_baseline_tree).resolve())
+            speed["ours (before)"].append(run_worker(sys.executable, "speed-ours", args, work, tree=before))
         speed["ours"].append(run_worker(sys.executable, "speed-ours", args, work))
         speed["trl"].append(run_worker(str(py), "speed-trl", args, work))
     result["speed"] = speed
@@ -420,13 +655,42 @@ def part2(args, work: Path) -> dict:
 # ---- report ---------------------------------------------------------------------------------------
 
 
+def markdown_paired(p1: dict) -> list:
+    """Per-seed paired differences against labels only, and whether each KD arm's worst seed beats the best
+    labels-only seed; the teacher and arms per character where measured."""
+    best = p1["summary"]["labels only"]["min"]
+    md = [
+        "| arm | paired diff vs labels only (mean) | per seed | worst seed | beats every labels-only seed |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, s in p1["summary"].items():
+        d = s.get("paired_diff_vs_labels_only")
+        if d:
+            per_seed = ", ".join(f"{x:+.4f}" for x in d["per_seed"])
+            beats = "yes" if s["max"] < best else "no"
+            md.append(
+                f"| {arm} | {d['mean']:+.4f} | {per_seed} | {s['max']:.4f} | {beats} (best {best:.4f}) |"
+            )
+    pc = p1.get("per_character")
+    if pc:
+        arms = ", ".join(f"{arm} {v:.4f}" for arm, v in pc["arms_mean_test_loss"].items())
+        md += [
+            "",
+            f"Per character (approx., tokens/char over the test split: teacher {pc['teacher_tokens_per_char']:.4f}, "
+            f"student {pc['student_tokens_per_char']:.4f}): teacher {pc['teacher_test_loss']:.4f} nats/char; "
+            f"students (mean) {arms}.",
+        ]
+    return md
+
+
 def markdown(res: dict) -> str:
     md = []
     p1 = res.get("part1")
     if p1:
         t = p1["teacher"]
+        steps = f", {t['steps']} steps" if "steps" in t else ""
         md += [
-            f"Teacher (BPE-2048): test loss {t['test_loss']:.4f} per teacher token. Student: BPE-1024, "
+            f"Teacher (BPE-2048{steps}): test loss {t['test_loss']:.4f} per teacher token. Student: BPE-1024, "
             f"{res['config']['steps']} steps, seeds {res['config']['seeds']}; test loss per student token.",
             "",
             "| arm | test loss (mean) | min | max | steps/s | peak RSS MiB |",
@@ -437,6 +701,7 @@ def markdown(res: dict) -> str:
                 f"| {arm} | {s['mean_test_loss']:.4f} | {s['min']:.4f} | {s['max']:.4f} | "
                 f"{s['steps_per_second']:.2f} | {s['peak_rss_mib']:.0f} |"
             )
+        md += ["", *markdown_paired(p1)]
     p2 = res.get("part2")
     if p2:
         md.append("")
@@ -449,15 +714,22 @@ def markdown(res: dict) -> str:
             for key in ours:
                 case, kind = key.rsplit(", ", 1)
                 md.append(f"| {case}, {names[kind]} | {ours[key]:.6f} | {trl[key]:.6f} |")
-            best = {side: max(r["steps_per_second"] for r in runs) for side, runs in p2["speed"].items()}
-            mem = {side: min(r["peak_rss_mib"] for r in runs) for side, runs in p2["speed"].items()}
+            names = {
+                "ours (before)": "scaledown DistillationTrainer, before (the earlier checkout)",
+                "ours": "scaledown DistillationTrainer",
+                "trl": "TRL GOLDTrainer",
+            }
             md += [
                 "",
-                "| trainer (gold / hybrid ULD) | steps/s (best) | peak RSS MiB (lowest) |",
-                "|---|---|---|",
-                f"| scaledown DistillationTrainer | {best['ours']:.2f} | {mem['ours']:.0f} |",
-                f"| TRL GOLDTrainer | {best['trl']:.2f} | {mem['trl']:.0f} |",
+                "| trainer (gold / hybrid ULD) | steps/s (median) | steps/s (best) | peak RSS MiB (lowest) |",
+                "|---|---|---|---|",
             ]
+            for side, runs in sorted(p2["speed"].items(), key=lambda kv: list(names).index(kv[0])):
+                sps = [r["steps_per_second"] for r in runs]
+                md.append(
+                    f"| {names[side]} | {statistics.median(sps):.2f} | {max(sps):.2f} | "
+                    f"{min(r['peak_rss_mib'] for r in runs):.0f} |"
+                )
     return "\n".join(md)
 
 
@@ -466,7 +738,21 @@ def main() -> int:
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=str(ROOT / "runs" / "bench_cross_tokenizer"))
     p.add_argument("--steps", type=int, default=150, help="student steps per arm")
-    p.add_argument("--teacher-steps", type=int, default=None, help="default: the teacher recipe's 300")
+    p.add_argument(
+        "--teacher-steps",
+        type=int,
+        default=None,
+        help="default: the teacher recipe's 300; cross_tokenizer_strong_teacher used 1200 (docs/distilling.md)",
+    )
+    p.add_argument(
+        "--uld-alpha",
+        type=float,
+        default=None,
+        help="part 1: the uld arm's alpha (default: the recipe's 0.5)",
+    )
+    p.add_argument(
+        "--results-stem", default="cross_tokenizer", help="part 1: writes benchmarks/results/STEM.{json,md}"
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--parallel", type=int, default=3, help="student runs at a time (one thread each)")
     p.add_argument("--skip-trl", action="store_true")
@@ -474,6 +760,28 @@ def main() -> int:
         "--agreement-only", action="store_true", help="part 2: redo the loss agreement, keep speed"
     )
     p.add_argument("--only-trl", action="store_true", help="part 2 only (part 1's results file is kept)")
+    p.add_argument(
+        "--step-time",
+        default=None,
+        metavar="BASELINE_TREE",
+        help="only part 3: per-part step time of BASELINE_TREE (a checkout of an earlier commit) and this tree",
+    )
+    p.add_argument(
+        "--trl-baseline-tree",
+        default=None,
+        help="part 2: also time our trainer from this checkout of an earlier commit, in the same rounds",
+    )
+    p.add_argument("--step-kinds", nargs="+", default=["gold", "uld"], help="part 3: the losses timed")
+    p.add_argument("--batches", type=int, default=6, help="part 3: batches timed per process")
+    p.add_argument("--tree", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--kind", default="gold", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--uld-alphas",
+        type=float,
+        nargs="+",
+        default=None,
+        help="only the uld weight sweep: labels only and uld at each alpha (cross_tokenizer_uld_alpha.{json,md})",
+    )
     p.add_argument("--venv", default=os.path.join(tempfile.gettempdir(), "scaledown-trl-venv"))
     p.add_argument("--trl-version", default="1.16.0")
     p.add_argument("--trl-batch", type=int, default=8)
@@ -484,7 +792,10 @@ def main() -> int:
     args = p.parse_args()
     if args.worker:
         sys.path.insert(0, str(ROOT))
-        fn = worker_agree if args.worker.startswith("agree") else worker_speed
+        if args.tree:
+            sys.path.insert(0, args.tree)
+        fn = {"components": worker_components}.get(args.worker)
+        fn = fn or (worker_agree if args.worker.startswith("agree") else worker_speed)
         print("RESULT " + json.dumps(fn(args)), flush=True)
         return 0
     work = Path(args.workdir)
@@ -493,9 +804,35 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _measure import provenance
 
-    out, out_trl = RESULTS / "cross_tokenizer.json", RESULTS / "cross_tokenizer_trl.json"
+    if args.step_time:
+        res = {"config": {"repeats": args.repeats, "batches": args.batches, "before": args.step_time}}
+        res["step_time"] = step_time(args, work)
+        res["provenance"] = provenance()
+        (RESULTS / "cross_tokenizer_step_time.json").write_text(json.dumps(res, indent=1))
+        text = markdown_step_time(res)
+        (RESULTS / "cross_tokenizer_step_time.md").write_text(text + "\n")
+        print(text)
+        return 0
+    if args.uld_alphas:
+        res = {"config": {"steps": args.steps, "seeds": args.seeds, "uld_alphas": args.uld_alphas}}
+        res["part1"] = part1(args, work, uld_alpha_arms(args.uld_alphas))
+        res["provenance"] = provenance()
+        (RESULTS / "cross_tokenizer_uld_alpha.json").write_text(json.dumps(res, indent=1))
+        text = markdown_sweep(res)
+        (RESULTS / "cross_tokenizer_uld_alpha.md").write_text(text + "\n")
+        print(text)
+        return 0
+    if args.results_stem != "cross_tokenizer" and not args.skip_trl:
+        raise SystemExit("--results-stem: part 1 only; add --skip-trl (part 2 writes cross_tokenizer_trl)")
+    out, out_trl = RESULTS / f"{args.results_stem}.json", RESULTS / "cross_tokenizer_trl.json"
+    arms = dict(ARMS)
+    if args.uld_alpha is not None:
+        del arms["KD uld"]
+        arms[f"KD uld alpha={args.uld_alpha:g}"] = ARMS["KD uld"] + ["--alpha", str(args.uld_alpha)]
     if not args.only_trl:
-        res = {"config": {"steps": args.steps, "seeds": args.seeds}, "part1": part1(args, work)}
+        config = {"steps": args.steps, "seeds": args.seeds, "teacher_steps": args.teacher_steps or 300}
+        config["uld_alpha"] = 0.5 if args.uld_alpha is None else args.uld_alpha
+        res = {"config": config, "part1": part1(args, work, arms)}
         res["provenance"] = provenance()
         out.write_text(json.dumps(res, indent=1))
     if not args.skip_trl:
@@ -507,10 +844,10 @@ def main() -> int:
             json.dumps({"config": config, "part2": result, "provenance": provenance()}, indent=1)
         )
     res = json.loads(out.read_text()) if out.exists() else {}
-    if out_trl.exists():
+    if out_trl.exists() and args.results_stem == "cross_tokenizer":  # part 2 ran on the default teacher
         res["part2"] = json.loads(out_trl.read_text())["part2"]
     text = markdown(res)
-    (RESULTS / "cross_tokenizer.md").write_text(text + "\n")
+    (RESULTS / f"{args.results_stem}.md").write_text(text + "\n")
     print(text)
     return 0
 

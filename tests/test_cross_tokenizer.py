@@ -13,10 +13,13 @@ from xtok_helpers import llama_for, student_tokenizer, teacher_tokenizer, text_d
 from distill import DistillationConfig, DistillationTrainer
 from distill.data.cross_tokenizer import CrossTokenizerCollator, student_text_and_offsets
 from distill.losses.cross_tokenizer import (
+    VocabMap,
     align_spans,
     build_vocab_map,
     cross_tokenizer_distillation_loss,
     select_rows,
+    sorted_l1,
+    span_tensors,
 )
 from distill.losses.logit import distillation_loss
 from distill.trainer.tasks import CausalLMCollator
@@ -79,6 +82,53 @@ def test_student_offsets_describe_the_given_tokens():
         text, offsets = student_text_and_offsets(tok, cut)
         assert text == tok.decode(cut, clean_up_tokenization_spaces=False)
         assert offsets[-1][1] == len(text) and all(a <= b for a, b in offsets)
+
+
+def test_span_tensors_keep_spans_with_a_prediction_and_all_targets():
+    # row 0: spans [0] [1,2] [3]; token 3's label is masked. row 1: spans [0,1] [2] against teacher [0] [1,2].
+    rows = [
+        ([(range(0, 1), range(0, 1)), (range(1, 3), range(1, 2)), (range(3, 4), range(2, 4))],
+         [10, 11, 12, 13], [10, 11, 12, -100], [20, 21, 22, 23]),
+        ([(range(0, 2), range(0, 1)), (range(2, 3), range(1, 3))], [30, 31, 32], [30, 31, 32], [40, 41, 42]),
+    ]  # fmt: skip
+    out = span_tensors(rows)
+    assert out["xtok_row"].tolist() == [0, 1]
+    assert out["xtok_student_pos"].tolist() == [[1, 2], [2, -1]]
+    assert out["xtok_student_ids"].tolist() == [[11, 12], [32, 0]]
+    assert out["xtok_teacher_pos"].tolist() == [[1, -1], [1, 2]]
+    assert out["xtok_teacher_ids"].tolist() == [[21, 0], [41, 42]]
+    empty = span_tensors([([(range(0, 2), range(0, 1))], [1, 2], [1, 2], [5])])
+    assert empty["xtok_row"].shape == (0,) and empty["xtok_student_pos"].shape == (0, 1)
+
+
+@given(st.integers(0, 7), st.integers(0, 7), st.integers(0, 10_000))
+def test_sorted_l1_matches_full_sort_with_zero_padding(width_p, width_q, seed):
+    """The partial selection (topk of the wider side) gives the value and gradient of sorting both in full."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(3, width_p, generator=g, dtype=torch.float64).requires_grad_(True)
+    q = torch.randint(0, 4, (3, width_q), generator=g).double() / 4  # with ties
+    width = max(width_p, width_q)
+    ref_p = p.detach().clone().requires_grad_(True)
+    ps = F.pad(ref_p.sort(dim=-1, descending=True).values, (0, width - width_p))
+    qs = F.pad(q.sort(dim=-1, descending=True).values, (0, width - width_q))
+    ref = (ps - qs).abs().sum(-1)
+    out = sorted_l1(p, q)
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert torch.allclose(sorted_l1(q, p.detach()), ref.detach(), atol=1e-12)  # symmetric
+    if width_p:
+        (out * torch.arange(1.0, 4.0, dtype=torch.float64)).sum().backward()
+        (ref * torch.arange(1.0, 4.0, dtype=torch.float64)).sum().backward()
+        assert torch.allclose(p.grad, ref_p.grad)
+
+
+def test_vocab_map_takes_consecutive_ids_as_a_view_and_others_by_index():
+    ids = torch.tensor([2, 3, 4])
+    m = VocabMap(ids, torch.tensor([4, 0, 2]), torch.tensor([0, 1, 5]), torch.tensor([], dtype=torch.long))
+    x = torch.arange(12.0).reshape(2, 6)
+    assert m.column_slices["matched_teacher"] == slice(2, 5) and m.column_slices["matched_student"] is None
+    for field in ("matched_teacher", "matched_student", "unmatched_teacher", "unmatched_student"):
+        assert torch.equal(m.take(x, field), x[:, getattr(m, field)])
+    assert m.take(x, "matched_teacher").data_ptr() == x[:, 2:].data_ptr()  # a view
 
 
 # ---- float64 references --------------------------------------------------------------------------

@@ -34,18 +34,35 @@ def student_text_and_offsets(tokenizer, ids: list[int]) -> tuple[str, list[tuple
     these tokens. A token that ends inside a character (a partial UTF-8 byte sequence) gets an empty
     span and joins the next one.
     """
-    text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    if list(enc["input_ids"]) == list(ids):
-        return text, [tuple(o) for o in enc["offset_mapping"]]
+    return student_texts_and_offsets(tokenizer, [ids])[0]
+
+
+def student_texts_and_offsets(tokenizer, rows: list[list[int]]) -> list[tuple[str, list[tuple[int, int]]]]:
+    """`student_text_and_offsets` of every row, decoded and re-tokenized in one batched call each."""
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    out = []
+    for ids, text, again, offsets in zip(rows, texts, enc["input_ids"], enc["offset_mapping"]):
+        if list(again) == list(ids):
+            out.append((text, [tuple(o) for o in offsets]))
+        else:
+            out.append((text, _offsets_by_prefix_decoding(tokenizer, ids, text)))
+    return out
+
+
+def _offsets_by_prefix_decoding(tokenizer, ids: list[int], text: str) -> list[tuple[int, int]]:
+    prefixes = tokenizer.batch_decode(
+        [ids[:k] for k in range(1, len(ids) + 1)],
+        skip_special_tokens=False,
+        clean_up_tokenization_spaces=False,
+    )
     offsets, prev = [], 0
-    for k in range(1, len(ids) + 1):
-        prefix = tokenizer.decode(ids[:k], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    for prefix in prefixes:
         end = len(prefix) if text.startswith(prefix) else prev
         end = max(prev, min(end, len(text)))
         offsets.append((prev, end))
         prev = end
-    return text, offsets
+    return offsets
 
 
 class CrossTokenizerCollator:
@@ -74,17 +91,18 @@ class CrossTokenizerCollator:
         mask = batch.get("attention_mask")
         if mask is None:
             mask = torch.ones_like(ids)
-        texts, student_rows = [], []
+        id_rows, label_rows = [], []
         for r in range(ids.shape[0]):
             n = int(mask[r].sum())
             if n and not bool(mask[r, :n].all()):
                 raise ValueError(
                     "cross_tokenizer_loss needs right-padded student batches (padding_side='right')."
                 )
-            row_ids = ids[r, :n].tolist()
-            text, offsets = student_text_and_offsets(self.student_tokenizer, row_ids)
-            texts.append(text)
-            student_rows.append((row_ids, labels[r, :n].tolist(), offsets))
+            id_rows.append(ids[r, :n].tolist())
+            label_rows.append(labels[r, :n].tolist())
+        decoded = student_texts_and_offsets(self.student_tokenizer, id_rows)
+        texts = [text for text, _ in decoded]
+        student_rows = [(x, y, offsets) for x, y, (_, offsets) in zip(id_rows, label_rows, decoded)]
         enc = self.teacher_tokenizer(
             texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False
         )

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -116,31 +117,38 @@ def span_tensors(
         ``xtok_row [G]``, and per side ``xtok_{side}_pos [G, M]`` (token positions of the span, -1 padded)
         and ``xtok_{side}_ids [G, M]`` (those tokens, 0 padded).
     """
-    row_index, s_pos, s_ids, t_pos, t_ids = [], [], [], [], []
+    # Vectorised over the spans of the batch (numpy): a Python loop per span and token cost more than the loss.
+    bounds, row_index, s_ids, t_ids = [], [], [], []
     for r, (spans, student_ids, labels, teacher_ids) in enumerate(rows):
-        for s_range, t_range in spans:
-            if s_range.start < 1 or t_range.start < 1:
-                continue  # no prediction of a row's first token
-            if any(labels[j] == ignore_index for j in s_range):
-                continue  # masked (prompt, padding) text carries no loss on either side
-            row_index.append(r)
-            s_pos.append(list(s_range))
-            s_ids.append([student_ids[j] for j in s_range])
-            t_pos.append(list(t_range))
-            t_ids.append([teacher_ids[j] for j in t_range])
+        b = np.array([(s.start, s.stop, t.start, t.stop) for s, t in spans], dtype=np.int64).reshape(-1, 4)
+        masked = np.concatenate(([0], np.cumsum(np.asarray(labels, dtype=np.int64) == ignore_index)))
+        keep = (b[:, 0] >= 1) & (b[:, 2] >= 1)  # no prediction of a row's first token
+        keep &= masked[b[:, 1]] == masked[b[:, 0]]  # masked (prompt, padding) text: no loss on either side
+        bounds.append(b[keep])
+        row_index.append(np.full(int(keep.sum()), r, dtype=np.int64))
+        s_ids.append(student_ids)
+        t_ids.append(teacher_ids)
+    bounds = np.concatenate(bounds) if bounds else np.zeros((0, 4), dtype=np.int64)
+    row_index = np.concatenate(row_index) if row_index else np.zeros(0, dtype=np.int64)
 
-    def pad(lists, value):  # one tensor from plain lists (a tensor per span costs more than the loss)
-        width = max((len(x) for x in lists), default=1)
-        return torch.tensor([x + [value] * (width - len(x)) for x in lists], dtype=torch.long).reshape(
-            -1, width
-        )
+    def side(starts, stops, id_rows):
+        width = int((stops - starts).max()) if len(starts) else 1
+        pos = starts[:, None] + np.arange(width)[None, :]
+        inside = pos < stops[:, None]
+        table = np.zeros((len(id_rows), max([len(x) for x in id_rows] + [1])), dtype=np.int64)
+        for r, x in enumerate(id_rows):
+            table[r, : len(x)] = x
+        ids = table[row_index[:, None], np.minimum(pos, table.shape[1] - 1)]
+        return torch.from_numpy(np.where(inside, pos, -1)), torch.from_numpy(np.where(inside, ids, 0))
 
+    s_pos, s_tok = side(bounds[:, 0], bounds[:, 1], s_ids)
+    t_pos, t_tok = side(bounds[:, 2], bounds[:, 3], t_ids)
     return {
-        "xtok_row": torch.as_tensor(row_index, dtype=torch.long),
-        "xtok_student_pos": pad(s_pos, -1),
-        "xtok_student_ids": pad(s_ids, 0),
-        "xtok_teacher_pos": pad(t_pos, -1),
-        "xtok_teacher_ids": pad(t_ids, 0),
+        "xtok_row": torch.from_numpy(row_index),
+        "xtok_student_pos": s_pos,
+        "xtok_student_ids": s_tok,
+        "xtok_teacher_pos": t_pos,
+        "xtok_teacher_ids": t_tok,
     }
 
 
@@ -167,8 +175,27 @@ class VocabMap:
     unmatched_teacher: torch.Tensor
     unmatched_student: torch.Tensor
 
+    def __post_init__(self):
+        # Computed once: an id list that is a run of consecutive ids (two BPEs trained alike share their
+        # first merges, so their shared strings often keep the same ids) is taken as a view, not a copy.
+        self.column_slices = {f: _as_slice(getattr(self, f)) for f in self.__dataclass_fields__}
+
+    def take(self, values: torch.Tensor, field: str) -> torch.Tensor:
+        """``values[..., ids]`` for the id list ``field``: a view when the ids are consecutive."""
+        cut = self.column_slices[field]
+        return values[..., cut] if cut is not None else values.index_select(-1, getattr(self, field))
+
     def to(self, device) -> "VocabMap":
         return VocabMap(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def _as_slice(ids: torch.Tensor) -> Optional[slice]:
+    if ids.numel() == 0:
+        return slice(0, 0)
+    start = int(ids[0])
+    if torch.equal(ids.cpu(), torch.arange(start, start + ids.numel())):
+        return slice(start, start + ids.numel())
+    return None
 
 
 def build_vocab_map(student_tokenizer, teacher_tokenizer) -> VocabMap:
@@ -199,29 +226,74 @@ def span_log_probs(
     """``[G, V]`` log of each span's (unnormalised) prediction: the log-distribution over its first token,
     plus the log-probabilities of its remaining tokens (each predicted by the position before it)."""
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    width = logits.shape[1]
     flat = logits.reshape(-1, logits.shape[-1])
-    predicting = rows[:, None] * width + positions - 1  # the logit row that predicts each token
-    first = F.log_softmax(flat[predicting[:, 0]].to(dtype) / temperature, dim=-1)
+    predicting = predicting_rows(positions, rows, logits.shape[1])
+    needed = torch.zeros(flat.shape[0], dtype=torch.bool, device=flat.device)
+    needed[predicting[positions >= 0]] = True
+    log_probs, compact = row_log_probs(flat, needed, temperature, dtype)
+    return gather_span_log_probs(log_probs, compact, predicting, positions, ids)
+
+
+def predicting_rows(positions: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
+    """``[G, M]`` the row of the flattened ``[B * T, V]`` logits that predicts each span token (garbage where
+    ``positions`` is -1 padding)."""
+    return rows[:, None] * width + positions - 1
+
+
+def row_log_probs(
+    flat: torch.Tensor, needed: torch.Tensor, temperature: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log_softmax(flat / T)`` of the ``needed`` rows only (``[N, V]``), and ``compact [B * T]``: the row of
+    that result holding each row of ``flat`` (-1 for rows not computed). One softmax per row, shared by every
+    span (and the cross-entropy) that reads it."""
+    index = needed.nonzero(as_tuple=True)[0]
+    compact = torch.full((flat.shape[0],), -1, dtype=torch.long, device=flat.device)
+    compact[index] = torch.arange(index.numel(), device=flat.device)
+    x = flat.index_select(0, index).to(dtype)
+    return F.log_softmax(x / temperature if temperature != 1.0 else x, dim=-1), compact
+
+
+def gather_span_log_probs(
+    log_probs: torch.Tensor,
+    compact: torch.Tensor,
+    predicting: torch.Tensor,
+    positions: torch.Tensor,
+    ids: torch.Tensor,
+) -> torch.Tensor:
+    """`span_log_probs` from the `row_log_probs` of the rows the spans read: the whole distribution of each
+    span's first token, and one entry (the token there) for each later token."""
+    first = log_probs.index_select(0, compact[predicting[:, 0]])
     if positions.shape[1] > 1:
-        valid = positions[:, 1:] >= 0
-        rest_rows = predicting[:, 1:][valid]
-        rest_lp = F.log_softmax(flat[rest_rows].to(dtype) / temperature, dim=-1)
-        rest_lp = rest_lp.gather(-1, ids[:, 1:][valid][:, None]).squeeze(-1)
-        extra = torch.zeros(valid.shape, dtype=dtype, device=logits.device).masked_scatter(valid, rest_lp)
+        later = positions[:, 1:] >= 0
+        later_lp = log_probs[compact[predicting[:, 1:][later]], ids[:, 1:][later]]
+        extra = torch.zeros(later.shape, dtype=first.dtype, device=first.device).masked_scatter(
+            later, later_lp
+        )
         first = first + extra.sum(-1, keepdim=True)
     return first
 
 
 def sorted_l1(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Per row, ``sum_i |sort(p)_i - sort(q)_i|`` with both sorted in decreasing order and the shorter row
-    padded with zeros: the Wasserstein-1 distance of ULD. Rows of width 0 count as all zeros."""
-    width = max(p.shape[-1], q.shape[-1])
-    if width == 0:
-        return p.new_zeros(p.shape[:-1])
-    ps = F.pad(p.sort(dim=-1, descending=True).values, (0, width - p.shape[-1]))
-    qs = F.pad(q.sort(dim=-1, descending=True).values, (0, width - q.shape[-1]))
-    return (ps - qs).abs().sum(-1)
+    padded with zeros: the Wasserstein-1 distance of ULD. Rows of width 0 count as all zeros.
+
+    Only the ``n = min(width)`` largest entries of the wider side meet a nonzero entry of the other; the
+    rest meet the zero padding and add their (nonnegative) sum. So the wider side is partially selected
+    (``topk``, then a sort of those ``n``) instead of sorted in full, and when one side is empty (gold when
+    one vocabulary holds every token string of the other) nothing is sorted at all.
+    """
+    if p.shape[-1] < q.shape[-1]:
+        p, q = q, p  # p is the wider side from here on (|a - b| is symmetric)
+    n = q.shape[-1]
+    if n == 0:
+        return p.sum(-1)
+    q_sorted = q.sort(dim=-1, descending=True).values
+    if n == p.shape[-1]:
+        return (p.sort(dim=-1, descending=True).values - q_sorted).abs().sum(-1)
+    top, index = p.topk(n, dim=-1, sorted=False)
+    # the entries outside the top n, summed as they are (no cancellation of sum(p) - sum(top))
+    rest = p.scatter(-1, index, 0.0).sum(-1)
+    return (top.sort(dim=-1, descending=True).values - q_sorted).abs().sum(-1) + rest
 
 
 def generalized_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -243,8 +315,8 @@ def span_divergence(
     if vocab_map is None:
         raise ValueError("cross_tokenizer_loss='gold' needs the vocabulary map (build_vocab_map).")
     m = vocab_map
-    matched = generalized_kl(log_pt[:, m.matched_teacher], log_ps[:, m.matched_student])
-    rest = sorted_l1(log_ps[:, m.unmatched_student].exp(), log_pt[:, m.unmatched_teacher].exp())
+    matched = generalized_kl(m.take(log_pt, "matched_teacher"), m.take(log_ps, "matched_student"))
+    rest = sorted_l1(m.take(log_ps, "unmatched_student").exp(), m.take(log_pt, "unmatched_teacher").exp())
     return matched + rest
 
 
@@ -291,21 +363,32 @@ def cross_tokenizer_distillation_loss(
     if teacher_vocab_size is not None:
         teacher_logits = teacher_logits[..., :teacher_vocab_size]
     dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+    batch, width, s_vocab = student_logits.shape
+    s_flat = student_logits.reshape(-1, s_vocab)
+    rows = spans["xtok_row"]
+    s_pos = spans["xtok_student_pos"]
+    s_pred = predicting_rows(s_pos, rows, width)
+    # The student rows read: the cross-entropy's (each position with a target next token) and the spans'.
+    needed = torch.zeros(s_flat.shape[0], dtype=torch.bool, device=s_flat.device)
     if labels is not None:
-        shifted = labels[:, 1:].reshape(-1)
-        valid = shifted != ignore_index
+        targets = torch.full_like(labels, ignore_index)
+        targets[:, :-1] = labels[:, 1:]  # the token each position predicts
+        targets = targets.reshape(-1)
+        valid = targets != ignore_index
         num_valid = valid.sum()
+        needed |= valid
     else:
         valid = None
-        num_valid = torch.as_tensor(spans["xtok_row"].numel(), device=student_logits.device)
+        num_valid = torch.as_tensor(rows.numel(), device=student_logits.device)
+    needed[s_pred[s_pos >= 0]] = True
     denom = loss_denominator(num_valid, num_items_in_batch)
     if isinstance(denom, torch.Tensor):
         denom = denom.to(device=student_logits.device)
-    rows = spans["xtok_row"]
+    # One log_softmax per student row: at T = 1 the cross-entropy and the spans share it.
+    s_lp_ce, compact = row_log_probs(s_flat, needed, 1.0, dtype)
+    s_lp = s_lp_ce if temperature == 1.0 else row_log_probs(s_flat, needed, temperature, dtype)[0]
     if rows.numel():
-        log_ps = span_log_probs(
-            student_logits, spans["xtok_student_pos"], spans["xtok_student_ids"], rows, temperature
-        )
+        log_ps = gather_span_log_probs(s_lp, compact, s_pred, s_pos, spans["xtok_student_ids"])
         with torch.no_grad():
             log_pt = span_log_probs(
                 teacher_logits.detach(),
@@ -319,8 +402,8 @@ def cross_tokenizer_distillation_loss(
     else:  # no span carries a loss here: 0, still attached to the graph
         kd_loss = student_logits.sum().to(dtype) * 0.0
     if valid is not None:
-        flat = student_logits[:, :-1].reshape(-1, student_logits.shape[-1])
-        ce_sum = F.cross_entropy(flat[valid].to(dtype), shifted[valid], reduction="sum")
+        at = compact[valid.nonzero(as_tuple=True)[0]]
+        ce_sum = -s_lp_ce.index_select(0, at).gather(-1, targets[valid][:, None]).sum()
         ce_loss = ce_sum / denom
     else:
         ce_loss = kd_loss.new_zeros(())
