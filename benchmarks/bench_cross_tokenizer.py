@@ -751,6 +751,13 @@ def main() -> int:
         help="part 1: the uld arm's alpha (default: the recipe's 0.5)",
     )
     p.add_argument(
+        "--arms",
+        nargs="+",
+        choices=["labels", "gold", "uld"],
+        default=["labels", "gold", "uld"],
+        help="part 1: the arms run (labels only, KD gold, KD uld)",
+    )
+    p.add_argument(
         "--results-stem", default="cross_tokenizer", help="part 1: writes benchmarks/results/STEM.{json,md}"
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -829,9 +836,15 @@ def main() -> int:
     if args.uld_alpha is not None:
         del arms["KD uld"]
         arms[f"KD uld alpha={args.uld_alpha:g}"] = ARMS["KD uld"] + ["--alpha", str(args.uld_alpha)]
+    short = {"labels only": "labels", "KD gold": "gold"}
+    arms = {k: v for k, v in arms.items() if short.get(k, "uld") in args.arms}
+    if "labels" not in args.arms:
+        raise SystemExit("--arms: include labels (the other arms are paired against it)")
     if not args.only_trl:
         config = {"steps": args.steps, "seeds": args.seeds, "teacher_steps": args.teacher_steps or 300}
-        config["uld_alpha"] = 0.5 if args.uld_alpha is None else args.uld_alpha
+        config["arms"] = list(arms)
+        if "uld" in args.arms:
+            config["uld_alpha"] = 0.5 if args.uld_alpha is None else args.uld_alpha
         res = {"config": config, "part1": part1(args, work, arms)}
         res["provenance"] = provenance()
         out.write_text(json.dumps(res, indent=1))
