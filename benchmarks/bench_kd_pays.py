@@ -100,7 +100,9 @@ def parse_args(argv=None):
         if args.output_root == "runs/bench_kd_pays":
             args.output_root = "runs/bench_kd_pays_quick"
     if args.recommended_budget not in [int(b) for b in args.budgets.split(",")]:
-        parser.error(f"--recommended-budget {args.recommended_budget} must be one of --budgets {args.budgets}")
+        parser.error(
+            f"--recommended-budget {args.recommended_budget} must be one of --budgets {args.budgets}"
+        )
     return args
 
 
@@ -254,8 +256,8 @@ def prepare_task(task: str, root: str, args) -> dict:
 
 def plan(args) -> list[tuple]:
     """(task, student, arm, steps, fraction) of every run, most important first: the copied student's labels-only
-    vs recommended-KD comparison at the recommended budget, the data-efficiency rows, the random student, the
-    other KD arms, the rest of the learning curve and the pruned student."""
+    vs recommended-KD comparison at the recommended budget, the 10 % data-efficiency rows, the random student,
+    the 30 % rows, the other KD arms, the rest of the learning curve and the pruned student."""
     budgets = [int(b) for b in args.budgets.split(",")]
     rec = args.recommended_budget
     students = args.students.split(",")
@@ -266,8 +268,11 @@ def plan(args) -> list[tuple]:
         [(t, "copy", arm, rec, None) for t in tasks for arm in main_arms],
         []
         if args.no_fractions
-        else [(t, "copy", arm, rec, f) for f in FRACTIONS for t in tasks for arm in main_arms],
+        else [(t, "copy", arm, rec, FRACTIONS[0]) for t in tasks for arm in main_arms],
         [(t, "random", arm, rec, None) for t in tasks for arm in main_arms if "random" in students],
+        []
+        if args.no_fractions
+        else [(t, "copy", arm, rec, f) for f in FRACTIONS[1:] for t in tasks for arm in main_arms],
         [(t, "copy", arm, rec, None) for t in tasks for arm in ("KD", "KD + hidden")],
         [(t, "copy", arm, b, None) for b in sorted(others) for t in tasks for arm in main_arms],
         [(t, "pruned", arm, rec, None) for t in tasks for arm in main_arms if "pruned" in students],
