@@ -399,11 +399,17 @@ def report(args, tasks: dict, runs: dict, start: float, final: bool = False) -> 
         for t, f, g, b, r in sorted(verdicts, key=lambda v: (v[0], -v[1]))
     ]
     load = os.getloadavg()
+    trained = sum(r["train_seconds"] or 0 for results in runs.values() for r in results)
+    when = (
+        "merged with --report-only from runs made by other processes"
+        if args.report_only
+        else f"{time.time() - start:.0f} s so far, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+    )
     foot = (
         f"Batch 16, sequences of {args.max_seq_length} tokens, {args.threads} torch threads, recipe "
-        f"recipes/minilm_to_3layer/student_transfer.yaml with the arm's overrides; {time.time() - start:.0f} s "
-        f"so far; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (a shared machine). 'Beyond seed "
-        "range': the worst KD seed is above the best labels-only seed."
+        f"recipes/minilm_to_3layer/student_transfer.yaml with the arm's overrides; "
+        f"{sum(len(v) for v in runs.values())} student runs, {trained / 60:.0f} min of training in all (a shared "
+        f"machine); {when}. 'Beyond seed range': the worst KD seed is above the best labels-only seed."
     )
     table = "\n".join(summary + ["", *lines, foot])
     meta = argparse.Namespace(
