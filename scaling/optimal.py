@@ -1,7 +1,8 @@
 """Compute-optimal model and data sizes.
 
 - `compute_optimal`: N*(C), D*(C), L*(C) under C = 6ND in closed form, for the Chinchilla
-  law (Hoffmann et al. 2022, eq. 4) and for Kaplan's L(N, D).
+  law (Hoffmann et al. 2022, eq. 4; also chinchilla_gamma, and gadre as Chinchilla with
+  alpha = beta) and for Kaplan's L(N, D).
 - `compute_optimal_numeric`: the same for any cost function C = cost(N, D), e.g. one that
   counts a teacher's forward passes, 6ND + 2 N_T D.
 - `isoflop_analysis`: Chinchilla's Approach 2, parabolas of loss in log N per FLOP budget.
