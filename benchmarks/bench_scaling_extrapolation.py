@@ -4,14 +4,23 @@ Each data set is split by model size: every law is fitted to the smaller models 
 the losses of the largest ones, which it never saw. Compared side by side, on the same data and the
 same objective (summed Huber, delta 1e-3, on log-loss):
 
-- `chinchilla`, `chinchilla_gamma`, `kaplan`: one fixed form each;
+- `gadre`, `chinchilla`, `chinchilla_gamma`, `kaplan`: one fixed form each (`gadre` is Gadre et
+  al.'s L(C, M) = E + (a M^eta + b M^-eta) C^-eta, i.e. Chinchilla with alpha = beta);
 - `auto`: `scaling.autolaw.select_law` chooses among them by leave-the-largest-models-out
-  validation *inside the smaller models*, and gives an extrapolation band (see
-  `scaling/autolaw.py`);
-- for the record, the rule before (held out by compute, a lower mean on every fold), with each
-  form's mean signed validation error (`validation_bias_pct`) next to its signed error on the
-  predicted runs (`test_bias_pct`): the compute folds hold out the over-trained *small* models,
-  and there the forms erred on the other side.
+  validation *inside the smaller models*, with gadre (Chinchilla restricted) as the baseline, and
+  gives an extrapolation band (see `scaling/autolaw.py`);
+- for the record, the same selection with Chinchilla as the baseline (the rule before gadre
+  existed, given gadre as a candidate), with gadre as the baseline but every law challenging it
+  and the lowest validation mean winning (`auto_not_stepwise`), and the rule before that (held out by compute, a lower mean
+  on every fold, among the three older forms), with each form's mean signed validation error
+  (`validation_bias_pct`) next to its signed error on the predicted runs (`test_bias_pct`).
+
+A diagnosis of the Gadre ladders (`diagnosis` in the JSON, the third table): each held-out run's
+error by size and token multiplier; the residuals of the fitted runs by multiplier; refits
+without the over-trained (16x) runs, without the smallest size, and on the 1x and smaller runs
+only (still scored on the held-out runs only); and, as a diagnosis of the form that *uses* the
+held-out runs and is no prediction, each form fitted to every run, with its residuals on the
+largest ones.
 
 A second table repeats the Gadre et al. ladders with N counted without the embeddings (derived
 from each run's width and depth; `open_lm_params` reproduces every total count in the CSVs
@@ -48,7 +57,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data" / "scaling"
 EPOCH = ROOT / "tests" / "fixtures" / "scaling" / "chinchilla_epoch_svg_extracted.csv"
-LAWS = ("chinchilla", "chinchilla_gamma", "kaplan")
+LAWS = ("gadre", "chinchilla", "chinchilla_gamma", "kaplan")
+OLD_LAWS = ("chinchilla", "chinchilla_gamma", "kaplan")  # the candidates of the compute-fold rule
 
 
 VOCAB = 50432  # open_lm's padded GPT-NeoX vocabulary; with ARCH it reproduces every total count exactly
@@ -103,6 +113,7 @@ NON_EMBEDDING = {
     "overtraining RedPajama, non-embedding N": lambda: overtraining("rpj", non_embedding=True),
     "overtraining RefinedWeb, non-embedding N": lambda: overtraining("rw", non_embedding=True),
 }
+DIAGNOSE = {k for k in (*DATASETS, *NON_EMBEDDING) if k.startswith("overtraining")}
 
 
 def run_dataset(name, loader):
@@ -130,8 +141,12 @@ def run_dataset(name, loader):
     sel = select_law(n[small], d[small], loss[small])
     chosen = sel["chosen"]
     seconds = time.perf_counter() - t0
-    # the rule before (held out by compute, a lower mean on every fold), for the record
-    old = select_law(n[small], d[small], loss[small], folds="compute")
+    # the rule before gadre existed: Chinchilla as the baseline (given gadre as a candidate too)
+    chin_base = select_law(n[small], d[small], loss[small], baselines=("chinchilla",))
+    # gadre as the baseline, but every law challenging the baseline (not stepwise), lowest mean wins
+    flat = select_law(n[small], d[small], loss[small], stepwise=False)
+    # the rule before that (held out by compute, a lower mean on every fold), for the record
+    old = select_law(n[small], d[small], loss[small], candidates=OLD_LAWS, folds="compute")
     old_chosen = _old_rule(old["scores"])
     bands = [
         extrapolation_band(sel, {k: fits[k] for k in {chosen, *sel["close"]}}, a, b)
@@ -155,9 +170,21 @@ def run_dataset(name, loader):
         ],
         "seconds_selection": seconds,
     }
+    out["auto_chinchilla_baseline"] = {
+        "rule": "the same folds and test, Chinchilla as the baseline (the rule before gadre was added)",
+        "chosen": chin_base["chosen"],
+        "mape": out["laws"][chin_base["chosen"]]["mape"],
+        "comparisons": chin_base["comparisons"],
+    }
+    out["auto_not_stepwise"] = {
+        "rule": "gadre as the baseline, every law against it, the lowest validation mean among the winners",
+        "chosen": flat["chosen"],
+        "mape": out["laws"][flat["chosen"]]["mape"],
+        "comparisons": flat["comparisons"],
+    }
     out["auto_compute_folds"] = {
-        "rule": "held out by compute (top 20 % and 35 %); a larger law if its mean is lower by > 0.1 "
-        "points and lower on every fold (the rule before)",
+        "rule": "held out by compute (top 20 % and 35 %) among chinchilla, chinchilla_gamma and kaplan; a "
+        "larger law if its mean is lower by > 0.1 points and lower on every fold (the rule before those)",
         "chosen": old_chosen,
         "mape": out["laws"][old_chosen]["mape"],
         "validation_mape": {k: (v["mape"] if v else None) for k, v in old["scores"].items()},
@@ -169,6 +196,64 @@ def run_dataset(name, loader):
         k: (float(np.mean(v["errors_pct"])) if v else None) for k, v in sel["scores"].items()
     }
     out["test_bias_pct"] = {k: float(np.mean(v["errors_pct"])) for k, v in out["laws"].items()}
+    if name in DIAGNOSE:
+        out["diagnosis"] = diagnose(n, d, loss, runs, small, large)
+    return out
+
+
+def multiplier(run):
+    """Gadre et al.'s token multiplier of a run (its name ends in it): 1 is 20 tokens per parameter."""
+    return float(run.rsplit("-", 1)[1])
+
+
+def diagnose(n, d, loss, runs, small, large, laws=("gadre", "chinchilla")):
+    """Why the largest runs are missed: errors by size and multiplier, residuals of the fitted runs by
+    multiplier, refits on subsets of the fitted runs (scored on the held-out runs), and an in-sample
+    fit of every run (uses the held-out runs: a diagnosis of the form, not a prediction)."""
+    from scaling.fit import fit_arrays
+    from scaling.laws import get_law
+
+    mult = np.array([multiplier(r) for r in runs])
+    subsets = {
+        "fitted runs (as above)": small,
+        "without the 16x over-trained runs": small & (mult < 16),
+        "without the smallest size": small & (n > n.min()),
+        "1x and 0.5x runs only": small & (mult <= 1),
+    }
+    out = {"held_out": [], "fitted_residuals_by_multiplier_pct": {}, "refits": {}, "in_sample_all_runs": {}}
+    errors = {}
+    for law in laws:
+        lw = get_law(law)
+        for label, mask in subsets.items():
+            res = fit_arrays(n[mask], d[mask], loss[mask], law)
+            err = 100.0 * (lw.predict(res["params"], n, d) / loss - 1.0)
+            if label == "fitted runs (as above)":
+                errors[law] = err
+                out["fitted_residuals_by_multiplier_pct"][law] = {
+                    f"{m:g}x": float(np.mean(err[small & (mult == m)])) for m in np.unique(mult[small])
+                }
+            out["refits"].setdefault(label, {})[law] = {
+                "n_fit": int(mask.sum()),
+                "E": res["params"]["E"],
+                "mape": float(np.mean(np.abs(err[large]))),
+                "errors_pct": [float(e) for e in err[large]],
+            }
+        res = fit_arrays(n, d, loss, law)
+        err = 100.0 * (lw.predict(res["params"], n, d) / loss - 1.0)
+        out["in_sample_all_runs"][law] = {
+            "residuals_pct": [float(e) for e in err[large]],
+            "fitted_rms_pct": float(np.sqrt(np.mean(err[small] ** 2))),
+        }
+    for i in np.flatnonzero(large):
+        out["held_out"].append(
+            {
+                "run": runs[i],
+                "params": float(n[i]),
+                "multiplier": float(mult[i]),
+                "tokens_per_param": float(d[i] / n[i]),
+                "errors_pct": {law: float(errors[law][i]) for law in laws},
+            }
+        )
     return out
 
 
@@ -187,27 +272,70 @@ def _old_rule(scores):
 
 def markdown(results):
     lines = [
-        "| data set | fitted / predicted runs | chinchilla MAPE | chinchilla_gamma | kaplan | auto (chosen) | "
-        "auto band (floor; mean at the targets) | band covers | before: compute folds (chosen) |",
-        "|---|---|---:|---:|---:|---|---:|---:|---|",
+        "| data set | fitted / predicted runs | gadre MAPE | chinchilla | chinchilla_gamma | kaplan | auto (chosen) | "
+        "auto band (floor; mean at the targets) | band covers | Chinchilla baseline (chosen) | "
+        "not stepwise (chosen) | before: compute folds (chosen) |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---|---|---|",
     ]
     for name, r in results.items():
-        a = r["auto"]
+        a, cb, flat = r["auto"], r["auto_chinchilla_baseline"], r["auto_not_stepwise"]
         lines.append(
-            f"| {name} | {r['n_fit']} / {r['n_predicted']} | {r['laws']['chinchilla']['mape']:.2f}% | "
-            f"{r['laws']['chinchilla_gamma']['mape']:.2f}% | {r['laws']['kaplan']['mape']:.2f}% | "
-            f"{a['mape']:.2f}% ({a['chosen']}) | +-{a['band_pct']:.2f}%; +-{np.mean(a['band_half_width_pct']):.2f}% | "
-            f"{sum(p['covered'] for p in a['points'])}/{len(a['points'])} | "
+            f"| {name} | {r['n_fit']} / {r['n_predicted']} | "
+            + " | ".join(f"{r['laws'][k]['mape']:.2f}%" for k in LAWS)
+            + f" | {a['mape']:.2f}% ({a['chosen']}) | +-{a['band_pct']:.2f}%; +-{np.mean(a['band_half_width_pct']):.2f}% | "
+            f"{sum(p['covered'] for p in a['points'])}/{len(a['points'])} | {cb['mape']:.2f}% ({cb['chosen']}) | "
+            f"{flat['mape']:.2f}% ({flat['chosen']}) | "
             f"{r['auto_compute_folds']['mape']:.2f}% ({r['auto_compute_folds']['chosen']}) |"
         )
     mean = {k: np.mean([r["laws"][k]["mape"] for r in results.values()]) for k in LAWS}
     auto = np.mean([r["auto"]["mape"] for r in results.values()])
+    chin_base = np.mean([r["auto_chinchilla_baseline"]["mape"] for r in results.values()])
+    flat = np.mean([r["auto_not_stepwise"]["mape"] for r in results.values()])
     before = np.mean([r["auto_compute_folds"]["mape"] for r in results.values()])
     cov = [p["covered"] for r in results.values() for p in r["auto"]["points"]]
     lines.append(
-        f"| **mean** | | {mean['chinchilla']:.2f}% | {mean['chinchilla_gamma']:.2f}% | "
-        f"{mean['kaplan']:.2f}% | {auto:.2f}% | | {sum(cov)}/{len(cov)} | {before:.2f}% |"
+        "| **mean** | | "
+        + " | ".join(f"{mean[k]:.2f}%" for k in LAWS)
+        + f" | {auto:.2f}% | | {sum(cov)}/{len(cov)} | {chin_base:.2f}% | {flat:.2f}% | {before:.2f}% |"
     )
+    return "\n".join(lines)
+
+
+def diagnosis_markdown(results):
+    """Held-out errors by run, and the refits, of the Gadre ladders (gadre / chinchilla)."""
+    lines = [
+        "| data set | held-out run | tokens / param | gadre error | chinchilla error | "
+        "in-sample fit of all runs: gadre / chinchilla residual |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        dg = r.get("diagnosis")
+        if not dg:
+            continue
+        ins = dg["in_sample_all_runs"]
+        for j, h in enumerate(dg["held_out"]):
+            lines.append(
+                f"| {name} | {h['params'] / 1e9:.2f}B, {h['multiplier']:g}x | {h['tokens_per_param']:.0f} | "
+                f"{h['errors_pct']['gadre']:+.2f}% | {h['errors_pct']['chinchilla']:+.2f}% | "
+                f"{ins['gadre']['residuals_pct'][j]:+.2f}% / {ins['chinchilla']['residuals_pct'][j]:+.2f}% |"
+            )
+    labels = list(next(r["diagnosis"] for r in results.values() if r.get("diagnosis"))["refits"])
+    lines += [
+        "",
+        "Refits on subsets of the fitted runs, held-out MAPE (fitted E), gadre / chinchilla:",
+        "",
+        "| data set | " + " | ".join(labels) + " |",
+        "|---|" + "---:|" * len(labels),
+    ]
+    for name, r in results.items():
+        dg = r.get("diagnosis")
+        if not dg:
+            continue
+        cells = []
+        for label in labels:
+            g, c = dg["refits"][label]["gadre"], dg["refits"][label]["chinchilla"]
+            cells.append(f"{g['mape']:.2f}% ({g['E']:.2f}) / {c['mape']:.2f}% ({c['E']:.2f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -225,6 +353,8 @@ def main(argv=None):
         markdown(results)
         + "\n\nThe Gadre et al. ladders with N = non-embedding parameters:\n\n"
         + markdown(variant)
+        + "\n\nDiagnosis of the Gadre et al. ladders (fitted below 1B parameters):\n\n"
+        + diagnosis_markdown({**results, **variant})
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

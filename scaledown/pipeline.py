@@ -68,8 +68,10 @@ class Pipeline:
             batch_size=self.batch_size,
             **budget,
         )
-        if c.fit.law not in ("power", "chinchilla", "kaplan", "chinchilla_gamma"):
-            raise ValueError(f"fit.law={c.fit.law!r}: use power, chinchilla, chinchilla_gamma or kaplan.")
+        if c.fit.law not in ("power", "chinchilla", "kaplan", "chinchilla_gamma", "gadre"):
+            raise ValueError(
+                f"fit.law={c.fit.law!r}: use power, chinchilla, chinchilla_gamma, gadre or kaplan."
+            )
         if c.distill_ladder is not None and c.distill_ladder.enabled:
             from .distill_ladder import plan_grid
 

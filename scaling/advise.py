@@ -183,7 +183,7 @@ def _check_fits(sup, dfit):
     if not get_law(sup["law"]).uses_tokens:
         raise ValueError(
             f"--fit is a {sup['law']!r} fit, without a token term: advice on tokens "
-            "needs an L(N, D) law (chinchilla_gamma, chinchilla or kaplan)"
+            "needs an L(N, D) law (chinchilla_gamma, chinchilla, gadre or kaplan)"
         )
 
 

@@ -20,7 +20,15 @@ import json
 import sys
 from pathlib import Path
 
-LAW_CHOICES = ("chinchilla", "power", "kaplan", "chinchilla_gamma", "auto", "distillation")
+LAW_CHOICES = ("chinchilla", "power", "kaplan", "chinchilla_gamma", "gadre", "auto", "distillation")
+LAW_HELP = (
+    "chinchilla: E + A/N^alpha + B/D^beta (default); power: E + A N^-alpha (N only); kaplan: "
+    "[(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D; chinchilla_gamma: E + (A/N^alpha + B/D^beta)^gamma; "
+    "gadre: E + (a M^eta + b M^-eta) C^-eta with C = 6ND, M = D/N (Gadre et al. 2024, for over-trained "
+    "ladders: Chinchilla with alpha = beta, 4 parameters); auto: choose among gadre, chinchilla, "
+    "chinchilla_gamma and kaplan by holding out the largest models; distillation: Busbridge et al. 2025 "
+    "(needs --supervised-fit)"
+)
 
 
 def _add_inputs(p):
@@ -57,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit a law to runs (writes fit.json)")
     _add_inputs(p)
-    p.add_argument("--law", choices=LAW_CHOICES, default="chinchilla")
+    p.add_argument("--law", choices=LAW_CHOICES, default="chinchilla", help=LAW_HELP)
     p.add_argument(
         "--method",
         choices=("vp", "grid"),

@@ -343,6 +343,10 @@ def _full_from_grid(row, sup_fit):
     chinchilla-type supervised laws)."""
     c0, log_c1, log_d1, f1, log_k = (float(v) for v in row)
     p, law = sup_fit["params"], sup_fit["law"]
+    if law == "gadre":  # Chinchilla with alpha = beta
+        from .laws import GadreLaw
+
+        p, law = GadreLaw.as_chinchilla(p), "chinchilla"
     if law in ("chinchilla", "chinchilla_gamma"):
         g = p.get("gamma", 1.0)
         a, b, al, be = math.log(p["A"]) + log_k / g, math.log(p["B"]) + log_k / g, p["alpha"], p["beta"]

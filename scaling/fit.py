@@ -77,7 +77,8 @@ def fit_arrays(
     Args:
         n, d, loss (`array-like`): parameter counts, token counts (ignored by `power`) and
             losses. Must be finite and positive (see `check_fit_data`).
-        law (`str`): `"chinchilla"`, `"power"` or `"kaplan"`.
+        law (`str`): a name of `scaling.laws.LAWS` (`"chinchilla"`, `"power"`, `"kaplan"`,
+            `"chinchilla_gamma"`, `"gadre"`).
         method (`str`): `"vp"` (variable projection, default) or `"grid"` (Chinchilla grid).
         kind (`str`): robust loss (`"huber"`, `"squared"`, `"cauchy"`).
         delta (`float`): its scale.

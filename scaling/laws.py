@@ -17,6 +17,8 @@ The laws:
 - `kaplan`:     L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D
 - `chinchilla_gamma`: L(N, D) = E + (A / N^alpha + B / D^beta)^gamma (Busbridge et al. 2025,
   Eq. 1; `ChinchillaGammaLaw`)
+- `gadre`: L(C, M) = E + (a M^eta + b M^-eta) C^-eta with C = 6ND and M = D / N (Gadre et al.
+  2024, over-trained ladders; `GadreLaw`): Chinchilla with alpha = beta = 2 eta, 4 parameters
 
 N is a parameter count, D a number of training tokens, losses are in nats.
 """
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Law", "ChinchillaGammaLaw", "LAWS", "get_law", "predict"]
+__all__ = ["Law", "ChinchillaGammaLaw", "GadreLaw", "LAWS", "get_law", "predict"]
 
 
 def _softmax_rows(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +46,7 @@ class Law:
     """A scaling-law family.
 
     Args:
-        name (`str`): registry name (`"power"`, `"chinchilla"`, `"kaplan"`).
+        name (`str`): registry name (`"power"`, `"chinchilla"`, `"kaplan"`, ...).
         param_names (`tuple[str, ...]`): public parameter names, in storage order.
         internal_names (`tuple[str, ...]`): names of the unconstrained internal parameters.
         exponent_names (`tuple[str, ...]`): internal parameters searched on a grid during
@@ -249,6 +251,72 @@ class ChinchillaGammaLaw(Law):
         return np.array([a, a + rho, e, alpha, beta, gamma])
 
 
+LOG6 = math.log(6.0)
+
+
+class GadreLaw(Law):
+    """`L(C, M) = E + (a M^eta + b M^-eta) C^-eta`, Gadre et al. (2024), "Language models scale
+    reliably with over-training and on downstream tasks" (arXiv 2403.08540), with compute
+    `C = 6ND` and token multiplier `M = D / N` (tokens per parameter; 20 is Chinchilla's ratio).
+
+    Since `M^eta C^-eta = 6^-eta N^-2eta` and `M^-eta C^-eta = 6^-eta D^-2eta`, it is the Chinchilla
+    law with tied exponents, `alpha = beta = 2 eta`, `A = a 6^-eta`, `B = b 6^-eta` (`as_chinchilla`):
+    4 parameters instead of 5. It is fitted in exactly that form: internal parameters
+    `(log A, log B, log E, alpha)`, `log L = LSE(log A - alpha log N, log B - alpha log D, log E)`,
+    linear in `(E, A, B)` for fixed `alpha` (variable projection over one exponent), so the
+    optimiser sees Chinchilla's conditioning. (Internal `(log a, log b, eta)` couple the exponent
+    with the coefficients through `6^eta`, and L-BFGS-B's first line search failed on one ladder.)
+    Its compute-optimal allocation is Chinchilla's with equal exponents: `N*, D* ∝ C^(1/2)`, and the
+    optimal multiplier `M* = (b / a)^(1 / (2 eta))` is the same at every budget.
+    """
+
+    def to_internal(self, params: dict) -> np.ndarray:
+        c = self.as_chinchilla(params)
+        return np.array([math.log(c["A"]), math.log(c["B"]), math.log(max(c["E"], 1e-300)), c["alpha"]])
+
+    def from_internal(self, theta) -> dict:
+        la, lb, e, alpha = (float(x) for x in theta)
+        eta = alpha / 2.0
+        return {"E": math.exp(e), "a": math.exp(la + eta * LOG6), "b": math.exp(lb + eta * LOG6), "eta": eta}
+
+    def log_loss_and_jac(self, theta, log_n, log_d, jac: bool = True):
+        la, lb, e, alpha = np.asarray(theta, dtype=float)
+        f, w = _softmax_rows(
+            np.stack([la - alpha * log_n, lb - alpha * log_d, np.full_like(log_n, e)], axis=-1)
+        )
+        if not jac:
+            return f, None
+        return f, np.stack([w[:, 0], w[:, 1], w[:, 2], -w[:, 0] * log_n - w[:, 1] * log_d], axis=-1)
+
+    def linear_system(self, exps: np.ndarray, n, d, loss):
+        alpha = exps[:, :1]
+        ones = np.ones((exps.shape[0], n.size))
+        x = np.stack([ones, n[None, :] ** -alpha, d[None, :] ** -alpha], axis=-1)
+        return x, np.broadcast_to(loss, (exps.shape[0], n.size))
+
+    def internal_from_linear(self, exps, coef) -> np.ndarray:
+        e, a, b = np.log(np.maximum(np.asarray(coef, dtype=float), 1e-12))  # coef = (E, A, B)
+        return np.array([a, b, e, float(exps[0])])
+
+    @staticmethod
+    def as_chinchilla(params: dict) -> dict:
+        """The same law as Chinchilla parameters: `alpha = beta = 2 eta`, `A = a 6^-eta`, `B = b 6^-eta`."""
+        eta = float(params["eta"])
+        scale = 6.0**-eta
+        return {
+            "E": float(params["E"]),
+            "A": float(params["a"]) * scale,
+            "B": float(params["b"]) * scale,
+            "alpha": 2.0 * eta,
+            "beta": 2.0 * eta,
+        }
+
+    @staticmethod
+    def optimal_multiplier(params: dict) -> float:
+        """The compute-optimal tokens per parameter `M* = (b / a)^(1 / (2 eta))`, the same at every budget."""
+        return float((float(params["b"]) / float(params["a"])) ** (1.0 / (2.0 * float(params["eta"]))))
+
+
 LAWS = {
     "power": Law(
         "power",
@@ -286,6 +354,15 @@ LAWS = {
         True,
         "L(N, D) = E + (A / N^alpha + B / D^beta)^gamma",
         grid_points=13,
+    ),
+    "gadre": GadreLaw(
+        "gadre",
+        ("E", "a", "b", "eta"),
+        ("a", "b", "e", "alpha"),  # Chinchilla's internal form with beta = alpha (= 2 eta)
+        ("alpha",),
+        ((0.01, 2.5),),
+        True,
+        "L(C, M) = E + (a M^eta + b M^-eta) C^-eta, C = 6ND, M = D / N",
     ),
 }
 

@@ -1,7 +1,8 @@
 """Compute-optimal model and data sizes.
 
 - `compute_optimal`: N*(C), D*(C), L*(C) under C = 6ND in closed form, for the Chinchilla
-  law (Hoffmann et al. 2022, eq. 4) and for Kaplan's L(N, D).
+  law (Hoffmann et al. 2022, eq. 4; also chinchilla_gamma, and gadre as Chinchilla with
+  alpha = beta) and for Kaplan's L(N, D).
 - `compute_optimal_numeric`: the same for any cost function C = cost(N, D), e.g. one that
   counts a teacher's forward passes, 6ND + 2 N_T D.
 - `isoflop_analysis`: Chinchilla's Approach 2, parabolas of loss in log N per FLOP budget.
@@ -41,8 +42,9 @@ class IsoFLOPWarning(UserWarning):
 def allocation(params: dict) -> dict:
     """Allocation exponents N* ∝ C^a, D* ∝ C^b (Chinchilla: N* = G (C/6)^a, D* = (C/6)^b / G).
 
-    Accepts Chinchilla parameters (`alpha`, `beta`, `A`, `B`) or Kaplan's (`alpha_N`,
-    `alpha_D`: a = alpha_D / (alpha_N + alpha_D)).
+    Accepts Chinchilla parameters (`alpha`, `beta`, `A`, `B`), Kaplan's (`alpha_N`,
+    `alpha_D`: a = alpha_D / (alpha_N + alpha_D)) or Gadre et al.'s (`a`, `b`, `eta`: Chinchilla
+    with alpha = beta = 2 eta, so a = b = 1/2).
 
     Returns:
         `dict` with `a = beta / (alpha + beta)`, `b = alpha / (alpha + beta)` and
@@ -51,6 +53,10 @@ def allocation(params: dict) -> dict:
     if "alpha_N" in params:
         s = params["alpha_N"] + params["alpha_D"]
         return {"a": params["alpha_D"] / s, "b": params["alpha_N"] / s}
+    if "eta" in params:
+        from .laws import GadreLaw
+
+        params = GadreLaw.as_chinchilla(params)
     al, be = params["alpha"], params["beta"]
     g = (al * params["A"] / (be * params["B"])) ** (1.0 / (al + be))
     return {"a": be / (al + be), "b": al / (al + be), "G": g}
@@ -60,7 +66,7 @@ def compute_optimal(law: str, params: dict, flops) -> dict:
     """Compute-optimal allocation under C = 6ND.
 
     Args:
-        law (`str`): `"chinchilla"` or `"kaplan"`.
+        law (`str`): an L(N, D) law (`"chinchilla"`, `"chinchilla_gamma"`, `"gadre"`, `"kaplan"`).
         params (`dict`): fitted parameters.
         flops (`float` or array): compute budgets C.
 
@@ -71,7 +77,7 @@ def compute_optimal(law: str, params: dict, flops) -> dict:
     if not lw.uses_tokens:
         raise ValueError(
             f"law {law!r} has no token term: a compute-optimal allocation needs "
-            "an L(N, D) law (chinchilla or kaplan)"
+            "an L(N, D) law (chinchilla, chinchilla_gamma, gadre or kaplan)"
         )
     c = np.asarray(flops, float)
     if lw.name == "kaplan":  # d/dN [(N_c/N)^p + 6 D_c N / C] = 0, p = alpha_N / alpha_D
@@ -388,11 +394,18 @@ def derived_quantities(law: str, params: dict, budgets=()) -> dict:
 
     For L(N, D) laws: allocation exponents `a`, `b` and, per budget C,
     `params_opt@C`, `tokens_opt@C`, `tokens_per_param@C`, `loss_opt@C`. The power law has none.
+    The `gadre` law's exponents are 1/2 by its form (and `a`, `b` name its coefficients), so it
+    gives `tokens_per_param_opt`, its optimal multiplier M* (the same at every budget), instead.
     """
     if not get_law(law).uses_tokens:
         return {}
-    al = allocation(params)
-    out = {"a": al["a"], "b": al["b"]}
+    if law == "gadre":
+        from .laws import GadreLaw
+
+        out = {"tokens_per_param_opt": GadreLaw.optimal_multiplier(params)}
+    else:
+        al = allocation(params)
+        out = {"a": al["a"], "b": al["b"]}
     if len(budgets):
         opt = compute_optimal(law, params, np.asarray(budgets, float))
         for i, c in enumerate(budgets):

@@ -197,6 +197,8 @@ def grid_starts(law: Law) -> list:
         ]
     if law.name == "power":
         return [np.array([a, e, al]) for al, e, a in itertools.product(exps, es, coefs)]
+    if law.name == "gadre":  # Chinchilla's grid with beta = alpha
+        return [np.array([a, b, e, al]) for al, e, a, b in itertools.product(exps, es, coefs, coefs)]
     if law.name == "chinchilla_gamma":
         return [
             np.array([a, b, e, al, be, ga])

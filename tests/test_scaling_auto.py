@@ -59,9 +59,10 @@ def test_band_grows_with_distance_and_spans_close_candidates():
 
 
 def test_cli_auto_fit_predict_and_holdout(tmp_path, capsys):
-    # 0.05 % noise: at 0.1 % the two forms' one-step extrapolations differ by 0.15 points, which
-    # 12 held-out runs do not show significantly (Chinchilla is kept; see the next tests)
-    n, d, loss = _ladder("chinchilla_gamma", GAMMA, noise=0.0005)
+    # 0.03 % noise: the baseline is gadre (Chinchilla with alpha = beta), which extrapolates this
+    # ladder better than Chinchilla; at 0.05 % noise gamma's gain over it, 0.11 points, is not
+    # significant on 12 held-out runs (t = -1.7), at 0.03 % it is (t = -3.6)
+    n, d, loss = _ladder("chinchilla_gamma", GAMMA, noise=0.0003)
     big_n, big_d = np.array([2e9, 2e9]), np.array([2e11, 8e11])
     big = get_law("chinchilla_gamma").predict(GAMMA, big_n, big_d)
     table = tmp_path / "runs.csv"
@@ -126,19 +127,23 @@ def test_a_lower_mean_on_a_few_held_out_runs_is_not_enough():
 DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "scaling"
 
 
-def test_public_c4_ladder_keeps_chinchilla():
-    """Gadre et al.'s C4 ladder, fitted below 1B parameters as in the benchmark: chinchilla_gamma
-    scores a lower mean on the held-out 411M models (by 0.1 points, paired t = -0.3), and then errs
-    twice as much as Chinchilla on the 1.4B and 6.9B runs. The rule before chose it."""
+def test_public_c4_ladder_keeps_the_restricted_law():
+    """Gadre et al.'s C4 ladder, fitted below 1B parameters as in the benchmark. chinchilla_gamma
+    scores a lower mean than Chinchilla on the held-out 411M models (by 0.1 points, paired t = -0.3)
+    and then errs twice as much on the 1.4B and 6.9B runs; an earlier rule chose it. The baseline
+    is now gadre (Chinchilla with alpha = beta), which errs half as much as either on the 411M
+    models, and no larger form is significantly better."""
     rows = list(csv.DictReader((DATA / "overtraining_c4.csv").open()))
     n, d, loss = (np.array([float(r[k]) for r in rows]) for k in ("params", "tokens", "loss"))
     small = n < 1e9
     sel = select_law(n[small], d[small], loss[small])
-    assert sel["fold_kind"] == "models" and sel["chosen"] == "chinchilla"
-    gamma = next(c for c in sel["comparisons"] if c["law"] == "chinchilla_gamma")
-    assert gamma["mean_diff_pct"] < 0 and not gamma["chosen_over"]
+    assert sel["fold_kind"] == "models" and sel["baseline"] == sel["chosen"] == "gadre"
+    scores = sel["scores"]
+    assert scores["chinchilla_gamma"]["mape"] < scores["chinchilla"]["mape"]
+    assert scores["gadre"]["mape"] < 0.6 * scores["chinchilla"]["mape"]
+    assert not any(c["chosen_over"] for c in sel["comparisons"])
     # the held-out 411M models are predicted too low by every form, as the 1.4B and 6.9B runs are
-    assert all(np.mean(v["errors_pct"]) < 0 for v in sel["scores"].values())
+    assert all(np.mean(v["errors_pct"]) < 0 for v in scores.values())
 
 
 def test_band_counts_the_distance_in_model_size():
