@@ -62,3 +62,31 @@ def test_bench_kd_pays_quick_end_to_end(tmp_path):
     # a second invocation trains nothing: it reports the finished runs
     assert bench.main([*args, "--report-only"]) == 0
     assert json.loads((out / "kd_pays_quick.json").read_text())["rows"] == rows
+
+
+def test_default_plan_is_the_headline_and_full_adds_the_rest():
+    bench = load_bench()
+    default = bench.plan(bench.parse_args([]))
+    full = bench.plan(bench.parse_args(["--full"]))
+    # the default: the copied student, labels only against KD + transfer at the recommended budget, with all,
+    # 10 % and 30 % of the labels, every task, the main comparison first
+    assert {(s, a, steps) for _, s, a, steps, _ in default} == {
+        ("copy", "labels only", 150),
+        ("copy", "KD + transfer", 150),
+    }
+    assert {(t, f) for t, *_, f in default} == {(t, f) for t in bench.TASKS for f in (None, 10, 30)}
+    assert all(f is None for *_, f in default[: 2 * len(bench.TASKS)])
+    assert len(default) == len(set(default)) == 2 * 3 * len(bench.TASKS)
+    # --full: the same rows first, then every student, arm and budget
+    assert full[: 2 * len(bench.TASKS)] == default[: 2 * len(bench.TASKS)] and set(default) < set(full)
+    assert {s for _, s, *_ in full} == {"copy", "pruned", "random"}
+    assert {a for _, _, a, *_ in full} == set(bench.ARMS)
+    assert {steps for *_, steps, _ in full} == {30, 150, 600}
+    assert bench.parse_args(["--jobs", "2"]).threads >= 1
+
+
+def test_jobs_must_be_positive(capsys):
+    bench = load_bench()
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args(["--jobs", "0"])
+    assert exc.value.code == 2 and "--jobs" in capsys.readouterr().err
