@@ -315,7 +315,7 @@ def plan(args) -> list[tuple]:
     return [run for phase in phases for run in phase]
 
 
-def _worker_init(threads: int) -> None:
+def worker_init(threads: int) -> None:
     """A worker process of --jobs: its torch threads, set once before it trains anything."""
     import torch
 
@@ -341,7 +341,7 @@ def _one(root: str, key: tuple, seed: int, dirs: dict, args) -> tuple:
     return result, time.time() - t0
 
 
-def _unordered(pool, fn, items):
+def unordered(pool, fn, items):
     """(item, fn(*item)) in the order they finish: in worker processes, or one by one here when pool is None."""
     if pool is None:
         for item in items:
@@ -373,21 +373,21 @@ def main(argv=None) -> int:
         pool = ProcessPoolExecutor(
             args.jobs,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_init,
+            initializer=worker_init,
             initargs=(args.threads,),
         )
     try:
         # the teachers (and their students' initialisations) first, one task per worker
         tasks = {
             item[0]: info
-            for item, info in _unordered(pool, prepare_task, [(t, root, args) for t in args.tasks.split(",")])
+            for item, info in unordered(pool, prepare_task, [(t, root, args) for t in args.tasks.split(",")])
         }
         tasks = {t: tasks[t] for t in args.tasks.split(",")}
         runs: dict[tuple, list[dict]] = {}
         # planned in order of importance (plan()); every seed of a comparison before the next comparison, so
         # a cut-short run reports whole rows
         work = [(root, key, seed, tasks[key[0]]["dirs"], args) for key in plan(args) for seed in seeds]
-        for (_, key, seed, _, _), (result, seconds) in _unordered(pool, _one, work):
+        for (_, key, seed, _, _), (result, seconds) in unordered(pool, _one, work):
             if result is None:  # --report-only and not run yet
                 continue
             runs.setdefault(key, []).append(
