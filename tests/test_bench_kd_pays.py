@@ -90,3 +90,32 @@ def test_jobs_must_be_positive(capsys):
     with pytest.raises(SystemExit) as exc:
         bench.parse_args(["--jobs", "0"])
     assert exc.value.code == 2 and "--jobs" in capsys.readouterr().err
+
+
+def load_sweep():
+    load_bench()  # the sweep imports bench_kd_pays by name
+    path = os.path.join(ROOT, "benchmarks", "bench_kd_pays_sweep.py")
+    spec = importlib.util.spec_from_file_location("bench_kd_pays_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_kd_pays_sweep"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_refuses_a_missing_bench_root_before_training(tmp_path):
+    sweep = load_sweep()
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--bench-root", str(tmp_path / "none"), "--output-root", str(tmp_path / "out")])
+    assert "--bench-root" in str(exc.value) and "bench_kd_pays.py" in str(exc.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_variants_change_only_the_named_field():
+    sweep, bench = load_sweep(), load_bench()
+    dirs = {"teacher": "T", "copy": "C"}
+    for name, (arm, steps, extra) in sweep.VARIANTS.items():
+        flags = bench.arm_flags(arm, "copy", dirs, "D", steps, 0)
+        recipe_flags = bench.arm_flags(arm, "copy", dirs, "D", 150, 0)
+        changed = {flags[i] for i in range(0, len(flags), 2) if flags[i : i + 2] != recipe_flags[i : i + 2]}
+        assert changed <= {"--max_steps"}, name
+        assert set(extra[::2]) <= {"--alpha", "--temperature"}, name
