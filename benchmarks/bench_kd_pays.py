@@ -376,18 +376,15 @@ def main(argv=None) -> int:
             initializer=worker_init,
             initargs=(args.threads,),
         )
+    names = args.tasks.split(",")
+    tasks: dict[str, dict] = {}
+    runs: dict[tuple, list[dict]] = {}
     try:
-        # the teachers (and their students' initialisations) first, one task per worker
-        tasks = {
-            item[0]: info
-            for item, info in unordered(pool, prepare_task, [(t, root, args) for t in args.tasks.split(",")])
-        }
-        tasks = {t: tasks[t] for t in args.tasks.split(",")}
-        runs: dict[tuple, list[dict]] = {}
-        # planned in order of importance (plan()); every seed of a comparison before the next comparison, so
-        # a cut-short run reports whole rows
-        work = [(root, key, seed, tasks[key[0]]["dirs"], args) for key in plan(args) for seed in seeds]
-        for (_, key, seed, _, _), (result, seconds) in unordered(pool, _one, work):
+        for event in _events(pool, args, root, seeds):
+            if event[0] == "task":
+                tasks[event[1]] = event[2]
+                continue
+            _, key, seed, result, seconds = event
             if result is None:  # --report-only and not run yet
                 continue
             runs.setdefault(key, []).append(
@@ -404,12 +401,45 @@ def main(argv=None) -> int:
                 f"test accuracy {result['test_accuracy']:.4f} ({seconds:.0f} s)",
                 flush=True,
             )
-            report(args, tasks, runs, start)
+            report(args, {t: tasks[t] for t in names if t in tasks}, runs, start)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    print(report(args, tasks, runs, start, final=True))
+    print(report(args, {t: tasks[t] for t in names}, runs, start, final=True))
     return 0
+
+
+def _events(pool, args, root: str, seeds: list[int]):
+    """("task", name, info) when a task's data, teacher and students are ready, and ("run", key, seed, results,
+    seconds) when a run has finished. Runs go in plan() order (every seed of a comparison before the next
+    comparison, so a cut-short run reports whole rows); with worker processes, a task's runs are queued as
+    soon as its teacher is trained, so no worker waits for the other tasks' teachers."""
+    names = args.tasks.split(",")
+    planned = [(key, seed) for key in plan(args) for seed in seeds]
+    if pool is None:
+        tasks = {}
+        for name in names:
+            tasks[name] = prepare_task(name, root, args)
+            yield "task", name, tasks[name]
+        for key, seed in planned:
+            yield ("run", key, seed, *_one(root, key, seed, tasks[key[0]]["dirs"], args))
+        return
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    pending = {pool.submit(prepare_task, name, root, args): ("task", name) for name in names}
+    while pending:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            what = pending.pop(future)
+            if what[0] == "task":
+                info = future.result()
+                yield "task", what[1], info
+                for key, seed in planned:
+                    if key[0] == what[1]:
+                        job = pool.submit(_one, root, key, seed, info["dirs"], args)
+                        pending[job] = ("run", key, seed)
+            else:
+                yield ("run", what[1], what[2], *future.result())
 
 
 def _stats(values: list[float]) -> dict:
