@@ -522,14 +522,15 @@ def report(args, tasks: dict, runs: dict, start: float, final: bool = False) -> 
     when = (
         "merged with --report-only from runs made by other processes"
         if args.report_only
-        else f"{time.time() - start:.0f} s so far, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+        else f"{time.time() - start:.0f} s wall clock {'in all' if final else 'so far'} (runs already under "
+        f"--output-root reused), load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
     )
     foot = (
         f"Batch 16, sequences of {args.max_seq_length} tokens, {args.jobs} runs at once with {args.threads} torch "
         f"thread(s) each, recipe "
         f"recipes/minilm_to_3layer/student_transfer.yaml with the arm's overrides; "
-        f"{sum(len(v) for v in runs.values())} student runs, {trained / 60:.0f} min of training in all (a shared "
-        f"machine); {when}. 'Beyond seed range': the worst KD seed is above the best labels-only seed."
+        f"{sum(len(v) for v in runs.values())} student runs, {trained / 60:.0f} min of training in all; "
+        f"{when}. 'Beyond seed range': the worst KD seed is above the best labels-only seed."
     )
     table = "\n".join(summary + ["", *lines, foot])
     meta = argparse.Namespace(
