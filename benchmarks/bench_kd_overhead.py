@@ -25,7 +25,8 @@ Threads are pinned with `--threads` (default 1) to keep the comparison quiet on 
 Sizes are `teacher:student` pairs of Llama `hidden x layers` (heads of 32, MLP 8/3 x hidden, tied
 embeddings): the default 256x4:128x2 (4.2M -> 0.9M params) and 512x4:256x4 (~15M -> ~4.7M params).
 
-Writes `benchmarks/results/kd_overhead.{json,md}` (`kd_overhead_chunk<N>.*` with `--chunk N`) and prints
+Writes `benchmarks/results/kd_overhead.{json,md}` (`kd_overhead_v<V>.*` with another `--V`, `..._chunk<N>.*` with
+`--chunk N`) and prints
 the Markdown table.
 """
 
@@ -298,7 +299,9 @@ def main() -> None:
 
     out = dict(provenance=provenance(), config=meta, target=1.05, results=results)
     stem = (
-        "kd_overhead" if args.chunk is None else f"kd_overhead_chunk{args.chunk}"
+        "kd_overhead"
+        + ("" if args.V == 4096 else f"_v{args.V}")
+        + ("" if args.chunk is None else f"_chunk{args.chunk}")
     )  # keep the default's table
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2))
     (RESULTS / f"{stem}.md").write_text(table + "\n")
