@@ -115,6 +115,12 @@ class Batcher:
         if self._worker is None:
             self._start()
         if len(self._queue) >= self.max_queue:
+            # jobs withdrawn by requests that gave up (timeouts) free their places now, not when the worker
+            # reaches them
+            live = [j for j in self._queue if not j.future.done()]
+            self._queue.clear()
+            self._queue.extend(live)
+        if len(self._queue) >= self.max_queue:
             raise QueueFull(f"{len(self._queue)} requests are queued (--max-queue {self.max_queue}).")
         loop = asyncio.get_running_loop()
         job = Job(list(items), list(lengths), options, fn, loop.create_future(), time.perf_counter())
