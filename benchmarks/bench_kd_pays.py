@@ -139,18 +139,23 @@ def _cap_flags(flags: list[str], args) -> list[str]:
     return out
 
 
+def finished(root: str, out: str):
+    """The results of a run that has finished under root/out (it was tested), or None."""
+    done = os.path.join(root, out, "all_results.json")
+    if not os.path.isfile(done):
+        return None
+    with open(done) as f:
+        results = json.load(f)
+    return results if "test_accuracy" in results else None
+
+
 def run(root: str, out: str, recipe: str, flags: list[str], args, keep: bool = False) -> dict:
     """`train` with the quick caps, then the saved weights removed unless another run starts from them."""
+    results = finished(root, out)
+    if results is not None or args.report_only:
+        return results
     from distill.train import main as train_main
 
-    done = os.path.join(root, out, "all_results.json")
-    if os.path.isfile(done):
-        with open(done) as f:
-            results = json.load(f)
-        if "test_accuracy" in results:
-            return results
-    if args.report_only:
-        return None
     results = train_main(
         [
             "--config",

@@ -139,9 +139,7 @@ def main(argv=None) -> int:
 
     rows, lines = [], []
     for task in tasks:
-        base_teacher = kd.run(
-            os.path.join(args.bench_root, task), "teacher", None, [], argparse.Namespace(report_only=True)
-        )
+        base_teacher = kd.finished(os.path.join(args.bench_root, task), "teacher")
         long_teacher = results[(task, f"teacher{LONG_TEACHER_STEPS}", 0)]
         lines += [
             f"### {task}",

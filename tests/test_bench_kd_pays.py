@@ -19,15 +19,18 @@ pytest.importorskip("textblob", reason="pip install -e '.[kdpays]' (in the test 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_bench():
-    path = os.path.join(ROOT, "benchmarks", "bench_kd_pays.py")
-    spec = importlib.util.spec_from_file_location("bench_kd_pays", path)
+def load_script(name: str):
+    """benchmarks/NAME.py as module NAME, registered under its name as `python benchmarks/NAME.py` would be
+    importable, so that --jobs' worker processes can unpickle its functions."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
-    # registered under its name, as `python benchmarks/bench_kd_pays.py` would be importable, so that --jobs'
-    # worker processes can unpickle its functions
-    sys.modules["bench_kd_pays"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_bench():
+    return load_script("bench_kd_pays")
 
 
 @pytest.mark.slow
@@ -94,12 +97,7 @@ def test_jobs_must_be_positive(capsys):
 
 def load_sweep():
     load_bench()  # the sweep imports bench_kd_pays by name
-    path = os.path.join(ROOT, "benchmarks", "bench_kd_pays_sweep.py")
-    spec = importlib.util.spec_from_file_location("bench_kd_pays_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_kd_pays_sweep"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_kd_pays_sweep")
 
 
 def test_sweep_refuses_a_missing_bench_root_before_training(tmp_path):
