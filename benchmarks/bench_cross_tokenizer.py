@@ -26,8 +26,18 @@ between a baseline checkout (e.g. `git archive <commit> distill | tar -x -C /tmp
 thread each, on the same real batches: the collator, the student's and the teacher's forward, the loss
 forward, the backward, and a labels-only step on the same batch. Writes `cross_tokenizer_step_time.{json,md}`.
 
-The uld weight sweep (`--uld-alphas A ...`, alone): labels only and uld at each alpha, same seeds and steps
-as part 1, with per-seed paired differences. Writes `cross_tokenizer_uld_alpha.{json,md}`.
+The alpha sweep (`--gold-alphas A ...` and/or `--uld-alphas A ...`, alone): labels only and each loss at each
+alpha, same seeds and steps as part 1, with per-seed paired differences; each loss's alpha is chosen on
+validation, and every KD arm gets both seed-noise checks (its worst seed against labels only's best seed;
+its mean gain against the larger of the two arms' seed ranges, `scaledown.significance.kd_verdict`).
+Writes `cross_tokenizer_uld_alpha.{json,md}` (uld alone), else `cross_tokenizer_alpha` or `--results-stem`.
+
+The learning-rate sweep (`--learning-rates R ...`, alone): labels only at each rate, chosen on validation;
+writes `cross_tokenizer_lr.{json,md}`. `--learning-rate R` sets the students' rate in the other modes.
+
+What a seed changes (`--vary`, part 1): `seed` (default) sets TrainingArguments' seed, so both the student's
+initialisation and the data order change; `init` keeps the data order (data_seed 0); `data` keeps the
+initialisation (seed 0). `--arms labels --vary init` and `--vary data` split labels only's seed spread.
 
 A stronger teacher (`--teacher-steps 1200 --uld-alpha 0.1 --skip-trl --results-stem
 cross_tokenizer_strong_teacher`, with its own `--workdir`): part 1 against the same teacher trained 4x
@@ -38,6 +48,10 @@ losses are per token of different tokenizers, so only per character do they comp
     .venv/bin/python benchmarks/bench_cross_tokenizer.py                 # parts 1 and 2 (about an hour on 2 busy cores)
     .venv/bin/python benchmarks/bench_cross_tokenizer.py --steps 20 --seeds 0 --skip-trl   # a smoke run
     .venv/bin/python benchmarks/bench_cross_tokenizer.py --uld-alphas 0.1 0.25 0.5 --parallel 2
+    .venv/bin/python benchmarks/bench_cross_tokenizer.py --workdir runs/xt --teacher-steps 1200 --steps 300 \
+        --learning-rates 1e-3 1.5e-3 2e-3 3e-3 6e-3 --parallel 2         # then, at the rate chosen:
+    .venv/bin/python benchmarks/bench_cross_tokenizer.py --workdir runs/xt --teacher-steps 1200 --steps 300 \
+        --learning-rate 2e-3 --gold-alphas 0.5 0.8 0.95 --uld-alphas 0.1 --results-stem cross_tokenizer_alpha_300
     .venv/bin/python benchmarks/bench_cross_tokenizer.py --step-time /tmp/base --repeats 3 --batches 4
 
 Writes `benchmarks/results/cross_tokenizer.{json,md}` and prints the Markdown table.
