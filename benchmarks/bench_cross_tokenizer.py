@@ -163,9 +163,8 @@ def part1(args, work: Path, arms: dict = ARMS) -> dict:
         out = run_dir(work, arm, seed, vary)
         argv = ["--config", str(STUDENT_RECIPE), "--teacher_model_name_or_path", str(teacher)]
         argv += ["--output_dir", str(out), *SEED_ARGS[vary](seed), "--max_steps", str(args.steps)]
-        if (
-            getattr(args, "learning_rate", None) is not None
-        ):  # before the arm's flags: a sweep arm sets its own
+        # before the arm's flags, so that a sweep arm's own rate wins (the last flag given does)
+        if getattr(args, "learning_rate", None) is not None:
             argv += ["--learning_rate", str(args.learning_rate)]
         argv += ["--overwrite_output_dir", "true", *arms[arm]]
         return run_distill(argv, work / f"{out.name}.log")
@@ -811,7 +810,10 @@ def markdown(res: dict) -> str:
                 f"| {arm} | {s['mean_test_loss']:.4f} | {s['min']:.4f} | {s['max']:.4f} | "
                 f"{s['steps_per_second']:.2f} | {s['peak_rss_mib']:.0f} |"
             )
-        md += ["", *markdown_paired(p1)]
+        paired = markdown_paired(p1)
+        if not any("paired_diff_vs_labels_only" in s for s in p1["summary"].values()):  # labels only alone
+            paired = paired[3:]  # no KD row: the per-character line only
+        md += ["", *paired]
     p2 = res.get("part2")
     if p2:
         md.append("")
