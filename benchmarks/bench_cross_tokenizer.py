@@ -122,10 +122,19 @@ SEED_ARGS = {  # what a benchmark seed s changes (`--vary`): TrainingArguments' 
 }
 
 
-def recipe_learning_rate() -> float:
+def part1_config(args) -> dict:
+    """What a part-1 result records of its setting; the learning rate is --learning-rate, else the recipe's."""
     import yaml
 
-    return float(yaml.safe_load(STUDENT_RECIPE.read_text())["learning_rate"])
+    rate = args.learning_rate or float(yaml.safe_load(STUDENT_RECIPE.read_text())["learning_rate"])
+    teacher_steps = args.teacher_steps or 300
+    return {
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "teacher_steps": teacher_steps,
+        "vary": args.vary,
+        "learning_rate": rate,
+    }
 
 
 VARY_TEXT = {
@@ -845,6 +854,16 @@ def markdown(res: dict) -> str:
     return "\n".join(md)
 
 
+def write_results(stem: str, res: dict, text: str) -> None:
+    """benchmarks/results/STEM.json (with the provenance) and STEM.md; the Markdown is printed too."""
+    from _measure import provenance
+
+    res["provenance"] = provenance()
+    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    (RESULTS / f"{stem}.md").write_text(text + "\n")
+    print(text)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -955,34 +974,20 @@ def main() -> int:
     if args.step_time:
         res = {"config": {"repeats": args.repeats, "batches": args.batches, "before": args.step_time}}
         res["step_time"] = step_time(args, work)
-        res["provenance"] = provenance()
-        (RESULTS / "cross_tokenizer_step_time.json").write_text(json.dumps(res, indent=1))
-        text = markdown_step_time(res)
-        (RESULTS / "cross_tokenizer_step_time.md").write_text(text + "\n")
-        print(text)
+        write_results("cross_tokenizer_step_time", res, markdown_step_time(res))
         return 0
     if args.learning_rates:
         res = {"config": {"steps": args.steps, "seeds": args.seeds, "learning_rates": args.learning_rates}}
         res["part1"] = part1(args, work, lr_arms(args.learning_rates))
-        res["provenance"] = provenance()
-        (RESULTS / "cross_tokenizer_lr.json").write_text(json.dumps(res, indent=1))
-        text = markdown_lr(res)
-        (RESULTS / "cross_tokenizer_lr.md").write_text(text + "\n")
-        print(text)
+        write_results("cross_tokenizer_lr", res, markdown_lr(res))
         return 0
     if args.uld_alphas or args.gold_alphas:
-        config = {"steps": args.steps, "seeds": args.seeds, "teacher_steps": args.teacher_steps or 300}
-        config.update(gold_alphas=args.gold_alphas, uld_alphas=args.uld_alphas, vary=args.vary)
-        config["learning_rate"] = args.learning_rate or recipe_learning_rate()
+        config = dict(part1_config(args), gold_alphas=args.gold_alphas, uld_alphas=args.uld_alphas)
         res = {"config": config, "part1": part1(args, work, alpha_arms(args.gold_alphas, args.uld_alphas))}
-        res["provenance"] = provenance()
         stem = args.results_stem
         if stem == "cross_tokenizer":  # the default stem is part 1's
             stem = "cross_tokenizer_uld_alpha" if not args.gold_alphas else "cross_tokenizer_alpha"
-        (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1))
-        text = markdown_sweep(res)
-        (RESULTS / f"{stem}.md").write_text(text + "\n")
-        print(text)
+        write_results(stem, res, markdown_sweep(res))
         return 0
     if args.results_stem != "cross_tokenizer" and not args.skip_trl:
         raise SystemExit("--results-stem: part 1 only; add --skip-trl (part 2 writes cross_tokenizer_trl)")
@@ -996,10 +1001,7 @@ def main() -> int:
     if "labels" not in args.arms:
         raise SystemExit("--arms: include labels (the other arms are paired against it)")
     if not args.only_trl:
-        config = {"steps": args.steps, "seeds": args.seeds, "teacher_steps": args.teacher_steps or 300}
-        config["vary"] = args.vary
-        config["learning_rate"] = args.learning_rate or recipe_learning_rate()
-        config["arms"] = list(arms)
+        config = dict(part1_config(args), arms=list(arms))
         if "uld" in args.arms:
             config["uld_alpha"] = 0.5 if args.uld_alpha is None else args.uld_alpha
         res = {"config": config, "part1": part1(args, work, arms)}
