@@ -864,6 +864,28 @@ def write_results(stem: str, res: dict, text: str) -> None:
     print(text)
 
 
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """Refuse nonsense before any run starts (argparse's one-line error, exit 2)."""
+    for flag, values in (
+        ("--gold-alphas", args.gold_alphas),
+        ("--uld-alphas", args.uld_alphas),
+        ("--uld-alpha", None if args.uld_alpha is None else [args.uld_alpha]),
+    ):
+        bad = [a for a in values or [] if not 0.0 <= a <= 1.0]
+        if bad:
+            p.error(f"{flag}: {bad[0]:g} is not in [0, 1] (the weight of the KD term; 0 is labels only)")
+    rates = (args.learning_rates or []) + ([] if args.learning_rate is None else [args.learning_rate])
+    bad = [r for r in rates if not r > 0]
+    if bad:
+        flag = "--learning-rates" if bad[0] in (args.learning_rates or []) else "--learning-rate"
+        p.error(f"{flag}: {bad[0]:g} is not a positive learning rate")
+    if args.learning_rates and (args.gold_alphas or args.uld_alphas or args.learning_rate is not None):
+        p.error(
+            "--learning-rates is a sweep of its own (labels only): run it without --gold-alphas, --uld-alphas "
+            "and --learning-rate, then pass the rate it chose as --learning-rate"
+        )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -957,6 +979,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--max-length", type=int, default=128)
     args = p.parse_args()
+    check_args(p, args)
     if args.worker:
         sys.path.insert(0, str(ROOT))
         if args.tree:

@@ -109,3 +109,25 @@ def test_alpha_sweep_chooses_each_loss_on_validation_and_judges_seed_noise(bench
     assert gold_row.endswith("| no | +0.1500 vs 0.2000: within seed noise |")
     uld_row = next(line for line in text.splitlines() if line.startswith("| KD uld alpha=0.1 |"))
     assert "| 0.11 |" in uld_row and "+0.0000, +0.0000, +0.0000" in uld_row
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["--gold-alphas", "0.5", "1.5"], "--gold-alphas: 1.5 is not in [0, 1]"),
+        (["--uld-alphas=-0.1"], "--uld-alphas: -0.1 is not in [0, 1]"),
+        (["--uld-alpha", "2"], "--uld-alpha: 2 is not in [0, 1]"),
+        (["--learning-rates", "1e-3", "0"], "--learning-rates: 0 is not a positive learning rate"),
+        (["--learning-rate=-1e-3"], "--learning-rate: -0.001 is not a positive learning rate"),
+        (["--learning-rates", "1e-3", "--gold-alphas", "0.5"], "--learning-rates is a sweep of its own"),
+    ],
+)
+def test_bad_sweep_values_are_refused_in_one_line_before_any_run(
+    bench, tmp_path, monkeypatch, capsys, argv, field
+):
+    work = tmp_path / "work"
+    monkeypatch.setattr("sys.argv", ["bench_cross_tokenizer.py", "--workdir", str(work), *argv])
+    with pytest.raises(SystemExit) as exc:
+        bench.main()
+    assert exc.value.code == 2 and field in capsys.readouterr().err
+    assert not bench.calls and not work.exists()  # nothing trained, nothing written
