@@ -122,19 +122,59 @@ SEED_ARGS = {  # what a benchmark seed s changes (`--vary`): TrainingArguments' 
 }
 
 
+def parse_student_config(items: Optional[list[str]]) -> dict:
+    """`--student-config KEY=VALUE ...` as a mapping (values read as YAML: false, 0.02, 4 ...)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--student-config: {item!r} is not KEY=VALUE, e.g. tie_word_embeddings=false")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def student_model_config(overrides: dict) -> Optional[dict]:
+    """The student recipe's model_config with `--student-config`'s fields on top (None: the recipe's as is)."""
+    import yaml
+
+    if not overrides:
+        return None
+    return {**yaml.safe_load(STUDENT_RECIPE.read_text())["model_config"], **overrides}
+
+
 def part1_config(args) -> dict:
-    """What a part-1 result records of its setting; the learning rate is --learning-rate, else the recipe's."""
+    """What a part-1 result records of its setting; the learning rate is --learning-rate, else the recipe's;
+    `student_config` (only when given) the fields `--student-config` changed in the recipe's model_config."""
     import yaml
 
     rate = args.learning_rate or float(yaml.safe_load(STUDENT_RECIPE.read_text())["learning_rate"])
     teacher_steps = args.teacher_steps or 300
-    return {
+    config = {
         "steps": args.steps,
         "seeds": args.seeds,
         "teacher_steps": teacher_steps,
         "vary": args.vary,
         "learning_rate": rate,
     }
+    overrides = parse_student_config(getattr(args, "student_config", None))
+    if overrides:
+        config["student_config"] = overrides
+    if getattr(args, "warmup_steps", None) is not None:
+        config["warmup_steps"] = args.warmup_steps
+    return config
+
+
+def setting_text(cfg: dict) -> str:
+    """The students' learning rate and `--student-config` changes, as a report's header says them."""
+    text = f" at learning rate {cfg['learning_rate']:g}" if cfg.get("learning_rate") else ""
+    if cfg.get("warmup_steps") is not None:
+        text += f", {cfg['warmup_steps']} warmup steps"
+    if cfg.get("student_config"):
+        changes = ", ".join(f"{k}={json.dumps(v)}" for k, v in cfg["student_config"].items())
+        text += f" (recipe's model_config with {changes})"
+    return text
 
 
 VARY_TEXT = {
@@ -175,6 +215,11 @@ def part1(args, work: Path, arms: dict = ARMS) -> dict:
         # before the arm's flags, so that a sweep arm's own rate wins (the last flag given does)
         if getattr(args, "learning_rate", None) is not None:
             argv += ["--learning_rate", str(args.learning_rate)]
+        if getattr(args, "warmup_steps", None) is not None:
+            argv += ["--warmup_steps", str(args.warmup_steps)]
+        model_config = student_model_config(parse_student_config(getattr(args, "student_config", None)))
+        if model_config:
+            argv += ["--model_config", json.dumps(model_config)]
         argv += ["--overwrite_output_dir", "true", *arms[arm]]
         return run_distill(argv, work / f"{out.name}.log")
 
@@ -261,7 +306,8 @@ def markdown_lr(res: dict) -> str:
     summary = p1["summary"]
     best = min(summary, key=lambda arm: summary[arm]["mean_eval_loss"])
     md = [
-        f"Learning-rate sweep of the BPE-1024 student trained on labels alone: {res['config']['steps']} steps, "
+        f"Learning-rate sweep of the BPE-1024 student trained on labels alone"
+        f"{setting_text(dict(res['config'], learning_rate=None))}: {res['config']['steps']} steps, "
         f"seeds {res['config']['seeds']}; chosen on validation loss (mean over seeds): **{best.split('=')[1]}**. "
         "Loss per student token; spread = max - min over seeds.",
         "",
@@ -306,7 +352,7 @@ def markdown_sweep(res: dict) -> str:
     summary = p1["summary"]
     base = summary["labels only"]
     chosen = chosen_on_validation(summary)
-    lr = f" at learning rate {cfg['learning_rate']:g}" if cfg.get("learning_rate") else ""
+    lr = setting_text(cfg)
     md = [
         f"Alpha sweep: BPE-2048 teacher ({p1['teacher'].get('steps', '?')} steps, test loss "
         f"{p1['teacher']['test_loss']:.4f}) -> BPE-1024 student, {cfg['steps']} steps{lr}, seeds {cfg['seeds']}; "
@@ -801,11 +847,7 @@ def markdown(res: dict) -> str:
     if p1:
         t = p1["teacher"]
         steps = f", {t['steps']} steps" if "steps" in t else ""
-        lr = (
-            f" at learning rate {res['config']['learning_rate']:g}"
-            if "learning_rate" in res["config"]
-            else ""
-        )
+        lr = setting_text(res["config"])
         md += [
             f"Teacher (BPE-2048{steps}): test loss {t['test_loss']:.4f} per teacher token. Student: BPE-1024, "
             f"{res['config']['steps']} steps{lr}, seeds {res['config']['seeds']}{VARY_TEXT[res['config'].get('vary', 'seed')]}; "
@@ -874,7 +916,18 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         bad = [a for a in values or [] if not 0.0 <= a <= 1.0]
         if bad:
             p.error(f"{flag}: {bad[0]:g} is not in [0, 1] (the weight of the KD term; 0 is labels only)")
+    try:
+        overrides = parse_student_config(args.student_config)
+        if overrides:  # an unknown field fails here, not in the first student run after the teacher's
+            sys.path.insert(0, str(ROOT))
+            from distill.students.model_config import parse_model_config
+
+            parse_model_config(student_model_config(overrides))
+    except ValueError as e:
+        p.error(f"--student-config: {e}" if not str(e).startswith("--student-config") else str(e))
     rates = (args.learning_rates or []) + ([] if args.learning_rate is None else [args.learning_rate])
+    if args.warmup_steps is not None and not 0 <= args.warmup_steps < args.steps:
+        p.error(f"--warmup-steps: {args.warmup_steps} is not in [0, --steps {args.steps})")
     bad = [r for r in rates if not r > 0]
     if bad:
         flag = "--learning-rates" if bad[0] in (args.learning_rates or []) else "--learning-rate"
@@ -963,7 +1016,7 @@ def main() -> int:
         nargs="+",
         default=None,
         help="only the learning-rate sweep: labels only at each rate, chosen on validation "
-        "(cross_tokenizer_lr.{json,md})",
+        "(cross_tokenizer_lr.{json,md} unless --results-stem)",
     )
     p.add_argument(
         "--learning-rate",
@@ -971,11 +1024,25 @@ def main() -> int:
         default=None,
         help="part 1: the students' learning rate (default: the student recipe's)",
     )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="student runs: learning-rate warmup steps (default: the student recipe's 20)",
+    )
+    p.add_argument(
+        "--student-config",
+        nargs="+",
+        default=None,
+        metavar="KEY=VALUE",
+        help="student runs: fields set on top of the student recipe's model_config, e.g. "
+        "tie_word_embeddings=false (recorded in the result's config)",
+    )
     p.add_argument("--venv", default=os.path.join(tempfile.gettempdir(), "scaledown-trl-venv"))
     p.add_argument("--trl-version", default="1.16.0")
     p.add_argument("--trl-batch", type=int, default=8)
     p.add_argument("--trl-steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="part 2: untimed steps before the timed ones")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--max-length", type=int, default=128)
     args = p.parse_args()
@@ -1001,8 +1068,13 @@ def main() -> int:
         return 0
     if args.learning_rates:
         res = {"config": {"steps": args.steps, "seeds": args.seeds, "learning_rates": args.learning_rates}}
+        if args.student_config:
+            res["config"]["student_config"] = parse_student_config(args.student_config)
+        if args.warmup_steps is not None:
+            res["config"]["warmup_steps"] = args.warmup_steps
         res["part1"] = part1(args, work, lr_arms(args.learning_rates))
-        write_results("cross_tokenizer_lr", res, markdown_lr(res))
+        stem = args.results_stem if args.results_stem != "cross_tokenizer" else "cross_tokenizer_lr"
+        write_results(stem, res, markdown_lr(res))
         return 0
     if args.uld_alphas or args.gold_alphas:
         config = dict(part1_config(args), gold_alphas=args.gold_alphas, uld_alphas=args.uld_alphas)

@@ -120,6 +120,12 @@ def test_alpha_sweep_chooses_each_loss_on_validation_and_judges_seed_noise(bench
         (["--learning-rates", "1e-3", "0"], "--learning-rates: 0 is not a positive learning rate"),
         (["--learning-rate=-1e-3"], "--learning-rate: -0.001 is not a positive learning rate"),
         (["--learning-rates", "1e-3", "--gold-alphas", "0.5"], "--learning-rates is a sweep of its own"),
+        (
+            ["--student-config", "tie_word_embeddings"],
+            "--student-config: 'tie_word_embeddings' is not KEY=VALUE",
+        ),
+        (["--student-config", "tie_embeddings=false"], "--student-config: model_config: unknown key(s)"),
+        (["--steps", "100", "--warmup-steps", "100"], "--warmup-steps: 100 is not in [0, --steps 100)"),
     ],
 )
 def test_bad_sweep_values_are_refused_in_one_line_before_any_run(
@@ -131,3 +137,36 @@ def test_bad_sweep_values_are_refused_in_one_line_before_any_run(
         bench.main()
     assert exc.value.code == 2 and field in capsys.readouterr().err
     assert not bench.calls and not work.exists()  # nothing trained, nothing written
+
+
+def test_student_config_and_warmup_reach_every_arm_and_are_recorded(bench, tmp_path):
+    _teacher(tmp_path)
+    args = SimpleNamespace(
+        seeds=[0],
+        steps=5,
+        teacher_steps=None,
+        parallel=1,
+        vary="seed",
+        learning_rate=2e-3,
+        student_config=["tie_word_embeddings=false", "hidden_size=64"],
+        warmup_steps=3,
+    )
+    res = bench.part1(args, tmp_path, {k: bench.ARMS[k] for k in ("labels only", "KD gold")})
+    recipe = __import__("yaml").safe_load(bench.STUDENT_RECIPE.read_text())["model_config"]
+    for argv in bench.calls:
+        config = json.loads(argv[argv.index("--model_config") + 1])
+        assert config == {**recipe, "tie_word_embeddings": False, "hidden_size": 64}
+        assert argv[argv.index("--warmup_steps") + 1] == "3"
+    config = bench.part1_config(args)
+    assert config["student_config"] == {"tie_word_embeddings": False, "hidden_size": 64}
+    header = bench.markdown({"config": config, "part1": res}).splitlines()[0]
+    assert (
+        "learning rate 0.002, 3 warmup steps (recipe's model_config with tie_word_embeddings=false, "
+        "hidden_size=64)" in header
+    )
+
+    bench.calls.clear()  # without the flag: the recipe's model_config as it is, and nothing recorded
+    args.student_config = args.warmup_steps = None
+    bench.part1(args, tmp_path, {"labels only": bench.ARMS["labels only"]})
+    assert all("--model_config" not in argv and "--warmup_steps" not in argv for argv in bench.calls)
+    assert not {"student_config", "warmup_steps"} & set(bench.part1_config(args))
