@@ -33,7 +33,13 @@ its mean gain against the larger of the two arms' seed ranges, `scaledown.signif
 Writes `cross_tokenizer_uld_alpha.{json,md}` (uld alone), else `cross_tokenizer_alpha` or `--results-stem`.
 
 The learning-rate sweep (`--learning-rates R ...`, alone): labels only at each rate, chosen on validation;
-writes `cross_tokenizer_lr.{json,md}`. `--learning-rate R` sets the students' rate in the other modes.
+writes `cross_tokenizer_lr.{json,md}` (or `--results-stem`). `--learning-rate R` sets the students' rate in
+the other modes.
+
+The student's setting (every mode that trains students): `--student-config KEY=VALUE ...` sets fields on top
+of the student recipe's `model_config` (e.g. `tie_word_embeddings=false`), `--warmup-steps N` its warmup;
+both are recorded in the result's config and header. Every arm gets the same setting, so the pairing holds;
+give each setting its own `--workdir` (run directories are named by arm and seed only).
 
 What a seed changes (`--vary`, part 1): `seed` (default) sets TrainingArguments' seed, so both the student's
 initialisation and the data order change; `init` keeps the data order (data_seed 0); `data` keeps the
@@ -53,6 +59,10 @@ losses are per token of different tokenizers, so only per character do they comp
     .venv/bin/python benchmarks/bench_cross_tokenizer.py --workdir runs/xt --teacher-steps 1200 --steps 300 \
         --learning-rate 2e-3 --gold-alphas 0.5 0.8 0.95 --uld-alphas 0.1 --results-stem cross_tokenizer_alpha_300
     .venv/bin/python benchmarks/bench_cross_tokenizer.py --step-time /tmp/base --repeats 3 --batches 4
+    # the untied student (its own workdir, with the 1,200-step teacher copied in as WORKDIR/teacher):
+    .venv/bin/python benchmarks/bench_cross_tokenizer.py --workdir runs/xt_untied --teacher-steps 1200 --steps 300 \
+        --student-config tie_word_embeddings=false --warmup-steps 60 --learning-rates 1.5e-3 2e-3 3e-3 4e-3 6e-3 \
+        --results-stem cross_tokenizer_untied_lr --parallel 2
 
 Writes `benchmarks/results/cross_tokenizer.{json,md}` and prints the Markdown table.
 """
