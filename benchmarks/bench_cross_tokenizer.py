@@ -155,8 +155,9 @@ def student_model_config(overrides: dict) -> Optional[dict]:
 
 
 def part1_config(args) -> dict:
-    """What a part-1 result records of its setting; the learning rate is --learning-rate, else the recipe's;
-    `student_config` (only when given) the fields `--student-config` changed in the recipe's model_config."""
+    """What a part-1 result records of its setting: the learning rate and warmup (the flags', else the recipe's),
+    the students' model_config, and `student_config` (only when given), the fields `--student-config` changed
+    in the recipe's."""
     import yaml
 
     rate = args.learning_rate or float(yaml.safe_load(STUDENT_RECIPE.read_text())["learning_rate"])
@@ -171,8 +172,10 @@ def part1_config(args) -> dict:
     overrides = parse_student_config(getattr(args, "student_config", None))
     if overrides:
         config["student_config"] = overrides
-    if getattr(args, "warmup_steps", None) is not None:
-        config["warmup_steps"] = args.warmup_steps
+    recipe = yaml.safe_load(STUDENT_RECIPE.read_text())
+    warmup = getattr(args, "warmup_steps", None)
+    config["warmup_steps"] = recipe.get("warmup_steps", 0) if warmup is None else warmup
+    config["student_model_config"] = {**recipe["model_config"], **overrides}  # what the students were
     return config
 
 
@@ -1078,10 +1081,10 @@ def main() -> int:
         return 0
     if args.learning_rates:
         res = {"config": {"steps": args.steps, "seeds": args.seeds, "learning_rates": args.learning_rates}}
-        if args.student_config:
-            res["config"]["student_config"] = parse_student_config(args.student_config)
-        if args.warmup_steps is not None:
-            res["config"]["warmup_steps"] = args.warmup_steps
+        cfg = part1_config(args)
+        res["config"].update(
+            {k: cfg[k] for k in ("student_config", "warmup_steps", "student_model_config") if k in cfg}
+        )
         res["part1"] = part1(args, work, lr_arms(args.learning_rates))
         stem = args.results_stem if args.results_stem != "cross_tokenizer" else "cross_tokenizer_lr"
         write_results(stem, res, markdown_lr(res))

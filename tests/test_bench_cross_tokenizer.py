@@ -152,7 +152,8 @@ def test_student_config_and_warmup_reach_every_arm_and_are_recorded(bench, tmp_p
         warmup_steps=3,
     )
     res = bench.part1(args, tmp_path, {k: bench.ARMS[k] for k in ("labels only", "KD gold")})
-    recipe = __import__("yaml").safe_load(bench.STUDENT_RECIPE.read_text())["model_config"]
+    recipe_file = __import__("yaml").safe_load(bench.STUDENT_RECIPE.read_text())
+    recipe = recipe_file["model_config"]
     for argv in bench.calls:
         config = json.loads(argv[argv.index("--model_config") + 1])
         assert config == {**recipe, "tie_word_embeddings": False, "hidden_size": 64}
@@ -169,4 +170,7 @@ def test_student_config_and_warmup_reach_every_arm_and_are_recorded(bench, tmp_p
     args.student_config = args.warmup_steps = None
     bench.part1(args, tmp_path, {"labels only": bench.ARMS["labels only"]})
     assert all("--model_config" not in argv and "--warmup_steps" not in argv for argv in bench.calls)
-    assert not {"student_config", "warmup_steps"} & set(bench.part1_config(args))
+    config = bench.part1_config(args)
+    assert "student_config" not in config
+    expected = (recipe_file["warmup_steps"], recipe)  # the recipe's, recorded
+    assert (config["warmup_steps"], config["student_model_config"]) == expected
