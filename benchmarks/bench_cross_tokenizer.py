@@ -6,7 +6,12 @@ Part 1 (quality, `distill train` only). A teacher with its own 2,048-token byte-
 docstrings). Three arms at equal steps, the same student, data and seeds: `cross_tokenizer_loss: gold`,
 `cross_tokenizer_loss: uld`, and labels only (`alpha: 0`, no teacher). The student's held-out loss is
 per token of its own tokenizer, so the arms compare directly. Runs are interleaved (seed by seed, arm by
-arm) and each is a fresh process (peak RSS from `ru_maxrss`).
+arm) and each is a fresh process (peak RSS from `ru_maxrss`). Defaults: the teacher trained 1,200 steps,
+students 300 steps, uld at alpha 0.1: the setting where gold beat labels alone beyond the seed spread
+(docs/distilling.md). Results made before (`cross_tokenizer.json`, `cross_tokenizer_trl.json` and the
+other files whose config has no `student_model_config`) used a 300-step teacher or 150 student steps as
+their config records, and the earlier tied student (`--student-config tie_word_embeddings=true
+--warmup-steps 20`).
 
 Part 2 (vs TRL GOLD, TRL in its own venv as in `bench_vs_trl.py`). On the trained teacher, a fresh student
 and the same texts, each side runs in its own process:
@@ -52,7 +57,7 @@ KD arm's worst seed beats the best labels-only seed, and test losses per charact
 losses are per token of different tokenizers, so only per character do they compare).
 
     .venv/bin/python benchmarks/bench_cross_tokenizer.py                 # parts 1 and 2 (about an hour on 2 busy cores)
-    .venv/bin/python benchmarks/bench_cross_tokenizer.py --steps 20 --seeds 0 --skip-trl   # a smoke run
+    .venv/bin/python benchmarks/bench_cross_tokenizer.py --steps 20 --teacher-steps 20 --seeds 0 --skip-trl   # smoke
     .venv/bin/python benchmarks/bench_cross_tokenizer.py --uld-alphas 0.1 0.25 0.5 --parallel 2
     .venv/bin/python benchmarks/bench_cross_tokenizer.py --workdir runs/xt --teacher-steps 1200 --steps 300 \
         --learning-rates 1e-3 1.5e-3 2e-3 3e-3 6e-3 --parallel 2         # then, at the rate chosen:
@@ -187,6 +192,9 @@ def setting_text(cfg: dict) -> str:
     if cfg.get("student_config"):
         changes = ", ".join(f"{k}={json.dumps(v)}" for k, v in cfg["student_config"].items())
         text += f" (recipe's model_config with {changes})"
+    elif "tie_word_embeddings" in cfg.get("student_model_config", {}):
+        tied = cfg["student_model_config"]["tie_word_embeddings"]
+        text += f" (the recipe's student, {'tied' if tied else 'untied'} embeddings)"
     return text
 
 
@@ -956,18 +964,24 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=str(ROOT / "runs" / "bench_cross_tokenizer"))
-    p.add_argument("--steps", type=int, default=150, help="student steps per arm")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=300,
+        help="student steps per arm (default 300; results before the untied student used 150)",
+    )
     p.add_argument(
         "--teacher-steps",
         type=int,
-        default=None,
-        help="default: the teacher recipe's 300; cross_tokenizer_strong_teacher used 1200 (docs/distilling.md)",
+        default=1200,
+        help="the teacher's steps (default 1200, 4x the teacher recipe's 300: with a 300-step teacher the "
+        "untied student is as good per character, and KD has nothing to give; docs/distilling.md)",
     )
     p.add_argument(
         "--uld-alpha",
         type=float,
-        default=None,
-        help="part 1: the uld arm's alpha (default: the recipe's 0.5)",
+        default=0.1,
+        help="part 1: the uld arm's alpha (default 0.1, the weight measured best; the recipe's 0.5 is gold's)",
     )
     p.add_argument(
         "--arms",
