@@ -145,18 +145,17 @@ def parse_student_config(items: Optional[list[str]]) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--student-config: {item!r} is not KEY=VALUE, e.g. tie_word_embeddings=false")
+            raise ValueError(f"{item!r} is not KEY=VALUE, e.g. tie_word_embeddings=false")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
 
-def student_model_config(overrides: dict) -> Optional[dict]:
-    """The student recipe's model_config with `--student-config`'s fields on top (None: the recipe's as is)."""
+def student_model_config(overrides: dict, recipe: Optional[dict] = None) -> dict:
+    """The student recipe's model_config with `--student-config`'s fields on top."""
     import yaml
 
-    if not overrides:
-        return None
-    return {**yaml.safe_load(STUDENT_RECIPE.read_text())["model_config"], **overrides}
+    recipe = recipe or yaml.safe_load(STUDENT_RECIPE.read_text())
+    return {**recipe["model_config"], **overrides}
 
 
 def part1_config(args) -> dict:
@@ -165,22 +164,20 @@ def part1_config(args) -> dict:
     in the recipe's."""
     import yaml
 
-    rate = args.learning_rate or float(yaml.safe_load(STUDENT_RECIPE.read_text())["learning_rate"])
-    teacher_steps = args.teacher_steps or 300
+    recipe = yaml.safe_load(STUDENT_RECIPE.read_text())
     config = {
         "steps": args.steps,
         "seeds": args.seeds,
-        "teacher_steps": teacher_steps,
+        "teacher_steps": args.teacher_steps or 300,
         "vary": args.vary,
-        "learning_rate": rate,
+        "learning_rate": args.learning_rate or float(recipe["learning_rate"]),
     }
     overrides = parse_student_config(getattr(args, "student_config", None))
     if overrides:
         config["student_config"] = overrides
-    recipe = yaml.safe_load(STUDENT_RECIPE.read_text())
     warmup = getattr(args, "warmup_steps", None)
     config["warmup_steps"] = recipe.get("warmup_steps", 0) if warmup is None else warmup
-    config["student_model_config"] = {**recipe["model_config"], **overrides}  # what the students were
+    config["student_model_config"] = student_model_config(overrides, recipe)  # what the students were
     return config
 
 
@@ -227,6 +224,8 @@ def part1(args, work: Path, arms: dict = ARMS) -> dict:
         )
     jobs = [(seed, arm) for seed in args.seeds for arm in arms]  # interleaved: seed by seed, arm by arm
     runs = []
+    overrides = parse_student_config(getattr(args, "student_config", None))
+    model_config = ["--model_config", json.dumps(student_model_config(overrides))] if overrides else []
 
     def launch(seed, arm):
         vary = getattr(args, "vary", "seed")
@@ -238,10 +237,7 @@ def part1(args, work: Path, arms: dict = ARMS) -> dict:
             argv += ["--learning_rate", str(args.learning_rate)]
         if getattr(args, "warmup_steps", None) is not None:
             argv += ["--warmup_steps", str(args.warmup_steps)]
-        model_config = student_model_config(parse_student_config(getattr(args, "student_config", None)))
-        if model_config:
-            argv += ["--model_config", json.dumps(model_config)]
-        argv += ["--overwrite_output_dir", "true", *arms[arm]]
+        argv += [*model_config, "--overwrite_output_dir", "true", *arms[arm]]
         return run_distill(argv, work / f"{out.name}.log")
 
     from concurrent.futures import ThreadPoolExecutor
@@ -932,7 +928,7 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
     for flag, values in (
         ("--gold-alphas", args.gold_alphas),
         ("--uld-alphas", args.uld_alphas),
-        ("--uld-alpha", None if args.uld_alpha is None else [args.uld_alpha]),
+        ("--uld-alpha", [args.uld_alpha]),
     ):
         bad = [a for a in values or [] if not 0.0 <= a <= 1.0]
         if bad:
@@ -945,10 +941,10 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
 
             parse_model_config(student_model_config(overrides))
     except ValueError as e:
-        p.error(f"--student-config: {e}" if not str(e).startswith("--student-config") else str(e))
-    rates = (args.learning_rates or []) + ([] if args.learning_rate is None else [args.learning_rate])
+        p.error(f"--student-config: {e}")
     if args.warmup_steps is not None and not 0 <= args.warmup_steps < args.steps:
         p.error(f"--warmup-steps: {args.warmup_steps} is not in [0, --steps {args.steps})")
+    rates = (args.learning_rates or []) + ([] if args.learning_rate is None else [args.learning_rate])
     bad = [r for r in rates if not r > 0]
     if bad:
         flag = "--learning-rates" if bad[0] in (args.learning_rates or []) else "--learning-rate"
@@ -1055,7 +1051,7 @@ def main() -> int:
         "--warmup-steps",
         type=int,
         default=None,
-        help="student runs: learning-rate warmup steps (default: the student recipe's 20)",
+        help="student runs: learning-rate warmup steps (default: the student recipe's)",
     )
     p.add_argument(
         "--student-config",
@@ -1094,11 +1090,8 @@ def main() -> int:
         write_results("cross_tokenizer_step_time", res, markdown_step_time(res))
         return 0
     if args.learning_rates:
-        res = {"config": {"steps": args.steps, "seeds": args.seeds, "learning_rates": args.learning_rates}}
-        cfg = part1_config(args)
-        res["config"].update(
-            {k: cfg[k] for k in ("student_config", "warmup_steps", "student_model_config") if k in cfg}
-        )
+        config = {k: v for k, v in part1_config(args).items() if k != "learning_rate"}  # each arm has its own
+        res = {"config": dict(config, learning_rates=args.learning_rates)}
         res["part1"] = part1(args, work, lr_arms(args.learning_rates))
         stem = args.results_stem if args.results_stem != "cross_tokenizer" else "cross_tokenizer_lr"
         write_results(stem, res, markdown_lr(res))
@@ -1114,10 +1107,8 @@ def main() -> int:
     if args.results_stem != "cross_tokenizer" and not args.skip_trl:
         raise SystemExit("--results-stem: part 1 only; add --skip-trl (part 2 writes cross_tokenizer_trl)")
     out, out_trl = RESULTS / f"{args.results_stem}.json", RESULTS / "cross_tokenizer_trl.json"
-    arms = dict(ARMS)
-    if args.uld_alpha is not None:
-        del arms["KD uld"]
-        arms[f"KD uld alpha={args.uld_alpha:g}"] = ARMS["KD uld"] + ["--alpha", str(args.uld_alpha)]
+    arms = {k: v for k, v in ARMS.items() if k != "KD uld"}  # uld at its own weight, named by it
+    arms[f"KD uld alpha={args.uld_alpha:g}"] = ARMS["KD uld"] + ["--alpha", str(args.uld_alpha)]
     short = {"labels only": "labels", "KD gold": "gold"}
     arms = {k: v for k, v in arms.items() if short.get(k, "uld") in args.arms}
     if "labels" not in args.arms:
@@ -1125,7 +1116,7 @@ def main() -> int:
     if not args.only_trl:
         config = dict(part1_config(args), arms=list(arms))
         if "uld" in args.arms:
-            config["uld_alpha"] = 0.5 if args.uld_alpha is None else args.uld_alpha
+            config["uld_alpha"] = args.uld_alpha
         res = {"config": config, "part1": part1(args, work, arms)}
         res["provenance"] = provenance()
         out.write_text(json.dumps(res, indent=1))
